@@ -1,0 +1,61 @@
+# agglom — `make help` lists the targets. Every target that needs the environment depends on `install`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export PYTHONUNBUFFERED := 1
+RECIPE ?= recipes/demo.yaml
+ARGS ?=
+NUM_GPUS ?= 1
+HOSTFILE ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-fast lint data demo train train-ds sweep bench bench-gpu clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23" >/dev/null
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev,tensorboard]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install agglom with its dependencies (idempotent)
+
+test: install ## run the test suite (the CI command)
+	$(PY) -m pytest -q -rs --timeout=1200 $(PYTEST_ARGS)
+
+test-fast: install ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff over the code
+	$(VENV)/bin/ruff check agglom teachers tests
+
+data: install ## generate the synthetic bias benchmark into data/synth
+	$(VENV)/bin/agglom data synth out=data/synth force=true
+
+demo: install ## the main job on the embedded default (synthetic benchmark, tiny teachers, CPU)
+	$(PY) -m agglom.demo $(ARGS)
+
+train: install ## train: make train RECIPE=recipes/demo.yaml ARGS="optim.steps=100"
+	$(VENV)/bin/agglom train recipe=$(RECIPE) $(ARGS)
+
+train-ds: install ## DeepSpeed launcher: make train-ds RECIPE=... NUM_GPUS=8 HOSTFILE=hosts DRY_RUN=1
+	$(PY) -m agglom.engine.launch recipe=$(RECIPE) num_gpus=$(NUM_GPUS) hostfile=$(HOSTFILE) dry_run=$(if $(DRY_RUN),true,false) -- $(ARGS)
+
+sweep: install ## lambda sweep with Pareto front: make sweep RECIPE=... ARGS="lams=[0,1,4]"
+	$(VENV)/bin/agglom sweep recipe=$(RECIPE) $(ARGS)
+
+bench: install ## benchmarks (ratios vs baselines measured in the same run); writes bench.json
+	$(PY) -m agglom.bench $(ARGS)
+
+bench-gpu: install ## the same benchmarks at realistic sizes on a GPU
+	$(PY) -m agglom.bench device=cuda size=realistic $(ARGS)
+
+clean: ## remove runs/, data/ and caches (keeps .venv)
+	rm -rf runs data bench.json .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from agglom.cli import main
+
+sys.exit(main())

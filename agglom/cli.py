@@ -1,0 +1,68 @@
+"""`agglom <command> [recipe=PATH] key=value ...`: one way to pass options to every subcommand."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional, Sequence
+
+from agglom import __version__
+from agglom.commands import COMMANDS, Command
+from agglom.config.load import ConfigError, describe, load_config
+
+
+def _usage() -> str:
+    lines = [f"agglom {__version__}: knowledge agglomeration with subgroup parity", "",
+             "usage: agglom <command> [recipe=PATH] [key=value ...]   (agglom <command> --help lists the keys)", "",
+             "commands:"]
+    for name, (module, attr) in COMMANDS.items():
+        try:
+            cmd: Command = getattr(importlib.import_module(module), attr)
+            lines.append(f"  {name:<16} {cmd.help}")
+        except (ImportError, AttributeError):
+            lines.append(f"  {name:<16} (not built yet)")
+    return "\n".join(lines)
+
+
+def _resolve(argv: List[str]) -> tuple:
+    """Longest command name that prefixes argv."""
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return name, argv[n:]
+    return None, argv
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in argv if not (a.startswith("--local_rank") or a.startswith("--local-rank"))]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = _resolve(argv)
+    if name is None:
+        print(f"agglom: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, attr = COMMANDS[name]
+    cmd: Command = getattr(importlib.import_module(module), attr)
+    if any(a in ("-h", "--help") for a in rest):
+        print(f"agglom {name}: {cmd.help}\n\noptions (key=value, dotted for nesting; defaults shown):")
+        if cmd.positional:
+            print(f"  (the first bare argument sets {cmd.positional})")
+        print(describe(cmd.schema))
+        return 0
+    if cmd.positional and rest and "=" not in rest[0]:
+        rest = [f"{cmd.positional}={rest[0]}"] + rest[1:]
+    try:
+        cfg = load_config(cmd.schema, rest)
+        code = cmd.run(cfg)
+    except ConfigError as e:
+        print(f"agglom {name}: error: {e}", file=sys.stderr)
+        return ConfigError.exit_code
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Merge schema -> recipe YAML -> CLI overrides; fail early and by name on a bad key or type."""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Type, get_type_hints
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A recipe problem a user must fix; the CLI prints it on one line and exits with 2."""
+
+    exit_code = 2
+
+
+def split_args(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """Split CLI args into (recipe path, dotlist), ignoring the DeepSpeed launcher's --local_rank."""
+    recipe: Optional[str] = None
+    dotlist: List[str] = []
+    skip_next = False
+    for i, arg in enumerate(argv):
+        if skip_next:
+            skip_next = False
+            continue
+        if arg.startswith("--local_rank") or arg.startswith("--local-rank"):
+            skip_next = "=" not in arg and i + 1 < len(argv)
+            continue
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r} is not key=value (use recipe=PATH and dotted keys, e.g. optim.lr=1e-3)")
+        key, value = arg.split("=", 1)
+        if key == "recipe":
+            recipe = value
+        else:
+            dotlist.append(f"{key}={value}")
+    return recipe, dotlist
+
+
+def all_keys(schema: Type[Any], prefix: str = "") -> List[str]:
+    """Every dotted key of a dataclass schema (sections and leaves)."""
+    out: List[str] = []
+    hints = get_type_hints(schema)
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            out.extend(all_keys(tp, key + "."))
+    return out
+
+
+def _close_keys(bad: str, schema: Type[Any], extra: Iterable[str] = ()) -> List[str]:
+    keys = all_keys(schema) + list(extra)
+    parent = bad.rsplit(".", 1)[0] if "." in bad else ""
+    siblings = [k for k in keys if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+    close = difflib.get_close_matches(bad, keys, n=3, cutoff=0.5)
+    if not close:
+        close = difflib.get_close_matches(bad.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in siblings], n=3, cutoff=0.4)
+        close = [f"{parent}.{c}" if parent else c for c in close]
+    return close or siblings[:8]
+
+
+def _explain(err: OmegaConfBaseException, schema: Type[Any], source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if "Key" in type(err).__name__ or "not in" in msg or "Missing key" in msg or "Key '" in msg:
+        close = _close_keys(key, schema)
+        return ConfigError(f"unknown key '{key}' in {source}; closest valid keys: {', '.join(close)}")
+    return ConfigError(f"bad value for '{key}' in {source}: {msg}")
+
+
+def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[str] = None) -> DictConfig:
+    """Build the resolved config for `schema` from an optional recipe file and key=value overrides."""
+    path, dotlist = split_args(argv)
+    path = path or recipe
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(loaded).__name__}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(loaded))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, f"recipe {path}") from e
+    for item in dotlist:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, f"override {item!r}") from e
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, "config") from e
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: os.PathLike) -> None:
+    """Write the resolved config atomically, so a run can be reproduced from this file alone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def describe(schema: Type[Any]) -> str:
+    """One line per key with its default, for `--help`."""
+    base = OmegaConf.to_container(OmegaConf.structured(schema), resolve=True)
+    lines: List[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node and prefix.count(".") < 3:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            lines.append(f"  {prefix[:-1]:<36} = {node!r}")
+
+    walk(base, "")
+    return "\n".join(lines)
+
+
+__all__ = ["ConfigError", "load_config", "save_config", "to_yaml", "describe", "split_args", "all_keys",
+           "DictConfig", "ListConfig"]

@@ -1,0 +1,190 @@
+"""The typed recipe schema: one dataclass per section, merged schema -> recipe YAML -> CLI.
+
+Every field here is a key a recipe may set; anything else is rejected before work starts
+(see :mod:`agglom.config.load`). Sections are filled by the parts that read them; defaults are
+chosen so that the embedded synthetic benchmark trains on a CPU out of the box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+# --------------------------------------------------------------------------- data + groups
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation; all off for eval/caching."""
+
+    hflip: float = 0.0  # probability of a horizontal flip
+    scale_min: float = 1.0  # RandomResizedCrop lower scale; 1.0 = plain resize
+    ratio_jitter: float = 0.0  # aspect-ratio jitter for the crop (0 = keep aspect)
+    brightness: float = 0.0  # colour jitter strengths (0 = off)
+    contrast: float = 0.0
+    rotate: float = 0.0  # max degrees
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how batches are made (schema: ARCHITECTURE.md)."""
+
+    root: str = "data/synth"  # folder written by `agglom data pack|synth` (holds dataset.json)
+    shards: Optional[str] = None  # explicit brace pattern; overrides root/<split>/*.tar
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    image_size: int = 64
+    grayscale: str = "replicate"  # replicate (to 3 channels) | keep (1 channel)
+    batch_size: int = 32
+    num_workers: int = 2
+    epoch_samples: int = 2048  # bounded epoch length of the resampled training stream
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    group_balanced: bool = False  # resample so each group (groups.by) is drawn equally often
+    group_weights: Dict[str, float] = field(default_factory=dict)  # explicit per-group sampling weights
+    sidecars: List[str] = field(default_factory=list)  # proxy-group sidecars (agglom curate) -> attrs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class GroupSpec:
+    """One way to form groups from attrs: an attribute, numeric bins of one, or an intersection."""
+
+    name: str = ""
+    attr: Optional[str] = None  # single attribute (categorical, or numeric with bins)
+    attrs: List[str] = field(default_factory=list)  # intersection of several attributes
+    bins: List[float] = field(default_factory=list)  # numeric edges: [0, 60, 200] -> "[0,60)", "[60,200)"
+    values: List[str] = field(default_factory=list)  # fixed value order (else from dataset.json)
+
+
+@dataclass
+class GroupsConfig:
+    by: str = "site"  # the spec (or plain attribute) the objective and sampler use
+    specs: List[GroupSpec] = field(default_factory=list)
+    unknown: str = "exclude"  # exclude | include: unknown group in parity terms (always in utility)
+
+
+# --------------------------------------------------------------------------- teachers + student
+@dataclass
+class TeacherEntry:
+    name: str = ""  # card name (teachers/cards/*.yaml) or a path to a card / agglom export
+    weight: float = 1.0
+    summary: bool = True
+    spatial: bool = True
+    cache: Optional[str] = None  # feature-cache folder (agglom cache); None = run online
+
+
+@dataclass
+class StudentConfig:
+    model: str = "vit_small_patch16_224"  # any stock timm ViT
+    model_args: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    pretrained: bool = False
+    checkpoint: Optional[str] = None  # timm-loadable weights (local file/folder)
+    summary_tokens: bool = True  # one extra register token per teacher as its summary token
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
+class HeadsConfig:
+    summary: str = "mlp"  # registry: mlp | resmlp | attn
+    spatial: str = "mlp"
+    hidden: int = 0  # hidden width; 0 = 2 x student width
+    normaliser: str = "zscore"  # none | zscore | phis
+    stats_samples: int = 256  # samples for the phis stats pass
+    zscore_momentum: float = 0.01
+
+
+# --------------------------------------------------------------------------- objective
+@dataclass
+class ObjectiveConfig:
+    summary_weight: float = 1.0
+    spatial_weight: float = 1.0
+    spatial_cos: float = 0.9  # spatial = cos_w * (1-cos) + (1-cos_w) * smooth-L1
+    smooth_l1_beta: float = 1.0
+    granularity: str = "token"  # token (loss per token, then mean) | image (pooled first)
+    teacher_balance: str = "fixed"  # fixed | loss_scale (divide by each teacher's running loss)
+    teacher_drop: float = 0.0  # probability of dropping a teacher per sample (at least one kept)
+    group: str = "erm"  # erm | balanced | variance | gap | groupdro
+    lam: float = 0.0  # utility <-> parity knob
+    groupdro_eta: float = 0.01
+    groupdro_size_adjust: float = 0.0
+    routing: Dict[str, Dict[str, float]] = field(default_factory=dict)  # teacher -> group -> weight
+    track_momentum: float = 0.05  # EMA of per-group, per-teacher losses (metrics.jsonl)
+
+
+# --------------------------------------------------------------------------- engine + optim + log
+@dataclass
+class EngineConfig:
+    name: str = "torch"  # torch | deepspeed
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    ds_config: Optional[str] = None  # a DeepSpeed JSON that overrides the generated one
+    backend: str = "auto"  # auto | nccl | gloo
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 20
+    steps: int = 200
+    accum_steps: int = 1
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay of the student (0 = off)
+    max_bad_steps: int = 5  # consecutive non-finite losses that stop the run
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10
+    tensorboard: bool = False
+    progress: str = "auto"  # auto (on a TTY) | on | off
+    checkpoint_interval: int = 100
+    keep: int = 2
+
+
+# --------------------------------------------------------------------------- eval + export
+@dataclass
+class EvalConfig:
+    features: str = "summary"  # summary | pooled
+    attributes: List[str] = field(default_factory=list)  # empty = all attributes + proxy groups
+    bootstrap: int = 200
+    ece_bins: int = 10
+    label_fractions: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: int = 3
+    max_iter: int = 1000
+    fidelity: bool = True
+
+
+@dataclass
+class ExportConfig:
+    min_group_count: int = 10
+    push_to_hub: Optional[str] = None
+
+
+# --------------------------------------------------------------------------- the recipe
+@dataclass
+class Recipe:
+    """A training recipe: `agglom train recipe=PATH key=value ...`."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    resume: str = "auto"  # auto (from the run dir) | never | PATH to a checkpoint
+    data: DataConfig = field(default_factory=DataConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
+    teachers: List[TeacherEntry] = field(default_factory=list)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
