@@ -1,0 +1,107 @@
+"""The strategy interface: setup, backward, step, save, load, unwrap (+ the process topology)."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Type
+
+import torch
+from torch import nn
+
+from agglom.dist import DistInfo, dist_info
+
+ENGINES: Dict[str, str] = {
+    "torch": "agglom.engine.torch_engine:TorchEngine",
+    "deepspeed": "agglom.engine.deepspeed_engine:DeepSpeedEngine",
+}
+
+
+def register_engine(name: str, target: str) -> None:
+    ENGINES[name] = target
+
+
+class Engine:
+    """How the trainable module is placed, wrapped, stepped and checkpointed.
+
+    - `setup(model, param_groups, schedule)` -> the module to call in forward (wrapped for DDP/DeepSpeed);
+    - `backward(loss)`; `step() -> grad norm` (clip, optimiser step, lr schedule, zero grad);
+    - `save(dir)` / `load(dir)` write/read model + optimiser state (every rank calls both);
+    - `unwrap()` -> the plain module (for export, eval and EMA).
+    """
+
+    name = "base"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.info: DistInfo = dist_info()
+        self.device = torch.device("cpu")
+
+    # topology -----------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.info.is_main
+
+    def barrier(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def all_reduce_min(self, value: float) -> float:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            return float(t.item())
+        return value
+
+    def autocast(self):
+        """bf16 autocast on GPU (unless fp32 asked), nothing on CPU where bf16 is slower (ENVIRONMENT.md)."""
+        prec = self.cfg.engine.precision
+        use_bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    # the interface --------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, param_groups: list, schedule: Callable[[int], float]) -> nn.Module:
+        raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step(self) -> float:
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def unwrap(self) -> nn.Module:
+        raise NotImplementedError
+
+    def current_lr(self) -> float:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def build_engine(cfg: Any) -> Engine:
+    name = cfg.engine.name
+    if name not in ENGINES:
+        from agglom.config.load import ConfigError
+
+        raise ConfigError(f"unknown engine.name {name!r}; known engines: {', '.join(sorted(ENGINES))}")
+    module, attr = ENGINES[name].split(":")
+    cls: Type[Engine] = getattr(importlib.import_module(module), attr)
+    return cls(cfg)
+
+
+def pick_device(info: DistInfo, want: Optional[str] = None) -> torch.device:
+    if want:
+        return torch.device(want)
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")

@@ -1,0 +1,103 @@
+"""The `torch` strategy: one process, or DDP under torchrun (gloo on CPU, nccl on GPU)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from agglom.engine.base import Engine, pick_device
+
+
+def state_to_safetensors(module: nn.Module, path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
+
+
+def load_safetensors_into(module: nn.Module, path: Path) -> None:
+    module.load_state_dict(load_file(str(path)), strict=True)
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.device = pick_device(self.info)
+        if self.info.distributed and not torch.distributed.is_initialized():
+            backend = cfg.engine.backend
+            if backend == "auto":
+                backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group(backend=backend)
+        self.model: Optional[nn.Module] = None
+        self.wrapped: Optional[nn.Module] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.schedule: Callable[[int], float] = lambda s: 1.0
+
+    def setup(self, model: nn.Module, param_groups: list, schedule: Callable[[int], float]) -> nn.Module:
+        o = self.cfg.optim
+        self.model = model.to(self.device)
+        for g in param_groups:
+            g.setdefault("base_lr", o.lr)
+        self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                                           foreach=self.device.type == "cuda")
+        self.schedule = schedule
+        self.wrapped = model
+        if self.info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DDP(model, device_ids=ids, broadcast_buffers=True)
+        return self.wrapped
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Called once per micro-batch with the unscaled loss; accumulation scaling happens here."""
+        (loss / max(1, int(self.cfg.optim.accum_steps))).backward()
+
+    def zero_grad(self) -> None:
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, step_index: int = 0) -> float:
+        assert self.optimizer is not None and self.model is not None
+        clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        factor = self.schedule(step_index)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        self.zero_grad()
+        return float(norm)
+
+    def current_lr(self) -> float:
+        assert self.optimizer is not None
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, directory: Path) -> None:
+        if not self.is_main:
+            return
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state_to_safetensors(self.unwrap(), directory / "model.safetensors")
+        torch.save(self.optimizer.state_dict(), directory / "optim.pt")
+
+    def load(self, directory: Path) -> None:
+        directory = Path(directory)
+        load_safetensors_into(self.unwrap(), directory / "model.safetensors")
+        state = torch.load(directory / "optim.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state)
+
+    def unwrap(self) -> nn.Module:
+        assert self.model is not None
+        return self.model
+
+
+def cpu_threads_for(world_size: int) -> None:
+    """Share the machine's cores between local ranks instead of oversubscribing them."""
+    if world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))

@@ -1,0 +1,116 @@
+"""The trainable module: student + per-teacher heads + per-teacher normalisers (one ModuleDict).
+
+Teachers are *not* inside it: it is what DDP/DeepSpeed wrap, what checkpoints hold and what export splits
+into a timm folder (the student) and an adapter pack (heads + normalisers).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agglom.model.heads import build_head
+from agglom.model.normalisers import build_normaliser
+from agglom.model.student import build_student, student_tokens
+
+
+@dataclass
+class TeacherSpec:
+    """What the student must reproduce for one teacher (from the teacher, or a cache manifest)."""
+
+    name: str
+    summary_dim: int
+    spatial_dim: int
+    grid: Tuple[int, int]
+    summary: bool = True
+    spatial: bool = True
+    digest: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TeacherSpec":
+        d = dict(d)
+        d["grid"] = tuple(d["grid"])
+        return cls(**d)
+
+
+def to_grid(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Bring a [B, C, h, w] map to the teacher's grid: area-average when shrinking, bilinear when growing."""
+    if tuple(x.shape[-2:]) == tuple(grid):
+        return x
+    if x.shape[-2] >= grid[0] and x.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(x, grid)
+    return F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+
+class AgglomModel(nn.Module):
+    def __init__(self, cfg: Any, specs: List[TeacherSpec], in_chans: int) -> None:
+        super().__init__()
+        self.specs = list(specs)
+        self.teacher_names = [s.name for s in specs]
+        n_tokens = len(specs) if cfg.student.summary_tokens else 0
+        self.student = build_student(cfg.student, cfg.data.image_size, in_chans, n_tokens)
+        width = self.student.embed_dim
+        # summary token of teacher t: its own register (the last len(specs) prefix tokens) or the CLS token
+        self.summary_token_index = {
+            s.name: (self.student.num_prefix_tokens - len(specs) + i if n_tokens else 0) for i, s in enumerate(specs)
+        }
+        self.summary_heads = nn.ModuleDict()
+        self.spatial_heads = nn.ModuleDict()
+        self.summary_norms = nn.ModuleDict()
+        self.spatial_norms = nn.ModuleDict()
+        hc = cfg.heads
+        for s in specs:
+            if s.summary:
+                self.summary_heads[s.name] = build_head(hc.summary, width, s.summary_dim, hc.hidden)
+                self.summary_norms[s.name] = build_normaliser(hc.normaliser, s.summary_dim, hc.zscore_momentum)
+            if s.spatial:
+                self.spatial_heads[s.name] = build_head(hc.spatial, width, s.spatial_dim, hc.hidden)
+                self.spatial_norms[s.name] = build_normaliser(hc.normaliser, s.spatial_dim, hc.zscore_momentum)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
+        prefix, patches, grid = student_tokens(self.student, x)
+        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        for s in self.specs:
+            pred: Dict[str, torch.Tensor] = {}
+            if s.summary:
+                head = self.summary_heads[s.name]
+                tok = prefix[:, self.summary_token_index[s.name]].unsqueeze(1)
+                inp = torch.cat([tok, patches], 1) if head.uses_context else tok
+                pred["summary"] = head(inp)[:, 0]
+            if s.spatial:
+                y = self.spatial_heads[s.name](patches)  # [B, N, C]
+                y = y.transpose(1, 2).reshape(y.shape[0], -1, grid[0], grid[1])
+                pred["spatial"] = to_grid(y, s.grid)
+            out[s.name] = pred
+        return out
+
+    def features(self, x: torch.Tensor, kind: str = "summary") -> torch.Tensor:
+        """Frozen features for probes: the CLS token ("summary") or mean of patch tokens ("pooled")."""
+        prefix, patches, _ = student_tokens(self.student, x)
+        return prefix[:, 0] if kind == "summary" else patches.mean(1)
+
+    def normalise_targets(self, name: str, summary: Optional[torch.Tensor], spatial: Optional[torch.Tensor],
+                          update: bool) -> Dict[str, torch.Tensor]:
+        """Targets in normalised space; `update` feeds running statistics (training only)."""
+        out: Dict[str, torch.Tensor] = {}
+        if summary is not None and name in self.summary_norms:
+            norm = self.summary_norms[name]
+            if update:
+                norm.update(summary)
+            out["summary"] = norm(summary.float())
+        if spatial is not None and name in self.spatial_norms:
+            norm = self.spatial_norms[name]
+            tokens = spatial.float().flatten(2).transpose(1, 2)  # [B, hw, C]
+            if update:
+                norm.update(tokens)
+            out["spatial"] = norm(tokens).transpose(1, 2).reshape(spatial.shape)
+        return out

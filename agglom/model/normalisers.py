@@ -1,0 +1,137 @@
+"""Per-teacher feature normalisers (registry): modules with buffers, saved with the run, invertible.
+
+Targets are normalised before the loss so teachers of very different scales (SAM necks vs CLIP embeddings)
+are comparable and a shared component does not dominate cosine fidelity. All work on channel-last [..., C].
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Type
+
+import torch
+from torch import nn
+
+NORMALISERS: Dict[str, Type["Normaliser"]] = {}
+
+
+def register_normaliser(name: str) -> Callable[[Type["Normaliser"]], Type["Normaliser"]]:
+    def deco(cls: Type["Normaliser"]) -> Type["Normaliser"]:
+        NORMALISERS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_normaliser(name: str, dim: int, momentum: float = 0.01) -> "Normaliser":
+    if name not in NORMALISERS:
+        from agglom.config.load import ConfigError
+
+        raise ConfigError(f"unknown normaliser {name!r}; known: {', '.join(sorted(NORMALISERS))}")
+    return NORMALISERS[name](dim, momentum)
+
+
+class Normaliser(nn.Module):
+    """`fit` on a stats pass, `update` (optional EMA) during training, `forward`/`inverse` on [..., C]."""
+
+    def __init__(self, dim: int, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.dim, self.momentum = dim, momentum
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def fit(self, x: torch.Tensor) -> None:  # x: [N, C]
+        self.fitted.fill_(True)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Running update from a training batch (no-op unless the normaliser tracks statistics)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+@register_normaliser("none")
+class Identity(Normaliser):
+    pass
+
+
+@register_normaliser("zscore")
+class ZScore(Normaliser):
+    """Per-channel mean/std, fitted on the stats pass then tracked by an EMA of batch moments."""
+
+    def __init__(self, dim: int, momentum: float = 0.01) -> None:
+        super().__init__(dim, momentum)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, self.dim).double()
+        self.mean.copy_(x.mean(0).float())
+        self.var.copy_(x.var(0, unbiased=False).float())
+        self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, self.dim).float()
+        if not bool(self.fitted):
+            return self.fit(x)
+        m = self.momentum
+        self.mean.lerp_(x.mean(0), m)
+        self.var.lerp_(x.var(0, unbiased=False), m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / torch.sqrt(self.var + 1e-6)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.sqrt(self.var + 1e-6) + self.mean
+
+
+def _mixing_matrix(dim: int, seed: int = 0) -> torch.Tensor:
+    """An orthogonal matrix that spreads variance evenly: normalised Hadamard where dim is a power of 2,
+    else a seeded random orthogonal matrix (QR of a Gaussian)."""
+    if dim & (dim - 1) == 0:
+        h = torch.ones(1, 1, dtype=torch.float64)
+        while h.shape[0] < dim:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        return h / math.sqrt(dim)
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+@register_normaliser("phis")
+class PHIS(Normaliser):
+    """Isotropic standardisation in the spirit of PHI-S (Ranzinger et al. 2024): subtract the mean, rotate
+    into the PCA basis, mix with an orthogonal (Hadamard) matrix so every channel gets the same variance, and
+    divide by one scalar. Being a rotation + one scale, it keeps the geometry of the teacher's space."""
+
+    def __init__(self, dim: int, momentum: float = 0.01) -> None:
+        super().__init__(dim, momentum)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("rotation", torch.eye(dim))
+        self.register_buffer("scale", torch.ones(()))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, self.dim).double()
+        mean = x.mean(0)
+        cov = torch.cov((x - mean).T, correction=0) if x.shape[0] > 1 else torch.eye(self.dim, dtype=torch.float64)
+        cov = torch.atleast_2d(cov)
+        evals, evecs = torch.linalg.eigh(cov)
+        rot = _mixing_matrix(self.dim) @ evecs.T  # [C, C]: y = rot @ (x - mean)
+        self.mean.copy_(mean.float())
+        self.rotation.copy_(rot.float())
+        self.scale.fill_(float(torch.sqrt(evals.clamp_min(0).mean()).clamp_min(1e-6)))
+        self.fitted.fill_(True)
+
+    def update(self, x: torch.Tensor) -> None:
+        if not bool(self.fitted):
+            self.fit(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) @ self.rotation.T) / self.scale
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return (y * self.scale) @ self.rotation + self.mean

@@ -1,0 +1,119 @@
+"""The task: frozen teachers (outside the trainable module) -> targets; student + heads -> predictions;
+losses -> teacher balance -> group objective -> one scalar and named terms.
+
+The loop calls `task(batch)`; the engine only ever sees `task.model` (the trainable ModuleDict).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from agglom.model import AgglomModel, TeacherSpec
+from agglom.objective.groups import build_group_objective
+from agglom.objective.losses import distillation_losses
+from agglom.objective.routing import apply_routing, build_routing
+from agglom.objective.teacher_balance import TeacherBalance
+from agglom.objective.tracking import GroupTeacherTracker
+
+Targets = Dict[str, Dict[str, torch.Tensor]]
+
+
+def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
+    return TeacherSpec(name=teacher.name, summary_dim=int(teacher.summary_dim), spatial_dim=int(teacher.spatial_dim),
+                       grid=tuple(int(g) for g in teacher.grid), summary=bool(entry.summary),
+                       spatial=bool(entry.spatial), digest=getattr(teacher, "digest", ""))
+
+
+class AgglomTask(nn.Module):
+    def __init__(self, cfg: Any, specs: List[TeacherSpec], teachers: Dict[str, nn.Module], group_names: List[str],
+                 in_chans: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.specs = specs
+        self.names = [s.name for s in specs]
+        self.group_names = list(group_names)
+        self.model = AgglomModel(cfg, specs, in_chans)
+        unknown = self.group_names.index("unknown") if "unknown" in self.group_names else -1
+        weights = [float(e.weight) for e in cfg.teachers]
+        self.objective = nn.ModuleDict({
+            "balance": TeacherBalance(cfg.objective, self.names, weights),
+            "groups": build_group_objective(cfg.objective, len(self.group_names), unknown,
+                                            exclude_unknown=cfg.groups.unknown != "include"),
+            "tracker": GroupTeacherTracker(len(self.group_names), self.names, self.group_names,
+                                           cfg.objective.track_momentum),
+        })
+        self.register_buffer("routing", build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names))
+        # teachers stay outside the module tree: never trained, never checkpointed, never wrapped
+        object.__setattr__(self, "teachers", teachers)
+        object.__setattr__(self, "forward_model", self.model)
+        self.device = torch.device("cpu")
+        self.autocast = torch.autocast("cpu", enabled=False)
+
+    def attach(self, forward_model: nn.Module, device: torch.device, autocast: Any) -> None:
+        """Use the engine-wrapped model for forward passes."""
+        object.__setattr__(self, "forward_model", forward_model)
+        self.device, self.autocast = device, autocast
+        self.objective.to(device)
+        self.routing = self.routing.to(device)
+        for t in self.teachers.values():
+            t.to(device)
+
+    # targets ------------------------------------------------------------------------------------------------
+    def raw_targets(self, batch: Dict[str, Any], image: torch.Tensor) -> Targets:
+        """Teacher features: read from the batch when cached, else computed online by the frozen teacher."""
+        cached = batch.get("targets", {})
+        out: Targets = {}
+        for s in self.specs:
+            if s.name in cached:
+                t = {k: v.to(self.device, non_blocking=True).float() for k, v in cached[s.name].items()}
+            else:
+                o = self.teachers[s.name](image)
+                t = {"summary": o.summary, "spatial": o.spatial}
+            # clone outside inference mode: the loss keeps targets for backward
+            out[s.name] = {k: v.float().clone() for k, v in t.items()}
+        return out
+
+    def targets(self, batch: Dict[str, Any], image: torch.Tensor, update_norms: bool) -> Targets:
+        raw = self.raw_targets(batch, image)
+        model = self.model
+        return {n: model.normalise_targets(n, raw[n].get("summary"), raw[n].get("spatial"), update_norms) for n in raw}
+
+    # the step -------------------------------------------------------------------------------------------------
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        group = batch["group"].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            targets = self.targets(batch, image, update_norms=self.training)
+        with self.autocast:
+            preds = self.forward_model(image)
+        loss_bt, _ = distillation_losses(preds, targets, self.names, self.cfg.objective)
+        mask = self.objective["balance"].mask(loss_bt.shape[0], loss_bt.device)
+        routed = apply_routing(loss_bt, group, self.routing)
+        per_sample, teacher_terms = self.objective["balance"](routed, mask)
+        loss, group_terms = self.objective["groups"](per_sample, group)
+        if self.training:
+            self.objective["tracker"].update(loss_bt.detach(), mask, group)
+        terms = {"loss": loss, **group_terms, **teacher_terms}
+        return terms
+
+    @torch.no_grad()
+    def fit_normalisers(self, batches: List[Dict[str, Any]]) -> None:
+        """The stats pass: fit every normaliser on teacher features of a few batches."""
+        collected: Dict[Tuple[str, str], List[torch.Tensor]] = {}
+        for batch in batches:
+            image = batch["image"].to(self.device)
+            for name, t in self.raw_targets(batch, image).items():
+                if "summary" in t:
+                    collected.setdefault((name, "summary"), []).append(t["summary"])
+                if "spatial" in t:
+                    collected.setdefault((name, "spatial"), []).append(t["spatial"].flatten(2).transpose(1, 2).flatten(0, 1))
+        for (name, kind), chunks in collected.items():
+            norms = self.model.summary_norms if kind == "summary" else self.model.spatial_norms
+            if name in norms:
+                norms[name].fit(torch.cat(chunks).float())
+
+    def tracked(self) -> Dict[str, float]:
+        return {f"ema/{k}": float(v) for k, v in self.objective["tracker"].as_dict().items()}
+
