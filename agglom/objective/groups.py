@@ -1,0 +1,262 @@
+"""Group aggregation of per-sample losses: the utility <-> parity objectives (docs FAIRNESS.md, "Objectives").
+
+Every objective is an ``nn.Module`` called as ``obj(loss [B] fp32, group [B] long, weight [B] | None)`` and
+returns ``(scalar, terms)``:
+
+* ``terms["utility"]``: the plain (optionally weighted) mean over *all* samples, unknown group included;
+* ``terms["parity"]``: what the objective adds on top of the utility (the λ-scaled penalty for
+  ``variance``/``gap``; ``loss - utility`` for ``balanced`` and ``groupdro``; 0 for ``erm``);
+* ``terms["group/<idx>"]``: the batch mean loss of each group *present in the batch* (absent groups are
+  omitted, so nothing is NaN); the unknown group is listed too when present.
+
+Definitions (L_g = mean loss of group g in the batch; G* = parity groups present in the batch, i.e. present
+groups minus the unknown group unless ``exclude_unknown=False``):
+
+* ``erm``: mean over samples.
+* ``balanced``: (1/|G*|) Σ_{g∈G*} L_g.
+* ``variance``: mean + λ·Var_{g∈G*}(L_g), the *population* variance (divide by |G*|, ``unbiased=False``).
+* ``gap``: mean + λ·(max_{g∈G*} L_g − min_{g∈G*} L_g).
+* ``groupdro``: online exponentiated-gradient weights (Sagawa et al. 2020),
+  q_g ← q_g·exp(η·(L_g + C/√n_g)) for g ∈ G*, then q normalised over all parity groups; the loss is
+  Σ_{g∈G*} q_g L_g / Σ_{g∈G*} q_g (q renormalised over the groups present). n_g are running sample counts
+  (this batch included), C = ``groupdro_size_adjust``, η = ``groupdro_eta``. q and n are buffers, so they are
+  in ``state_dict()`` and restored on resume. q is only updated in training mode (``module.train()``).
+
+With λ = 0, ``variance`` and ``gap`` return the very tensor ``erm`` returns (bitwise identical). When no
+parity group is present (e.g. a batch of unknown-group samples only) every objective falls back to the utility.
+
+Weights: with ``weight`` given, every mean is the weighted mean Σ w·ℓ / Σ w (per group and overall); a group
+whose weights sum to zero counts as absent.
+
+Distributed training: each rank aggregates its *own* batch (group means, penalty, and the GroupDRO update use
+the local batch only; nothing is all-reduced here). Gradients are averaged by DDP as usual; the GroupDRO q
+buffers may therefore drift slightly apart across ranks, and the checkpoint records rank 0's. A caller that
+wants global statistics can all-reduce ``loss*w`` / ``w`` sums per group before calling.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+Terms = Dict[str, torch.Tensor]
+
+_REGISTRY: Dict[str, Type["GroupObjective"]] = {}
+
+
+def register_group_objective(name: str) -> Callable[[Type["GroupObjective"]], Type["GroupObjective"]]:
+    """Class decorator: make a :class:`GroupObjective` subclass available as ``objective.group: <name>``."""
+
+    def deco(cls: Type["GroupObjective"]) -> Type["GroupObjective"]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"group objective {name!r} is already registered")
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def list_group_objectives() -> list:
+    return sorted(_REGISTRY)
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+class GroupObjective(nn.Module):
+    """Base class: shared per-group statistics; subclasses implement :meth:`aggregate`."""
+
+    name = "base"
+
+    def __init__(self, num_groups: int, unknown_index: Optional[int] = None, exclude_unknown: bool = True,
+                 lam: float = 0.0, **_: Any) -> None:
+        super().__init__()
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        if unknown_index is not None and not (0 <= unknown_index < num_groups):
+            raise ValueError(f"unknown_index {unknown_index} outside [0, {num_groups})")
+        self.num_groups = int(num_groups)
+        self.unknown_index = None if unknown_index is None else int(unknown_index)
+        self.exclude_unknown = bool(exclude_unknown)
+        self.lam = float(lam)
+        parity = torch.ones(num_groups, dtype=torch.bool)
+        if self.exclude_unknown and self.unknown_index is not None:
+            parity[self.unknown_index] = False
+        # which groups may enter parity terms (not saved: it follows from the constructor arguments)
+        self.register_buffer("parity_groups", parity, persistent=False)
+
+    # ------------------------------------------------------------------ statistics
+    def _utility(self, loss: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+        if weight is None:
+            return loss.mean()
+        w = weight.to(loss.dtype)
+        return (loss * w).sum() / w.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+
+    def _group_stats(self, loss: torch.Tensor, group: torch.Tensor,
+                     weight: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-group means [G] (0 where absent), per-group weight sums [G], presence mask [G]."""
+        g = group.long().reshape(-1)
+        if g.device.type == "cpu" and g.numel() and (int(g.min()) < 0 or int(g.max()) >= self.num_groups):
+            raise ValueError(f"group indices must lie in [0, {self.num_groups}); got "
+                             f"min {int(g.min())}, max {int(g.max())}")
+        w = torch.ones_like(loss) if weight is None else weight.to(loss.dtype).reshape(-1)
+        sums = loss.new_zeros(self.num_groups).index_add(0, g, loss * w)
+        counts = loss.new_zeros(self.num_groups).index_add(0, g, w)
+        present = counts > 0
+        means = sums / counts.clamp_min(torch.finfo(loss.dtype).tiny)
+        return means, counts, present
+
+    def forward(self, loss: torch.Tensor, group: torch.Tensor,
+                weight: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Terms]:
+        if loss.dim() != 1:
+            raise ValueError(f"expected per-sample losses [B], got shape {tuple(loss.shape)}")
+        if group.shape != loss.shape:
+            raise ValueError(f"group shape {tuple(group.shape)} != loss shape {tuple(loss.shape)}")
+        if weight is not None and weight.shape != loss.shape:
+            raise ValueError(f"weight shape {tuple(weight.shape)} != loss shape {tuple(loss.shape)}")
+        utility = self._utility(loss, weight)
+        means, counts, present = self._group_stats(loss, group, weight)
+        parity_mask = present & self.parity_groups.to(present.device)
+        total, parity = self.aggregate(utility, means, counts, parity_mask, group)
+        terms: Terms = {"utility": utility.detach(), "parity": parity.detach()}
+        for idx in torch.nonzero(present).flatten().tolist():
+            terms[f"group/{idx}"] = means[idx].detach()
+        terms.update(self.extra_terms())
+        return total, terms
+
+    def aggregate(self, utility: torch.Tensor, means: torch.Tensor, counts: torch.Tensor,
+                  parity_mask: torch.Tensor, group: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loss, parity_term)``; ``parity_mask`` marks the parity groups present in the batch."""
+        raise NotImplementedError
+
+    def extra_terms(self) -> Terms:
+        return {}
+
+    def extra_repr(self) -> str:
+        return (f"num_groups={self.num_groups}, unknown_index={self.unknown_index}, "
+                f"exclude_unknown={self.exclude_unknown}, lam={self.lam}")
+
+
+@register_group_objective("erm")
+class ERM(GroupObjective):
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        return utility, torch.zeros((), dtype=utility.dtype, device=utility.device)
+
+
+@register_group_objective("balanced")
+class Balanced(GroupObjective):
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        m = parity_mask.to(means.dtype)
+        n = m.sum()
+        if not bool(n > 0):
+            return utility, torch.zeros_like(utility)
+        loss = (means * m).sum() / n
+        return loss, loss - utility
+
+
+@register_group_objective("variance")
+class Variance(GroupObjective):
+    """mean + λ·population variance of the present parity groups' mean losses."""
+
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        m = parity_mask.to(means.dtype)
+        n = m.sum()
+        if not bool(n > 0):
+            return utility, torch.zeros_like(utility)
+        mu = (means * m).sum() / n
+        var = (((means - mu) ** 2) * m).sum() / n
+        penalty = self.lam * var
+        loss = utility if self.lam == 0 else utility + penalty
+        return loss, penalty
+
+
+@register_group_objective("gap")
+class Gap(GroupObjective):
+    """mean + λ·(max − min) of the present parity groups' mean losses."""
+
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        if not bool(parity_mask.any()):
+            return utility, torch.zeros_like(utility)
+        vals = means[parity_mask]
+        penalty = self.lam * (vals.max() - vals.min())
+        loss = utility if self.lam == 0 else utility + penalty
+        return loss, penalty
+
+
+@register_group_objective("groupdro")
+class GroupDRO(GroupObjective):
+    """Online GroupDRO (Sagawa et al. 2020) with optional size adjustment C/√n_g; q and n_g are buffers."""
+
+    def __init__(self, num_groups: int, unknown_index: Optional[int] = None, exclude_unknown: bool = True,
+                 lam: float = 0.0, eta: float = 0.01, size_adjust: float = 0.0, **kw: Any) -> None:
+        super().__init__(num_groups, unknown_index, exclude_unknown, lam, **kw)
+        self.eta = float(eta)
+        self.size_adjust = float(size_adjust)
+        q = self.parity_groups.to(torch.float32)
+        if q.sum() == 0:  # only the unknown group exists and it is excluded: nothing to weight
+            q = torch.ones(num_groups)
+        self.register_buffer("q", q / q.sum())
+        self.register_buffer("counts", torch.zeros(num_groups, dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        if not bool(parity_mask.any()):
+            return utility, torch.zeros_like(utility)
+        if self.training:
+            with torch.no_grad():
+                n = self.counts.new_zeros(self.num_groups).index_add(
+                    0, group.long().reshape(-1).to(self.counts.device),
+                    torch.ones(group.numel(), dtype=self.counts.dtype, device=self.counts.device))
+                self.counts.add_(n)
+                adj = means.detach().to(torch.float32)
+                if self.size_adjust:
+                    adj = adj + self.size_adjust / self.counts.clamp_min(1).sqrt().to(torch.float32)
+                # q_g <- q_g exp(η adj_g) for present parity groups, in log space for stability; normalise
+                logq = self.q.clamp_min(torch.finfo(torch.float32).tiny).log()
+                logq = torch.where(parity_mask, logq + self.eta * adj, logq)
+                allowed = self.parity_groups.to(logq.device)
+                logq = torch.where(allowed, logq, torch.full_like(logq, float("-inf")))
+                if not bool(allowed.any()):
+                    logq = torch.zeros_like(logq)
+                self.q.copy_(torch.softmax(logq, dim=0))
+                self.steps.add_(1)
+        qp = self.q.to(means.dtype) * parity_mask.to(means.dtype)
+        loss = (qp * means).sum() / qp.sum().clamp_min(torch.finfo(means.dtype).tiny)
+        return loss, loss - utility
+
+    def extra_terms(self) -> Terms:
+        return {f"q/{i}": self.q[i].detach() for i in range(self.num_groups) if bool(self.parity_groups[i])}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", eta={self.eta}, size_adjust={self.size_adjust}"
+
+
+def build_group_objective(cfg_objective: Any, num_groups: int, unknown_index: Optional[int] = None,
+                          exclude_unknown: bool = True) -> GroupObjective:
+    """Build ``cfg_objective.group`` (``erm | balanced | variance | gap | groupdro``).
+
+    ``cfg_objective`` is the ``objective`` section (DictConfig, dataclass or dict): reads ``group``, ``lam``,
+    ``groupdro_eta``, ``groupdro_size_adjust``. ``exclude_unknown`` should be
+    ``cfg.groups.unknown != "include"``; ``unknown_index`` is ``GroupIndexer.names.index("unknown")``.
+    """
+    name = str(_get(cfg_objective, "group", "erm"))
+    if name not in _REGISTRY:
+        from agglom.config.load import ConfigError
+
+        raise ConfigError(f"objective.group: unknown group objective {name!r}; "
+                          f"choose one of {', '.join(list_group_objectives())}")
+    return _REGISTRY[name](
+        num_groups=int(num_groups),
+        unknown_index=unknown_index,
+        exclude_unknown=exclude_unknown,
+        lam=float(_get(cfg_objective, "lam", 0.0)),
+        eta=float(_get(cfg_objective, "groupdro_eta", 0.01)),
+        size_adjust=float(_get(cfg_objective, "groupdro_size_adjust", 0.0)),
+    )
