@@ -1,0 +1,68 @@
+"""Evaluation math and reporting: per-group metrics, linear probe, Pareto fronts, reports and plots.
+
+Numpy in, dicts out. See each module's docstring; the exact metric definitions are those of
+``shared/docs/FAIRNESS.md``. Plots live in :mod:`agglom.eval.plots` (imported lazily: it pulls in matplotlib).
+"""
+
+from agglom.eval.metrics import (
+    CONVENTIONS,
+    ECE_BINNINGS,
+    OPTIMISTIC_THRESHOLD,
+    THRESHOLD_FIXED,
+    UNKNOWN,
+    binary_group_metrics,
+    choose_threshold,
+    ece,
+    es_auc,
+    evaluate_attributes,
+    group_mean_summary,
+    headline,
+    multilabel_group_metrics,
+)
+from agglom.eval.pareto import DEFAULT_REFERENCE, front_summary, hypervolume_2d, minimax_pareto_select, pareto_mask
+from agglom.eval.probe import ProbeResult, fit_linear_probe, label_efficiency, subsample_labels
+from agglom.eval.report import (
+    SCHEMA,
+    ReportError,
+    new_report,
+    prediction_rows,
+    read_predictions_csv,
+    summary_table,
+    validate_report,
+    write_predictions_csv,
+    write_report,
+)
+
+__all__ = [
+    "CONVENTIONS",
+    "ECE_BINNINGS",
+    "OPTIMISTIC_THRESHOLD",
+    "THRESHOLD_FIXED",
+    "UNKNOWN",
+    "binary_group_metrics",
+    "choose_threshold",
+    "ece",
+    "es_auc",
+    "evaluate_attributes",
+    "group_mean_summary",
+    "headline",
+    "multilabel_group_metrics",
+    "DEFAULT_REFERENCE",
+    "front_summary",
+    "hypervolume_2d",
+    "minimax_pareto_select",
+    "pareto_mask",
+    "ProbeResult",
+    "fit_linear_probe",
+    "label_efficiency",
+    "subsample_labels",
+    "SCHEMA",
+    "ReportError",
+    "new_report",
+    "prediction_rows",
+    "read_predictions_csv",
+    "summary_table",
+    "validate_report",
+    "write_predictions_csv",
+    "write_report",
+]

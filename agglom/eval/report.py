@@ -1,0 +1,437 @@
+"""Evaluation reports: a versioned JSON schema, Markdown tables, predictions CSV and a console summary.
+
+Report schema ``"agglom.eval/1"`` (a plain dict; undefined numbers are ``None`` / ``null``)::
+
+    {
+      "schema": "agglom.eval/1",
+      "created": "2025-01-01T00:00:00Z",          # optional, filled by write_report
+      "primary": "student",                        # the model the report is about
+      "models": {
+        "<model>": {
+          "kind": "student" | "teacher" | "baseline",
+          "attributes": {"<attribute or proxy grouping>": <binary_group_metrics or multilabel_group_metrics result>},
+          "label_efficiency": <probe.label_efficiency output>,   # optional; metric_fn returning flat scalars
+          "probe": {...}                                          # optional: C, threshold_method, thresholds ...
+        }
+      },
+      "fidelity": {"<attribute>": {"<teacher>": <metrics.group_mean_summary result>}},   # optional
+      "pareto": <pareto.front_summary result>,                                          # optional
+      "meta": {...}                                                                     # optional, free-form
+    }
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from agglom.eval.metrics import headline, nan_to_none, primary_threshold
+
+__all__ = [
+    "SCHEMA",
+    "ReportError",
+    "new_report",
+    "validate_report",
+    "write_report",
+    "render_markdown",
+    "summary_table",
+    "prediction_rows",
+    "write_predictions_csv",
+    "read_predictions_csv",
+]
+
+SCHEMA = "agglom.eval/1"
+_BINARY_KEYS = ("n", "group_names", "auc", "worst_group_auc", "auc_gap", "es_auc", "ece", "groups", "thresholds")
+
+
+class ReportError(ValueError):
+    """A report dict does not follow the schema; ``.problems`` lists every issue found."""
+
+    def __init__(self, problems: List[str]):
+        super().__init__("invalid agglom.eval report: " + "; ".join(problems))
+        self.problems = problems
+
+
+def new_report(primary: str, models: Optional[Mapping[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
+    """A report skeleton: ``{"schema", "primary", "models", **extra}``."""
+    return {"schema": SCHEMA, "primary": primary, "models": dict(models or {}), **extra}
+
+
+def _check_metric(m: Any, where: str, problems: List[str]) -> None:
+    if not isinstance(m, Mapping) or "value" not in m or "ci" not in m:
+        problems.append(f"{where}: expected {{'value', 'ci'}}")
+        return
+    v = m["value"]
+    if v is not None and not isinstance(v, (int, float)):
+        problems.append(f"{where}.value: not a number or null")
+    if m["ci"] is not None and (not isinstance(m["ci"], (list, tuple)) or len(m["ci"]) != 2):
+        problems.append(f"{where}.ci: expected [lo, hi] or null")
+
+
+def _check_binary(r: Any, where: str, problems: List[str]) -> None:
+    if not isinstance(r, Mapping):
+        problems.append(f"{where}: not a dict")
+        return
+    missing = [k for k in _BINARY_KEYS if k not in r]
+    if missing:
+        problems.append(f"{where}: missing {missing}")
+        return
+    for k in ("auc", "worst_group_auc", "auc_gap", "es_auc"):
+        _check_metric(r[k], f"{where}.{k}", problems)
+    for g in r["group_names"]:
+        if g not in r["groups"]:
+            problems.append(f"{where}.groups: missing group {g!r}")
+        else:
+            _check_metric(r["groups"][g].get("auc"), f"{where}.groups.{g}.auc", problems)
+    for t, e in r["thresholds"].items():
+        for k in ("threshold", "dpd", "eod_worst_case", "eod_mean", "fnr_gap", "fpr_gap"):
+            if k not in e:
+                problems.append(f"{where}.thresholds.{t}: missing {k}")
+
+
+def validate_report(d: Any) -> Dict[str, Any]:
+    """Check a report against ``agglom.eval/1``; returns it, or raises :class:`ReportError` listing problems."""
+    problems: List[str] = []
+    if not isinstance(d, Mapping):
+        raise ReportError(["report is not a dict"])
+    if d.get("schema") != SCHEMA:
+        problems.append(f"schema: expected {SCHEMA!r}, got {d.get('schema')!r}")
+    models = d.get("models")
+    if not isinstance(models, Mapping) or not models:
+        problems.append("models: expected a non-empty dict")
+        models = {}
+    if d.get("primary") not in models:
+        problems.append(f"primary: {d.get('primary')!r} is not one of the models")
+    for name, m in models.items():
+        if not isinstance(m, Mapping) or not isinstance(m.get("attributes"), Mapping):
+            problems.append(f"models.{name}.attributes: expected a dict")
+            continue
+        for attr, r in m["attributes"].items():
+            where = f"models.{name}.attributes.{attr}"
+            if isinstance(r, Mapping) and "labels" in r:
+                if "macro" not in r:
+                    problems.append(f"{where}: multi-label result without 'macro'")
+                for lab, rr in r["labels"].items():
+                    _check_binary(rr, f"{where}.labels.{lab}", problems)
+            else:
+                _check_binary(r, where, problems)
+        le = m.get("label_efficiency")
+        if le is not None and not (isinstance(le, Mapping) and isinstance(le.get("fractions"), Mapping)):
+            problems.append(f"models.{name}.label_efficiency: expected {{'fractions': ...}}")
+    fid = d.get("fidelity")
+    if fid is not None:
+        if not isinstance(fid, Mapping):
+            problems.append("fidelity: expected a dict")
+        else:
+            for attr, per in fid.items():
+                for t, s in per.items():
+                    if not isinstance(s, Mapping) or "by_group" not in s or "gap" not in s:
+                        problems.append(f"fidelity.{attr}.{t}: expected a group_mean_summary dict")
+    p = d.get("pareto")
+    if p is not None and not (isinstance(p, Mapping) and "points" in p and "hypervolume" in p):
+        problems.append("pareto: expected a front_summary dict")
+    if problems:
+        raise ReportError(problems)
+    return dict(d)
+
+
+# --------------------------------------------------------------------------- formatting
+def _num(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "undefined"
+    return f"{float(v):.{nd}f}"
+
+
+def _mci(m: Optional[Mapping[str, Any]], nd: int = 3) -> str:
+    if not m:
+        return "–"
+    s = _num(m.get("value"), nd)
+    ci = m.get("ci")
+    if s != "undefined" and ci:
+        s += f" [{_num(ci[0], nd)}, {_num(ci[1], nd)}]"
+    return s
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return out + [""]
+
+
+def _binary_row(label: str, r: Mapping[str, Any], binning: str = "range10") -> List[str]:
+    t = primary_threshold(r)
+    tr = r["thresholds"].get(t, {}) if t else {}
+    wg = r["worst_group_auc"]
+    return [
+        label,
+        _mci(r["auc"]),
+        _mci(wg) + (f" ({wg.get('group')})" if wg.get("group") else ""),
+        _mci(r["auc_gap"]),
+        _mci(r["es_auc"]),
+        _mci(r["ece"].get(binning, {}).get("gap")) if r.get("ece") else "–",
+        _mci(tr.get("eod_worst_case")),
+        _mci(tr.get("eod_mean")),
+        _mci(tr.get("dpd")),
+        f"{t} ({_num(tr.get('threshold'))})" if t else "–",
+    ]
+
+
+_ATTR_HEADER = [
+    "attribute / label", "AUC", "worst-group AUC", "AUC gap", "ES-AUC", "ECE gap (range10)",
+    "EOD worst-case", "EOD mean", "DPD", "threshold",
+]  # fmt: skip
+
+
+def _group_rows(r: Mapping[str, Any]) -> List[List[str]]:
+    t = primary_threshold(r)
+    rows = []
+    for g in r["group_names"]:
+        e = r["groups"][g]
+        rates = r["thresholds"][t]["by_group"].get(g, {}) if t else {}
+        rows.append([
+            g + (" (excluded from gaps)" if g in r.get("excluded_from_gaps", []) else ""),
+            e["n"], e["n_pos"], _mci(e["auc"]),
+            *[_mci(e["ece"][b]) for b in ("range10", "unit15") if b in e["ece"]],
+            _num(rates.get("tpr")), _num(rates.get("fpr")), _num(rates.get("selection_rate")),
+        ])  # fmt: skip
+    return rows
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The human-readable report (see module docstring for what it holds)."""
+    L: List[str] = [f"# agglom evaluation report ({report.get('schema')})", ""]
+    if report.get("created"):
+        L += [f"Created {report['created']}. Primary model: **{report.get('primary')}**.", ""]
+    L += [
+        "Gaps are max − min over groups where the metric is defined (lower is better); intervals are stratified "
+        "bootstrap 95% percentile CIs (for gaps and ECE these lean high: the point estimate can sit at their lower end); `undefined` = not computable (e.g. a group with one class), never 0. "
+        "EOD worst-case = max(ΔTPR, ΔFPR) (fairlearn default); EOD mean = mean(ΔTPR, ΔFPR) (FairMedFM form; its "
+        "score is 1 − this). ECE range10 = 10 equal-width bins over the observed score range (FairMedFM/MEDFAIR).",
+        "",
+    ]
+    models = report.get("models", {})
+    order = [report.get("primary")] + [m for m in models if m != report.get("primary")]
+    for name in [m for m in order if m in models]:
+        m = models[name]
+        L += [f"## Model `{name}` ({m.get('kind', 'model')})", ""]
+        rows = []
+        for attr, r in m.get("attributes", {}).items():
+            if "labels" in r:
+                for lab, rr in r["labels"].items():
+                    rows.append(_binary_row(f"{attr} / {lab}", rr))
+                h = headline(r)
+                rows.append([f"{attr} / macro", _num(h["auc"]), _num(h["worst_group_auc"]), _num(h["auc_gap"]),
+                             _num(h["es_auc"]), _num(h["ece_gap"]), _num(h["eod_worst_case"]), _num(h["eod_mean"]),
+                             _num(h["dpd"]), h["threshold"] or "–"])  # fmt: skip
+            else:
+                rows.append(_binary_row(attr, r))
+        L += _table(_ATTR_HEADER, rows)
+        for attr, r in m.get("attributes", {}).items():
+            per = r["labels"].items() if "labels" in r else [(None, r)]
+            for lab, rr in per:
+                title = attr if lab is None else f"{attr} / {lab}"
+                undefined = rr.get("undefined_auc_groups") or []
+                L += [f"### Groups: {title}", ""]
+                if undefined:
+                    L += [f"AUC undefined (one class present) for: {', '.join(undefined)}.", ""]
+                t = primary_threshold(rr)
+                bins = [b for b in ("range10", "unit15") if b in rr.get("ece", {})]
+                L += _table(
+                    [
+                        "group",
+                        "n",
+                        "n_pos",
+                        "AUC",
+                        *[f"ECE {b}" for b in bins],
+                        f"TPR@{t}",
+                        f"FPR@{t}",
+                        f"sel.rate@{t}",
+                    ],
+                    _group_rows(rr),
+                )
+                trows = []
+                for tn, e in rr["thresholds"].items():
+                    trows.append([tn + (" (optimistic)" if e.get("optimistic") else ""), _num(e["threshold"]),
+                                  _mci(e["dpd"]), _mci(e["eod_worst_case"]), _mci(e["eod_mean"]),
+                                  _mci(e["eo_tpr_gap"]), _mci(e["fnr_gap"]), _mci(e["fpr_gap"])])  # fmt: skip
+                L += _table(["threshold", "value", "DPD", "EOD worst-case", "EOD mean", "EO (ΔTPR)", "FNR gap",
+                             "FPR gap"], trows)  # fmt: skip
+        le = m.get("label_efficiency")
+        if le:
+            L += [f"### Label efficiency: `{name}`", ""] + _label_efficiency_table(le)
+    fid = report.get("fidelity")
+    if fid:
+        L += ["## Fidelity per teacher × group", "",
+              "Mean per-sample cosine similarity between the student's head output and the (normalised) teacher "
+              "features; higher is better; worst group = lowest.", ""]  # fmt: skip
+        for attr, per in fid.items():
+            groups: List[str] = []
+            for s in per.values():
+                groups += [g for g in s["by_group"] if g not in groups]
+            rows = []
+            for teacher, s in per.items():
+                wg = s["worst_group"]
+                rows.append([teacher, *[_mci(s["by_group"].get(g)) for g in groups],
+                             _num(wg["value"]) + (f" ({wg.get('group')})" if wg.get("group") else ""),
+                             _mci(s["gap"])])  # fmt: skip
+            L += [f"### {attr}", ""] + _table(["teacher", *groups, "worst group", "gap"], rows)
+    if len(models) > 1:
+        L += ["## Teacher audit: same probe protocol on every model", "", "```", summary_table(report), "```", ""]
+    p = report.get("pareto")
+    if p:
+        L += ["## Utility–fairness front", "",
+              f"Hypervolume {_num(p['hypervolume'], 4)} (reference {p['reference']}); selected: "
+              f"**{p.get('selected')}** — {p.get('selection_rule')}.", ""]  # fmt: skip
+        rows = [[pt.get("name"), _num(pt.get("utility")), _num(pt.get("gap")), _num(pt.get("worst_group")),
+                 "yes" if pt.get("pareto") else ""] for pt in p["points"]]  # fmt: skip
+        L += _table(["candidate", p.get("utility_name", "utility"), p.get("gap_name", "gap"), "worst group",
+                     "Pareto"], rows)  # fmt: skip
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _label_efficiency_table(le: Mapping[str, Any]) -> List[str]:
+    keys: List[str] = []
+    for entry in le["fractions"].values():
+        for s in entry["seeds"].values():
+            for k, v in s["metrics"].items():
+                if k not in keys and (v is None or isinstance(v, (int, float))):
+                    keys.append(k)
+    rows = []
+    for fk, entry in le["fractions"].items():
+        seeds = list(entry["seeds"].values())
+        row = [fk, len(seeds), _num(np.mean([s["n_train"] for s in seeds]), 1)]
+        for k in keys:
+            vals = [s["metrics"].get(k) for s in seeds]
+            vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+            row.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "undefined")
+        rows.append(row)
+    return _table(["fraction", "seeds", "n_train (mean)", *keys], rows)
+
+
+def summary_table(reports: Any, binning: str = "range10") -> str:
+    """Console table ``model | attribute | AUC | worst-group AUC | AUC gap | ES-AUC | ECE gap | EOD | DPD``.
+
+    ``reports``: one report dict, a list of them, or ``{name: report}``; every model in every report is listed
+    (multi-label attributes show the macro mean). EOD is the fairlearn worst-case form, at the headline threshold.
+    """
+    if isinstance(reports, Mapping) and "schema" in reports:
+        reports = [reports]
+    elif isinstance(reports, Mapping):
+        reports = list(reports.values())
+    header = ["model", "attribute", "AUC", "worst-group AUC", "AUC gap", "ES-AUC", "ECE gap", "EOD", "DPD", "threshold"]
+    rows: List[List[str]] = []
+    for rep in reports:
+        for mname, m in rep.get("models", {}).items():
+            for attr, r in m.get("attributes", {}).items():
+                h = headline(r, binning=binning)
+                rows.append([mname, attr, *[_num(h[k]) for k in ("auc", "worst_group_auc", "auc_gap", "es_auc",
+                             "ece_gap", "eod_worst_case", "dpd")], str(h["threshold"])])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(header), "-+-".join("-" * w for w in widths), *[fmt(r) for r in rows]])
+
+
+def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> Dict[str, str]:
+    """Validate and write ``report.json`` (NaN -> null) and ``report.md``; returns ``{"json": path, "md": path}``."""
+    d = dict(report)
+    d.setdefault("schema", SCHEMA)
+    d.setdefault("created", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    d = nan_to_none(d)
+    validate_report(d)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pj, pm = out / "report.json", out / "report.md"
+    pj.write_text(json.dumps(d, indent=2, allow_nan=False) + "\n")
+    pm.write_text(render_markdown(d))
+    return {"json": str(pj), "md": str(pm)}
+
+
+# --------------------------------------------------------------------------- predictions CSV
+def prediction_rows(
+    keys: Sequence[str],
+    split: str | Sequence[str],
+    y_true: Any,
+    score: Any,
+    thresholds: Mapping[str, Any],
+    attributes: Mapping[str, Sequence[Any]],
+    label_names: Optional[Sequence[str]] = None,
+) -> List[Dict[str, Any]]:
+    """Rows for :func:`write_predictions_csv`.
+
+    Columns: ``key``, ``split``; one label: ``label``, ``score``, ``threshold:<name>``; multi-label:
+    ``label:<l>``, ``score:<l>``, ``threshold:<name>:<l>``; then one column per attribute / proxy grouping
+    (``attributes = {name: [N] group values}``). ``thresholds = {name: float | [L]}``.
+    """
+    Y, S = np.asarray(y_true), np.asarray(score, dtype=float)
+    n = len(keys)
+    splits = [split] * n if isinstance(split, str) else list(split)
+    multi = Y.ndim == 2
+    if multi:
+        labs = list(label_names) if label_names is not None else [f"label{i}" for i in range(Y.shape[1])]
+    rows = []
+    for i in range(n):
+        row: Dict[str, Any] = {"key": keys[i], "split": splits[i]}
+        if multi:
+            for j, lab in enumerate(labs):
+                row[f"label:{lab}"] = int(Y[i, j])
+                row[f"score:{lab}"] = float(S[i, j])
+            for tn, tv in thresholds.items():
+                tv = np.broadcast_to(np.asarray(tv, dtype=float), (len(labs),))
+                for j, lab in enumerate(labs):
+                    row[f"threshold:{tn}:{lab}"] = float(tv[j])
+        else:
+            row["label"] = int(Y[i])
+            row["score"] = float(S[i])
+            for tn, tv in thresholds.items():
+                row[f"threshold:{tn}"] = float(np.asarray(tv, dtype=float).reshape(-1)[0])
+        for a, vals in attributes.items():
+            row[a] = vals[i]
+        rows.append(row)
+    return rows
+
+
+def write_predictions_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Write prediction rows (dicts) to CSV: ``key``, ``split``, label/score/threshold columns, then the rest in
+    first-seen order. Floats are written with full precision (``repr``). Returns the path."""
+    cols: List[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    first = [c for c in ("key", "split") if c in cols]
+    lst = [c for c in cols if c.split(":")[0] in ("label", "score", "threshold")]
+    cols = first + lst + [c for c in cols if c not in first and c not in lst]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
+    return str(p)
+
+
+def read_predictions_csv(path: str | os.PathLike) -> Dict[str, np.ndarray]:
+    """Read a predictions CSV back as columns: label columns -> int arrays, score/threshold -> float arrays,
+    everything else -> str arrays."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    out: Dict[str, np.ndarray] = {}
+    for c in rows[0]:
+        vals = [r[c] for r in rows]
+        kind = c.split(":")[0]
+        if kind == "label":
+            out[c] = np.asarray([int(v) for v in vals])
+        elif kind in ("score", "threshold"):
+            out[c] = np.asarray([float(v) for v in vals])
+        else:
+            out[c] = np.asarray(vals, dtype=str)
+    return out
