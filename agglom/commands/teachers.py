@@ -1,0 +1,162 @@
+"""`agglom teachers list|show|check`: the teacher zoo's cards, their contracts, and a frozen-forward check."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import yaml
+
+from agglom.commands import Command
+from agglom.config.load import ConfigError
+
+
+def _zoo():
+    import teachers
+
+    return teachers
+
+
+def _user_errors():
+    t = _zoo()
+    return (t.CardError, t.MissingWeightsError, t.WeightsUnavailableError, t.UnsafeCheckpointError,
+            t.CheckpointFormatError)
+
+
+def _present(card: Any) -> str:
+    ok = card.weights_present()
+    if ok is None:
+        return "random" if card.weights.source == "none" else f"{card.weights.source} (download)"
+    return "yes" if ok else "MISSING"
+
+
+# --------------------------------------------------------------------------- list
+@dataclass
+class ListOptions:
+    tiny: bool = True  # include the tiny random-weight cards
+
+
+def run_list(cfg: Any) -> int:
+    t = _zoo()
+    rows: List[List[str]] = [["name", "family", "model", "input", "weights", "licence"]]
+    for name in t.list_cards():
+        card = t.load_card(name)
+        if card.tiny and not cfg.tiny:
+            continue
+        size = f"{card.input_size[0]}x{card.input_size[1]}"
+        model = card.model if len(card.model) <= 48 else card.model[:45] + "..."
+        rows.append([card.name, card.family, model, size, _present(card), card.licence])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"\nweights folder: {t.weights_root()}  (set AGGLOM_WEIGHTS to change it)")
+    return 0
+
+
+# --------------------------------------------------------------------------- show
+@dataclass
+class ShowOptions:
+    name: str = ""  # card name, card .yaml path, or agglom export folder
+
+
+def _load(name: str) -> Any:
+    if not name:
+        raise ConfigError("give a teacher card: agglom teachers show <name> (agglom teachers list shows them)")
+    try:
+        return _zoo().load_card(name)
+    except _user_errors() as e:
+        raise ConfigError(str(e)) from e
+
+
+def run_show(cfg: Any) -> int:
+    t = _zoo()
+    card = _load(cfg.name)
+    print(f"# card {card.name}  ({card.source_path})")
+    print(yaml.safe_dump(card.to_dict(), sort_keys=False, width=120, default_flow_style=None).rstrip())
+    print(f"weights present: {_present(card)}" + (f"  ({card.weights_path()})" if card.weights_path() else ""))
+    print(f"digest: {card.digest()}")
+    print("\n# contract (architecture built without weights)")
+    try:
+        info: Dict[str, Any] = t.describe_teacher(card)
+    except _user_errors() as e:
+        print(f"unavailable: {e}")
+        return 0
+    for k in ("summary", "summary_dim", "spatial", "spatial_dim", "grid", "patch_size", "input_size", "resize",
+              "interpolation", "mean", "std"):
+        print(f"{k:<14} {info[k]}")
+    return 0
+
+
+# --------------------------------------------------------------------------- check
+@dataclass
+class CheckOptions:
+    name: str = ""  # card name, card .yaml path, or agglom export folder
+    device: str = "cpu"
+    batch_size: int = 4
+    image_size: int = 64  # the student-side image given to the teacher (it resizes to its own input size)
+    channels: int = 1  # 1 (grey, replicated) or 3
+    mean: List[float] = field(default_factory=lambda: [0.5])  # the student normalisation of the random batch
+    std: List[float] = field(default_factory=lambda: [0.5])
+    iters: int = 3  # timed forwards after one warm-up
+    seed: int = 0
+
+
+def run_check(cfg: Any) -> int:
+    import torch
+
+    t = _zoo()
+    card = _load(cfg.name)
+    if cfg.channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
+    try:
+        t0 = time.perf_counter()
+        teacher = t.build_teacher(card, list(cfg.mean), list(cfg.std), device=cfg.device)
+        build_s = time.perf_counter() - t0
+    except _user_errors() as e:
+        raise ConfigError(str(e)) from e
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    x = torch.rand(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, generator=g)
+    mean = torch.tensor(list(cfg.mean)).view(1, -1, 1, 1)
+    std = torch.tensor(list(cfg.std)).view(1, -1, 1, 1)
+    x = ((x - mean) / std).to(cfg.device)
+    out = teacher(x)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(max(1, cfg.iters)):
+        out = teacher(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    rate = cfg.batch_size * max(1, cfg.iters) / (time.perf_counter() - t0)
+    grads = [n for n, p in teacher.named_parameters() if p.requires_grad]
+    teacher.train()
+    still_eval = not any(m.training for m in teacher.modules())
+    out2 = teacher(x)
+    same = torch.equal(out.summary, out2.summary) and torch.equal(out.spatial, out2.spatial)
+    finite = bool(torch.isfinite(out.summary).all() and torch.isfinite(out.spatial).all())
+    shapes_ok = (tuple(out.summary.shape) == (cfg.batch_size, teacher.summary_dim)
+                 and tuple(out.spatial.shape) == (cfg.batch_size, teacher.spatial_dim, *teacher.grid))
+    print(f"teacher {teacher.name} ({teacher.family}: {card.model}) on {cfg.device}, built in {build_s:.2f} s")
+    print(f"input         {tuple(x.shape)} -> {teacher.input_size[0]}x{teacher.input_size[1]} ({teacher.resize_policy})")
+    print(f"summary       {tuple(out.summary.shape)}  dim {teacher.summary_dim} ({teacher.summary_kind})")
+    print(f"spatial       {tuple(out.spatial.shape)}  dim {teacher.spatial_dim}, grid {teacher.grid[0]}x"
+          f"{teacher.grid[1]}, patch {teacher.patch_size[0]}x{teacher.patch_size[1]}")
+    print(f"dtype         compute {str(teacher.dtype).replace('torch.', '')}, outputs "
+          f"{str(out.summary.dtype).replace('torch.', '')}")
+    print(f"speed         {rate:.1f} samples/s (batch {cfg.batch_size})")
+    checks = {
+        "shapes match the contract": shapes_ok,
+        "outputs finite": finite,
+        "no parameter requires grad": not grads,
+        "stays in eval after .train()": still_eval,
+        "output unchanged after .train()": same,
+    }
+    for k, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'}  {k}")
+    return 0 if all(checks.values()) else 1
+
+
+list_cmd = Command(schema=ListOptions, run=run_list, help="list the teacher cards (family, model, weights, licence)")
+show = Command(schema=ShowOptions, run=run_show, help="show a teacher card and its contract (dims, grid, preprocessing)",
+               positional="name")
+check = Command(schema=CheckOptions, run=run_check,
+                help="build a teacher, run a random batch, report dims/dtype/speed and verify it is frozen",
+                positional="name")

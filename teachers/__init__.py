@@ -1,0 +1,55 @@
+"""The teacher zoo: frozen foundation-model teachers described by cards. Never imports `agglom`.
+
+    card = load_card("tiny-dinov2")                      # a name, a card .yaml path, or an agglom export folder
+    teacher = build_teacher(card, input_mean=[0.5], input_std=[0.5])
+    out = teacher(x)                                     # x: the student-normalised batch [B, 1|3, H, W]
+    out.summary  # [B, teacher.summary_dim]      out.spatial  # [B, teacher.spatial_dim, *teacher.grid]
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence, Union
+
+import torch
+
+from .base import Teacher, TeacherOutput
+from .cards import (
+    CardError,
+    MissingWeightsError,
+    TeacherCard,
+    WeightsSpec,
+    WeightsUnavailableError,
+    card_from_dict,
+    list_cards,
+    load_card,
+    weights_root,
+)
+from .registry import FAMILIES, ensure_families, get_family, register_family
+from .safe_load import CheckpointFormatError, UnsafeCheckpointError, load_state_dict
+
+ensure_families()
+
+
+def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (0.5,),
+                  input_std: Sequence[float] = (0.5,), device: Any = "cpu") -> Teacher:
+    """A frozen teacher for `card` (a TeacherCard or anything load_card accepts), taking batches normalised with
+    the student's `input_mean`/`input_std`."""
+    card = load_card(card)
+    return get_family(card.family)(card, input_mean, input_std, device=device)
+
+
+def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:
+    """The teacher's contract (dims, grid, patch, input size, normalisation) without weights: the architecture is
+    built on the meta device, so this is instant even for ViT-H and needs no download."""
+    card = load_card(card)
+    cls = get_family(card.family)
+    with torch.device("meta"):
+        t = cls(card, (0.5,), (0.5,), device="meta", load_weights=False)
+    info = t.contract()
+    info.pop("dtype")
+    return info
+
+
+__all__ = ["Teacher", "TeacherOutput", "TeacherCard", "WeightsSpec", "FAMILIES", "register_family", "load_card",
+           "list_cards", "card_from_dict", "build_teacher", "describe_teacher", "load_state_dict", "weights_root",
+           "CardError", "MissingWeightsError", "WeightsUnavailableError", "UnsafeCheckpointError",
+           "CheckpointFormatError"]

@@ -1,0 +1,1 @@
+"""Built-in teacher families (each module registers itself); heavy libraries are imported inside builders."""
