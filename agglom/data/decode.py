@@ -1,0 +1,122 @@
+"""Image bytes -> float tensors in [0, 1] (png 8/16-bit, jpg, npy), with the grayscale policy applied."""
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+import torch
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "npy")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class DecodeError(ValueError):
+    """The bytes of one image could not be turned into a tensor; the message says which format and why."""
+
+
+def png_bit_depth(data: bytes) -> int:
+    """The bit depth stored in a PNG's IHDR chunk (1, 2, 4, 8 or 16)."""
+    if len(data) < 33 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
+        raise DecodeError("png: not a PNG stream (bad signature or missing IHDR)")
+    return int(data[24])
+
+
+def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {e}") from e
+    if fmt == "png":
+        depth = png_bit_depth(data)
+    else:
+        depth = 8
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        arr = np.asarray(img).astype(np.float32)
+        scale = float(2 ** depth - 1) if depth in (8, 16) else float(max(arr.max(), 1.0))
+        return arr / scale
+    if mode == "F":
+        return np.asarray(img).astype(np.float32)
+    if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        if mode == "1":
+            img = img.convert("L")
+        elif mode in ("LA",):
+            img = img.convert("L")
+        elif mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        return np.asarray(img).astype(np.float32) / 255.0
+    raise DecodeError(f"{fmt}: unsupported image mode {mode!r}")
+
+
+def _npy_to_array(data: bytes) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad bytes
+        raise DecodeError(f"npy: cannot load {len(data)} bytes: {e}") from e
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+        raise DecodeError(f"npy: expected a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    if arr.dtype.kind in "ub" and arr.dtype.itemsize <= 2:
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else 1)
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3:
+        if arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+        if arr.shape[-1] not in (1, 3, 4):
+            raise DecodeError(f"npy: cannot tell the channel axis of shape {tuple(arr.shape)}")
+        return arr
+    raise DecodeError(f"npy: expected a 2D or 3D array, got shape {tuple(arr.shape)}")
+
+
+def to_channels(arr: np.ndarray, grayscale: str = "replicate") -> torch.Tensor:
+    """HW or HWC array -> float32 tensor [C,H,W]; 'replicate' gives 3 channels, 'keep' gives 1."""
+    if grayscale not in ("replicate", "keep"):
+        raise ValueError(f"grayscale must be 'replicate' or 'keep', got {grayscale!r}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[-1] == 4:  # drop alpha
+        arr = arr[:, :, :3]
+    if arr.shape[-1] == 3 and grayscale == "keep":
+        arr = (arr @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
+    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+    if t.shape[0] == 1 and grayscale == "replicate":
+        t = t.expand(3, -1, -1).contiguous()
+    if not torch.isfinite(t).all():
+        raise DecodeError("image contains non-finite values")
+    return t
+
+
+def decode_array(data: bytes, ext: str) -> np.ndarray:
+    """Bytes -> float32 array HW or HWC (png/jpg in [0,1] by true bit depth; npy as stored)."""
+    ext = ext.lower().lstrip(".")
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise DecodeError(f"{ext}: empty image bytes")
+    if ext == "png":
+        png_bit_depth(bytes(data[:33]))
+        return _pil_to_array(bytes(data), "png")
+    if ext in ("jpg", "jpeg"):
+        return _pil_to_array(bytes(data), "jpg")
+    if ext == "npy":
+        return _npy_to_array(bytes(data))
+    raise DecodeError(f"unsupported image extension {ext!r} (expected one of {IMAGE_EXTS})")
+
+
+def decode_image(data: bytes, ext: str, grayscale: str = "replicate") -> torch.Tensor:
+    """Bytes of one image -> float32 tensor [C,H,W] (C=3 for 'replicate', 1 for 'keep')."""
+    return to_channels(decode_array(data, ext), grayscale)
+
+
+def find_image(sample: dict) -> Optional[str]:
+    """The image extension present in a webdataset sample dict, if any."""
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext
+    return None
+
+
+__all__ = ["DecodeError", "decode_image", "decode_array", "to_channels", "png_bit_depth", "find_image", "IMAGE_EXTS"]

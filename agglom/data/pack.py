@@ -1,0 +1,275 @@
+"""`agglom data pack`: an image folder (class subfolders -> label) or a CSV (+ DICOM) -> WebDataset shards.
+
+Images already in png/jpg/npy are stored as they are (after a decode check); DICOM files become 16-bit
+grayscale PNGs (RescaleSlope/Intercept applied, then the WindowCenter/Width window if present, else the
+min/max range; MONOCHROME1 inverted); other formats PIL reads become PNGs. Unreadable files are skipped,
+counted by reason and reported in the datasheet (``skipped``). Splits are stratified over label x the
+``stratify`` attributes, seeded, unless a ``split_col`` gives them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from agglom.data.decode import DecodeError, decode_array
+from agglom.data.groups import fmt_value
+
+log = logging.getLogger("agglom.data.pack")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+class SkipImage(Exception):
+    """A source image that cannot be packed (reason in ``.reason``)."""
+
+    def __init__(self, reason: str, msg: str):
+        super().__init__(msg)
+        self.reason = reason
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def dicom_to_png16(path: Path) -> bytes:
+    """A DICOM file -> 16-bit grayscale PNG bytes (rescale, window or min/max, MONOCHROME1 inverted)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as e:  # pydicom raises many types for bad files
+        raise SkipImage("bad_dicom", f"{path}: cannot read DICOM pixel data: {e}") from e
+    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if spp == 1 and arr.ndim == 3:  # multi-frame: the middle frame
+        arr = arr[arr.shape[0] // 2]
+    if spp != 1 or arr.ndim != 2:
+        raise SkipImage("bad_dicom", f"{path}: only single-channel 2D DICOM images are supported "
+                                     f"(SamplesPerPixel={spp}, shape={arr.shape})")
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    arr = arr * slope + intercept
+
+    def first(v: Any) -> Optional[float]:
+        if v is None:
+            return None
+        try:
+            return float(v[0]) if hasattr(v, "__len__") and not isinstance(v, (str, bytes)) else float(v)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    wc, ww = first(getattr(ds, "WindowCenter", None)), first(getattr(ds, "WindowWidth", None))
+    if wc is not None and ww is not None and ww > 0:
+        lo, hi = wc - ww / 2.0, wc + ww / 2.0
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return _png_bytes(np.round(scaled * 65535.0).astype(np.uint16))
+
+
+def load_image(path: Path) -> Tuple[bytes, str]:
+    """Source file -> (bytes, ext) ready for a shard; raises SkipImage with a reason."""
+    if not path.is_file():
+        raise SkipImage("missing_file", f"{path}: no such file")
+    suf = path.suffix.lower()
+    if suf in (".dcm", ".dicom") or (suf == "" and _is_dicom(path)):
+        data = dicom_to_png16(path)
+        return data, "png"
+    data = path.read_bytes()
+    if suf in (".png", ".jpg", ".jpeg", ".npy"):
+        ext = {".jpeg": "jpg"}.get(suf, suf[1:])
+        try:
+            decode_array(data, ext)
+        except DecodeError as e:
+            raise SkipImage("bad_image", f"{path}: {e}") from e
+        return data, ext
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:
+        raise SkipImage("bad_image", f"{path}: cannot decode: {e}") from e
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return _png_bytes(np.asarray(img).astype(np.uint16)), "png"
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        return head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def make_key(rel: str) -> str:
+    stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", stem).strip("_") or "sample"
+
+
+def _unique(keys: List[str], rels: List[str]) -> List[str]:
+    seen: Counter = Counter(keys)
+    out, used = [], set()
+    for k, r in zip(keys, rels):
+        if seen[k] > 1:
+            k = re.sub(r"[^A-Za-z0-9_\-]+", "_", r).strip("_")
+        base, i = k, 1
+        while k in used:
+            k, i = f"{base}_{i}", i + 1
+        used.add(k)
+        out.append(k)
+    return out
+
+
+def _parse_value(v: str) -> Any:
+    v = v.strip()
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def records_from_folder(src: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """class subfolders -> labels (sorted names -> 0..K-1); files found recursively inside each."""
+    from agglom.config.load import ConfigError
+
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ConfigError(f"src={src}: no class subfolders found")
+    recs = []
+    for li, c in enumerate(classes):
+        for f in sorted((src / c).rglob("*")):
+            if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and _is_dicom(f))):
+                recs.append({"path": f, "rel": str(f.relative_to(src)), "label": li, "attrs": {}})
+    return recs, classes
+
+
+def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols: List[str], key_col: Optional[str],
+                     split_col: Optional[str], skipped: Counter) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
+    from agglom.config.load import ConfigError
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = list(reader.fieldnames or [])
+        rows = list(reader)
+    for c in [path_col] + list(label_cols) + ([key_col] if key_col else []) + ([split_col] if split_col else []):
+        if c not in cols:
+            raise ConfigError(f"csv {path}: no column {c!r} (columns: {cols})")
+    used = {path_col, *label_cols, key_col, split_col}
+    attr_cols = list(attr_cols) if attr_cols else [c for c in cols if c not in used]
+    for c in attr_cols:
+        if c not in cols:
+            raise ConfigError(f"csv {path}: no attribute column {c!r} (columns: {cols})")
+    names: Optional[List[str]] = None
+    if len(label_cols) == 1:
+        raw = [r[label_cols[0]].strip() for r in rows if (r.get(label_cols[0]) or "").strip() != ""]
+        if any(not re.fullmatch(r"-?\d+", v) for v in raw):
+            names = sorted(set(raw))
+    recs = []
+    for r in rows:
+        rel = (r.get(path_col) or "").strip()
+        p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        try:
+            if len(label_cols) == 1:
+                v = (r.get(label_cols[0]) or "").strip()
+                if v == "":
+                    raise ValueError("empty label")
+                label: Any = names.index(v) if names is not None else int(v)
+            else:
+                label = [int(float((r.get(c) or "").strip())) for c in label_cols]
+        except ValueError as e:
+            skipped["bad_label"] += 1
+            log.warning("pack: %s: bad label (%s); skipped", rel, e)
+            continue
+        attrs = {c: _parse_value(r[c]) for c in attr_cols if (r.get(c) or "").strip() != ""}
+        rec = {"path": p, "rel": rel, "label": label, "attrs": attrs}
+        if key_col:
+            rec["key"] = r[key_col].strip()
+        if split_col:
+            rec["split"] = r[split_col].strip()
+        recs.append(rec)
+    return recs, names
+
+
+def pack(cfg: Any) -> Dict[str, Any]:
+    """Pack per ``cfg`` (see :class:`agglom.commands.data.PackConfig`); returns the datasheet."""
+    from agglom.config.load import ConfigError
+    from agglom.data.splits import default_fractions, stratified_split
+    from agglom.data.writer import DatasetWriter, prepare_output
+
+    if bool(cfg.src) == bool(cfg.csv):
+        raise ConfigError("give exactly one source: src=FOLDER (class subfolders) or csv=FILE")
+    if not cfg.out:
+        raise ConfigError("out=DIR is required")
+    skipped: Counter = Counter()
+    names: Optional[List[str]]
+    if cfg.src:
+        src = Path(cfg.src)
+        if not src.is_dir():
+            raise ConfigError(f"src={src} is not a folder")
+        recs, names = records_from_folder(src)
+        source = f"image folder {src.resolve()}"
+    else:
+        path = Path(cfg.csv)
+        if not path.is_file():
+            raise ConfigError(f"csv={path}: file not found")
+        recs, names = records_from_csv(path, cfg.path_col, list(cfg.label_cols), list(cfg.attr_cols),
+                                       cfg.key_col, cfg.split_col, skipped)
+        source = f"csv {path.resolve()}"
+    if not recs:
+        raise ConfigError("no samples found in the source")
+    keys = _unique([r.get("key") or make_key(r["rel"]) for r in recs], [r["rel"] for r in recs])
+    if cfg.split_col:
+        assign = {k: r["split"] for k, r in zip(keys, recs)}
+    else:
+        strata = [(json.dumps(r["label"]),) + tuple(fmt_value(r["attrs"].get(a, "unknown")) for a in cfg.stratify)
+                  for r in recs]
+        try:
+            assign = stratified_split(keys, strata, default_fractions(cfg.val_frac, cfg.test_frac), seed=cfg.seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    root = prepare_output(cfg.out, cfg.force)
+    written = 0
+    with DatasetWriter(root, shard_size=cfg.shard_size, prepare=False) as w:
+        for key, r in zip(keys, recs):
+            try:
+                data, ext = load_image(r["path"])
+            except SkipImage as e:
+                skipped[e.reason] += 1
+                log.warning("pack: %s; skipped", e)
+                continue
+            w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]})
+            written += 1
+        if written == 0:
+            raise ConfigError(f"no readable images in the source (skipped: {dict(skipped)})")
+        label = {"names": names} if names else {}
+        sheet = w.close(name=cfg.name or Path(cfg.out).name, source=cfg.source or source, licence=cfg.licence,
+                        params={"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
+                                "stratify": list(cfg.stratify), "split_col": cfg.split_col,
+                                "shard_size": cfg.shard_size},
+                        label=label, skipped=dict(skipped))
+    return sheet
+
+
+__all__ = ["pack", "dicom_to_png16", "load_image", "SkipImage", "make_key", "records_from_folder", "records_from_csv"]

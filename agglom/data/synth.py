@@ -1,0 +1,233 @@
+"""The synthetic bias benchmark (SimBA-style, Stanley et al.): numpy/scipy only, vectorised, seconds on a CPU.
+
+Each subject is a smooth 2D "organ" template (an ellipse with two darker lobes and a soft edge) seen through a
+subject-level smooth random displacement field, with texture. Attributes and effects:
+
+- ``label`` (disease, binary): a local bright blob in the upper-right lobe region that moves with the anatomy.
+- ``shortcut`` ("0"/"1"): the *bias effect* — an intensity/contrast shift inside the organ (``bias=intensity``),
+  a local bulge of the outline (``bias=morphology``) or both — whose prevalence differs by class:
+  P(shortcut=1 | disease) = ``shortcut_p_disease``, P(shortcut=1 | healthy) = ``shortcut_p_healthy``.
+- ``site`` ("A"/"B"): a small site B (``site_frac``) acquired differently: inverted polarity, blur and grain
+  (a representation gap).
+- ``sex`` ("F"/"M"): a small organ-size effect; ``age`` (int): a small intensity/texture effect.
+
+Counts are exact (disease prevalence, shortcut prevalence per class, site B and sex fractions are realised by
+permutation, not by coin flips), and splits are stratified over label x shortcut x site. The matched twin
+(``twin=true`` -> ``<out>/twin``) re-renders the same subjects with identical random draws and no bias effect:
+images of subjects without the shortcut are byte-identical, those with it differ.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+from scipy import ndimage
+
+CHUNK = 512  # subjects rendered per vectorised block (fixed: part of the random stream's definition)
+
+
+@dataclass
+class SynthParams:
+    n: int = 3000
+    image_size: int = 64
+    seed: int = 0
+    p_disease: float = 0.5
+    disease_strength: float = 0.3
+    bias: str = "intensity"  # intensity | morphology | both
+    bias_strength: float = 0.15
+    shortcut_p_disease: float = 0.7
+    shortcut_p_healthy: float = 0.3
+    site_frac: float = 0.08
+    site_blur: float = 0.8
+    site_grain: float = 0.06
+    sex_effect: float = 0.04
+    age_min: int = 20
+    age_max: int = 90
+    deform: float = 0.08
+    texture: float = 0.04
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "SynthParams":
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)})
+
+    def validate(self) -> None:
+        if self.n < 1 or self.image_size < 8:
+            raise ValueError(f"need n >= 1 and image_size >= 8, got n={self.n} image_size={self.image_size}")
+        if self.bias not in ("intensity", "morphology", "both"):
+            raise ValueError(f"bias must be intensity | morphology | both, got {self.bias!r}")
+        for name in ("p_disease", "shortcut_p_disease", "shortcut_p_healthy", "site_frac"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.age_max <= self.age_min:
+            raise ValueError(f"age_max must exceed age_min, got {self.age_min}..{self.age_max}")
+
+
+def _exact_flags(rng: np.random.Generator, n: int, frac: float) -> np.ndarray:
+    flags = np.zeros(n, dtype=bool)
+    flags[: int(round(n * frac))] = True
+    rng.shuffle(flags)
+    return flags
+
+
+def subjects(p: SynthParams) -> Dict[str, np.ndarray]:
+    """Per-subject scalars: label, shortcut, site B, sex, age, shape and lesion jitter (exact counts)."""
+    rng = np.random.default_rng([p.seed, 1])
+    n = p.n
+    label = _exact_flags(rng, n, p.p_disease)
+    shortcut = np.zeros(n, dtype=bool)
+    for cls, prob in ((True, p.shortcut_p_disease), (False, p.shortcut_p_healthy)):
+        idx = np.flatnonzero(label == cls)
+        shortcut[idx] = _exact_flags(rng, len(idx), prob)
+    site_b = _exact_flags(rng, n, p.site_frac)
+    male = _exact_flags(rng, n, 0.5)
+    age = rng.integers(p.age_min, p.age_max, size=n)
+    return {
+        "label": label, "shortcut": shortcut, "site_b": site_b, "male": male, "age": age,
+        "scale": (1.0 + 0.05 * rng.standard_normal((n, 2))).astype(np.float32),
+        "rot": (0.08 * rng.standard_normal(n)).astype(np.float32),
+        "lesion_xy": (0.05 * rng.standard_normal((n, 2))).astype(np.float32),
+        "lesion_r": np.clip(0.14 * (1 + 0.2 * rng.standard_normal(n)), 0.07, 0.25).astype(np.float32),
+        "level": (0.04 * rng.standard_normal(n)).astype(np.float32),
+    }
+
+
+def _upsampler(g: int, size: int) -> np.ndarray:
+    """[size, g] cubic B-spline weights: a smooth separable upsampling of a g x g control grid."""
+    t = np.linspace(0.0, g - 1.0, size)[:, None] - np.arange(g)[None, :]
+    a = np.abs(t)
+    w = np.where(a < 1, 2 / 3 - a ** 2 + a ** 3 / 2, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, with_bias: bool) -> np.ndarray:
+    """Render subjects [lo, hi) -> uint8 [m, S, S]. All randomness comes from rng(seed, 2, lo)."""
+    S = p.image_size
+    m = hi - lo
+    rng = np.random.default_rng([p.seed, 2, lo])
+    g = 5
+    coarse = rng.standard_normal((m, 2, g, g)).astype(np.float32) * p.deform
+    tex = rng.standard_normal((m, S, S)).astype(np.float32)
+    grain = rng.standard_normal((m, S, S)).astype(np.float32)
+    up = _upsampler(g, S)
+    disp = np.einsum("ik,nckl,jl->ncij", up, coarse, up, optimize=True)
+
+    lin = np.linspace(-1.0, 1.0, S, dtype=np.float32)
+    yy, xx = np.meshgrid(lin, lin, indexing="ij")
+    x = xx[None] + disp[:, 0]
+    y = yy[None] + disp[:, 1]
+    sl = slice(lo, hi)
+    shortcut = s["shortcut"][sl] & with_bias
+    if p.bias in ("morphology", "both"):  # local bulge of the outline: push sampling points towards a centre
+        cx, cy, rad = -0.45, 0.55, 0.35
+        dx, dy = x - cx, y - cy
+        w = np.exp(-(dx ** 2 + dy ** 2) / (2 * rad ** 2)) * (p.bias_strength * 2.0)
+        f = shortcut[:, None, None].astype(np.float32) * w
+        x = x - f * dx
+        y = y - f * dy
+    # subject pose: rotation + anisotropic scale (+ sex effect on size)
+    c, sn = np.cos(s["rot"][sl])[:, None, None], np.sin(s["rot"][sl])[:, None, None]
+    size = (1.0 + p.sex_effect * s["male"][sl].astype(np.float32))[:, None, None]
+    xr = (c * x + sn * y) / (0.62 * s["scale"][sl, 0][:, None, None] * size)
+    yr = (-sn * x + c * y) / (0.78 * s["scale"][sl, 1][:, None, None] * size)
+    r = np.sqrt(xr ** 2 + yr ** 2)
+    mask = 1.0 / (1.0 + np.exp(-(1.0 - r) / 0.04))
+    lobes = (np.exp(-((xr - 0.42) ** 2 + (yr + 0.1) ** 2) / 0.08) + np.exp(-((xr + 0.42) ** 2 + (yr + 0.1) ** 2) / 0.08))
+    age = ((s["age"][sl].astype(np.float32) - 55.0) / 35.0)[:, None, None]
+    organ = 0.62 + 0.12 * yr - 0.22 * lobes + s["level"][sl][:, None, None] - 0.03 * age
+    tex = ndimage.gaussian_filter(tex, sigma=(0, 1.2, 1.2))
+    tex /= tex.std() + 1e-6
+    organ = organ + p.texture * (1.0 + 0.3 * age) * tex
+    # disease: a bright blob in the upper-right lobe region, in anatomical coordinates
+    lx = 0.42 + s["lesion_xy"][sl, 0][:, None, None]
+    ly = -0.35 + s["lesion_xy"][sl, 1][:, None, None]
+    lr = s["lesion_r"][sl][:, None, None]
+    blob = np.exp(-((xr - lx) ** 2 + (yr - ly) ** 2) / (2 * lr ** 2))
+    organ = organ + p.disease_strength * s["label"][sl][:, None, None] * blob
+    if p.bias in ("intensity", "both"):  # intensity + contrast shift inside the organ
+        f = shortcut[:, None, None].astype(np.float32)
+        organ = organ + f * (p.bias_strength * 0.5 + p.bias_strength * (organ - 0.5))
+    img = 0.06 + mask * (organ - 0.06)
+    img = np.clip(img, 0.0, 1.0)
+    site_b = s["site_b"][sl]
+    if site_b.any():  # another scanner: inverted polarity, blur, grain
+        b = img[site_b]
+        b = 1.0 - b
+        b = ndimage.gaussian_filter(b, sigma=(0, p.site_blur, p.site_blur)) if p.site_blur > 0 else b
+        b = b + p.site_grain * grain[site_b]
+        img[site_b] = b
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def render(p: SynthParams, s: Optional[Dict[str, np.ndarray]] = None, with_bias: bool = True) -> np.ndarray:
+    """All images, uint8 [n, S, S]; ``with_bias=False`` renders the no-bias twin of the same subjects."""
+    p.validate()
+    s = subjects(p) if s is None else s
+    out = np.empty((p.n, p.image_size, p.image_size), dtype=np.uint8)
+    for lo in range(0, p.n, CHUNK):
+        hi = min(p.n, lo + CHUNK)
+        out[lo:hi] = _render_chunk(p, s, lo, hi, with_bias)
+    return out
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img, mode="L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def attrs_of(s: Dict[str, np.ndarray], i: int) -> Dict[str, Any]:
+    return {"site": "B" if s["site_b"][i] else "A", "sex": "M" if s["male"][i] else "F", "age": int(s["age"][i]),
+            "shortcut": "1" if s["shortcut"][i] else "0"}
+
+
+def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 0.15, test_frac: float = 0.15,
+                shard_size: int = 1000, force: bool = False) -> Dict[str, Any]:
+    """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet."""
+    from agglom.data.splits import default_fractions, stratified_split
+    from agglom.data.writer import DatasetWriter, prepare_output
+
+    p.validate()
+    t0 = time.perf_counter()
+    root = prepare_output(out, force)
+    s = subjects(p)
+    keys = [f"synth{i:06d}" for i in range(p.n)]
+    strata = list(zip(s["label"].tolist(), s["shortcut"].tolist(), s["site_b"].tolist()))
+    assign = stratified_split(keys, strata, default_fractions(val_frac, test_frac), seed=p.seed)
+    params = {**asdict(p), "val_frac": val_frac, "test_frac": test_frac, "shard_size": shard_size, "twin": twin}
+    sheet: Dict[str, Any] = {}
+    for variant in (["main", "twin"] if twin else ["main"]):
+        imgs = render(p, s, with_bias=(variant == "main"))
+        dest = root if variant == "main" else root / "twin"
+        with DatasetWriter(dest, shard_size=shard_size, force=True, prepare=(variant != "main")) as w:
+            for split in ("train", "val", "test"):
+                for i, k in enumerate(keys):
+                    if assign[k] == split:
+                        w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split)
+            info = dict(
+                name="synth-bias" + ("-twin" if variant == "twin" else ""),
+                source="agglom data synth: SimBA-style synthetic bias benchmark (generated, numpy/scipy)",
+                licence="CC0-1.0 (generated data)",
+                params={**params, "variant": variant, "bias_effect_present": variant == "main"},
+                label={"type": "binary", "num_classes": 2, "names": ["healthy", "disease"]},
+                image={"ext": "png", "channels": 1, "bit_depth": 8, "size": [p.image_size, p.image_size]},
+                generation_seconds=round(time.perf_counter() - t0, 3),
+            )
+            got = w.close(**info)
+        if variant == "main":
+            sheet = got
+    if twin:  # record the twin in the main datasheet too
+        sheet["twin"] = "twin"
+        from agglom.data.writer import write_json_atomic
+
+        write_json_atomic(Path(root) / "dataset.json", sheet)
+    return sheet
+
+
+__all__ = ["SynthParams", "subjects", "render", "write_synth", "attrs_of"]

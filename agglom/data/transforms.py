@@ -1,0 +1,132 @@
+"""Tensor transforms from a timm-style data config: eval = resize + normalise; train adds augmentation.
+
+Randomness comes from an explicit ``torch.Generator`` (never the global RNG), so a batch's augmentation is a
+pure function of its seed: the training reader seeds one generator per batch, which is what lets a resumed
+reader skip batches without running their augmentation and still produce identical later batches.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+_INTERP = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+           "nearest": InterpolationMode.NEAREST}
+
+
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    if isinstance(node, dict):
+        return node.get(key, default)
+    return getattr(node, key, default)
+
+
+def _channel_stats(values: Sequence[float], channels: int) -> List[float]:
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    if channels == 1:
+        return [sum(values) / len(values)]
+    raise ValueError(f"mean/std has {len(values)} entries for {channels}-channel images")
+
+
+def data_config(cfg: Any) -> Dict[str, Any]:
+    """timm-style data config (input_size, interpolation, mean, std, crop_pct) for the student's input."""
+    data = cfg.data
+    channels = 1 if _get(data, "grayscale", "replicate") == "keep" else 3
+    size = int(_get(data, "image_size", 64))
+    student = _get(cfg, "student")
+    mean = _get(student, "mean", [0.5, 0.5, 0.5])
+    std = _get(student, "std", [0.5, 0.5, 0.5])
+    return {"input_size": (channels, size, size), "interpolation": str(_get(data, "interpolation", "bicubic")),
+            "mean": tuple(_channel_stats(list(mean), channels)), "std": tuple(_channel_stats(list(std), channels)),
+            "crop_pct": 1.0, "crop_mode": "center"}
+
+
+class ImageTransform:
+    """Callable ``(img [C,H,W] float in [0,1], generator=None) -> normalised [C,size,size]``."""
+
+    def __init__(self, dcfg: Dict[str, Any], augment: Any = None, train: bool = False):
+        self.channels, self.h, self.w = dcfg["input_size"]
+        interp = dcfg.get("interpolation", "bicubic")
+        if interp not in _INTERP:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERP)}, got {interp!r}")
+        self.interp = _INTERP[interp]
+        self.mean = torch.tensor(dcfg["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(dcfg["std"], dtype=torch.float32).view(-1, 1, 1)
+        self.train = bool(train)
+        a = augment
+        self.hflip = float(_get(a, "hflip", 0.0)) if train else 0.0
+        self.scale_min = float(_get(a, "scale_min", 1.0)) if train else 1.0
+        self.ratio_jitter = float(_get(a, "ratio_jitter", 0.0)) if train else 0.0
+        self.brightness = float(_get(a, "brightness", 0.0)) if train else 0.0
+        self.contrast = float(_get(a, "contrast", 0.0)) if train else 0.0
+        self.rotate = float(_get(a, "rotate", 0.0)) if train else 0.0
+
+    def _rand(self, g: Optional[torch.Generator]) -> float:
+        return float(torch.rand((), generator=g))
+
+    def _uniform(self, g: Optional[torch.Generator], lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self._rand(g)
+
+    def _crop_params(self, h: int, w: int, g: Optional[torch.Generator]) -> tuple:
+        area = h * w
+        log_r = (math.log(1.0 / (1.0 + self.ratio_jitter)), math.log(1.0 + self.ratio_jitter))
+        for _ in range(10):
+            target = area * self._uniform(g, self.scale_min, 1.0)
+            ratio = (w / h) * math.exp(self._uniform(g, *log_r))
+            cw = int(round(math.sqrt(target * ratio)))
+            ch = int(round(math.sqrt(target / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (), generator=g))
+                left = int(torch.randint(0, w - cw + 1, (), generator=g))
+                return top, left, ch, cw
+        return 0, 0, h, w
+
+    def __call__(self, img: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if img.ndim != 3:
+            raise ValueError(f"expected an image [C,H,W], got shape {tuple(img.shape)}")
+        h, w = img.shape[-2:]
+        size = [self.h, self.w]
+        g = generator
+        if self.train and (self.scale_min < 1.0 or self.ratio_jitter > 0):
+            top, left, ch, cw = self._crop_params(h, w, g)
+            img = TF.resized_crop(img, top, left, ch, cw, size, interpolation=self.interp, antialias=True)
+        elif (h, w) != (self.h, self.w):
+            img = TF.resize(img, size, interpolation=self.interp, antialias=True)
+        if self.hflip > 0 and self._rand(g) < self.hflip:
+            img = TF.horizontal_flip(img)
+        if self.rotate > 0:
+            angle = self._uniform(g, -self.rotate, self.rotate)
+            img = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR)
+        if self.brightness > 0:
+            img = img * self._uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
+        if self.contrast > 0:
+            factor = self._uniform(g, max(0.0, 1 - self.contrast), 1 + self.contrast)
+            m = img.mean()
+            img = (img - m) * factor + m
+        if self.brightness > 0 or self.contrast > 0:
+            img = img.clamp(0.0, 1.0)
+        img = img.clamp(0.0, 1.0) if self.interp == InterpolationMode.BICUBIC else img
+        return (img - self.mean) / self.std
+
+
+def build_transform(cfg: Any, train: bool = False) -> ImageTransform:
+    """The reader's transform: eval/caching = deterministic resize + normalise; train adds cfg.data.augment."""
+    return ImageTransform(data_config(cfg), _get(cfg.data, "augment"), train=train)
+
+
+def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    c = x.shape[-3]
+    m = torch.tensor(_channel_stats(list(mean), c), dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(_channel_stats(list(std), c), dtype=x.dtype).view(-1, 1, 1)
+    return x * s + m
+
+
+__all__ = ["data_config", "build_transform", "ImageTransform", "denormalise"]

@@ -1,0 +1,337 @@
+"""Shard writing shared by `agglom data pack` and `agglom data synth`: atomic shards + the datasheet.
+
+Layout: ``<root>/<split>/<split>-%06d.tar`` and ``<root>/dataset.json``. Each shard is written as
+``<name>.tar.tmp`` and renamed into place only when complete, so a crash never leaves a half shard that
+readers would take for a good one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import webdataset as wds
+
+from agglom.data.groups import fmt_value
+
+DATASHEET = "dataset.json"
+FORMAT = "agglom-shards/1"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+MAX_LISTED_NUMERIC_VALUES = 32
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def existing_output(root: os.PathLike) -> List[Path]:
+    """Things in ``root`` that a dataset write would replace (datasheet, split folders with shards, twin)."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    found = []
+    if (root / DATASHEET).exists():
+        found.append(root / DATASHEET)
+    for sub in sorted(root.iterdir()) if root.is_dir() else [root]:
+        if sub.is_dir() and (any(sub.glob("*.tar")) or any(sub.glob("*.tar.tmp")) or (sub / DATASHEET).exists()):
+            found.append(sub)
+    if root.exists() and not root.is_dir():
+        found.append(root)
+    return found
+
+
+def prepare_output(root: os.PathLike, force: bool = False) -> Path:
+    """Refuse to overwrite an existing dataset unless ``force``; with force, remove only dataset files."""
+    from agglom.config.load import ConfigError
+
+    root = Path(root)
+    found = existing_output(root)
+    if found and not force:
+        raise ConfigError(f"output {root} already holds a dataset ({', '.join(str(p.name) for p in found[:4])}); "
+                          "pass force=true to overwrite it")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output {root} exists and is not a folder")
+    for p in found:
+        if p.is_dir():
+            for f in list(p.glob("*.tar")) + list(p.glob("*.tar.tmp")):
+                f.unlink()
+            if (p / DATASHEET).exists():  # a nested dataset (the twin): remove it whole
+                shutil.rmtree(p)
+            else:
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+        elif p.exists():
+            p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# --------------------------------------------------------------------------- datasheet statistics
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _label_keys(label: Any) -> List[str]:
+    if isinstance(label, (list, tuple)):
+        return [str(i) for i, v in enumerate(label) if v]
+    return [str(label)]
+
+
+def _summary(xs: List[float]) -> Dict[str, float]:
+    if not xs:
+        return {"n": 0}
+    xs = sorted(xs)
+    n = len(xs)
+    mean = sum(xs) / n
+    var = sum((x - mean) ** 2 for x in xs) / n
+
+    def q(p: float) -> float:
+        return xs[min(n - 1, int(round(p * (n - 1))))]
+
+    return {"n": n, "min": xs[0], "max": xs[-1], "mean": round(mean, 6), "std": round(math.sqrt(var), 6),
+            "p25": q(0.25), "median": q(0.5), "p75": q(0.75)}
+
+
+class DatasheetBuilder:
+    """Accumulates counts per split x label x attribute value while samples are written."""
+
+    def __init__(self) -> None:
+        self.split_counts: Counter = Counter()
+        self.label_counts: Dict[str, Counter] = defaultdict(Counter)
+        self.multilabel: Optional[int] = None
+        self.attr_values: Dict[str, Dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        self.attr_by_label: Dict[str, Dict[str, Dict[str, Counter]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(Counter)))
+        self.attr_present: Dict[str, Counter] = defaultdict(Counter)
+        self.attr_numeric: Dict[str, bool] = {}
+        self.numeric_values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+        self.shards: Counter = Counter()
+
+    def add(self, split: str, label: Any, attrs: Mapping[str, Any]) -> None:
+        self.split_counts[split] += 1
+        if isinstance(label, (list, tuple)):
+            self.multilabel = len(label)
+        for lk in _label_keys(label):
+            self.label_counts[split][lk] += 1
+        lkey = json.dumps(label) if isinstance(label, (list, tuple)) else str(label)
+        for a, v in (attrs or {}).items():
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+                continue
+            self.attr_present[a][split] += 1
+            num = _is_number(v)
+            self.attr_numeric[a] = self.attr_numeric.get(a, True) and num
+            if num:
+                self.numeric_values[a][split].append(float(v))
+            s = fmt_value(v)
+            self.attr_values[a][split][s] += 1
+            self.attr_by_label[a][split][lkey][s] += 1
+
+    def build(self, **info: Any) -> Dict[str, Any]:
+        splits = sorted(self.split_counts, key=lambda s: (["train", "val", "test"] + [s]).index(s))
+        labels_all = sorted({k for c in self.label_counts.values() for k in c}, key=lambda k: (len(k), k))
+        label_info: Dict[str, Any] = dict(info.pop("label", {}) or {})
+        if self.multilabel is not None:
+            label_info.setdefault("type", "multilabel")
+            label_info.setdefault("num_classes", self.multilabel)
+        else:
+            nc = (max(int(k) for k in labels_all) + 1) if labels_all else 0
+            label_info.setdefault("type", "binary" if nc <= 2 else "multiclass")
+            label_info.setdefault("num_classes", nc)
+        attributes: Dict[str, Any] = {}
+        for a in sorted(self.attr_present):
+            numeric = self.attr_numeric.get(a, False)
+            distinct = sorted({v for c in self.attr_values[a].values() for v in c},
+                              key=(lambda s: float(s)) if numeric else None)
+            entry: Dict[str, Any] = {"type": "numeric" if numeric else "categorical",
+                                     "missing": {s: self.split_counts[s] - self.attr_present[a][s] for s in splits}}
+            if not numeric or len(distinct) <= MAX_LISTED_NUMERIC_VALUES:
+                entry["values"] = distinct
+                entry["counts"] = {s: dict(sorted(self.attr_values[a][s].items())) for s in splits}
+                entry["by_label"] = {s: {lk: dict(sorted(c.items())) for lk, c in sorted(self.attr_by_label[a][s].items())}
+                                     for s in splits}
+            if numeric:
+                allv = [x for s in splits for x in self.numeric_values[a][s]]
+                entry["summary"] = {"all": _summary(allv), **{s: _summary(self.numeric_values[a][s]) for s in splits}}
+            attributes[a] = entry
+        sheet: Dict[str, Any] = {
+            "format": FORMAT,
+            "name": info.pop("name", ""),
+            "source": info.pop("source", ""),
+            "licence": info.pop("licence", ""),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "params": info.pop("params", {}),
+            "label": label_info,
+            "samples": sum(self.split_counts.values()),
+            "splits": {s: {"samples": self.split_counts[s], "shards": self.shards[s],
+                           "labels": dict(sorted(self.label_counts[s].items(), key=lambda kv: (len(kv[0]), kv[0])))}
+                       for s in splits},
+            "attributes": attributes,
+        }
+        sheet.update(info)
+        return sheet
+
+
+# --------------------------------------------------------------------------- shard writer
+class _SplitWriter:
+    def __init__(self, folder: Path, split: str, shard_size: int):
+        self.folder, self.split, self.shard_size = folder, split, shard_size
+        self.index = 0
+        self.count = 0
+        self.tmp: Optional[Path] = None
+        self.writer: Optional[wds.TarWriter] = None
+
+    def _open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.folder / (shard_name(self.split, self.index) + ".tmp")
+        self.writer = wds.TarWriter(str(self.tmp), encoder=False, mtime=0.0)
+        self.count = 0
+
+    def _finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            assert self.tmp is not None
+            os.replace(self.tmp, self.folder / shard_name(self.split, self.index))
+            self.index += 1
+            self.writer, self.tmp = None, None
+
+    def write(self, sample: Dict[str, Any]) -> None:
+        if self.writer is None:
+            self._open()
+        assert self.writer is not None
+        self.writer.write(sample)
+        self.count += 1
+        if self.count >= self.shard_size:
+            self._finish()
+
+    def close(self) -> int:
+        self._finish()
+        return self.index
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            finally:
+                if self.tmp is not None and self.tmp.exists():
+                    self.tmp.unlink()
+                self.writer = None
+
+
+class DatasetWriter:
+    """Write samples into per-split shards and the datasheet; use as a context manager.
+
+    ``write(key, image_bytes, ext, label, attrs, split)``; ``close(**info)`` writes ``dataset.json`` and returns it.
+    """
+
+    def __init__(self, root: os.PathLike, shard_size: int = 1000, force: bool = False, prepare: bool = True):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.root = prepare_output(root, force) if prepare else Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.shard_size = int(shard_size)
+        self._writers: Dict[str, _SplitWriter] = {}
+        self._keys: set = set()
+        self.sheet = DatasheetBuilder()
+        self.datasheet: Optional[Dict[str, Any]] = None
+
+    def write(self, key: str, image: bytes, ext: str, label: Any, attrs: Mapping[str, Any], split: str,
+              extra: Optional[Mapping[str, Any]] = None) -> None:
+        if not _KEY_RE.match(key):
+            raise ValueError(f"sample key {key!r} must use only letters, digits, '_' and '-' (no dots or slashes)")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r}")
+        if not _KEY_RE.match(split):
+            raise ValueError(f"bad split name {split!r}")
+        self._keys.add(key)
+        meta = {"label": label, "attrs": dict(attrs), "split": split}
+        if extra:
+            meta.update(extra)
+        w = self._writers.get(split)
+        if w is None:
+            w = self._writers[split] = _SplitWriter(self.root / split, split, self.shard_size)
+        w.write({"__key__": key, ext: bytes(image), "json": json.dumps(meta, sort_keys=True).encode("utf-8")})
+        self.sheet.add(split, label, meta["attrs"])
+
+    def close(self, **info: Any) -> Dict[str, Any]:
+        for split, w in self._writers.items():
+            self.sheet.shards[split] = w.close()
+        sheet = self.sheet.build(**info)
+        write_json_atomic(self.root / DATASHEET, sheet)
+        self.datasheet = sheet
+        return sheet
+
+    def abort(self) -> None:
+        for w in self._writers.values():
+            w.abort()
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_json_atomic(path: os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_datasheet(root: os.PathLike) -> Optional[Dict[str, Any]]:
+    p = Path(root) / DATASHEET
+    if not p.is_file():
+        return None
+    return json.loads(p.read_text())
+
+
+def summary_table(sheet: Mapping[str, Any]) -> str:
+    """A plain-text table of a datasheet: splits x labels, then each attribute's values per split."""
+    splits = list(sheet.get("splits", {}))
+    lines = [f"dataset: {sheet.get('name') or '-'}   source: {sheet.get('source') or '-'}   "
+             f"licence: {sheet.get('licence') or '-'}   samples: {sheet.get('samples', 0)}"]
+    lab = sheet.get("label", {})
+    lines.append(f"label: {lab.get('type', '?')}, {lab.get('num_classes', '?')} classes"
+                 + (f" ({', '.join(map(str, lab['names']))})" if lab.get("names") else ""))
+    labels = sorted({k for s in splits for k in sheet["splits"][s].get("labels", {})}, key=lambda k: (len(k), k))
+    w = max([12] + [len(s) + 2 for s in splits])
+    lines.append("")
+    lines.append(f"{'':<24}" + "".join(f"{s:>{w}}" for s in splits))
+    lines.append(f"{'samples':<24}" + "".join(f"{sheet['splits'][s]['samples']:>{w}}" for s in splits))
+    lines.append(f"{'shards':<24}" + "".join(f"{sheet['splits'][s].get('shards', 0):>{w}}" for s in splits))
+    for lk in labels:
+        lines.append(f"{'label=' + lk:<24}" + "".join(f"{sheet['splits'][s]['labels'].get(lk, 0):>{w}}" for s in splits))
+    for a, info in sheet.get("attributes", {}).items():
+        lines.append(f"{a} ({info.get('type')})")
+        counts = info.get("counts")
+        if counts:
+            for v in info.get("values", []):
+                lines.append(f"{'  ' + str(v):<24}" + "".join(f"{counts.get(s, {}).get(str(v), 0):>{w}}" for s in splits))
+        summ = info.get("summary", {})
+        if summ and not counts:
+            for s in splits:
+                m = summ.get(s, {})
+                if m.get("n"):
+                    lines.append(f"  {s}: n={m['n']} min={m['min']:g} median={m['median']:g} max={m['max']:g} "
+                                 f"mean={m['mean']:g} std={m['std']:g}")
+        lines.append(f"{'  (missing)':<24}" + "".join(f"{info.get('missing', {}).get(s, 0):>{w}}" for s in splits))
+    if sheet.get("skipped"):
+        lines.append(f"skipped while writing: {json.dumps(sheet['skipped'])}")
+    return "\n".join(lines)
+
+
+def iter_shards(root: os.PathLike, split: str) -> Iterable[Path]:
+    return sorted((Path(root) / split).glob("*.tar"))
+
+
+__all__ = ["DatasetWriter", "DatasheetBuilder", "prepare_output", "existing_output", "read_datasheet",
+           "write_json_atomic", "summary_table", "shard_name", "DATASHEET", "iter_shards"]

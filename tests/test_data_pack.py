@@ -1,0 +1,156 @@
+"""`agglom data pack` from a CSV and from a class folder, incl. 16-bit PNG and DICOM; overwrite refusal."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agglom.cli import main
+from agglom.config.load import ConfigError, load_config
+from agglom.config.schema import Recipe
+from agglom.data.decode import decode_array
+from agglom.data.readers import eval_loader
+from agglom.data.writer import read_datasheet
+
+
+def write_dicom(path, raw: np.ndarray, window=None, slope=1.0, intercept=0.0, photometric="MONOCHROME2"):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = raw.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = raw.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def _save_png(path, arr):
+    Image.fromarray(arr).save(path)
+
+
+def _samples(root, split=None):
+    """key -> (json meta, image array) straight from the shards."""
+    import webdataset as wds
+
+    out = {}
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if split and split_dir.name != split:
+            continue
+        for s in wds.tarfile_samples([dict(url=str(u)) for u in sorted(split_dir.glob("*.tar"))]):
+            ext = next(e for e in ("png", "jpg", "npy") if e in s)
+            out[s["__key__"]] = (json.loads(s["json"]), decode_array(s[ext], ext), ext)
+    return out
+
+
+def test_pack_folder_with_png16_and_dicom(tmp_path):
+    src = tmp_path / "src"
+    for c in ("benign", "malignant"):
+        (src / c).mkdir(parents=True)
+    for i in range(6):
+        _save_png(src / "benign" / f"b{i}.png", np.full((12, 12), 20 * i, np.uint8))
+    a16 = (np.arange(144, dtype=np.uint16).reshape(12, 12) * 450).astype(np.uint16)
+    _save_png(src / "malignant" / "deep.png", a16)
+    raw = np.tile(np.arange(0, 240, 20, dtype=np.uint16), (12, 1))  # 12 columns: 0..220
+    write_dicom(src / "malignant" / "scan.dcm", raw, window=(100, 200), slope=2.0, intercept=-100.0)
+    write_dicom(src / "malignant" / "nowin.dcm", raw, photometric="MONOCHROME1")
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 12), 90, np.uint8)).save(buf, format="JPEG")
+    (src / "malignant" / "m.jpg").write_bytes(buf.getvalue())
+    (src / "malignant" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    assert main(["data", "pack", f"out={out}", f"src={src}", "val_frac=0.2", "test_frac=0.2", "shard_size=3"]) == 0
+    sheet = read_datasheet(out)
+    assert sheet["samples"] == 10 and sheet["skipped"] == {"bad_image": 1}
+    assert sheet["label"]["names"] == ["benign", "malignant"]
+    got = _samples(out)
+    assert len(got) == 10
+    meta, arr, ext = got["malignant_deep"]
+    assert ext == "png" and meta["label"] == 1 and np.allclose(arr, a16 / 65535.0)
+    meta, arr, ext = got["malignant_scan"]
+    assert ext == "png" and meta["label"] == 1
+    hu = raw * 2.0 - 100.0  # rescale, then window [0, 200]
+    assert np.allclose(arr, np.clip(hu / 200.0, 0, 1), atol=1e-4)
+    _, arr, _ = got["malignant_nowin"]  # min/max window, MONOCHROME1 inverted
+    assert np.allclose(arr, 1.0 - raw / 220.0, atol=1e-4)
+    assert {m["split"] for m, _, _ in got.values()} <= {"train", "val", "test"}
+    assert got["malignant_m"][2] == "jpg"
+    # reading back through the eval reader keeps the 16-bit precision
+    cfg = load_config(Recipe, [f"data.root={out}", "data.image_size=12", "data.grayscale=keep", "student.mean=[0]",
+                               "student.std=[1]", "data.num_workers=0", "groups.by=none",
+                               "groups.specs=[{name: none, attr: nothing, values: [x]}]"])
+    split = got["malignant_deep"][0]["split"]
+    for b in eval_loader(cfg, split):
+        for k, img, g in zip(b["key"], b["image"], b["group"].tolist()):
+            assert g == 1  # attribute missing -> unknown
+            if k == "malignant_deep":
+                assert np.allclose(img[0].numpy(), a16 / 65535.0, atol=1e-6)
+
+
+def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    rows = ["file,finding_a,finding_b,site,age,sex"]
+    for i in range(40):
+        _save_png(img_dir / f"x{i}.png", np.full((8, 8), 3 * i, np.uint8))
+        site = "AB"[i % 2] if i % 10 else ""
+        rows.append(f"imgs/x{i}.png,{i % 2},{(i // 2) % 2},{site},{20 + i},{'FM'[i % 3 % 2]}")
+    rows.append("imgs/missing.png,1,0,A,50,F")
+    rows.append("imgs/x1.png,,0,A,50,F")  # bad label
+    csv_path = tmp_path / "meta.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "packed"
+    args = ["data", "pack", str(out), f"csv={csv_path}", "path_col=file", "label_cols=[finding_a,finding_b]",
+            "stratify=[site]", "seed=3"]
+    assert main(args) == 0
+    sheet = read_datasheet(out)
+    assert sheet["samples"] == 40 and sheet["skipped"] == {"missing_file": 1, "bad_label": 1}
+    assert sheet["label"]["type"] == "multilabel" and sheet["label"]["num_classes"] == 2
+    site = sheet["attributes"]["site"]
+    assert site["values"] == ["A", "B"] and sum(site["missing"].values()) == 4
+    assert sheet["attributes"]["age"]["type"] == "numeric" and sheet["attributes"]["age"]["summary"]["all"]["min"] == 20
+    assert sum(sheet["splits"][s]["samples"] for s in sheet["splits"]) == 40
+    got = _samples(out)
+    m = got["imgs_x5"][0]
+    assert m["label"] == [1, 0] and m["attrs"] == {"site": "B", "age": 25, "sex": "F"} and m["source"] == "imgs/x5.png"
+    assert "site" not in got["imgs_x10"][0]["attrs"]
+    # deterministic split: packing again (force) gives the same assignment
+    first = {k: v[0]["split"] for k, v in got.items()}
+    assert main(args) == 2  # refuses to overwrite
+    assert main(args + ["force=true"]) == 0
+    assert {k: v[0]["split"] for k, v in _samples(out).items()} == first
+    cfg = load_config(Recipe, [f"data.root={out}", "data.num_workers=0", "groups.by=site", "data.image_size=8"])
+    b = next(iter(eval_loader(cfg, "train")))
+    assert b["label"].shape[1] == 2
+
+
+def test_pack_refuses_overwrite_and_bad_args(tmp_path, capsys):
+    from agglom.commands.data import PackConfig
+    from agglom.data.pack import pack
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    _save_png(src / "a" / "1.png", np.zeros((4, 4), np.uint8))
+    out = tmp_path / "o"
+    cfg = load_config(PackConfig, [f"out={out}", f"src={src}"])
+    pack(cfg)
+    with pytest.raises(ConfigError, match="force=true"):
+        pack(cfg)
+    assert main(["data", "pack", f"out={out}", f"src={src}"]) == 2
+    assert "force=true" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="exactly one source"):
+        pack(load_config(PackConfig, [f"out={tmp_path / 'p'}"]))
