@@ -20,6 +20,11 @@ from agglom.objective.tracking import GroupTeacherTracker
 Targets = Dict[str, Dict[str, torch.Tensor]]
 
 
+def is_cached(source: Any) -> bool:
+    """A teacher read from the feature cache rather than run online."""
+    return hasattr(source, "lookup")
+
+
 def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
     return TeacherSpec(name=teacher.name, summary_dim=int(teacher.summary_dim), spatial_dim=int(teacher.spatial_dim),
                        grid=tuple(int(g) for g in teacher.grid), summary=bool(entry.summary),
@@ -58,16 +63,17 @@ class AgglomTask(nn.Module):
         self.objective.to(device)
         self.routing = self.routing.to(device)
         for t in self.teachers.values():
-            t.to(device)
+            if not is_cached(t):
+                t.to(device)
 
     # targets ------------------------------------------------------------------------------------------------
     def raw_targets(self, batch: Dict[str, Any], image: torch.Tensor) -> Targets:
         """Teacher features: read from the batch when cached, else computed online by the frozen teacher."""
-        cached = batch.get("targets", {})
         out: Targets = {}
         for s in self.specs:
-            if s.name in cached:
-                t = {k: v.to(self.device, non_blocking=True).float() for k, v in cached[s.name].items()}
+            source = self.teachers[s.name]
+            if is_cached(source):
+                t = {k: v.to(self.device, non_blocking=True) for k, v in source.lookup(batch["key"]).items()}
             else:
                 o = self.teachers[s.name](image)
                 t = {"summary": o.summary, "spatial": o.spatial}

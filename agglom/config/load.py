@@ -73,12 +73,28 @@ def _explain(err: OmegaConfBaseException, schema: Type[Any], source: str) -> Con
     return ConfigError(f"bad value for '{key}' in {source}: {msg}")
 
 
+def _open_free_dicts(node: Any) -> None:
+    """Dict-typed fields (model_args, routing, ...) take any key; dataclass sections stay closed."""
+    if isinstance(node, DictConfig):
+        if OmegaConf.get_type(node) is dict:
+            OmegaConf.set_struct(node, False)
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                _open_free_dicts(child)
+    elif isinstance(node, ListConfig):
+        for child in node:
+            if isinstance(child, (DictConfig, ListConfig)):
+                _open_free_dicts(child)
+
+
 def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[str] = None) -> DictConfig:
     """Build the resolved config for `schema` from an optional recipe file and key=value overrides."""
     path, dotlist = split_args(argv)
     path = path or recipe
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_free_dicts(cfg)
     if path:
         if not Path(path).is_file():
             raise ConfigError(f"recipe file not found: {path}")

@@ -65,7 +65,8 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def step(self) -> float:
+    def step(self, step_index: int = 0) -> float:
+        """One optimiser step at lr = base_lr * schedule(step_index); returns the gradient norm."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:

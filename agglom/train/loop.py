@@ -11,7 +11,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from agglom.config.load import ConfigError, save_config, to_yaml
 from agglom.engine import build_engine
-from agglom.task import AgglomTask, teacher_spec
+from agglom.task import AgglomTask, is_cached, teacher_spec
 from agglom.train.checkpoint import CheckpointManager
 from agglom.train.ema import ModelEMA
 from agglom.train.logger import MetricLogger
@@ -31,6 +31,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_isolated(iterable: Any) -> Iterator[Any]:
+    """Iterate without touching the global RNG: a DataLoader draws its worker base seed from it when it starts,
+    and a resumed run starts its loader at another point of the stream than an uninterrupted one."""
+    it = iter(iterable)
+    while True:
+        state = torch.get_rng_state()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            torch.set_rng_state(state)
+        yield item
 
 
 def resolve_resume(cfg: DictConfig, ckpts: CheckpointManager) -> Optional[Path]:
@@ -60,7 +75,7 @@ def estimate_flops_per_sample(task: AgglomTask, batch: Dict[str, Any]) -> float:
     with FlopCounterMode(display=False) as counter:
         with torch.no_grad():
             for s in task.specs:
-                if s.name not in batch.get("targets", {}):
+                if not is_cached(task.teachers[s.name]):
                     task.teachers[s.name](image)
     return (3 * student + counter.get_total_flops()) / image.shape[0]
 
@@ -119,7 +134,7 @@ def train(cfg: DictConfig) -> Path:
         loader = train_loader(cfg, epoch=state["epoch"], skip_batches=state["batch_in_epoch"])
         t_fetch = time.perf_counter()
         finished_epoch = True
-        for batch in loader:
+        for batch in rng_isolated(loader):
             t_data += time.perf_counter() - t_fetch
             if state["flops_per_sample"] is None:
                 state["flops_per_sample"] = estimate_flops_per_sample(task, batch)

@@ -1,8 +1,6 @@
 """Building what the loop needs from the recipe: teachers, group names, input channels, stats batches."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
@@ -17,15 +15,13 @@ def in_chans_of(cfg: DictConfig) -> int:
     return 1 if cfg.data.grayscale == "keep" else 3
 
 
-def load_datasheet(cfg: DictConfig) -> Dict[str, Any]:
-    path = Path(cfg.data.root) / "dataset.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def group_indexer(cfg: DictConfig):
-    from agglom.data.groups import GroupIndexer
+    """The same indexer the readers use (datasheet + proxy-group sidecars), so group ids agree."""
+    from agglom.data.readers import datasheet_with_sidecars, group_indexer as reader_indexer, load_sidecars
+    from agglom.data.writer import read_datasheet
 
-    return GroupIndexer(list(cfg.groups.specs), cfg.groups.by, load_datasheet(cfg))
+    sheet = datasheet_with_sidecars(read_datasheet(cfg.data.root), load_sidecars(list(cfg.data.sidecars or [])))
+    return reader_indexer(cfg, sheet)
 
 
 def group_names(cfg: DictConfig) -> List[str]:
@@ -39,17 +35,30 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> Dict[str, torch.nn.
 
     if not cfg.teachers:
         raise ConfigError("teachers: the recipe names no teacher; add e.g. teachers=[{name: tiny-clip}] "
-                          f"(known cards: {', '.join(c.name for c in zoo.list_cards())})")
+                          f"(known cards: {', '.join(zoo.list_cards())})")
     out: Dict[str, torch.nn.Module] = {}
+    c = in_chans_of(cfg)
     for entry in cfg.teachers:
         try:
             card = zoo.load_card(entry.name)
         except (FileNotFoundError, KeyError, ValueError) as e:
-            known = ", ".join(c.name for c in zoo.list_cards())
+            known = ", ".join(zoo.list_cards())
             raise ConfigError(f"teachers: cannot load teacher {entry.name!r} ({e}); known cards: {known}") from e
-        c = in_chans_of(cfg)
-        teacher = zoo.build_teacher(card, input_mean=list(cfg.student.mean)[:c], input_std=list(cfg.student.std)[:c],
-                                    device=str(device))
+        if entry.cache:
+            from agglom.cache import open_cache
+
+            if any(float(v) for k, v in cfg.data.augment.items() if k != "scale_min") or cfg.data.augment.scale_min < 1:
+                print(f"agglom: warning: teacher {entry.name} is cached on un-augmented images while data.augment is "
+                      "on; its targets will not see the augmentation", flush=True)
+            cached = open_cache(entry.cache, entry.name, cfg, card.digest())
+            cached.name, cached.digest = entry.name, card.digest()
+            out[entry.name] = cached
+            continue
+        try:
+            teacher = zoo.build_teacher(card, input_mean=list(cfg.student.mean)[:c], input_std=list(cfg.student.std)[:c],
+                                        device=str(device))
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"teachers: cannot build teacher {entry.name!r}: {e}") from e
         teacher.name = entry.name
         teacher.digest = card.digest()
         if entry.name in out:
