@@ -51,12 +51,14 @@ def to_grid(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
 
 
 class AgglomModel(nn.Module):
-    def __init__(self, cfg: Any, specs: List[TeacherSpec], in_chans: int) -> None:
+    def __init__(self, cfg: Any, specs: List[TeacherSpec], in_chans: int, student: Optional[nn.Module] = None) -> None:
+        """`student`: an already-built timm model (e.g. loaded from an export) instead of a new one."""
         super().__init__()
         self.specs = list(specs)
         self.teacher_names = [s.name for s in specs]
         n_tokens = len(specs) if cfg.student.summary_tokens else 0
-        self.student = build_student(cfg.student, cfg.data.image_size, in_chans, n_tokens)
+        self.student = student if student is not None else build_student(cfg.student, cfg.data.image_size, in_chans,
+                                                                          n_tokens)
         width = self.student.embed_dim
         # summary token of teacher t: its own register (the last len(specs) prefix tokens) or the CLS token
         self.summary_token_index = {

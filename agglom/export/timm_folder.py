@@ -1,0 +1,76 @@
+"""`agglom export`: a folder `timm.create_model("local-dir:<dir>", pretrained=True)` loads with timm alone.
+
+Written to a temporary folder and renamed into place, so a crash never leaves a half-written export.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import timm
+
+from agglom.config.load import ConfigError
+from agglom.export.adapters import write_adapter_pack
+from agglom.export.model_card import write_model_card
+from agglom.runs import latest_checkpoint, load_run_model, run_config
+
+EXPORT_SCHEMA = "agglom.export/1"
+
+
+def export_run(run_dir: Path, out_dir: Optional[Path] = None, use_ema: bool = True, min_group_count: int = 10,
+               force: bool = True, checkpoint: Optional[Path] = None) -> Path:
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    if out.exists() and not force:
+        raise ConfigError(f"export: {out} exists; pass force=true to replace it")
+    cfg = run_config(run_dir)
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    model = load_run_model(run_dir, ckpt, use_ema=use_ema)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    student = model.student
+    pcfg = {"tag": f"agglom.{cfg.name}", "license": "other", "description": f"agglom student from run {cfg.name}",
+            "hf_hub_id": None, "url": None}
+    timm.models.save_for_hf(student, str(tmp), model_config={"pretrained_cfg": pcfg},
+                            model_args=dict(getattr(student, "agglom_model_args", {})), safe_serialization=True)
+    _clean_config(tmp / "config.json")
+    write_adapter_pack(model, cfg, tmp)
+    (tmp / "agglom.json").write_text(json.dumps({"schema": EXPORT_SCHEMA, "run": str(run_dir.resolve()),
+                                                 "checkpoint": ckpt.name, "ema": use_ema}, indent=1))
+    write_model_card(tmp, run_dir, cfg, model, min_group_count=min_group_count)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _clean_config(path: Path) -> None:
+    """Drop source-checkpoint fields (hub ids, urls) that would point at weights we did not train."""
+    conf = json.loads(path.read_text())
+    pc = conf.get("pretrained_cfg", {})
+    for key in ("hf_hub_id", "url", "custom_load", "source"):
+        if pc.get(key) in (None, "", False) or key in ("hf_hub_id", "url"):
+            pc.pop(key, None)
+    conf["num_classes"] = 0
+    path.write_text(json.dumps(conf, indent=2))
+
+
+def push_to_hub(export_dir: Path, repo_id: str) -> bool:
+    """Upload the export folder; skipped with a message when offline (HF_HUB_OFFLINE) or unreachable."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        print(f"agglom export: HF_HUB_OFFLINE is set; not pushing to {repo_id} (the folder is complete locally)")
+        return False
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(export_dir), repo_id=repo_id)
+        return True
+    except Exception as e:  # network, auth: the export itself is done, say why the push was skipped
+        print(f"agglom export: push to {repo_id} skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        return False

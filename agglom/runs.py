@@ -1,0 +1,62 @@
+"""Reading a finished (or running) run directory: its config, teacher roster and trained weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agglom.config.load import ConfigError
+from agglom.config.schema import Recipe
+from agglom.model import AgglomModel, TeacherSpec
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `agglom train`")
+    cfg = OmegaConf.merge(OmegaConf.structured(Recipe), OmegaConf.load(path))
+    return cfg
+
+
+def run_specs(run_dir: Path) -> List[TeacherSpec]:
+    return [TeacherSpec.from_dict(d) for d in json.loads((Path(run_dir) / "teachers.json").read_text())]
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.is_file():
+        raise ConfigError(f"{run_dir} has no checkpoint yet (checkpoints/latest missing)")
+    return root / pointer.read_text().strip()
+
+
+def trained_state(ckpt: Path, use_ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The trainable module's fp32 state dict from a checkpoint of any engine (EMA weights when present)."""
+    from safetensors.torch import load_file
+
+    if use_ema and (ckpt / "ema.safetensors").is_file():
+        ema = load_file(str(ckpt / "ema.safetensors"))
+        return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+    if (ckpt / "model.safetensors").is_file():
+        return load_file(str(ckpt / "model.safetensors"))
+    from agglom.engine.deepspeed_engine import consolidate_fp32  # a DeepSpeed checkpoint: consolidate first
+
+    return consolidate_fp32(ckpt)
+
+
+def load_run_model(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bool = True) -> AgglomModel:
+    """Rebuild the run's AgglomModel (student + heads + normalisers) and load its trained weights."""
+    cfg = run_config(run_dir)
+    in_chans = 1 if cfg.data.grayscale == "keep" else 3
+    model = AgglomModel(cfg, run_specs(run_dir), in_chans)
+    state = trained_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir), use_ema)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def run_summary(run_dir: Path) -> Dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
