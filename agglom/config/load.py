@@ -75,6 +75,8 @@ def _explain(err: OmegaConfBaseException, schema: Type[Any], source: str) -> Con
 
 def _open_free_dicts(node: Any) -> None:
     """Dict-typed fields (model_args, routing, ...) take any key; dataclass sections stay closed."""
+    if node._is_none() or node._is_missing():
+        return
     if isinstance(node, DictConfig):
         if OmegaConf.get_type(node) is dict:
             OmegaConf.set_struct(node, False)

@@ -34,6 +34,7 @@ class DataConfig:
     test_split: str = "test"
     image_size: int = 64
     grayscale: str = "replicate"  # replicate (to 3 channels) | keep (1 channel)
+    interpolation: str = "bicubic"  # resize/crop interpolation: bicubic | bilinear
     batch_size: int = 32
     num_workers: int = 2
     epoch_samples: int = 2048  # bounded epoch length of the resampled training stream
@@ -154,8 +155,11 @@ class LogConfig:
 class EvalConfig:
     features: str = "summary"  # summary | pooled
     attributes: List[str] = field(default_factory=list)  # empty = all attributes + proxy groups
-    bootstrap: int = 200
-    ece_bins: int = 10
+    bootstrap: int = 200  # bootstrap replicates for the 95% intervals (0 = off)
+    ece_binnings: List[str] = field(default_factory=lambda: ["range10", "unit15"])  # FairMedFM/MEDFAIR | torchmetrics
+    probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
+    threshold_method: str = "youden"  # youden | f1: how the validation threshold is chosen
+    optimistic_f1: bool = False  # also FairMedFM's best-F1 threshold on the evaluated split (labelled optimistic)
     label_fractions: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: int = 3
     max_iter: int = 1000

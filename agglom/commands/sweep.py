@@ -1,0 +1,34 @@
+"""`agglom sweep recipe=PATH sweep.lams=[0,1,4] [sweep.objectives=[variance,groupdro]] key=value ...`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from agglom.commands import Command
+from agglom.config.schema import Recipe
+
+
+@dataclass
+class SweepConfig:
+    lams: List[float] = field(default_factory=lambda: [0.0, 1.0, 4.0])
+    objectives: List[str] = field(default_factory=list)  # default: the recipe's objective.group
+    attribute: Optional[str] = None  # the attribute whose gap is traded off (default: groups.by)
+    utility: str = "auc"  # headline metric for utility
+    gap: str = "auc_gap"  # headline metric for the gap (lower is better)
+    audit: bool = False  # also audit the teachers in each point's report
+
+
+@dataclass
+class SweepRecipe(Recipe):
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def _run(cfg) -> int:
+    from agglom.eval.sweep import run_sweep
+
+    run_sweep(cfg)
+    return 0
+
+
+sweep = Command(schema=SweepRecipe, run=_run,
+                help="train + eval over a lambda grid; Pareto front, hypervolume, minimax-Pareto choice")

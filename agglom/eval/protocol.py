@@ -1,0 +1,111 @@
+"""The evaluation protocol: features on train/val/test -> linear probe (threshold on val) -> per-group
+utility and fairness on test for every attribute and proxy group -> label efficiency -> fidelity -> report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from agglom.eval.extract import SplitFeatures, attribute_groups, extract
+from agglom.eval.metrics import evaluate_attributes, group_mean_summary, headline
+from agglom.eval.probe import fit_linear_probe, label_efficiency
+from agglom.eval.report import new_report, prediction_rows, summary_table, write_predictions_csv, write_report
+
+
+def binary_labels(y: np.ndarray) -> np.ndarray:
+    """Probe targets: a binary label as is; a multi-class label one-vs-rest (multi-label form)."""
+    if y.ndim == 2:
+        return y.astype(int)
+    classes = np.unique(y)
+    if set(classes.tolist()) <= {0, 1}:
+        return y.astype(int)
+    return (y[:, None] == classes[None, :]).astype(int)
+
+
+def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any, attr_names: Optional[List[str]],
+                seed: int = 0) -> Dict[str, Any]:
+    """One model's section of the report, plus what is needed for predictions.csv and calibration plots."""
+    tr, va, te = splits["train"], splits["val"], splits["test"]
+    ytr, yva, yte = binary_labels(tr.labels), binary_labels(va.labels), binary_labels(te.labels)
+    probe = fit_linear_probe(tr.features, ytr, va.features, yva, te.features, C=ev.probe_c, max_iter=ev.max_iter,
+                             threshold_method=ev.threshold_method, seed=seed)
+    groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs)
+    thresholds = {k: (float(v[0]) if not probe.multilabel else v.tolist()) for k, v in probe.thresholds.items()}
+    kw = dict(thresholds=thresholds, optimistic_f1=ev.optimistic_f1, ece_binnings=list(ev.ece_binnings),
+              n_boot=ev.bootstrap, seed=seed)
+    attributes = evaluate_attributes(yte, probe.test_scores, groups, **kw)
+
+    def quick(res) -> Dict[str, Any]:
+        th = {k: (float(v[0]) if not res.multilabel else v.tolist()) for k, v in res.thresholds.items()}
+        r = evaluate_attributes(yte, res.test_scores, groups, thresholds=th, ece_binnings=["range10"], n_boot=0)
+        out: Dict[str, Any] = {}
+        for attr, rr in r.items():
+            h = headline(rr)
+            for k in ("auc", "worst_group_auc", "auc_gap", "eod_worst_case"):
+                out[f"{attr}:{k}"] = h.get(k)
+        return out
+
+    le = None
+    if ev.label_fractions:
+        le = label_efficiency(tr.features, ytr, va.features, yva, te.features, quick, fractions=list(ev.label_fractions),
+                              seeds=int(ev.seeds), C=ev.probe_c, max_iter=ev.max_iter,
+                              threshold_method=ev.threshold_method)
+    val_groups = attribute_groups(va.attrs, attr_names or None, reference=tr.attrs)
+    val_res = evaluate_attributes(yva, probe.val_scores, val_groups, thresholds=thresholds, ece_binnings=["range10"],
+                                  n_boot=0)
+    section = {"kind": kind, "attributes": attributes,
+               "validation": {a: headline(r) for a, r in val_res.items()},
+               "probe": {"n_train": probe.n_train, "n_val": len(va.keys), "n_test": len(te.keys),
+                         "C": ev.probe_c, "thresholds": thresholds, "features": ev.features,
+                         "feature_dim": int(tr.features.shape[1])}}
+    if le is not None:
+        section["label_efficiency"] = le
+    rows = prediction_rows(te.keys, "test", yte, probe.test_scores, thresholds, {k: list(v) for k, v in groups.items()})
+    return {"section": section, "rows": rows, "scores": probe.test_scores, "labels": yte, "groups": groups}
+
+
+def fidelity_section(te: SplitFeatures, attr_names: Optional[List[str]], reference: List[Dict[str, Any]],
+                     n_boot: int) -> Dict[str, Any]:
+    groups = attribute_groups(te.attrs, attr_names or None, reference=reference)
+    return {attr: {k: group_mean_summary(v, g, higher_is_better=True, exclude_unknown=True, n_boot=n_boot)
+                   for k, v in te.fidelity.items()}
+            for attr, g in groups.items()}
+
+
+def collect_splits(cfg: Any, encoder: Any, device: torch.device, name: str, fidelity: Any = None,
+                   batch_size: Optional[int] = None) -> Dict[str, SplitFeatures]:
+    from agglom.data.readers import eval_loader
+
+    out = {}
+    for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
+        loader = eval_loader(cfg, split, batch_size=batch_size)
+        out[role] = extract(loader, encoder, device, desc=f"{name}:{split}", fidelity=fidelity if role == "test" else None)
+    return out
+
+
+def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], fidelity: Optional[Dict[str, Any]],
+              meta: Dict[str, Any]) -> Dict[str, Any]:
+    """report.json/.md, predictions.csv (every model, a `model` column), plots; returns the report."""
+    from agglom.eval.plots import plot_calibration, plot_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = new_report(primary, {n: r["section"] for n, r in results.items()}, meta=meta)
+    if fidelity:
+        report["fidelity"] = fidelity
+    paths = write_report(out_dir, report)
+    rows = []
+    for n, r in results.items():
+        rows += [{"model": n, **row} for row in r["rows"]]
+    write_predictions_csv(out_dir / "predictions.csv", rows)
+    plot_report(json.loads(Path(paths["json"]).read_text()), out_dir)
+    for n, r in results.items():
+        if r["labels"].ndim == 1:
+            for attr, g in r["groups"].items():
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"calibration_{n}_{attr}")
+                plot_calibration(r["labels"], r["scores"], g, out_dir / f"{safe}.png", title=f"{n}: {attr}")
+    print(summary_table(json.loads(Path(paths["json"]).read_text())), flush=True)
+    print(f"agglom eval: {paths['md']}", flush=True)
+    return report

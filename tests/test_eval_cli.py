@@ -1,0 +1,95 @@
+"""`agglom eval` end to end: report schema, plots, predictions.csv recomputable with other tools, teacher audit,
+and a 2-point λ sweep with its Pareto front."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from fairlearn.metrics import MetricFrame, equalized_odds_difference
+from sklearn.metrics import roc_auc_score
+
+from agglom.cli import main
+from agglom.eval.report import validate_report
+
+FAST_EVAL = ["eval.bootstrap=20", "eval.label_fractions=[0.1,1.0]", "eval.seeds=1", "num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, synth_root):
+    from tests.conftest import TINY_STUDENT
+
+    out = tmp_path_factory.mktemp("runs")
+    args = {"name": "ev", "out_dir": str(out), "data.root": str(synth_root), "data.image_size": 32,
+            "data.batch_size": 16, "data.num_workers": 0, "data.epoch_samples": 64,
+            "teachers": "[{name: tiny-clip}, {name: tiny-dinov2}]", "student.model_args": TINY_STUDENT,
+            "heads.stats_samples": 32, "optim.steps": 4, "log.checkpoint_interval": 4, "log.progress": "off"}
+    assert main(["train", *[f"{k}={v}" for k, v in args.items()]]) == 0
+    return out / "ev"
+
+
+def test_eval_run_with_audit_writes_a_recomputable_report(small_run, capsys):
+    assert main(["eval", str(small_run), "audit=true", *FAST_EVAL]) == 0
+    ev = small_run / "eval"
+    report = json.loads((ev / "report.json").read_text())
+    validate_report(report)
+    assert report["schema"] == "agglom.eval/1"
+    assert set(report["models"]) == {"ev", "teacher:tiny-clip", "teacher:tiny-dinov2"}
+    student = report["models"]["ev"]
+    assert set(student["attributes"]) >= {"site", "sex", "shortcut", "age"}
+    assert set(student["label_efficiency"]["fractions"]) == {"0.1", "1"} or len(student["label_efficiency"]["fractions"]) == 2
+    # fidelity per teacher x group, on normalised features
+    assert set(report["fidelity"]["site"]) == {"tiny-clip/summary", "tiny-clip/spatial", "tiny-dinov2/summary",
+                                               "tiny-dinov2/spatial"}
+    md = (ev / "report.md").read_text()
+    assert "site" in md and "teacher:tiny-clip" in md
+    pngs = {p.name for p in ev.glob("*.png")}
+    assert any(n.startswith("group_auc_ev_site") for n in pngs) and any(n.startswith("fidelity_") for n in pngs)
+    assert any(n.startswith("calibration_ev_site") for n in pngs)
+    out = capsys.readouterr().out
+    assert "worst-group AUC" in out
+
+    # recompute a few numbers from predictions.csv with sklearn / fairlearn
+    with open(ev / "predictions.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == "ev"]
+    y = np.array([int(r["label"]) for r in rows])
+    s = np.array([float(r["score"]) for r in rows])
+    site = np.array([r["site"] for r in rows])
+    site_res = student["attributes"]["site"]
+    assert roc_auc_score(y, s) == pytest.approx(site_res["auc"]["value"], abs=1e-12)
+    mf = MetricFrame(metrics=roc_auc_score, y_true=y, y_pred=s, sensitive_features=site)
+    for g, val in mf.by_group.items():
+        assert site_res["groups"][g]["auc"]["value"] == pytest.approx(val, abs=1e-12)
+    th_name = next(k for k in site_res["thresholds"] if k.startswith("val_"))
+    t = float(rows[0][f"threshold:{th_name}"])
+    eod = equalized_odds_difference(y, (s >= t).astype(int), sensitive_features=site)
+    assert site_res["thresholds"][th_name]["eod_worst_case"]["value"] == pytest.approx(eod, abs=1e-12)
+
+
+def test_teacher_audit_alone(synth_root, tmp_path):
+    out = tmp_path / "audit"
+    assert main(["eval", "teacher=tiny-sam", f"data_root={synth_root}", "image_size=32", f"out={out}",
+                 "eval.label_fractions=[]", *FAST_EVAL[:1], "num_workers=0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == ["teacher:tiny-sam"]
+    assert "fidelity" not in report
+
+
+def test_eval_needs_a_target(capsys):
+    assert main(["eval"]) == 2
+    assert "give run=" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_point_sweep_draws_the_front(tiny_train_args, tmp_path):
+    args = tiny_train_args("sw", steps=4, **{"objective.group": "variance"})
+    sweep = ["sweep", *args, "sweep.lams=[0,2]", *[f"eval.{a.split('.', 1)[1]}" if a.startswith("eval.") else a
+                                                       for a in FAST_EVAL if a.startswith("eval.")]]
+    assert main(sweep) == 0
+    out = tmp_path / "runs" / "sw-sweep"
+    front = json.loads((out / "front.json").read_text())
+    assert len(front["points"]) == 2 and front["front"] and front["hypervolume"] is not None
+    assert (out / "front.png").is_file()
+    assert any(p["pareto"] for p in front["points"])
+    # resumable: a second call redoes nothing and gives the same front
+    assert main(sweep) == 0
+    assert json.loads((out / "front.json").read_text())["points"] == front["points"]
