@@ -27,6 +27,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## create .venv and install agglom with its dependencies (idempotent)
 
+SYNTH := data/synth/dataset.json
+DEMO_DATA := $(if $(filter recipes/demo.yaml,$(RECIPE)),$(SYNTH))
+
+$(SYNTH): | $(STAMP)
+	$(VENV)/bin/agglom data synth out=data/synth force=true
+
 test: install ## run the test suite (the CI command)
 	$(PY) -m pytest -q -rs --timeout=1200 $(PYTEST_ARGS)
 
@@ -42,13 +48,13 @@ data: install ## generate the synthetic bias benchmark into data/synth
 demo: install ## the main job on the embedded default (synthetic benchmark, tiny teachers, CPU)
 	$(PY) -m agglom.demo $(ARGS)
 
-train: install ## train: make train RECIPE=recipes/demo.yaml ARGS="optim.steps=100"
+train: install $(DEMO_DATA) ## train: make train RECIPE=recipes/demo.yaml ARGS="optim.steps=100"
 	$(VENV)/bin/agglom train recipe=$(RECIPE) $(ARGS)
 
-train-ds: install ## DeepSpeed launcher: make train-ds RECIPE=... NUM_GPUS=8 HOSTFILE=hosts DRY_RUN=1
+train-ds: install $(DEMO_DATA) ## DeepSpeed launcher: make train-ds RECIPE=... NUM_GPUS=8 HOSTFILE=hosts DRY_RUN=1
 	$(PY) -m agglom.engine.launch recipe=$(RECIPE) num_gpus=$(NUM_GPUS) hostfile=$(HOSTFILE) dry_run=$(if $(DRY_RUN),true,false) -- $(ARGS)
 
-sweep: install ## lambda sweep with Pareto front: make sweep RECIPE=... ARGS="lams=[0,1,4]"
+sweep: install $(DEMO_DATA) ## lambda sweep + Pareto front: make sweep RECIPE=... ARGS="sweep.lams=[0,1,4]"
 	$(VENV)/bin/agglom sweep recipe=$(RECIPE) $(ARGS)
 
 bench: install ## benchmarks (ratios vs baselines measured in the same run); writes bench.json

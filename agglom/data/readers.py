@@ -78,6 +78,7 @@ class _Counter:
         self._counted_seq = -1
         self.count_tar = count_tar
         self.good = 0
+        self.parsed = 0  # samples whose metadata parsed (before group acceptance and shuffling)
 
     def skip(self, reason: str, key: Any = None, detail: Any = None) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
@@ -324,7 +325,7 @@ class _Stream(IterableDataset):
             for d in shards:
                 counter.shard_seq += 1
                 opened += 1
-                if counter.good == 0 and opened > limit:
+                if counter.parsed == 0 and opened > limit:
                     raise RuntimeError(f"training stream: {opened} shard reads gave no usable sample "
                                        f"(skips so far: {counter.counts}); check {self.urls[:3]}...")
                 yield d
@@ -338,6 +339,7 @@ class _Stream(IterableDataset):
                 rec = _parse(sample, counter, self.indexer, self.sidecars, label_len)
                 if rec is None:
                     continue
+                counter.parsed += 1
                 if accept is not None and rng_accept.random() >= accept[rec["group"]]:
                     continue
                 yield rec

@@ -32,6 +32,10 @@ def run_sweep(cfg: Any) -> Dict[str, Any]:
     sw = cfg.sweep
     base = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "sweep"])
     objectives = list(sw.objectives) or [cfg.objective.group]
+    if objectives == ["erm"] and len(sw.lams) > 1:
+        print("agglom sweep: objective.group=erm ignores λ; sweeping the 'variance' objective instead "
+              "(choose with sweep.objectives=[...])", flush=True)
+        objectives = ["variance"]
     attribute = sw.attribute or cfg.groups.by
     out_dir = Path(cfg.out_dir) / f"{cfg.name}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
