@@ -17,7 +17,8 @@ def in_chans_of(cfg: DictConfig) -> int:
 
 def group_indexer(cfg: DictConfig):
     """The same indexer the readers use (datasheet + proxy-group sidecars), so group ids agree."""
-    from agglom.data.readers import datasheet_with_sidecars, group_indexer as reader_indexer, load_sidecars
+    from agglom.data.readers import datasheet_with_sidecars, load_sidecars
+    from agglom.data.readers import group_indexer as reader_indexer
     from agglom.data.writer import read_datasheet
 
     sheet = datasheet_with_sidecars(read_datasheet(cfg.data.root), load_sidecars(list(cfg.data.sidecars or [])))
