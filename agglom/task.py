@@ -42,10 +42,22 @@ class AgglomTask(nn.Module):
         self.model = AgglomModel(cfg, specs, in_chans)
         unknown = self.group_names.index("unknown") if "unknown" in self.group_names else -1
         weights = [float(e.weight) for e in cfg.teachers]
+        scope = cfg.objective.group_scope
+        if scope not in ("teacher", "sample"):
+            from agglom.config.load import ConfigError
+
+            raise ConfigError(f"objective.group_scope must be teacher|sample, got {scope!r}")
+        self.per_teacher = scope == "teacher"
+
+        def group_objective() -> nn.Module:
+            return build_group_objective(cfg.objective, len(self.group_names), unknown,
+                                         exclude_unknown=cfg.groups.unknown != "include")
+
         self.objective = nn.ModuleDict({
             "balance": TeacherBalance(cfg.objective, self.names, weights),
-            "groups": build_group_objective(cfg.objective, len(self.group_names), unknown,
-                                            exclude_unknown=cfg.groups.unknown != "include"),
+            # one group objective per teacher (its own GroupDRO weights), or one on the combined loss
+            "groups": nn.ModuleList([group_objective() for _ in self.names]) if self.per_teacher
+            else group_objective(),
             "tracker": GroupTeacherTracker(len(self.group_names), self.names, self.group_names,
                                            cfg.objective.track_momentum),
         })
@@ -95,10 +107,23 @@ class AgglomTask(nn.Module):
         with self.autocast:
             preds = self.forward_model(image)
         loss_bt, _ = distillation_losses(preds, targets, self.names, self.cfg.objective)
-        mask = self.objective["balance"].mask(loss_bt.shape[0], loss_bt.device)
+        balance = self.objective["balance"]
+        mask = balance.mask(loss_bt.shape[0], loss_bt.device)
         routed = apply_routing(loss_bt, group, self.routing)
-        per_sample, teacher_terms = self.objective["balance"](routed, mask)
-        loss, group_terms = self.objective["groups"](per_sample, group)
+        if self.per_teacher:
+            # groups first (per teacher: parity of each teacher's fidelity), then across teachers
+            per_teacher, parts = [], []
+            for i, objective in enumerate(self.objective["groups"]):
+                l_t, t_terms = objective(routed[:, i], group, weight=mask[:, i])
+                per_teacher.append(l_t)
+                parts.append(t_terms)
+            loss = balance.combine(torch.stack(per_teacher), mask.sum(0) > 0)
+            group_terms = {k: torch.stack([p[k] for p in parts if k in p]).mean() for k in set().union(*parts)}
+            teacher_terms = {f"teacher/{n}": p["utility"] for n, p in zip(self.names, parts)}
+        else:
+            # across teachers first, then groups on the combined per-sample loss
+            per_sample, teacher_terms = balance(routed, mask)
+            loss, group_terms = self.objective["groups"](per_sample, group)
         if self.training:
             self.objective["tracker"].update(loss_bt.detach(), mask, group)
         terms = {"loss": loss, **group_terms, **teacher_terms}

@@ -106,6 +106,7 @@ class ObjectiveConfig:
     teacher_balance: str = "fixed"  # fixed | loss_scale (divide by each teacher's running loss)
     teacher_drop: float = 0.0  # probability of dropping a teacher per sample (at least one kept)
     group: str = "erm"  # erm | balanced | variance | gap | groupdro
+    group_scope: str = "teacher"  # teacher: parity per teacher, then across teachers | sample: on the combined loss
     lam: float = 0.0  # utility <-> parity knob
     groupdro_eta: float = 0.01
     groupdro_size_adjust: float = 0.0

@@ -36,17 +36,28 @@ class TeacherBalance(nn.Module):
             m[torch.arange(batch_size, device=device), keep] = 1.0
         return m
 
+    def _scale(self, cur: torch.Tensor) -> torch.Tensor:
+        """Loss-scale normalisation: track each teacher's mean loss; returns the divisor per teacher."""
+        if self.mode != "loss_scale":
+            return torch.ones_like(self.running)
+        with torch.no_grad():
+            if self.training:
+                if not bool(self.seen):
+                    self.running.copy_(cur)
+                    self.seen.fill_(True)
+                else:
+                    self.running.lerp_(cur, self.momentum)
+        return self.running.clamp_min(1e-6)
+
+    def combine(self, per_teacher: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """[T] already-aggregated teacher losses -> scalar: Σ_t w_t ℓ_t / Σ_t w_t over teachers present."""
+        per_teacher = per_teacher / self._scale(per_teacher.detach())
+        w = self.weights.to(per_teacher.device) * present.float()
+        return (per_teacher * w).sum() / w.sum().clamp_min(1e-12)
+
     def forward(self, loss_bt: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        if self.mode == "loss_scale":
-            with torch.no_grad():
-                cur = (loss_bt * mask).sum(0) / mask.sum(0).clamp_min(1)
-                if self.training:
-                    if not bool(self.seen):
-                        self.running.copy_(cur)
-                        self.seen.fill_(True)
-                    else:
-                        self.running.lerp_(cur, self.momentum)
-            loss_bt = loss_bt / self.running.clamp_min(1e-6)
+        cur = (loss_bt.detach() * mask).sum(0) / mask.sum(0).clamp_min(1)
+        loss_bt = loss_bt / self._scale(cur)
         w = self.weights.to(loss_bt.device) * mask
         per_sample = (loss_bt * w).sum(1) / w.sum(1).clamp_min(1e-12)
         terms = {f"teacher/{n}": (loss_bt[:, i] * mask[:, i]).sum() / mask[:, i].sum().clamp_min(1)
