@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from agglom.model import AgglomModel, TeacherSpec
+from agglom.model.agglomerator import module_key
 from agglom.objective.groups import build_group_objective
 from agglom.objective.losses import distillation_losses
 from agglom.objective.routing import apply_routing, build_routing
@@ -142,8 +143,8 @@ class AgglomTask(nn.Module):
                     collected.setdefault((name, "spatial"), []).append(t["spatial"].flatten(2).transpose(1, 2).flatten(0, 1))
         for (name, kind), chunks in collected.items():
             norms = self.model.summary_norms if kind == "summary" else self.model.spatial_norms
-            if name in norms:
-                norms[name].fit(torch.cat(chunks).float())
+            if module_key(name) in norms:
+                norms[module_key(name)].fit(torch.cat(chunks).float())
 
     def tracked(self) -> Dict[str, float]:
         return {f"ema/{k}": float(v) for k, v in self.objective["tracker"].as_dict().items()}

@@ -136,3 +136,13 @@ def test_to_grid():
     assert to_grid(x, (4, 4)).shape == (1, 2, 4, 4)
     assert to_grid(x, (16, 16)).shape == (1, 2, 16, 16)
     assert to_grid(x, (8, 8)) is x
+
+
+def test_teacher_named_by_a_card_path_with_dots():
+    cfg = tiny_cfg()
+    specs = [TeacherSpec("teachers/cards/tiny-clip.yaml", 8, 4, (4, 4))]
+    model = AgglomModel(cfg, specs, in_chans=3)
+    out = model(torch.randn(1, 3, 64, 64))
+    assert out["teachers/cards/tiny-clip.yaml"]["summary"].shape == (1, 8)
+    t = model.normalise_targets("teachers/cards/tiny-clip.yaml", torch.randn(2, 8), torch.randn(2, 4, 4, 4), update=True)
+    assert set(t) == {"summary", "spatial"}

@@ -12,7 +12,6 @@ from agglom.cache.codec import pool_spatial
 def check_cache(cfg: Any, out: Optional[str] = None, teacher_names: Optional[List[str]] = None, n: int = 128,
                 split: Optional[str] = None, device: str = "cpu") -> Dict[str, Dict[str, float]]:
     import teachers as zoo
-
     from agglom.cache.reader import open_cache
     from agglom.cache.writer import cache_dir_for
     from agglom.data.readers import eval_loader
@@ -23,7 +22,7 @@ def check_cache(cfg: Any, out: Optional[str] = None, teacher_names: Optional[Lis
     result: Dict[str, Dict[str, float]] = {}
     for name in names:
         card = zoo.load_card(name)
-        cached = open_cache(str(cache_dir_for(cfg, name, out)), name, cfg, card.digest())
+        cached = open_cache(str(cache_dir_for(cfg, name, out)), name, cfg, card.digest(), split=split)
         teacher = zoo.build_teacher(card, input_mean=list(cfg.student.mean)[:c], input_std=list(cfg.student.std)[:c],
                                     device=device)
         cos_s, cos_p, seen = [], [], 0

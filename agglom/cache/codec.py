@@ -1,7 +1,6 @@
 """Compact storage of teacher features: fp16, or int8 with per-channel scales; optional spatial pooling."""
 from __future__ import annotations
 
-import io
 from typing import Dict, Tuple
 
 import numpy as np
@@ -47,14 +46,39 @@ def decode(parts: Dict[str, np.ndarray], channel_axis: int) -> np.ndarray:
     return x.astype(np.float32) * scale.reshape(shape)
 
 
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
+_STORE = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
 
 
-def npy_load(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(b), allow_pickle=False)
+def pack(summary: Dict[str, np.ndarray], spatial: Dict[str, np.ndarray]) -> bytes:
+    """One sample's encoded arrays as one raw blob (one tar member per sample: tar pads every member to 512 B,
+    so separate small .npy members would cost more than the features themselves): summary, [its scale],
+    spatial, [its per-channel scales]. Shapes and dtypes live in the manifest."""
+    parts = [summary[""], summary.get("_scale"), spatial[""], spatial.get("_scale")]
+    return b"".join(np.ascontiguousarray(a).tobytes() for a in parts if a is not None)
+
+
+def unpack(buf: bytes, dtype: str, summary_dim: int, spatial_shape: Tuple[int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Inverse of `pack` + `decode`: (summary [Ds], spatial [C, h, w]) as float32."""
+    store = np.dtype(_STORE[dtype])
+    n_sp = int(np.prod(spatial_shape))
+    off = 0
+
+    def take(n: int, dt: np.dtype) -> np.ndarray:
+        nonlocal off
+        a = np.frombuffer(buf, dtype=dt, count=n, offset=off)
+        off += n * dt.itemsize
+        return a
+
+    summ = take(summary_dim, store)
+    s_scale = take(1, np.dtype(np.float16)) if dtype == "int8" else None
+    spat = take(n_sp, store).reshape(spatial_shape)
+    p_scale = take(spatial_shape[0], np.dtype(np.float16)) if dtype == "int8" else None
+    if off != len(buf):
+        raise ValueError(f"cache entry of {len(buf)} bytes, expected {off} for {dtype} {summary_dim} + {spatial_shape}")
+    if dtype != "int8":
+        return summ.astype(np.float32), spat.astype(np.float32)
+    return (summ.astype(np.float32) * s_scale.astype(np.float32),
+            spat.astype(np.float32) * p_scale.astype(np.float32).reshape(-1, 1, 1))
 
 
 def stored_bytes(parts: Dict[str, np.ndarray]) -> int:

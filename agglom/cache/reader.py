@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from agglom.cache.codec import decode, npy_load
-from agglom.cache.writer import MANIFEST_SCHEMA, preprocessing_of
+from agglom.cache.codec import unpack
+from agglom.cache.writer import MANIFEST_SCHEMA, cache_name, preprocessing_of
 from agglom.config.load import ConfigError
 
 
@@ -18,8 +18,16 @@ class StaleCacheError(ConfigError):
     """The cache was made for another card, weights or preprocessing: rebuild it with `agglom cache`."""
 
 
-def open_cache(path: str, teacher: str, cfg: Any, card_digest: str) -> "CachedTeacher":
+class CacheKeyError(StaleCacheError):
+    """A sample key the cache has no entry for (the image shards changed since the cache was written)."""
+
+
+def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any = "train") -> "CachedTeacher":
+    """The cache of `teacher` under `path` (the cache root or the teacher's own folder), checked against the card
+    digest and the recipe's preprocessing, and (unless `split` is None) against the image shards of `split`
+    (default: the recipe's training split): every image shard must have its cache shard."""
     root = Path(path)
+    teacher = cache_name(teacher)
     if (root / teacher / "manifest.json").is_file():
         root = root / teacher
     manifest_path = root / "manifest.json"
@@ -43,7 +51,25 @@ def open_cache(path: str, teacher: str, cfg: Any, card_digest: str) -> "CachedTe
                               ". Rebuild it: agglom cache recipe=<recipe> (it is refused rather than silently used)")
     if not m.get("complete"):
         raise StaleCacheError(f"feature cache for {teacher} at {root} is incomplete; re-run `agglom cache` to finish it")
+    if split is not None:
+        _check_coverage(root, m, cfg, cfg.data.train_split if split == "train" else split)
     return CachedTeacher(root, m)
+
+
+def _check_coverage(root: Path, m: Dict[str, Any], cfg: Any, split: str) -> None:
+    from agglom.data.readers import shard_urls
+
+    try:
+        names = [Path(u).name for u in shard_urls(cfg, split)]
+    except (ConfigError, FileNotFoundError, ValueError):
+        return  # no image shards to compare with: the readers report that themselves
+    cached = (m.get("splits", {}).get(split) or {}).get("shards", {})
+    missing = [n for n in names if n not in cached or not (root / split / n).is_file()]
+    if missing:
+        raise StaleCacheError(f"feature cache for {m.get('teacher')} at {root} does not cover split {split!r}: "
+                              f"{len(missing)} of {len(names)} image shard(s) not cached ({', '.join(missing[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''}); run `agglom cache recipe=<recipe> "
+                              f"cache.splits=[{split}]`")
 
 
 class CachedTeacher:
@@ -53,6 +79,7 @@ class CachedTeacher:
         self.root, self.manifest = root, manifest
         self.summary_dim, self.spatial_dim = int(manifest["summary_dim"]), int(manifest["spatial_dim"])
         self.grid: Tuple[int, int] = tuple(manifest["grid"])
+        self.spatial_shape = (self.spatial_dim, *self.grid)
         self.index: Dict[str, Tuple[Path, int, int]] = {}
         for split, entry in manifest["splits"].items():
             for shard in entry["shards"]:
@@ -62,31 +89,30 @@ class CachedTeacher:
                         self.index[member.name] = (path, member.offset_data, member.size)
         self._files: Dict[Path, Any] = {}
 
-    def _read(self, name: str) -> np.ndarray:
+    def _read(self, name: str) -> bytes:
         path, offset, size = self.index[name]
         f = self._files.get(path)
         if f is None:
             f = self._files[path] = open(path, "rb")
         f.seek(offset)
-        return npy_load(f.read(size))
+        return f.read(size)
 
-    def _get(self, key: str, kind: str) -> np.ndarray:
-        base = f"{key}.{kind}"
-        if f"{base}.npy" not in self.index:
-            raise KeyError(f"feature cache {self.root} has no entry for sample {key!r} ({kind}); the image shards "
-                           "changed since it was written: rebuild it with `agglom cache`")
-        parts = {"": self._read(f"{base}.npy")}
-        if f"{base}_scale.npy" in self.index:
-            parts["_scale"] = self._read(f"{base}_scale.npy")
-        return decode(parts, 0)
+    def get(self, key: str) -> Tuple[np.ndarray, np.ndarray]:
+        """(summary [Ds], spatial [C, h, w]) of one sample, as float32."""
+        name = f"{key}.feat"
+        if name not in self.index:
+            raise CacheKeyError(f"feature cache {self.root} has no entry for sample {key!r}; the image shards "
+                                "changed since it was written: rebuild it with `agglom cache`")
+        return unpack(self._read(name), self.manifest["dtype"], self.summary_dim, self.spatial_shape)
 
     def lookup(self, keys: Sequence[str]) -> Dict[str, torch.Tensor]:
-        summ = np.stack([self._get(k, "summary") for k in keys])
-        spat = np.stack([self._get(k, "spatial") for k in keys])
+        got = [self.get(k) for k in keys]
+        summ = np.stack([g[0] for g in got])
+        spat = np.stack([g[1] for g in got])
         return {"summary": torch.from_numpy(summ), "spatial": torch.from_numpy(spat)}
 
     def keys(self) -> List[str]:
-        return sorted({n.rsplit(".", 2)[0] for n in self.index if n.endswith(".summary.npy")})
+        return sorted(n[: -len(".feat")] for n in self.index if n.endswith(".feat"))
 
     def __getstate__(self):  # file handles are per process
         d = dict(self.__dict__)

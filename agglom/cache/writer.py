@@ -1,8 +1,8 @@
 """`agglom cache`: teacher outputs written once, one shard set per teacher, keys identical to the images'.
 
-Layout: `<cache>/<teacher>/<split>/<image shard name>.tar` holding `<key>.summary.npy`, `<key>.spatial.npy`
-(+ `*_scale.npy` for int8) and `<cache>/<teacher>/manifest.json` (card digest, preprocessing, dtype, pooling,
-shapes). Each shard is written to a temporary name and renamed, so the command resumes shard by shard.
+Layout: `<cache>/<teacher>/<split>/<image shard name>.tar` holding one member `<key>.feat` per sample (the raw
+bytes of summary, spatial and, for int8, their fp16 scales: see `codec.pack`) and `<cache>/<teacher>/manifest.json`
+(card digest, preprocessing, dtype, pooling, shapes). Each shard is written to a temporary name and renamed, so the command resumes shard by shard.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agglom.cache.codec import encode, grid_after_pool, npy_bytes, pool_spatial, stored_bytes
+from agglom.cache.codec import encode, grid_after_pool, pack, pool_spatial, stored_bytes
 
-MANIFEST_SCHEMA = "agglom.cache/1"
+MANIFEST_SCHEMA = "agglom.cache/2"
 
 
 def preprocessing_of(cfg: DictConfig) -> Dict[str, Any]:
@@ -30,8 +30,18 @@ def preprocessing_of(cfg: DictConfig) -> Dict[str, Any]:
             "mean": [float(v) for v in list(cfg.student.mean)[:c]], "std": [float(v) for v in list(cfg.student.std)[:c]]}
 
 
+def cache_name(teacher: str) -> str:
+    """The folder name of a teacher's cache: the card name, or the stem of a card path / export folder (a path
+    would otherwise escape the cache folder: Path(out) / "/abs/card.yaml" is "/abs/card.yaml")."""
+    s = str(teacher)
+    if os.sep in s or "/" in s or s.endswith((".yaml", ".yml")):
+        p = Path(s.rstrip("/"))
+        return p.stem if p.suffix in (".yaml", ".yml") else p.name
+    return s
+
+
 def cache_dir_for(cfg: DictConfig, teacher: str, out: Optional[str] = None) -> Path:
-    return Path(out or Path(cfg.data.root) / "cache") / teacher
+    return Path(out or Path(cfg.data.root) / "cache") / cache_name(teacher)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -51,67 +61,92 @@ def write_cache(cfg: DictConfig, teacher_names: Optional[List[str]] = None, out:
     """Cache the recipe's teachers (or `teacher_names`) over `splits` (default train/val/test). Returns a
     summary per teacher: samples, seconds, bytes per sample."""
     import teachers as zoo
-
     from agglom.data.readers import eval_loader, shard_urls
 
     splits = splits or [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split]
     names = teacher_names or [e.name for e in cfg.teachers]
     c = 1 if cfg.data.grayscale == "keep" else 3
     summary: Dict[str, Any] = {}
-    for name in names:
+    states: List[Dict[str, Any]] = []
+    for name in names:  # every teacher is built once; the images are then read once for all of them
         card = zoo.load_card(name)
         teacher = zoo.build_teacher(card, input_mean=list(cfg.student.mean)[:c], input_std=list(cfg.student.std)[:c],
                                     device=device)
         root = cache_dir_for(cfg, name, out)
         root.mkdir(parents=True, exist_ok=True)
         manifest_path = root / "manifest.json"
-        manifest = {"schema": MANIFEST_SCHEMA, "teacher": name, "card_digest": card.digest(),
+        manifest = {"schema": MANIFEST_SCHEMA, "teacher": cache_name(name), "card_digest": card.digest(),
                     "preprocessing": preprocessing_of(cfg), "dtype": dtype, "pool": int(pool),
                     "summary_dim": int(teacher.summary_dim), "spatial_dim": int(teacher.spatial_dim),
                     "teacher_grid": list(teacher.grid), "grid": list(grid_after_pool(tuple(teacher.grid), pool)),
                     "splits": {}, "complete": False}
         if manifest_path.is_file():
             old = json.loads(manifest_path.read_text())
-            same = {k: old.get(k) for k in ("card_digest", "preprocessing", "dtype", "pool")} == \
-                   {k: manifest[k] for k in ("card_digest", "preprocessing", "dtype", "pool")}
+            same = {k: old.get(k) for k in ("schema", "card_digest", "preprocessing", "dtype", "pool")} == \
+                   {k: manifest[k] for k in ("schema", "card_digest", "preprocessing", "dtype", "pool")}
             if same:
                 manifest["splits"] = old.get("splits", {})
             else:  # stale: start again rather than mix two caches
+                print(f"agglom cache: {name}: the cache at {root} was made under other settings; rewriting it",
+                      flush=True)
                 for p in root.glob("*/*.tar"):
                     p.unlink()
-        n_done, t0, nbytes = 0, time.perf_counter(), 0
-        for split in splits:
-            split_dir = root / split
-            split_dir.mkdir(exist_ok=True)
-            entry = manifest["splits"].setdefault(split, {"shards": {}})
-            for url in shard_urls(cfg, split):
-                shard_name = Path(url).name
-                final = split_dir / shard_name
-                if final.is_file() and shard_name in entry["shards"]:
-                    continue  # resumable: this shard is done
-                tmp = split_dir / f".{shard_name}.tmp"
-                count = 0
-                with tarfile.open(tmp, "w") as tar, torch.no_grad():
+        states.append({"name": name, "teacher": teacher, "root": root, "manifest": manifest,
+                       "manifest_path": manifest_path, "n_done": 0, "nbytes": 0, "seconds": 0.0})
+    t_read = 0.0
+    for split in splits:
+        for url in shard_urls(cfg, split):
+            shard_name = Path(url).name
+            pending = []
+            for st in states:
+                (st["root"] / split).mkdir(exist_ok=True)
+                entry = st["manifest"]["splits"].setdefault(split, {"shards": {}})
+                if not ((st["root"] / split / shard_name).is_file() and shard_name in entry["shards"]):
+                    pending.append(st)  # resumable: a shard already written is skipped
+            if not pending:
+                continue
+            tmps = [st["root"] / split / f".{shard_name}.tmp" for st in pending]
+            tars = [tarfile.open(t, "w") for t in tmps]
+            count = 0
+            try:
+                t0 = time.perf_counter()
+                with torch.no_grad():
                     for batch in eval_loader(_single_shard_cfg(cfg, split, url), split, batch_size=batch_size):
-                        o = teacher(batch["image"].to(device))
-                        spatial = pool_spatial(o.spatial.float(), pool).cpu().numpy()
-                        summ = o.summary.float().cpu().numpy()
-                        for i, key in enumerate(batch["key"]):
-                            for kind, arr, axis in (("summary", summ[i], 0), ("spatial", spatial[i], 0)):
-                                parts = encode(arr, dtype, axis)
-                                nbytes += stored_bytes(parts)
-                                for suffix, a in parts.items():
-                                    _add(tar, f"{key}.{kind}{suffix}.npy", npy_bytes(a))
-                            count += 1
-                os.replace(tmp, final)
-                entry["shards"][shard_name] = count
-                n_done += count
-                manifest_path.write_text(json.dumps(manifest, indent=1))
+                        t_read += time.perf_counter() - t0
+                        image = batch["image"].to(device)
+                        for st, tar in zip(pending, tars):
+                            t1 = time.perf_counter()
+                            o = st["teacher"](image)
+                            spatial = pool_spatial(o.spatial.float(), pool).cpu().numpy()
+                            summ = o.summary.float().cpu().numpy()
+                            for i, key in enumerate(batch["key"]):
+                                ps, pp = encode(summ[i], dtype, 0), encode(spatial[i], dtype, 0)
+                                st["nbytes"] += stored_bytes(ps) + stored_bytes(pp)
+                                _add(tar, f"{key}.feat", pack(ps, pp))
+                            st["seconds"] += time.perf_counter() - t1
+                        count += len(batch["key"])
+                        t0 = time.perf_counter()
+            finally:
+                for tar in tars:
+                    tar.close()
+            for st, tmp in zip(pending, tmps):
+                os.replace(tmp, st["root"] / split / shard_name)
+                st["manifest"]["splits"][split]["shards"][shard_name] = count
+                st["n_done"] += count
+                st["manifest_path"].write_text(json.dumps(st["manifest"], indent=1))
+    for st in states:
+        name, root, manifest, n_done = st["name"], st["root"], st["manifest"], st["n_done"]
         manifest["complete"] = True
-        manifest["bytes_per_sample"] = nbytes / n_done if n_done else manifest.get("bytes_per_sample")
-        manifest_path.write_text(json.dumps(manifest, indent=1))
-        summary[name] = {"dir": str(root), "samples_written": n_done, "seconds": time.perf_counter() - t0,
-                         "bytes_per_sample": manifest["bytes_per_sample"]}
+        manifest["bytes_per_sample"] = st["nbytes"] / n_done if n_done else manifest.get("bytes_per_sample")
+        # on disk: the payload + the tar's 512 B header and padding per sample
+        total = sum(n for e in manifest["splits"].values() for n in e["shards"].values())
+        disk = sum((root / sp / sh).stat().st_size for sp, e in manifest["splits"].items() for sh in e["shards"]
+                   if (root / sp / sh).is_file())
+        manifest["disk_bytes_per_sample"] = disk / total if total else None
+        st["manifest_path"].write_text(json.dumps(manifest, indent=1))
+        summary[name] = {"dir": str(root), "samples_written": n_done, "teacher_seconds": st["seconds"],
+                         "read_seconds": t_read, "bytes_per_sample": manifest["bytes_per_sample"]}
         print(f"agglom cache: {name}: {n_done} samples written to {root} "
-              f"({manifest['bytes_per_sample'] or 0:.0f} B/sample, {dtype}, pool {pool})", flush=True)
+              f"({manifest['bytes_per_sample'] or 0:.0f} B/sample, {dtype}, pool {pool}; teacher {st['seconds']:.1f}s, "
+              f"reading {t_read:.1f}s shared)", flush=True)
     return summary

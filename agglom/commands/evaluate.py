@@ -32,8 +32,8 @@ def _run(args) -> int:
     import teachers as zoo
     from agglom.config.load import ConfigError
     from agglom.config.schema import Recipe
-    from agglom.engine.base import pick_device
     from agglom.dist import dist_info
+    from agglom.engine.base import pick_device
     from agglom.eval.extract import fidelity_fn, resolve_model_dir, student_encoder, teacher_encoder
     from agglom.eval.protocol import collect_splits, fidelity_section, probe_model, write_all
 

@@ -27,6 +27,7 @@ class TorchEngine(Engine):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.device = pick_device(self.info)
+        self._owns_process_group = False
         if self.info.distributed and not torch.distributed.is_initialized():
             backend = cfg.engine.backend
             if backend == "auto":
@@ -34,6 +35,7 @@ class TorchEngine(Engine):
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             torch.distributed.init_process_group(backend=backend)
+            self._owns_process_group = True
         self.model: Optional[nn.Module] = None
         self.wrapped: Optional[nn.Module] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
@@ -95,6 +97,11 @@ class TorchEngine(Engine):
     def unwrap(self) -> nn.Module:
         assert self.model is not None
         return self.model
+
+    def close(self) -> None:
+        """Destroy the process group only when this engine created it (another strategy may reuse its own)."""
+        if self._owns_process_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def cpu_threads_for(world_size: int) -> None:

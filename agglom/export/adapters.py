@@ -17,6 +17,7 @@ from torch import nn
 
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
+from agglom.model.agglomerator import module_key
 
 ADAPTER_SCHEMA = "agglom.adapters/1"
 
@@ -57,10 +58,10 @@ class AdapterPack(nn.Module):
         for name, p in preds.items():
             o = {}
             if "summary" in p:
-                o["summary"] = self.model.summary_norms[name].inverse(p["summary"])
+                o["summary"] = self.model.summary_norms[module_key(name)].inverse(p["summary"])
             if "spatial" in p:
                 sp = p["spatial"]
-                tok = self.model.spatial_norms[name].inverse(sp.flatten(2).transpose(1, 2))
+                tok = self.model.spatial_norms[module_key(name)].inverse(sp.flatten(2).transpose(1, 2))
                 o["spatial"] = tok.transpose(1, 2).reshape(sp.shape)
             out[name] = o
         return out

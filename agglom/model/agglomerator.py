@@ -41,6 +41,11 @@ class TeacherSpec:
         return cls(**d)
 
 
+def module_key(name: str) -> str:
+    """A teacher name as a ModuleDict key (a card may be named by a path such as `cards/x.yaml`)."""
+    return name.replace(".", "_")
+
+
 def to_grid(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """Bring a [B, C, h, w] map to the teacher's grid: area-average when shrinking, bilinear when growing."""
     if tuple(x.shape[-2:]) == tuple(grid):
@@ -71,11 +76,11 @@ class AgglomModel(nn.Module):
         hc = cfg.heads
         for s in specs:
             if s.summary:
-                self.summary_heads[s.name] = build_head(hc.summary, width, s.summary_dim, hc.hidden)
-                self.summary_norms[s.name] = build_normaliser(hc.normaliser, s.summary_dim, hc.zscore_momentum)
+                self.summary_heads[module_key(s.name)] = build_head(hc.summary, width, s.summary_dim, hc.hidden)
+                self.summary_norms[module_key(s.name)] = build_normaliser(hc.normaliser, s.summary_dim, hc.zscore_momentum)
             if s.spatial:
-                self.spatial_heads[s.name] = build_head(hc.spatial, width, s.spatial_dim, hc.hidden)
-                self.spatial_norms[s.name] = build_normaliser(hc.normaliser, s.spatial_dim, hc.zscore_momentum)
+                self.spatial_heads[module_key(s.name)] = build_head(hc.spatial, width, s.spatial_dim, hc.hidden)
+                self.spatial_norms[module_key(s.name)] = build_normaliser(hc.normaliser, s.spatial_dim, hc.zscore_momentum)
 
     def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
         """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
@@ -84,12 +89,12 @@ class AgglomModel(nn.Module):
         for s in self.specs:
             pred: Dict[str, torch.Tensor] = {}
             if s.summary:
-                head = self.summary_heads[s.name]
+                head = self.summary_heads[module_key(s.name)]
                 tok = prefix[:, self.summary_token_index[s.name]].unsqueeze(1)
                 inp = torch.cat([tok, patches], 1) if head.uses_context else tok
                 pred["summary"] = head(inp)[:, 0]
             if s.spatial:
-                y = self.spatial_heads[s.name](patches)  # [B, N, C]
+                y = self.spatial_heads[module_key(s.name)](patches)  # [B, N, C]
                 y = y.transpose(1, 2).reshape(y.shape[0], -1, grid[0], grid[1])
                 pred["spatial"] = to_grid(y, s.grid)
             out[s.name] = pred
@@ -104,13 +109,13 @@ class AgglomModel(nn.Module):
                           update: bool) -> Dict[str, torch.Tensor]:
         """Targets in normalised space; `update` feeds running statistics (training only)."""
         out: Dict[str, torch.Tensor] = {}
-        if summary is not None and name in self.summary_norms:
-            norm = self.summary_norms[name]
+        if summary is not None and module_key(name) in self.summary_norms:
+            norm = self.summary_norms[module_key(name)]
             if update:
                 norm.update(summary)
             out["summary"] = norm(summary.float())
-        if spatial is not None and name in self.spatial_norms:
-            norm = self.spatial_norms[name]
+        if spatial is not None and module_key(name) in self.spatial_norms:
+            norm = self.spatial_norms[module_key(name)]
             tokens = spatial.float().flatten(2).transpose(1, 2)  # [B, hw, C]
             if update:
                 norm.update(tokens)

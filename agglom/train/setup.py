@@ -30,8 +30,8 @@ def group_names(cfg: DictConfig) -> List[str]:
 
 
 def build_teachers(cfg: DictConfig, device: torch.device) -> Dict[str, torch.nn.Module]:
-    """Frozen teachers by card name; a cached teacher is still built (cheaply) for its dims unless the cache
-    manifest carries them."""
+    """Frozen teachers by card name or path. A teacher with `cache:` is served from its feature cache and never
+    built: its dims come from the cache manifest, so big teachers cost nothing at training time."""
     import teachers as zoo
 
     if not cfg.teachers:
@@ -40,6 +40,8 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> Dict[str, torch.nn.
     out: Dict[str, torch.nn.Module] = {}
     c = in_chans_of(cfg)
     for entry in cfg.teachers:
+        if entry.name in out:
+            raise ConfigError(f"teachers: {entry.name!r} is listed twice")
         try:
             card = zoo.load_card(entry.name)
         except (FileNotFoundError, KeyError, ValueError) as e:
@@ -62,8 +64,6 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> Dict[str, torch.nn.
             raise ConfigError(f"teachers: cannot build teacher {entry.name!r}: {e}") from e
         teacher.name = entry.name
         teacher.digest = card.digest()
-        if entry.name in out:
-            raise ConfigError(f"teachers: {entry.name!r} is listed twice")
         out[entry.name] = teacher
     return out
 
