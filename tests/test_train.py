@@ -53,11 +53,14 @@ def test_kill_9_then_rerun_matches_uninterrupted(tiny_train_args):
     """Resume equivalence: bitwise on CPU (same data order, RNG, optimiser state; fp32, no nondeterministic ops)."""
     over = {"objective.group": "groupdro", "objective.teacher_drop": 0.3, "optim.ema": 0.9, "log.checkpoint_interval": 3,
             "data.num_workers": 2, "optim.accum_steps": 2}
+    # both runs in fresh processes with the same thread count: CPU kernels are deterministic for a fixed
+    # number of threads, and the test process's own setting may have been changed by other tests
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     straight = tiny_train_args("straight", steps=15, **over)
-    assert main(["train", *straight]) == 0
+    done = subprocess.run(_train_cmd(straight), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     killed = tiny_train_args("killed", steps=15, **over)
     run = run_dir_of(killed)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:

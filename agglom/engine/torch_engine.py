@@ -1,7 +1,6 @@
 """The `torch` strategy: one process, or DDP under torchrun (gloo on CPU, nccl on GPU)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -103,8 +102,3 @@ class TorchEngine(Engine):
         if self._owns_process_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-
-def cpu_threads_for(world_size: int) -> None:
-    """Share the machine's cores between local ranks instead of oversubscribing them."""
-    if world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
