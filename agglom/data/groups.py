@@ -247,3 +247,14 @@ def from_config(cfg: Any, datasheet: Optional[Mapping[str, Any]] = None, by: Opt
 
 __all__ = ["GroupIndexer", "UNKNOWN", "fmt_value", "bin_names", "group_names", "group_labels", "datasheet_values",
            "from_config"]
+
+
+def parse_value(v: str) -> Any:
+    """A CSV cell as int, else float, else the stripped string (so numeric attributes can be binned)."""
+    v = v.strip()
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from agglom.data.decode import DecodeError, decode_array
-from agglom.data.groups import fmt_value
+from agglom.data.groups import fmt_value, parse_value
 
 log = logging.getLogger("agglom.data.pack")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -140,16 +140,6 @@ def _unique(keys: List[str], rels: List[str]) -> List[str]:
     return out
 
 
-def _parse_value(v: str) -> Any:
-    v = v.strip()
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
 def records_from_folder(src: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
     """class subfolders -> labels (sorted names -> 0..K-1); files found recursively inside each."""
     from agglom.config.load import ConfigError
@@ -202,7 +192,7 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
             skipped["bad_label"] += 1
             log.warning("pack: %s: bad label (%s); skipped", rel, e)
             continue
-        attrs = {c: _parse_value(r[c]) for c in attr_cols if (r.get(c) or "").strip() != ""}
+        attrs = {c: parse_value(r[c]) for c in attr_cols if (r.get(c) or "").strip() != ""}
         rec = {"path": p, "rel": rel, "label": label, "attrs": attrs}
         if key_col:
             rec["key"] = r[key_col].strip()

@@ -33,7 +33,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from agglom.data.decode import DecodeError, decode_array, find_image, to_channels
-from agglom.data.groups import GroupIndexer, _AttrSpec, fmt_value
+from agglom.data.groups import GroupIndexer, _AttrSpec, fmt_value, parse_value
 from agglom.data.transforms import ImageTransform, build_transform
 from agglom.data.writer import read_datasheet
 from agglom.dist import dist_info
@@ -114,15 +114,6 @@ def shard_urls(cfg: Any, split: str) -> List[str]:
     return urls
 
 
-def _parse_value(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
 def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """key -> {attr: value} from sidecar files; later files override earlier ones. Accepted: the
     ``agglom.sidecar/1`` JSON that `agglom curate` writes (``{"schema", "attr", "values": {key: value}}``),
@@ -143,7 +134,7 @@ def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
                     key = row.pop("key", None) or row.pop("__key__", None)
                     if not key:
                         raise ValueError("a CSV sidecar needs a 'key' column")
-                    out.setdefault(key, {}).update({k: _parse_value(v) for k, v in row.items() if v not in ("", None)})
+                    out.setdefault(key, {}).update({k: parse_value(v) for k, v in row.items() if v not in ("", None)})
             else:
                 obj = json.loads(path.read_text())
                 if isinstance(obj, dict) and str(obj.get("schema", "")).startswith("agglom.sidecar/"):

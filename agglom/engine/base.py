@@ -100,6 +100,15 @@ def build_engine(cfg: Any) -> Engine:
     return cls(cfg)
 
 
+def share_cpu_threads(world_size: int) -> None:
+    """Share the machine's cores between local ranks instead of oversubscribing them (unless OMP_NUM_THREADS
+    says otherwise)."""
+    import os
+
+    if world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+
+
 def pick_device(info: DistInfo, want: Optional[str] = None) -> torch.device:
     if want:
         return torch.device(want)

@@ -66,9 +66,9 @@ class DeepSpeedEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         elif self.info.world_size > 1:
-            from agglom.engine.torch_engine import cpu_threads_for
+            from agglom.engine.base import share_cpu_threads
 
-            cpu_threads_for(self.info.world_size)
+            share_cpu_threads(self.info.world_size)
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             backend = cfg.engine.backend
             if backend == "auto":

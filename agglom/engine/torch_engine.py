@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from agglom.engine.base import Engine, pick_device
+from agglom.engine.base import Engine, pick_device, share_cpu_threads
 
 
 def state_to_safetensors(module: nn.Module, path: Path) -> None:
@@ -33,6 +33,8 @@ class TorchEngine(Engine):
                 backend = "nccl" if self.device.type == "cuda" else "gloo"
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
+            else:
+                share_cpu_threads(self.info.world_size)
             torch.distributed.init_process_group(backend=backend)
             self._owns_process_group = True
         self.model: Optional[nn.Module] = None
