@@ -51,7 +51,8 @@ class TeacherBalance(nn.Module):
 
     def combine(self, per_teacher: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[T] already-aggregated teacher losses -> scalar: Σ_t w_t ℓ_t / Σ_t w_t over teachers present."""
-        per_teacher = per_teacher / self._scale(per_teacher.detach())
+        cur = torch.where(present, per_teacher.detach(), self.running)  # an absent teacher keeps its scale
+        per_teacher = per_teacher / self._scale(cur)
         w = self.weights.to(per_teacher.device) * present.float()
         return (per_teacher * w).sum() / w.sum().clamp_min(1e-12)
 
