@@ -6,6 +6,11 @@ tar reading through webdataset with a counting handler -> json/label/attrs parsi
 skipped and counted by reason; each worker sends its counts as a final marker item, the :class:`Loader` sums
 them into ``.stats`` and logs them when the pass ends.
 
+This module holds the streams, the :class:`Loader` and their entry points (:func:`train_loader`,
+:func:`eval_loader`), plus shard lookup and the group indexer. Sidecar parsing lives in
+:mod:`agglom.data.sidecars` and group-weighted acceptance in :mod:`agglom.data.sampling`; both are re-exported
+here, so every name in ``__all__`` still imports from ``agglom.data.readers``.
+
 Determinism (training). Logical worker ``L`` of rank ``r`` draws everything (shard resampling, acceptance,
 shuffling, per-batch augmentation) from seeds derived from ``(cfg.data.seed, epoch, r, L)``. Batches are
 dealt round-robin: global batch ``j`` of a rank is batch ``j // W`` of logical worker ``j % W``. To resume
@@ -16,16 +21,14 @@ the same ``num_workers``, ``WORLD_SIZE`` and data.
 """
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import braceexpand
 import torch
@@ -33,7 +36,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from agglom.data.decode import DecodeError, decode_array, find_image, to_channels
-from agglom.data.groups import GroupIndexer, _AttrSpec, fmt_value, parse_value
+from agglom.data.groups import GroupIndexer
+from agglom.data.sampling import acceptance, group_counts
+from agglom.data.sidecars import datasheet_with_sidecars, load_sidecars
 from agglom.data.transforms import ImageTransform, build_transform
 from agglom.data.writer import read_datasheet
 from agglom.dist import dist_info
@@ -91,7 +96,7 @@ class _Counter:
         return True  # continue with the next shard
 
 
-# --------------------------------------------------------------------------- shards, sidecars, datasheet
+# --------------------------------------------------------------------------- shards, group indexer
 def shard_urls(cfg: Any, split: str) -> List[str]:
     """Shard paths of a split: ``cfg.data.shards`` (brace pattern; ``{split}`` is substituted, and a pattern
     without it applies to the training split only) else sorted ``<cfg.data.root>/<split>/*.tar``."""
@@ -112,70 +117,6 @@ def shard_urls(cfg: Any, split: str) -> List[str]:
         raise ConfigError(f"no shards for split {split!r}: {folder}/*.tar is empty "
                           f"(write a dataset with `agglom data synth` or `agglom data pack`, or set data.root)")
     return urls
-
-
-def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-    """key -> {attr: value} from sidecar files; later files override earlier ones. Accepted: the
-    ``agglom.sidecar/1`` JSON that `agglom curate` writes (``{"schema", "attr", "values": {key: value}}``),
-    plain JSON ``{key: {attr: value}}`` / ``{"samples": ...}`` / a list of rows with ``key``, or CSV with a
-    ``key`` column plus attribute columns."""
-    from agglom.config.load import ConfigError
-
-    out: Dict[str, Dict[str, Any]] = {}
-    for p in paths or []:
-        path = Path(p)
-        if not path.is_file():
-            raise ConfigError(f"data.sidecars: file not found: {p}")
-        try:
-            if path.suffix.lower() == ".csv":
-                with open(path, newline="") as f:
-                    rows = list(csv.DictReader(f))
-                for row in rows:
-                    key = row.pop("key", None) or row.pop("__key__", None)
-                    if not key:
-                        raise ValueError("a CSV sidecar needs a 'key' column")
-                    out.setdefault(key, {}).update({k: parse_value(v) for k, v in row.items() if v not in ("", None)})
-            else:
-                obj = json.loads(path.read_text())
-                if isinstance(obj, dict) and str(obj.get("schema", "")).startswith("agglom.sidecar/"):
-                    attr = obj.get("attr")  # `agglom curate`: {"schema", "attr", "values": {key: value}, "meta"}
-                    if not isinstance(attr, str) or not attr or not isinstance(obj.get("values"), dict):
-                        raise ValueError("an agglom.sidecar file needs 'attr' and a 'values' mapping")
-                    obj = {k: {attr: v} for k, v in obj["values"].items()}
-                elif isinstance(obj, dict) and isinstance(obj.get("samples"), (dict, list)):
-                    obj = obj["samples"]
-                if isinstance(obj, list):
-                    obj = {r["key"]: {k: v for k, v in r.items() if k != "key"} for r in obj}
-                if not isinstance(obj, dict):
-                    raise ValueError("expected a mapping key -> {attr: value}")
-                for key, attrs in obj.items():
-                    if not isinstance(attrs, dict):
-                        raise ValueError(f"entry {key!r} is not a mapping")
-                    out.setdefault(str(key), {}).update({k: v for k, v in attrs.items() if v is not None})
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"data.sidecars: cannot read {p}: {e}") from e
-    return out
-
-
-def datasheet_with_sidecars(datasheet: Optional[Mapping[str, Any]], sidecars: Mapping[str, Mapping[str, Any]]
-                            ) -> Optional[Dict[str, Any]]:
-    """A copy of the datasheet whose ``attributes`` also list the sidecar attributes' values."""
-    if not sidecars:
-        return dict(datasheet) if datasheet else None
-    sheet = json.loads(json.dumps(datasheet)) if datasheet else {}
-    attrs = sheet.setdefault("attributes", {})
-    seen: Dict[str, set] = {}
-    for row in sidecars.values():
-        for a, v in row.items():
-            seen.setdefault(a, set()).add(fmt_value(v))
-    for a, vals in seen.items():
-        entry = attrs.setdefault(a, {"type": "categorical", "values": []})
-        if entry.get("type") == "numeric" and "values" not in entry:
-            continue
-        entry["type"] = "categorical"
-        entry["values"] = sorted(set(map(fmt_value, entry.get("values", []))) | vals)
-        entry["source"] = "sidecar"
-    return sheet
 
 
 def _cfg_get(node: Any, key: str, default: Any = None) -> Any:
@@ -442,59 +383,6 @@ class Loader:
         level = logging.WARNING if stats.total else logging.INFO
         log.log(level, "data %s: %d samples in %d batches from %d worker(s); skipped %d %s", self.name,
                 self.samples, batches, markers, stats.total, dict(stats) if stats else "")
-
-
-# --------------------------------------------------------------------------- group-weighted sampling
-def group_counts(cfg: Any, indexer: GroupIndexer, split: str, datasheet: Optional[Mapping[str, Any]],
-                 sidecars: Mapping[str, Mapping[str, Any]]) -> List[int]:
-    """Samples per group in a split: from the datasheet for a plain attribute, else by reading the json."""
-    spec = indexer.spec
-    if isinstance(spec, _AttrSpec) and datasheet and not any(spec.attr in r for r in sidecars.values()):
-        info = (datasheet.get("attributes") or {}).get(spec.attr) or {}
-        counts = (info.get("counts") or {}).get(split)
-        total = ((datasheet.get("splits") or {}).get(split) or {}).get("samples")
-        if counts is not None and total is not None:
-            out = [int(counts.get(v, 0)) for v in spec.values]
-            return out + [int(total) - sum(out)]
-    out = [0] * indexer.num_groups
-    counter = _Counter()
-    for sample in wds.tarfile_samples([dict(url=u) for u in shard_urls(cfg, split)], handler=counter.handler,
-                                      select_files=lambda f: f.endswith(".json")):
-        try:
-            meta = json.loads(sample["json"])
-            attrs = dict(meta.get("attrs") or {})
-        except (KeyError, ValueError, AttributeError, TypeError):
-            continue
-        attrs.update(sidecars.get(sample["__key__"], {}))
-        out[indexer.index(attrs)] += 1
-    return out
-
-
-def acceptance(cfg: Any, indexer: GroupIndexer, datasheet: Optional[Mapping[str, Any]],
-               sidecars: Mapping[str, Mapping[str, Any]]) -> Optional[List[float]]:
-    """Per-group acceptance probabilities for the training stream (None = take every sample)."""
-    from agglom.config.load import ConfigError
-
-    data = cfg.data
-    weights_cfg = dict(data.group_weights or {})
-    if not data.group_balanced and not weights_cfg:
-        return None
-    bad = [g for g in weights_cfg if g not in indexer.names]
-    if bad:
-        raise ConfigError(f"data.group_weights: unknown group(s) {bad}; groups of {indexer.by!r} are {indexer.names}")
-    if any(float(w) < 0 for w in weights_cfg.values()):
-        raise ConfigError("data.group_weights must be >= 0")
-    counts = group_counts(cfg, indexer, data.train_split, datasheet, sidecars) if data.group_balanced else None
-    w = []
-    for i, name in enumerate(indexer.names):
-        wi = float(weights_cfg.get(name, 1.0))
-        if counts is not None:
-            wi = wi / counts[i] if counts[i] > 0 else 0.0
-        w.append(wi)
-    top = max(w)
-    if top <= 0 or not math.isfinite(top):
-        raise ConfigError(f"data.group_weights/group_balanced leave no group to sample (weights {w})")
-    return [x / top for x in w]
 
 
 # --------------------------------------------------------------------------- public entry points

@@ -1,19 +1,21 @@
-"""Per-group utility and fairness metrics for binary (and multi-label) classification scores.
+"""Per-group utility and fairness metrics for binary (and multi-label) classification scores, as result dicts.
 
-Definitions follow ``shared/docs/FAIRNESS.md``. Everything works on numpy arrays:
+Definitions follow ``shared/docs/FAIRNESS.md``. This module assembles the documented, JSON-ready results
+(:func:`binary_group_metrics`, :func:`multilabel_group_metrics`, :func:`evaluate_attributes`,
+:func:`group_mean_summary`, :func:`headline`) and states their conventions; the pieces live in their own modules
+and are re-exported here so that ``agglom.eval.metrics`` stays the one import for callers:
 
-- ``y_true [N]`` in {0, 1}, ``score [N]`` probabilities of the positive class, ``groups [N]`` strings (any number
-  of groups; the explicit ``"unknown"`` group is allowed).
-- Point estimates go through fairlearn's :class:`~fairlearn.metrics.MetricFrame` (AUC via
-  ``sklearn.metrics.roc_auc_score``; TPR/FPR/FNR/TNR/selection rate via fairlearn's base metrics; ECE via the
-  custom :func:`ece`). Gaps are ``max_g - min_g`` over the *defined* groups (``MetricFrame.difference`` semantics
-  with undefined groups skipped and listed).
-- Intervals come from one **stratified percentile bootstrap** for every metric: samples are resampled with
-  replacement inside each (group x label) stratum, so group sizes and class presence are those of the data and
-  a group AUC defined on the data stays defined in every replicate. Replicates use a vectorised numpy
-  re-implementation of the same statistics (fairlearn's per-replicate MetricFrame costs ~70 ms; this ~1 ms);
-  the tests check that the two agree exactly on the data itself. Thresholds are held fixed across replicates
-  (including the optimistic best-F1 one, which is chosen once on the evaluated split).
+- :mod:`agglom.eval.calibration`: ECE and its binnings (:data:`ECE_BINNINGS`, :func:`ece`, :func:`ece_bins`);
+- :mod:`agglom.eval.thresholds`: choosing decision thresholds (:func:`choose_threshold`, Youden, best F1) and the
+  threshold a headline reports (:func:`primary_threshold`);
+- :mod:`agglom.eval.group_stats`: per-group base statistics (fairlearn point estimates, a vectorised numpy copy
+  for replicates), the derived gaps/worst-group values/ES-AUC, and the stratified percentile bootstrap.
+
+Everything works on numpy arrays: ``y_true [N]`` in {0, 1}, ``score [N]`` probabilities of the positive class,
+``groups [N]`` strings (any number of groups; the explicit ``"unknown"`` group is allowed). Gaps are
+``max_g - min_g`` over the *defined* groups (``MetricFrame.difference`` semantics with undefined groups skipped
+and listed). Intervals come from one stratified (group x label) percentile bootstrap for every metric, with
+thresholds held fixed across replicates (including the optimistic best-F1 one, chosen once on the evaluated split).
 
 Conventions (also stored in every result under ``"conventions"``):
 
@@ -23,11 +25,7 @@ Conventions (also stored in every result under ``"conventions"``):
 - ``eod_mean`` = fairlearn ``equalized_odds_difference(agg="mean")`` = mean(ΔTPR, ΔFPR) = mean(ΔTPR, ΔTNR)
   (ΔTNR = ΔFPR since TNR = 1 - FPR); FairMedFM's EOD score is ``1 - eod_mean``.
 - ``eo_tpr_gap`` = equal opportunity difference = ΔTPR (fairlearn ``equal_opportunity_difference``).
-- ECE binnings: ``"range10"`` (FairMedFM/MEDFAIR) = 10 equal-width bins spanning the observed score range
-  ``[min(score), max(score)]`` of the samples evaluated (a group's own range for a group ECE), last bin closed;
-  ``"unit15"`` (torchmetrics ``BinaryCalibrationError`` default) = 15 equal-width bins over [0, 1] with
-  torchmetrics' edge rule (``bucketize(right=True)``, so a score of exactly 1.0 sits in its own extra bin).
-  Both: ECE = Σ_b (n_b / n) |mean(y in b) - mean(score in b)| (L1 reliability of the positive-class probability).
+- ECE binnings ``"range10"`` (FairMedFM/MEDFAIR) and ``"unit15"`` (torchmetrics): see :mod:`agglom.eval.calibration`.
 - Undefined values (a group AUC with one class present, a TPR with no positives in the group, a gap with fewer
   than two defined groups) are NaN internally and ``None`` in the returned dicts, never 0.
 """
@@ -35,20 +33,30 @@ Conventions (also stored in every result under ``"conventions"``):
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from fairlearn.metrics import (
-    MetricFrame,
-    false_negative_rate,
-    false_positive_rate,
-    selection_rate,
-    true_negative_rate,
-    true_positive_rate,
+
+from agglom.eval.calibration import ECE_BINNINGS, ece, ece_bins
+from agglom.eval.group_stats import (
+    RATES,
+    THRESHOLD_METRICS,
+    _derive,
+    _fairlearn_base_stats,
+    _numpy_base_stats,  # noqa: F401  (re-exported: the tests compare it with _fairlearn_base_stats)
+    _spread,
+    bootstrap_cis,
+    es_auc,
 )
-from scipy.stats import rankdata
-from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score, roc_curve
+from agglom.eval.thresholds import (
+    OPTIMISTIC_THRESHOLD,
+    THRESHOLD_FIXED,
+    best_f1_threshold,
+    choose_threshold,
+    f1_at,  # noqa: F401  (re-exported: reports and tests use metrics.f1_at)
+    primary_threshold,
+    youden_threshold,
+)
 
 __all__ = [
     "ECE_BINNINGS",
@@ -70,25 +78,6 @@ __all__ = [
 ]
 
 UNKNOWN = "unknown"
-THRESHOLD_FIXED = "fixed_0.5"
-OPTIMISTIC_THRESHOLD = "optimistic_best_f1_on_eval"
-
-#: named ECE binnings: number of bins and the range they span
-ECE_BINNINGS: Dict[str, Dict[str, Any]] = {
-    "range10": {"n_bins": 10, "range": "observed", "source": "FairMedFM/MEDFAIR"},
-    "unit15": {"n_bins": 15, "range": "unit", "source": "torchmetrics BinaryCalibrationError"},
-}
-
-RATES = ("tpr", "fpr", "fnr", "tnr", "selection_rate")
-THRESHOLD_METRICS = (
-    "dpd",
-    "eod_worst_case",
-    "eod_mean",
-    "eod_fairmedfm_score",
-    "eo_tpr_gap",
-    "fnr_gap",
-    "fpr_gap",
-)
 
 CONVENTIONS = {
     "gaps": "max_g - min_g over groups where the metric is defined (lower is better); undefined groups are listed",
@@ -148,12 +137,6 @@ def _m(value: float, ci: Optional[Sequence[float]] = None, **extra: Any) -> Dict
     return out
 
 
-def _spread(values: Iterable[float]) -> float:
-    """max - min over the finite values; NaN with fewer than two defined values."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    return float(v.max() - v.min()) if v.size >= 2 else float("nan")
-
-
 def _as_groups(groups: Any, n: int) -> np.ndarray:
     g = np.asarray(groups).astype(str)
     if g.shape != (n,):
@@ -164,214 +147,6 @@ def _as_groups(groups: Any, n: int) -> np.ndarray:
 def _group_order(g: np.ndarray, unknown: str) -> List[str]:
     names = sorted(set(g.tolist()) - {unknown})
     return names + ([unknown] if unknown in set(g.tolist()) else [])
-
-
-# --------------------------------------------------------------------------- ECE
-def ece_bins(score: np.ndarray, binning: str = "range10") -> tuple[np.ndarray, np.ndarray]:
-    """Bin index per sample and the bin edges for a named binning (see module docstring)."""
-    if binning not in ECE_BINNINGS:
-        raise ValueError(f"unknown ECE binning {binning!r}; choose from {sorted(ECE_BINNINGS)}")
-    s = np.asarray(score, dtype=float)
-    spec = ECE_BINNINGS[binning]
-    n_bins = spec["n_bins"]
-    if spec["range"] == "unit":
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        idx = np.searchsorted(edges, s, side="right") - 1  # torch.bucketize(right=True) - 1
-        return idx, edges
-    lo, hi = (float(s.min()), float(s.max())) if s.size else (0.0, 1.0)
-    edges = np.linspace(lo, hi, n_bins + 1)
-    if hi <= lo:
-        return np.zeros(s.shape, dtype=int), edges
-    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_bins - 1)  # last bin closed
-    return idx, edges
-
-
-def ece(y_true: Any, score: Any, binning: str = "range10") -> float:
-    """Expected calibration error of positive-class probabilities under a named binning (NaN when empty)."""
-    y = np.asarray(y_true, dtype=float)
-    s = np.asarray(score, dtype=float)
-    if y.size == 0:
-        return float("nan")
-    idx, _ = ece_bins(s, binning)
-    idx = idx - idx.min()
-    cnt = np.bincount(idx)
-    sy = np.bincount(idx, weights=y)
-    ss = np.bincount(idx, weights=s)
-    nz = cnt > 0
-    return float(np.sum(np.abs(sy[nz] - ss[nz])) / y.size)
-
-
-def es_auc(auc: float, group_aucs: Iterable[float]) -> float:
-    """Equity-scaled AUC: AUC / (1 + Σ_g |AUC - AUC_g|) over the defined group AUCs (FairVision/FairCLIP)."""
-    vals = [a for a in group_aucs if a is not None and np.isfinite(a)]
-    if auc is None or not np.isfinite(auc) or not vals:
-        return float("nan")
-    return float(auc / (1.0 + sum(abs(auc - a) for a in vals)))
-
-
-# --------------------------------------------------------------------------- thresholds
-def youden_threshold(y_val: Any, score_val: Any) -> float:
-    """Threshold maximising Youden's J = TPR - FPR on validation scores (ties: the larger threshold)."""
-    y = np.asarray(y_val).astype(int)
-    s = np.asarray(score_val, dtype=float)
-    if len(np.unique(y)) < 2:
-        return 0.5
-    fpr, tpr, thr = roc_curve(y, s)
-    ok = np.isfinite(thr)
-    j = (tpr - fpr)[ok]
-    return float(thr[ok][int(np.argmax(j))])
-
-
-def best_f1_threshold(y: Any, score: Any) -> float:
-    """Threshold maximising F1 of ``score >= t`` (ties: the larger threshold)."""
-    y = np.asarray(y).astype(int)
-    s = np.asarray(score, dtype=float)
-    if y.sum() == 0:
-        return 0.5
-    prec, rec, thr = precision_recall_curve(y, s)
-    prec, rec = prec[:-1], rec[:-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
-    best = np.flatnonzero(f1 == f1.max())
-    return float(thr[best[-1]])
-
-
-def choose_threshold(y_val: Any, score_val: Any, method: str = "youden") -> float:
-    """Choose a decision threshold on validation: ``method="youden"`` (max TPR - FPR) or ``"f1"`` (best F1)."""
-    if method == "youden":
-        return youden_threshold(y_val, score_val)
-    if method == "f1":
-        return best_f1_threshold(y_val, score_val)
-    raise ValueError(f"unknown threshold method {method!r} (youden | f1)")
-
-
-# --------------------------------------------------------------------------- base statistics
-def _nan_guard(fn, need: int):
-    """Wrap a fairlearn rate so that an empty denominator gives NaN instead of 0."""
-
-    def wrapped(y_true, y_pred):
-        y_true = np.asarray(y_true)
-        if need == 1 and not np.any(y_true == 1):
-            return float("nan")
-        if need == 0 and not np.any(y_true == 0):
-            return float("nan")
-        if len(y_true) == 0:
-            return float("nan")
-        return float(fn(y_true, y_pred))
-
-    wrapped.__name__ = getattr(fn, "__name__", "rate")
-    return wrapped
-
-
-def _safe_auc(y_true, score):
-    y_true = np.asarray(y_true)
-    if len(np.unique(y_true)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y_true, score))
-
-
-def _fairlearn_base_stats(y, s, g, thresholds: Mapping[str, float], binnings: Sequence[str]) -> Dict[tuple, float]:
-    """Base statistics via fairlearn MetricFrame (point estimates)."""
-    stats: Dict[tuple, float] = {}
-    metrics = {"auc": _safe_auc}
-    for b in binnings:
-        metrics[f"ece:{b}"] = lambda yt, yp, _b=b: ece(yt, yp, _b)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mf = MetricFrame(metrics=metrics, y_true=y, y_pred=s, sensitive_features=g)
-        stats[("auc",)] = float(mf.overall["auc"])
-        for b in binnings:
-            stats[("ece_overall", b)] = float(mf.overall[f"ece:{b}"])
-        for grp, row in mf.by_group.iterrows():
-            stats[("auc_g", str(grp))] = float(row["auc"])
-            for b in binnings:
-                stats[("ece", b, str(grp))] = float(row[f"ece:{b}"])
-        rate_fns = {
-            "tpr": _nan_guard(true_positive_rate, 1),
-            "fpr": _nan_guard(false_positive_rate, 0),
-            "fnr": _nan_guard(false_negative_rate, 1),
-            "tnr": _nan_guard(true_negative_rate, 0),
-            "selection_rate": _nan_guard(selection_rate, -1),
-        }
-        for tname, t in thresholds.items():
-            yhat = (s >= t).astype(int)
-            mf = MetricFrame(metrics=rate_fns, y_true=y, y_pred=yhat, sensitive_features=g)
-            for grp, row in mf.by_group.iterrows():
-                for r in RATES:
-                    stats[("rate", tname, r, str(grp))] = float(row[r])
-    return stats
-
-
-def _auc_fast(y: np.ndarray, s: np.ndarray) -> float:
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(s)
-    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def _numpy_base_stats(y, s, g, names, thresholds: Mapping[str, float], binnings: Sequence[str]) -> Dict[tuple, float]:
-    """The same base statistics as :func:`_fairlearn_base_stats`, vectorised numpy (bootstrap replicates)."""
-    stats: Dict[tuple, float] = {("auc",): _auc_fast(y, s)}
-    for b in binnings:
-        stats[("ece_overall", b)] = ece(y, s, b)
-    masks = {grp: g == grp for grp in names}
-    for grp, m in masks.items():
-        yg, sg = y[m], s[m]
-        stats[("auc_g", grp)] = _auc_fast(yg, sg)
-        for b in binnings:
-            stats[("ece", b, grp)] = ece(yg, sg, b)
-        n = yg.size
-        p = int(yg.sum())
-        q = n - p
-        for tname, t in thresholds.items():
-            yh = sg >= t
-            tp = int(np.sum(yh & (yg == 1)))
-            fp = int(np.sum(yh & (yg == 0)))
-            nan = float("nan")
-            stats[("rate", tname, "tpr", grp)] = tp / p if p else nan
-            stats[("rate", tname, "fnr", grp)] = (p - tp) / p if p else nan
-            stats[("rate", tname, "fpr", grp)] = fp / q if q else nan
-            stats[("rate", tname, "tnr", grp)] = (q - fp) / q if q else nan
-            stats[("rate", tname, "selection_rate", grp)] = (tp + fp) / n if n else nan
-    return stats
-
-
-def _derive(stats: Dict[tuple, float], names: Sequence[str], included: Sequence[str], thresholds, binnings):
-    """Summary statistics (worst, gaps, ES-AUC, DPD, EOD, ...) from base statistics; NaN where undefined."""
-    out: Dict[tuple, float] = dict(stats)
-    gauc = {grp: stats[("auc_g", grp)] for grp in included}
-    defined = [v for v in gauc.values() if np.isfinite(v)]
-    out[("worst_group_auc",)] = float(min(defined)) if defined else float("nan")
-    out[("best_group_auc",)] = float(max(defined)) if defined else float("nan")
-    out[("auc_gap",)] = _spread(gauc.values())
-    out[("es_auc",)] = es_auc(stats[("auc",)], gauc.values())
-    for b in binnings:
-        ge = [stats[("ece", b, grp)] for grp in included]
-        out[("ece_gap", b)] = _spread(ge)
-        fin = [v for v in ge if np.isfinite(v)]
-        out[("ece_worst", b)] = float(max(fin)) if fin else float("nan")
-    for tname in thresholds:
-        r = {k: [stats[("rate", tname, k, grp)] for grp in included] for k in RATES}
-        d_tpr, d_fpr = _spread(r["tpr"]), _spread(r["fpr"])
-        out[("thr", tname, "dpd")] = _spread(r["selection_rate"])
-        out[("thr", tname, "eo_tpr_gap")] = d_tpr
-        out[("thr", tname, "fpr_gap")] = d_fpr
-        out[("thr", tname, "fnr_gap")] = _spread(r["fnr"])
-        if np.isfinite(d_tpr) and np.isfinite(d_fpr):
-            out[("thr", tname, "eod_worst_case")] = max(d_tpr, d_fpr)
-            out[("thr", tname, "eod_mean")] = 0.5 * (d_tpr + d_fpr)
-        else:
-            out[("thr", tname, "eod_worst_case")] = float("nan")
-            out[("thr", tname, "eod_mean")] = float("nan")
-        out[("thr", tname, "eod_fairmedfm_score")] = 1.0 - out[("thr", tname, "eod_mean")]
-    return out
-
-
-def _stratified_indices(g: np.ndarray, y: np.ndarray) -> List[np.ndarray]:
-    keys = np.char.add(np.char.add(g.astype(str), "\x00"), y.astype(int).astype(str))
-    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
 
 
 # --------------------------------------------------------------------------- main entry points
@@ -433,24 +208,7 @@ def binary_group_metrics(
 
     point = _derive(_fairlearn_base_stats(y, s, g, thr, binnings), names, included, thr, binnings)
 
-    lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
-    cis: Dict[tuple, tuple] = {}
-    if n_boot and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        strata = _stratified_indices(g, y)
-        keys = list(point.keys())
-        reps = np.full((n_boot, len(keys)), np.nan)
-        for b in range(n_boot):
-            idx = np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata])
-            rs = _derive(
-                _numpy_base_stats(y[idx], s[idx], g[idx], names, thr, binnings), names, included, thr, binnings
-            )
-            reps[b] = [rs.get(k, np.nan) for k in keys]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            qs = np.nanquantile(reps, [lo_q, hi_q], axis=0)
-        for j, k in enumerate(keys):
-            cis[k] = (float(qs[0, j]), float(qs[1, j]))
+    cis = bootstrap_cis(y, s, g, names, included, thr, binnings, list(point.keys()), n_boot=n_boot, ci=ci, seed=seed)
 
     def M(key: tuple, **extra):
         return _m(point[key], cis.get(key), **extra)
@@ -632,22 +390,6 @@ def group_mean_summary(
         "higher_is_better": higher_is_better,
         "excluded_from_gaps": [n for n in names if n not in included],
     }
-
-
-def f1_at(y: Any, score: Any, t: float) -> float:
-    """F1 of ``score >= t`` (helper for reports/tests)."""
-    return float(f1_score(np.asarray(y).astype(int), (np.asarray(score) >= t).astype(int), zero_division=0))
-
-
-def primary_threshold(result: Mapping[str, Any]) -> Optional[str]:
-    """The threshold a headline uses: the first validation-chosen one (``val_*``), else ``fixed_0.5``, else any."""
-    names = list(result.get("thresholds", {}))
-    for n in names:
-        if n.startswith("val_"):
-            return n
-    if THRESHOLD_FIXED in names:
-        return THRESHOLD_FIXED
-    return names[0] if names else None
 
 
 def headline(result: Mapping[str, Any], threshold: Optional[str] = None, binning: str = "range10") -> Dict[str, Any]:

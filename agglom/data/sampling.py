@@ -1,0 +1,75 @@
+"""Group-weighted sampling of the training stream: per-group sample counts and acceptance probabilities.
+
+With ``data.group_balanced`` and/or ``data.group_weights`` the training stream of :mod:`agglom.data.readers`
+keeps each parsed sample of group ``g`` with probability ``acceptance[g]`` (weight / count, scaled so the
+largest is 1). This module computes those probabilities once per loader, before any worker starts; the
+stream itself only draws against them. :mod:`agglom.data.readers` re-exports both functions.
+
+Counts come from the datasheet when the grouping is a plain attribute that no sidecar overrides, else from
+one pass over the split's json members (images are not read).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, List, Mapping, Optional
+
+import webdataset as wds
+
+from agglom.data.groups import GroupIndexer, _AttrSpec
+
+__all__ = ["group_counts", "acceptance"]
+
+
+def group_counts(cfg: Any, indexer: GroupIndexer, split: str, datasheet: Optional[Mapping[str, Any]],
+                 sidecars: Mapping[str, Mapping[str, Any]]) -> List[int]:
+    """Samples per group in a split: from the datasheet for a plain attribute, else by reading the json."""
+    spec = indexer.spec
+    if isinstance(spec, _AttrSpec) and datasheet and not any(spec.attr in r for r in sidecars.values()):
+        info = (datasheet.get("attributes") or {}).get(spec.attr) or {}
+        counts = (info.get("counts") or {}).get(split)
+        total = ((datasheet.get("splits") or {}).get(split) or {}).get("samples")
+        if counts is not None and total is not None:
+            out = [int(counts.get(v, 0)) for v in spec.values]
+            return out + [int(total) - sum(out)]
+    from agglom.data.readers import _Counter, shard_urls  # deferred: readers imports this module
+
+    out = [0] * indexer.num_groups
+    counter = _Counter()
+    for sample in wds.tarfile_samples([dict(url=u) for u in shard_urls(cfg, split)], handler=counter.handler,
+                                      select_files=lambda f: f.endswith(".json")):
+        try:
+            meta = json.loads(sample["json"])
+            attrs = dict(meta.get("attrs") or {})
+        except (KeyError, ValueError, AttributeError, TypeError):
+            continue
+        attrs.update(sidecars.get(sample["__key__"], {}))
+        out[indexer.index(attrs)] += 1
+    return out
+
+
+def acceptance(cfg: Any, indexer: GroupIndexer, datasheet: Optional[Mapping[str, Any]],
+               sidecars: Mapping[str, Mapping[str, Any]]) -> Optional[List[float]]:
+    """Per-group acceptance probabilities for the training stream (None = take every sample)."""
+    from agglom.config.load import ConfigError
+
+    data = cfg.data
+    weights_cfg = dict(data.group_weights or {})
+    if not data.group_balanced and not weights_cfg:
+        return None
+    bad = [g for g in weights_cfg if g not in indexer.names]
+    if bad:
+        raise ConfigError(f"data.group_weights: unknown group(s) {bad}; groups of {indexer.by!r} are {indexer.names}")
+    if any(float(w) < 0 for w in weights_cfg.values()):
+        raise ConfigError("data.group_weights must be >= 0")
+    counts = group_counts(cfg, indexer, data.train_split, datasheet, sidecars) if data.group_balanced else None
+    w = []
+    for i, name in enumerate(indexer.names):
+        wi = float(weights_cfg.get(name, 1.0))
+        if counts is not None:
+            wi = wi / counts[i] if counts[i] > 0 else 0.0
+        w.append(wi)
+    top = max(w)
+    if top <= 0 or not math.isfinite(top):
+        raise ConfigError(f"data.group_weights/group_balanced leave no group to sample (weights {w})")
+    return [x / top for x in w]
