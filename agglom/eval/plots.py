@@ -22,7 +22,7 @@ def _save(fig: Any, path: str | os.PathLike) -> str:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return str(p)
 
