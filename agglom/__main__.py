@@ -1,5 +1,5 @@
 import sys
 
-from agglom.cli import main
+from agglom.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -64,5 +64,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return int(code or 0)
 
 
+def entry() -> int:
+    """Console-script entry: `agglom ... | head` ends quietly instead of with a BrokenPipeError traceback."""
+    try:
+        return main()
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(entry())

@@ -34,7 +34,18 @@ def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (
     """A frozen teacher for `card` (a TeacherCard or anything load_card accepts), taking batches normalised with
     the student's `input_mean`/`input_std`."""
     card = load_card(card)
-    return get_family(card.family)(card, input_mean, input_std, device=device)
+    try:
+        return get_family(card.family)(card, input_mean, input_std, device=device)
+    except RuntimeError as e:
+        msg = str(e)
+        if "state_dict" in msg or "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:
+            where = card.weights_path() or card.weights.tag or card.weights.source
+            detail = next((ln.strip() for ln in msg.splitlines() if "size mismatch" in ln or "key" in ln.lower()),
+                          msg.splitlines()[0])
+            raise CheckpointFormatError(f"teacher card {card.name!r}: the weights {where} do not fit the card's "
+                                        f"architecture ({card.family} {card.model}, model_args "
+                                        f"{dict(card.model_args or {})}): {detail[:300]}") from None
+        raise
 
 
 def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Union
 
@@ -36,19 +38,29 @@ def _read_raw(path: Path) -> Any:
 
         return load_file(str(path), device="cpu")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol chatter; a refusal is reported below
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"refused to load {path}: it needs arbitrary code to unpickle, and only tensors and plain containers "
-            f"are allowed (torch.load weights_only=True). Nothing in it was run. Convert it to safetensors in a "
-            f"trusted environment (safetensors.torch.save_file(state_dict, 'model.safetensors')). "
-            f"Detail: {str(e).splitlines()[0]}"
+            f"are allowed. Nothing in it was run. If you trust its source, convert it to safetensors elsewhere "
+            f"(safetensors.torch.save_file(state_dict, 'model.safetensors')) and point the card at that file. "
+            f"{_what_it_wanted(str(e))}"
         ) from None
     except RuntimeError as e:
         msg = str(e)
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
-            raise UnsafeCheckpointError(f"refused to load {path}: {msg.splitlines()[0]}") from None
+            raise UnsafeCheckpointError(f"refused to load {path}: it is not a plain weights file. Nothing in it was "
+                                        f"run. {_what_it_wanted(msg)}") from None
         raise CheckpointFormatError(f"could not read {path}: {msg.splitlines()[0]}") from e
+
+
+def _what_it_wanted(msg: str) -> str:
+    """The global the pickle asked for, without torch's advice to retry unsafely (and without ANSI codes)."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", msg)
+    m = re.search(r"(Unsupported global: GLOBAL [^\s]+|GLOBAL [^\s]+)", msg)
+    return f"(It asks for {m.group(1).replace('Unsupported global: ', '')}.)" if m else ""
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:

@@ -110,7 +110,8 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
         site = "AB"[i % 2] if i % 10 else ""
         rows.append(f"imgs/x{i}.png,{i % 2},{(i // 2) % 2},{site},{20 + i},{'FM'[i % 3 % 2]}")
     rows.append("imgs/missing.png,1,0,A,50,F")
-    rows.append("imgs/x1.png,,0,A,50,F")  # bad label
+    rows.append("imgs/x1.png,maybe,0,A,50,F")  # bad label
+    rows.append("imgs/x3.png,-1,,A,50,F")  # CheXpert style: uncertain + not mentioned
     csv_path = tmp_path / "meta.csv"
     csv_path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "packed"
@@ -118,12 +119,15 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
             "stratify=[site]", "seed=3"]
     assert main(args) == 0
     sheet = read_datasheet(out)
-    assert sheet["samples"] == 40 and sheet["skipped"] == {"missing_file": 1, "bad_label": 1}
+    assert sheet["samples"] == 41 and sheet["skipped"] == {"missing_file": 1, "bad_label": 1}
     assert sheet["label"]["type"] == "multilabel" and sheet["label"]["num_classes"] == 2
+    assert sheet["label"]["names"] == ["finding_a", "finding_b"]
+    assert sheet["params"]["labels_converted"] == {"uncertain_label": 1, "blank_label": 1}
     site = sheet["attributes"]["site"]
     assert site["values"] == ["A", "B"] and sum(site["missing"].values()) == 4
     assert sheet["attributes"]["age"]["type"] == "numeric" and sheet["attributes"]["age"]["summary"]["all"]["min"] == 20
-    assert sum(sheet["splits"][s]["samples"] for s in sheet["splits"]) == 40
+    assert sum(sheet["splits"][s]["samples"] for s in sheet["splits"]) == 41
+    assert [v for v in _samples(out).values() if v[0]["source"] == "imgs/x3.png" and v[0]["label"] == [0, 0]]
     got = _samples(out)
     m = got["imgs_x5"][0]
     assert m["label"] == [1, 0] and m["attrs"] == {"site": "B", "age": 25, "sex": "F"} and m["source"] == "imgs/x5.png"
@@ -133,6 +137,11 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
     assert main(args) == 2  # refuses to overwrite
     assert main(args + ["force=true"]) == 0
     assert {k: v[0]["split"] for k, v in _samples(out).items()} == first
+    # U-Ones for uncertain labels, and dropping images whose findings are blank
+    assert main(args + ["force=true", "uncertain=ones", "blank=drop"]) == 0
+    sheet = read_datasheet(out)
+    assert sheet["samples"] == 40 and sheet["skipped"]["dropped_label"] == 1
+    assert main(args + ["force=true", "uncertain=maybe"]) == 2
     cfg = load_config(Recipe, [f"data.root={out}", "data.num_workers=0", "groups.by=site", "data.image_size=8"])
     b = next(iter(eval_loader(cfg, "train")))
     assert b["label"].shape[1] == 2

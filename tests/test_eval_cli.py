@@ -93,3 +93,23 @@ def test_two_point_sweep_draws_the_front(tiny_train_args, tmp_path):
     # resumable: a second call redoes nothing and gives the same front
     assert main(sweep) == 0
     assert json.loads((out / "front.json").read_text())["points"] == front["points"]
+
+
+def test_eval_uses_the_recipes_group_specs_and_excludes_unknown_from_gaps(tmp_path, synth_root):
+    from tests.conftest import TINY_STUDENT
+
+    out = tmp_path / "runs"
+    args = {"name": "spec", "out_dir": str(out), "data.root": str(synth_root), "data.image_size": 32,
+            "data.batch_size": 16, "data.num_workers": 0, "data.epoch_samples": 32,
+            "teachers": "[{name: tiny-clip}]", "student.model_args": TINY_STUDENT, "heads.stats_samples": 16,
+            "optim.steps": 2, "log.checkpoint_interval": 2, "log.progress": "off",
+            "groups.specs": "[{name: site_sex, attrs: [site, sex]}, {name: age50, attr: age, bins: [0, 50, 200]}]",
+            "groups.by": "site_sex"}
+    assert main(["train", *[f"{k}={v}" for k, v in args.items()]]) == 0
+    assert main(["eval", str(out / "spec"), "eval.bootstrap=0", "eval.label_fractions=[]", "num_workers=0"]) == 0
+    rep = json.loads((out / "spec" / "eval" / "report.json").read_text())
+    attrs = rep["models"]["spec"]["attributes"]
+    assert {"site_sex", "age50"} <= set(attrs)
+    assert set(attrs["site_sex"]["groups"]) <= {"A|F", "A|M", "B|F", "B|M", "unknown"}
+    assert set(attrs["age50"]["groups"]) <= {"[0,50)", "[50,200)", "unknown"}
+    assert "unknown" in attrs["site_sex"]["excluded_from_gaps"] or "unknown" not in attrs["site_sex"]["groups"]

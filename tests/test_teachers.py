@@ -447,3 +447,22 @@ def test_cli_list_show_check(capsys, tmp_path, monkeypatch):
     assert "sam_vit_b_01ec64.pth" in capsys.readouterr().err
     assert main(["teachers", "show", "no-such-teacher"]) == 2
     assert "available cards" in capsys.readouterr().err
+
+
+def test_weights_of_the_wrong_shape_fail_cleanly(tmp_path, capsys):
+    """A checkpoint that does not fit the card's architecture: exit 2 naming the card and the file."""
+    import yaml
+
+    from agglom.cli import main as cli_main
+
+    card = yaml.safe_load((Path(teachers.__file__).parent / "cards" / "tiny-sam.yaml").read_text())
+    wrong = dict(card["model_args"], embed_dim=64, num_heads=2)
+    from segment_anything.modeling import ImageEncoderViT
+
+    enc = ImageEncoderViT(img_size=64, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in wrong.items()})
+    torch.save({f"image_encoder.{k}": v for k, v in enc.state_dict().items()}, tmp_path / "wrong.pth")
+    card.update(name="wrong-sam", weights={"source": "file", "path": "./wrong.pth"}, tiny=False)
+    (tmp_path / "wrong-sam.yaml").write_text(yaml.safe_dump(card))
+    assert cli_main(["teachers", "check", str(tmp_path / "wrong-sam.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "wrong-sam" in err and "wrong.pth" in err and "do not fit" in err

@@ -165,3 +165,18 @@ def test_ddp_two_processes_on_cpu(tiny_train_args):
     summary = json.loads((run / "run.json").read_text())
     assert summary["world_size"] == 2 and summary["step"] == 6
     assert (run / "checkpoints" / "00000006" / "model.safetensors").is_file()
+
+
+def test_a_failed_launch_leaves_the_run_config_alone(tiny_train_args, capsys):
+    args = tiny_train_args("keep", steps=2)
+    assert main(["train", *args]) == 0
+    run = run_dir_of(args)
+    before = (run / "config.yaml").read_text()
+    bad = [a for a in args if not a.startswith("teachers=")] + ["teachers=[{name: tiny-clipp}]"]
+    assert main(["train", *bad]) == 2
+    assert (run / "config.yaml").read_text() == before
+    out, err = capsys.readouterr()
+    assert "tiny-clipp" in err and "tiny-clip" in err
+    fresh = [a.replace("name=keep", "name=never") for a in bad]
+    assert main(["train", *fresh]) == 2
+    assert not (run.parent / "never").exists()  # nothing is created for a launch that fails while building

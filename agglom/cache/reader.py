@@ -32,13 +32,17 @@ def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any =
         root = root / teacher
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
-        raise ConfigError(f"teachers[{teacher}].cache: no manifest.json under {path}; run `agglom cache recipe=...`")
+        found = sorted(p.parent.name for p in Path(path).glob("*/manifest.json"))
+        raise ConfigError(f"teachers[{teacher}].cache: no manifest.json in {path} nor in {Path(path) / teacher}"
+                          + (f" (caches found there: {', '.join(found)})" if found else "")
+                          + "; write it with `agglom cache recipe=... cache.out=DIR` and give the same DIR")
     m = json.loads(manifest_path.read_text())
     if m.get("schema") != MANIFEST_SCHEMA:
         raise StaleCacheError(f"cache {root}: schema {m.get('schema')!r}, expected {MANIFEST_SCHEMA}")
-    problems = []
     if m.get("teacher") != teacher:
-        problems.append(f"teacher {m.get('teacher')!r} != {teacher!r}")
+        raise StaleCacheError(f"the feature cache at {root} belongs to teacher {m.get('teacher')!r}, not {teacher!r}; "
+                              f"give the cache root (it holds one folder per teacher) or {teacher!r}'s own folder")
+    problems = []
     if m.get("card_digest") != card_digest:
         problems.append(f"card digest {str(m.get('card_digest'))[:12]} != current {card_digest[:12]} "
                         "(card or weights changed)")

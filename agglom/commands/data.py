@@ -42,7 +42,9 @@ class PackConfig:
     src: Optional[str] = None  # image folder: one subfolder per class
     csv: Optional[str] = None  # CSV with a path column, label column(s), attribute columns
     path_col: str = "path"
-    label_cols: List[str] = field(default_factory=lambda: ["label"])
+    label_cols: List[str] = field(default_factory=lambda: ["label"])  # several = multi-label (each binary)
+    uncertain: str = "zeros"  # a -1 (uncertain) label: zeros | ones | drop (CheXpert's U-Zeros / U-Ones)
+    blank: str = "zeros"  # an empty cell in a multi-label column (not mentioned): zeros | drop
     attr_cols: List[str] = field(default_factory=list)  # empty = every other column
     key_col: Optional[str] = None
     split_col: Optional[str] = None  # take splits from this column instead of drawing them

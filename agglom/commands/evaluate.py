@@ -98,15 +98,29 @@ def _run(args) -> int:
         fid = fidelity_fn(model, fid_teachers)
 
     attr_names = list(args.eval.attributes) or None
+    # the recipe's group specs (declared bins, intersections) are evaluated as declared, like in training
+    from agglom.train.setup import group_indexer
+
+    specs = [s.name for s in cfg.groups.specs if s.name]
+    try:
+        indexer = group_indexer(cfg)
+    except ValueError:  # another dataset without the run's attributes: evaluate plain attributes only
+        indexer, specs = None, []
+    exclude_unknown = cfg.groups.unknown != "include"
+    from agglom.data.writer import read_datasheet
+
+    label_names = ((read_datasheet(cfg.data.root) or {}).get("label") or {}).get("names")
     results, fidelity = {}, None
     with torch.no_grad():
         for name, enc in encoders.items():
             splits = collect_splits(cfg, enc, device, name, fidelity=fid if name == primary else None,
                                     batch_size=args.batch_size)
             results[name] = probe_model(name, "student" if name == primary and args.run else "teacher", splits,
-                                        args.eval, attr_names, seed=args.seed)
+                                        args.eval, attr_names, seed=args.seed, indexer=indexer, specs=specs,
+                                        exclude_unknown=exclude_unknown, label_names=label_names)
             if name == primary and fid is not None and splits["test"].fidelity:
-                fidelity = fidelity_section(splits["test"], attr_names, splits["train"].attrs, n_boot=0)
+                fidelity = fidelity_section(splits["test"], attr_names, splits["train"].attrs, n_boot=0,
+                                            indexer=indexer, specs=specs)
     out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else Path("runs") / f"audit-{args.teacher}" / "eval")
     write_all(out, primary, results, fidelity, meta={"data_root": str(cfg.data.root), "features": args.eval.features,
                                                        "device": device.type})

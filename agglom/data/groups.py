@@ -184,10 +184,16 @@ class GroupIndexer:
     def _values_for(self, attr: str, spec_name: Optional[str]) -> List[str]:
         values = datasheet_values(self.datasheet, attr)
         if values is None:
+            import difflib
+
             what = f"group spec {spec_name!r}" if spec_name else f"attribute {attr!r}"
             hint = "set groups.specs[].values" if spec_name else f"declare a spec for {attr!r} with values (or bins)"
+            known = sorted((self.datasheet or {}).get("attributes") or {}) + sorted(self._decl)
+            close = difflib.get_close_matches(attr, known, n=3, cutoff=0.5)
+            also = (f"; did you mean {', '.join(close)}?" if close else "") + \
+                (f" (attributes and specs: {', '.join(known)})" if known else "")
             raise ValueError(f"{what}: no known values for attribute {attr!r} (not in dataset.json attributes, "
-                             f"or numeric with many values); {hint}")
+                             f"or numeric with many values); {hint}{also}")
         return values
 
     # ---------------------------------------------------------------- lookups

@@ -155,10 +155,38 @@ def records_from_folder(src: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
     return recs, classes
 
 
+LABEL_POLICIES = {"uncertain": ("zeros", "ones", "drop"), "blank": ("zeros", "drop")}
+
+
+def _binary_value(v: str, uncertain: str, blank: str, converted: Counter) -> Optional[int]:
+    """One cell of a binary label column: 1/0; -1 (uncertain, as in CheXpert) and blank cells by policy;
+    None means drop the image."""
+    v = v.strip()
+    if v == "":
+        converted["blank_label"] += 1
+        return None if blank == "drop" else 0
+    x = int(float(v))
+    if x == -1:
+        converted["uncertain_label"] += 1
+        return None if uncertain == "drop" else (1 if uncertain == "ones" else 0)
+    if x not in (0, 1):
+        raise ValueError(f"binary label expected (1, 0, -1 or blank), got {v!r}")
+    return x
+
+
 def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols: List[str], key_col: Optional[str],
-                     split_col: Optional[str], skipped: Counter) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
+                     split_col: Optional[str], skipped: Counter, uncertain: str = "zeros", blank: str = "zeros",
+                     converted: Optional[Counter] = None) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
+    """Rows -> records. One label column: class names or integers (a blank cell drops the image; with values in
+    {1, 0, -1} the -1 follows `uncertain`). Several label columns: a multi-label target, each column binary,
+    -1 (uncertain) mapped by `uncertain` (U-Zeros / U-Ones / drop, as in CheXpert) and blank cells (not mentioned)
+    by `blank`."""
     from agglom.config.load import ConfigError
 
+    converted = converted if converted is not None else Counter()
+    for key, allowed in LABEL_POLICIES.items():
+        if {"uncertain": uncertain, "blank": blank}[key] not in allowed:
+            raise ConfigError(f"{key}= must be one of {', '.join(allowed)}")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         cols = list(reader.fieldnames or [])
@@ -185,9 +213,17 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
                 v = (r.get(label_cols[0]) or "").strip()
                 if v == "":
                     raise ValueError("empty label")
-                label: Any = names.index(v) if names is not None else int(v)
+                if names is None and v == "-1":
+                    label: Any = _binary_value(v, uncertain, "drop", converted)
+                else:
+                    label = names.index(v) if names is not None else int(v)
             else:
-                label = [int(float((r.get(c) or "").strip())) for c in label_cols]
+                label = [_binary_value(r.get(c) or "", uncertain, blank, converted) for c in label_cols]
+                if any(x is None for x in label):
+                    label = None
+            if label is None:
+                skipped["dropped_label"] += 1
+                continue
         except ValueError as e:
             skipped["bad_label"] += 1
             log.warning("pack: %s: bad label (%s); skipped", rel, e)
@@ -213,6 +249,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out=DIR is required")
     skipped: Counter = Counter()
+    converted: Counter = Counter()
     names: Optional[List[str]]
     if cfg.src:
         src = Path(cfg.src)
@@ -225,7 +262,9 @@ def pack(cfg: Any) -> Dict[str, Any]:
         if not path.is_file():
             raise ConfigError(f"csv={path}: file not found")
         recs, names = records_from_csv(path, cfg.path_col, list(cfg.label_cols), list(cfg.attr_cols),
-                                       cfg.key_col, cfg.split_col, skipped)
+                                       cfg.key_col, cfg.split_col, skipped, cfg.uncertain, cfg.blank, converted)
+        if len(cfg.label_cols) > 1:
+            names = list(cfg.label_cols)  # a multi-label target keeps its column names
         source = f"csv {path.resolve()}"
     if not recs:
         raise ConfigError("no samples found in the source")
@@ -257,7 +296,8 @@ def pack(cfg: Any) -> Dict[str, Any]:
         sheet = w.close(name=cfg.name or Path(cfg.out).name, source=cfg.source or source, licence=cfg.licence,
                         params={"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
                                 "stratify": list(cfg.stratify), "split_col": cfg.split_col,
-                                "shard_size": cfg.shard_size},
+                                "shard_size": cfg.shard_size, "uncertain": cfg.uncertain, "blank": cfg.blank,
+                                "labels_converted": dict(converted)},
                         label=label, skipped=dict(skipped))
     return sheet
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -89,19 +89,27 @@ def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "fe
 
 
 def attribute_groups(attrs: List[Dict[str, Any]], names: Optional[List[str]] = None,
-                     reference: Optional[List[Dict[str, Any]]] = None) -> Dict[str, np.ndarray]:
-    """{attribute: [N] group names}. Numeric attributes are binned: `age` as MEDFAIR's <60 / >=60, any other
-    numeric attribute at the median of `reference` (the training split), so every split uses the same cut.
-    A sample without the attribute is in the explicit "unknown" group."""
+                     reference: Optional[List[Dict[str, Any]]] = None, indexer: Any = None,
+                     specs: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """{attribute or group spec: [N] group names}.
+
+    Attributes: numeric ones are binned, `age` as MEDFAIR's <60 / >=60, any other at the median of `reference`
+    (the training split), so every split uses the same cut. Group specs of the recipe (`groups.specs`, e.g.
+    declared bins or intersections such as sex x site) are evaluated as declared, through the same `indexer`
+    training used. A sample without the attribute is in the explicit "unknown" group."""
     reference = reference if reference is not None else attrs
     if not names:
         names = sorted({k for a in reference for k in a})
     out: Dict[str, np.ndarray] = {}
+    for spec in specs:
+        out[spec] = np.asarray([indexer.values_of(spec, a) for a in attrs], dtype=object)
     for name in names:
+        if name in out:
+            continue
         ref_vals = [a.get(name) for a in reference if a.get(name) not in (None, "")]
         numeric = bool(ref_vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ref_vals)
         if numeric and len(set(ref_vals)) > 10:
-            cut = 60.0 if name == "age" else float(np.median(ref_vals))
+            cut = 60.0 if name.lower() == "age" else float(np.median(ref_vals))
             lo, hi = f"<{cut:g}", f">={cut:g}"
             vals = [("unknown" if a.get(name) in (None, "") else (lo if float(a[name]) < cut else hi)) for a in attrs]
         else:

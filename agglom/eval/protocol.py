@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,21 +26,24 @@ def binary_labels(y: np.ndarray) -> np.ndarray:
 
 
 def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any, attr_names: Optional[List[str]],
-                seed: int = 0) -> Dict[str, Any]:
+                seed: int = 0, indexer: Any = None, specs: Sequence[str] = (),
+                exclude_unknown: bool = True, label_names: Optional[List[str]] = None) -> Dict[str, Any]:
     """One model's section of the report, plus what is needed for predictions.csv and calibration plots."""
     tr, va, te = splits["train"], splits["val"], splits["test"]
     ytr, yva, yte = binary_labels(tr.labels), binary_labels(va.labels), binary_labels(te.labels)
     probe = fit_linear_probe(tr.features, ytr, va.features, yva, te.features, C=ev.probe_c, max_iter=ev.max_iter,
                              threshold_method=ev.threshold_method, seed=seed)
-    groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs)
+    groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
     thresholds = {k: (float(v[0]) if not probe.multilabel else v.tolist()) for k, v in probe.thresholds.items()}
+    names = list(label_names) if label_names and yte.ndim == 2 and len(label_names) == yte.shape[1] else None
     kw = dict(thresholds=thresholds, optimistic_f1=ev.optimistic_f1, ece_binnings=list(ev.ece_binnings),
-              n_boot=ev.bootstrap, seed=seed)
+              n_boot=ev.bootstrap, seed=seed, exclude_unknown=exclude_unknown, label_names=names)
     attributes = evaluate_attributes(yte, probe.test_scores, groups, **kw)
 
     def quick(res) -> Dict[str, Any]:
         th = {k: (float(v[0]) if not res.multilabel else v.tolist()) for k, v in res.thresholds.items()}
-        r = evaluate_attributes(yte, res.test_scores, groups, thresholds=th, ece_binnings=["range10"], n_boot=0)
+        r = evaluate_attributes(yte, res.test_scores, groups, thresholds=th, ece_binnings=["range10"], n_boot=0,
+                                exclude_unknown=exclude_unknown)
         out: Dict[str, Any] = {}
         for attr, rr in r.items():
             h = headline(rr)
@@ -53,9 +56,9 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
         le = label_efficiency(tr.features, ytr, va.features, yva, te.features, quick, fractions=list(ev.label_fractions),
                               seeds=int(ev.seeds), C=ev.probe_c, max_iter=ev.max_iter,
                               threshold_method=ev.threshold_method)
-    val_groups = attribute_groups(va.attrs, attr_names or None, reference=tr.attrs)
+    val_groups = attribute_groups(va.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
     val_res = evaluate_attributes(yva, probe.val_scores, val_groups, thresholds=thresholds, ece_binnings=["range10"],
-                                  n_boot=0)
+                                  n_boot=0, exclude_unknown=exclude_unknown)
     section = {"kind": kind, "attributes": attributes,
                "validation": {a: headline(r) for a, r in val_res.items()},
                "probe": {"n_train": probe.n_train, "n_val": len(va.keys), "n_test": len(te.keys),
@@ -63,13 +66,15 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
                          "feature_dim": int(tr.features.shape[1])}}
     if le is not None:
         section["label_efficiency"] = le
-    rows = prediction_rows(te.keys, "test", yte, probe.test_scores, thresholds, {k: list(v) for k, v in groups.items()})
-    return {"section": section, "rows": rows, "scores": probe.test_scores, "labels": yte, "groups": groups}
+    rows = prediction_rows(te.keys, "test", yte, probe.test_scores, thresholds, {k: list(v) for k, v in groups.items()},
+                           label_names=names)
+    return {"section": section, "rows": rows, "scores": probe.test_scores, "labels": yte, "groups": groups,
+            "label_names": names or [f"label{i}" for i in range(yte.shape[1])] if yte.ndim == 2 else None}
 
 
 def fidelity_section(te: SplitFeatures, attr_names: Optional[List[str]], reference: List[Dict[str, Any]],
-                     n_boot: int) -> Dict[str, Any]:
-    groups = attribute_groups(te.attrs, attr_names or None, reference=reference)
+                     n_boot: int, indexer: Any = None, specs: Sequence[str] = ()) -> Dict[str, Any]:
+    groups = attribute_groups(te.attrs, attr_names or None, reference=reference, indexer=indexer, specs=specs)
     return {attr: {k: group_mean_summary(v, g, higher_is_better=True, exclude_unknown=True, n_boot=n_boot)
                    for k, v in te.fidelity.items()}
             for attr, g in groups.items()}
@@ -102,10 +107,14 @@ def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], f
     write_predictions_csv(out_dir / "predictions.csv", rows)
     plot_report(json.loads(Path(paths["json"]).read_text()), out_dir)
     for n, r in results.items():
-        if r["labels"].ndim == 1:
+        y, sc = r["labels"], r["scores"]
+        per_label = [(None, y, sc)] if y.ndim == 1 else [(lab, y[:, j], sc[:, j]) for j, lab in
+                                                           enumerate(r["label_names"])]
+        for lab, yy, ss in per_label:
             for attr, g in r["groups"].items():
-                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"calibration_{n}_{attr}")
-                plot_calibration(r["labels"], r["scores"], g, out_dir / f"{safe}.png", title=f"{n}: {attr}")
+                stem = f"calibration_{n}_{attr}" + (f"_{lab}" if lab else "")
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+                plot_calibration(yy, ss, g, out_dir / f"{safe}.png", title=f"{n}: {attr}" + (f" / {lab}" if lab else ""))
     print(summary_table(json.loads(Path(paths["json"]).read_text())), flush=True)
     print(f"agglom eval: {paths['md']}", flush=True)
     return report

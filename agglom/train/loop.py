@@ -86,10 +86,6 @@ def train(cfg: DictConfig) -> Path:
     engine = build_engine(cfg)
     info = engine.info
     run_dir = Path(cfg.out_dir) / cfg.name
-    if engine.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        print(to_yaml(cfg), flush=True)
     seed_everything(cfg.seed * 1000 + info.rank)
 
     # ---- build: teachers are frozen and live outside the trainable module ----
@@ -103,7 +99,12 @@ def train(cfg: DictConfig) -> Path:
     task.attach(forward_model, engine.device, engine.autocast())
     if ema is not None:
         ema.to(engine.device)
+    # everything built: only now does the run directory get (or replace) its config, so a launch that fails on a
+    # bad teacher, head or group never overwrites the config of the run that lives there
     if engine.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        print(to_yaml(cfg), flush=True)
         (run_dir / "teachers.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
         (run_dir / "groups.json").write_text(json.dumps({"by": cfg.groups.by, "names": task.group_names}, indent=1))
 

@@ -45,8 +45,10 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> Dict[str, torch.nn.
         try:
             card = zoo.load_card(entry.name)
         except (FileNotFoundError, KeyError, ValueError) as e:
-            known = ", ".join(zoo.list_cards())
-            raise ConfigError(f"teachers: cannot load teacher {entry.name!r} ({e}); known cards: {known}") from e
+            msg = str(e)
+            if "cards" not in msg:  # the zoo's own message usually lists the cards already
+                msg += f"; known cards: {', '.join(zoo.list_cards())}"
+            raise ConfigError(f"teachers: cannot load teacher {entry.name!r}: {msg}") from e
         if entry.cache:
             from agglom.cache import open_cache
 
