@@ -127,8 +127,16 @@ class AgglomTask(nn.Module):
             loss, group_terms = self.objective["groups"](per_sample, group)
         if self.training:
             self.objective["tracker"].update(loss_bt.detach(), mask, group)
-        terms = {"loss": loss, **group_terms, **teacher_terms}
+        terms = {"loss": loss, **self._named(group_terms), **teacher_terms}
         return terms
+
+    def _named(self, terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """`group/3` -> `group/<name>` (and GroupDRO's `q/3`), so logs read by group name."""
+        out = {}
+        for k, v in terms.items():
+            kind, _, idx = k.partition("/")
+            out[f"{kind}/{self.group_names[int(idx)]}" if idx.isdigit() else k] = v
+        return out
 
     @torch.no_grad()
     def fit_normalisers(self, batches: List[Dict[str, Any]]) -> None:
