@@ -36,9 +36,11 @@ def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (
     card = load_card(card)
     try:
         return get_family(card.family)(card, input_mean, input_std, device=device)
+    except (UnsafeCheckpointError, CheckpointFormatError, WeightsUnavailableError):
+        raise  # already a clear, named error
     except RuntimeError as e:
         msg = str(e)
-        if "state_dict" in msg or "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:
+        if "Error(s) in loading state_dict" in msg or "size mismatch" in msg:
             where = card.weights_path() or card.weights.tag or card.weights.source
             detail = next((ln.strip() for ln in msg.splitlines() if "size mismatch" in ln or "key" in ln.lower()),
                           msg.splitlines()[0])

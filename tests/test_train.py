@@ -136,7 +136,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tiny_train_args, 
 
 
 @pytest.mark.parametrize("bad,expect", [
-    ("teachers=[{name: no-such-teacher}]", "known cards"),
+    ("teachers=[{name: no-such-teacher}]", "tiny-clip, tiny-dinov2, tiny-sam"),
     ("heads.summary=nope", "known heads"),
     ("optim.lrr=1", "closest valid keys: optim.lr"),
     ("objective.group=nope", "nope"),
