@@ -7,28 +7,14 @@ from typing import Any, List, Optional
 
 from agglom.commands import Command
 from agglom.config.load import ConfigError
+from agglom.data.synth import SynthParams
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(SynthParams):
+    """The generator's parameters (agglom.data.synth.SynthParams) plus where and how to write them."""
+
     out: str = "data/synth"
-    n: int = 3000
-    image_size: int = 64
-    seed: int = 0
-    p_disease: float = 0.5
-    disease_strength: float = 0.3
-    bias: str = "intensity"  # shortcut bias effect: intensity | morphology | both
-    bias_strength: float = 0.15
-    shortcut_p_disease: float = 0.7  # P(shortcut=1 | disease)
-    shortcut_p_healthy: float = 0.3  # P(shortcut=1 | healthy)
-    site_frac: float = 0.08  # fraction of the rare site "B" (inverted polarity + grain + blur)
-    site_blur: float = 0.8
-    site_grain: float = 0.06
-    sex_effect: float = 0.04
-    age_min: int = 20
-    age_max: int = 90
-    deform: float = 0.08
-    texture: float = 0.04
     twin: bool = False  # also write <out>/twin: same subjects without the bias effect
     val_frac: float = 0.15
     test_frac: float = 0.15

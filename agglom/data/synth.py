@@ -37,11 +37,11 @@ class SynthParams:
     seed: int = 0
     p_disease: float = 0.5
     disease_strength: float = 0.3
-    bias: str = "intensity"  # intensity | morphology | both
+    bias: str = "intensity"  # shortcut bias effect: intensity | morphology | both
     bias_strength: float = 0.15
-    shortcut_p_disease: float = 0.7
-    shortcut_p_healthy: float = 0.3
-    site_frac: float = 0.08
+    shortcut_p_disease: float = 0.7  # P(shortcut=1 | disease)
+    shortcut_p_healthy: float = 0.3  # P(shortcut=1 | healthy)
+    site_frac: float = 0.08  # fraction of the rare site "B" (inverted polarity + grain + blur)
     site_blur: float = 0.8
     site_grain: float = 0.06
     sex_effect: float = 0.04
