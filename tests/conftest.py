@@ -23,20 +23,25 @@ def synth_root(tmp_path_factory):
 TINY_STUDENT = "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
 
 
+def tiny_args(out_dir, data_root, name: str = "t", steps: int = 12, **over) -> list:
+    """CLI args for a seconds-long `agglom train` on the tiny teacher cards (dotted keys; `over` wins)."""
+    args = {
+        "name": name, "out_dir": str(out_dir), "data.root": str(data_root), "data.image_size": 32,
+        "data.batch_size": 16, "data.num_workers": 0, "data.epoch_samples": 128,
+        "teachers": "[{name: tiny-clip}, {name: tiny-dinov2}, {name: tiny-sam}]",
+        "student.model": "vit_small_patch16_224", "student.model_args": TINY_STUDENT,
+        "heads.stats_samples": 32, "optim.steps": steps, "optim.warmup_steps": 2, "optim.lr": 2e-3,
+        "log.interval": 2, "log.checkpoint_interval": 4, "log.progress": "off", "groups.by": "site",
+    }
+    args.update(over)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
 @pytest.fixture()
 def tiny_train_args(tmp_path, synth_root):
-    """CLI args for a seconds-long `agglom train` on the tiny teacher cards and the synth fixture."""
+    """`tiny_args` bound to this test's tmp_path and the synth fixture."""
 
     def make(name: str = "t", steps: int = 12, **over) -> list:
-        args = {
-            "name": name, "out_dir": str(tmp_path / "runs"), "data.root": str(synth_root), "data.image_size": 32,
-            "data.batch_size": 16, "data.num_workers": 0, "data.epoch_samples": 128,
-            "teachers": "[{name: tiny-clip}, {name: tiny-dinov2}, {name: tiny-sam}]",
-            "student.model": "vit_small_patch16_224", "student.model_args": TINY_STUDENT,
-            "heads.stats_samples": 32, "optim.steps": steps, "optim.warmup_steps": 2, "optim.lr": 2e-3,
-            "log.interval": 2, "log.checkpoint_interval": 4, "log.progress": "off", "groups.by": "site",
-        }
-        args.update({k: v for k, v in over.items()})
-        return [f"{k}={v}" for k, v in args.items()]
+        return tiny_args(tmp_path / "runs", synth_root, name, steps, **over)
 
     return make

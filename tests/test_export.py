@@ -14,15 +14,13 @@ from agglom.runs import load_run_model
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, synth_root):
-    from tests.conftest import TINY_STUDENT
+    from tests.conftest import tiny_args
 
     out = tmp_path_factory.mktemp("runs")
-    args = {"name": "exp", "out_dir": str(out), "data.root": str(synth_root), "data.image_size": 32,
-            "data.batch_size": 16, "data.num_workers": 0, "data.epoch_samples": 64,
-            "teachers": "[{name: tiny-clip}, {name: tiny-sam, spatial: false}]", "student.model_args": TINY_STUDENT,
-            "heads.stats_samples": 32, "heads.normaliser": "phis", "heads.summary": "attn", "optim.steps": 4,
-            "optim.ema": 0.5, "log.checkpoint_interval": 4, "log.progress": "off"}
-    assert main(["train", *[f"{k}={v}" for k, v in args.items()]]) == 0
+    args = tiny_args(out, synth_root, "exp", 4, **{"data.epoch_samples": 64, "heads.normaliser": "phis",
+                                                   "teachers": "[{name: tiny-clip}, {name: tiny-sam, spatial: false}]",
+                                                   "heads.summary": "attn", "optim.ema": 0.5})
+    assert main(["train", *args]) == 0
     return out / "exp"
 
 
