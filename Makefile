@@ -22,7 +22,9 @@ $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" >/dev/null
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev,tensorboard]"
+	# compat mode puts the checkout on sys.path (a .pth line) instead of an import hook, so a `teachers/` folder in
+	# the user's working directory can never shadow the teacher zoo as a namespace package
+	$(PY) -m pip install -q -e ".[dev,tensorboard]" --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install agglom with its dependencies (idempotent)

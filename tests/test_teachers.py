@@ -466,3 +466,16 @@ def test_weights_of_the_wrong_shape_fail_cleanly(tmp_path, capsys):
     assert cli_main(["teachers", "check", str(tmp_path / "wrong-sam.yaml")]) == 2
     err = capsys.readouterr().err
     assert "wrong-sam" in err and "wrong.pth" in err and "do not fit" in err
+
+
+def test_a_teachers_folder_in_the_working_directory_does_not_shadow_the_zoo(tmp_path):
+    """`python -m agglom` puts the working directory first on sys.path; a user's `teachers/` folder (exported
+    teachers, say) must not turn into a namespace package that hides the zoo."""
+    import subprocess
+    import sys
+
+    (tmp_path / "teachers" / "ft-mine").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "agglom", "teachers", "list"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tiny-clip" in r.stdout
