@@ -201,3 +201,28 @@ def test_missing_key_and_uncovered_split_fail_clearly(caches, tiny_train_args, t
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert "does not cover split 'train'" in err and "train-000001.tar" in err
+
+
+def test_cache_of_regenerated_images_is_refused(tmp_path):
+    """Same shard names and counts, other images (another seed): the shard fingerprints catch it."""
+    from omegaconf import OmegaConf
+
+    from agglom.cache import StaleCacheError, open_cache
+    from agglom.config.schema import Recipe
+    from agglom.data.synth import SynthParams, write_synth
+
+    root = tmp_path / "ds"
+    write_synth(str(root), SynthParams(n=60, image_size=32, seed=0), shard_size=30)
+    out = tmp_path / "c"
+    assert main(["cache", *cache_args(root, out, "cache.teachers=[tiny-clip]")]) == 0
+    cfg = OmegaConf.merge(OmegaConf.structured(Recipe), {"data": {"root": str(root), "image_size": 32}})
+    import teachers as zoo
+
+    digest = zoo.load_card("tiny-clip").digest()
+    open_cache(str(out), "tiny-clip", cfg, digest, split=["train", "val", "test"])
+    write_synth(str(root), SynthParams(n=60, image_size=32, seed=1), shard_size=30, force=True)
+    with pytest.raises(StaleCacheError, match="written for other images"):
+        open_cache(str(out), "tiny-clip", cfg, digest, split=["train", "val", "test"])
+    # `agglom cache` again rewrites the changed shards instead of skipping them as done
+    assert main(["cache", *cache_args(root, out, "cache.teachers=[tiny-clip]")]) == 0
+    open_cache(str(out), "tiny-clip", cfg, digest, split=["train", "val", "test"])

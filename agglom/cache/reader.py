@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -24,8 +25,8 @@ class CacheKeyError(StaleCacheError):
 
 def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any = "train") -> "CachedTeacher":
     """The cache of `teacher` under `path` (the cache root or the teacher's own folder), checked against the card
-    digest and the recipe's preprocessing, and (unless `split` is None) against the image shards of `split`
-    (default: the recipe's training split): every image shard must have its cache shard."""
+    digest and the recipe's preprocessing, and (unless `split` is None) against the image shards of `split` (a split
+    name or a list of them; default: the recipe's training split): every image shard must have its cache shard."""
     root = Path(path)
     teacher = cache_name(teacher)
     if (root / teacher / "manifest.json").is_file():
@@ -55,25 +56,34 @@ def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any =
                               ". Rebuild it: agglom cache recipe=<recipe> (it is refused rather than silently used)")
     if not m.get("complete"):
         raise StaleCacheError(f"feature cache for {teacher} at {root} is incomplete; re-run `agglom cache` to finish it")
-    if split is not None:
-        _check_coverage(root, m, cfg, cfg.data.train_split if split == "train" else split)
+    for sp in ([] if split is None else [split] if isinstance(split, str) else list(split)):
+        _check_coverage(root, m, cfg, cfg.data.train_split if sp == "train" else sp)
     return CachedTeacher(root, m)
 
 
 def _check_coverage(root: Path, m: Dict[str, Any], cfg: Any, split: str) -> None:
+    from agglom.cache.writer import shard_fingerprint
     from agglom.data.readers import shard_urls
 
     try:
-        names = [Path(u).name for u in shard_urls(cfg, split)]
+        urls = shard_urls(cfg, split)
     except (ConfigError, FileNotFoundError, ValueError):
         return  # no image shards to compare with: the readers report that themselves
-    cached = (m.get("splits", {}).get(split) or {}).get("shards", {})
+    names = [Path(u).name for u in urls]
+    entry = m.get("splits", {}).get(split) or {}
+    cached = entry.get("shards", {})
     missing = [n for n in names if n not in cached or not (root / split / n).is_file()]
     if missing:
         raise StaleCacheError(f"feature cache for {m.get('teacher')} at {root} does not cover split {split!r}: "
                               f"{len(missing)} of {len(names)} image shard(s) not cached ({', '.join(missing[:3])}"
                               f"{', ...' if len(missing) > 3 else ''}); run `agglom cache recipe=<recipe> "
                               f"cache.splits=[{split}]`")
+    prints = entry.get("fingerprints") or {}
+    changed = [n for u, n in zip(urls, names) if n in prints and os.path.exists(u) and prints[n] != shard_fingerprint(u)]
+    if changed:
+        raise StaleCacheError(f"feature cache for {m.get('teacher')} at {root} was written for other images: split "
+                              f"{split!r} shard(s) {', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''} changed "
+                              "since (regenerated data?); rebuild it with `agglom cache recipe=<recipe>`")
 
 
 class CachedTeacher:

@@ -44,6 +44,21 @@ def cache_dir_for(cfg: DictConfig, teacher: str, out: Optional[str] = None) -> P
     return Path(out or Path(cfg.data.root) / "cache") / cache_name(teacher)
 
 
+def shard_fingerprint(path: str, head: int = 1 << 20) -> str:
+    """Size + a hash of the first and last MiB of an image shard: cheap to check on every open, and it changes
+    when the shard is regenerated (another seed, other images) even when its name and sample count do not."""
+    import hashlib
+
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(head))
+        if size > head:
+            f.seek(max(head, size - head))
+            h.update(f.read(head))
+    return f"{size}:{h.hexdigest()[:24]}"
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime = len(data), 0
@@ -97,12 +112,15 @@ def write_cache(cfg: DictConfig, teacher_names: Optional[List[str]] = None, out:
     for split in splits:
         for url in shard_urls(cfg, split):
             shard_name = Path(url).name
+            fingerprint = shard_fingerprint(url)
             pending = []
             for st in states:
                 (st["root"] / split).mkdir(exist_ok=True)
                 entry = st["manifest"]["splits"].setdefault(split, {"shards": {}})
-                if not ((st["root"] / split / shard_name).is_file() and shard_name in entry["shards"]):
-                    pending.append(st)  # resumable: a shard already written is skipped
+                entry.setdefault("fingerprints", {})
+                if not ((st["root"] / split / shard_name).is_file() and shard_name in entry["shards"]
+                        and entry["fingerprints"].get(shard_name) == fingerprint):
+                    pending.append(st)  # resumable: a shard already written for these very images is skipped
             if not pending:
                 continue
             tmps = [st["root"] / split / f".{shard_name}.tmp" for st in pending]
@@ -132,6 +150,7 @@ def write_cache(cfg: DictConfig, teacher_names: Optional[List[str]] = None, out:
             for st, tmp in zip(pending, tmps):
                 os.replace(tmp, st["root"] / split / shard_name)
                 st["manifest"]["splits"][split]["shards"][shard_name] = count
+                st["manifest"]["splits"][split]["fingerprints"][shard_name] = fingerprint
                 st["n_done"] += count
                 st["manifest_path"].write_text(json.dumps(st["manifest"], indent=1))
     for st in states:
