@@ -265,3 +265,15 @@ def test_pareto_front_hypervolume_minimax():
 
     json.dumps(s, allow_nan=False)
     assert math.isclose(s["hypervolume"], 0.324)
+
+
+def test_minimax_pareto_never_picks_a_levelling_down_candidate_when_another_exists():
+    cands = [dict(c) for c in CANDS]
+    chosen = minimax_pareto_select(cands)["name"]
+    for c in cands:
+        c["levels_down"] = c["name"] == chosen
+    second = minimax_pareto_select(cands)
+    assert second["name"] != chosen and not second["levels_down"]
+    for c in cands:  # every candidate levels down: the rule still returns its choice (and the sweep says so)
+        c["levels_down"] = True
+    assert minimax_pareto_select(cands)["name"] == chosen

@@ -1,5 +1,5 @@
 """The statistics engine behind :func:`agglom.eval.metrics.binary_group_metrics`: per-group base statistics,
-the summaries derived from them, and the stratified percentile bootstrap.
+the summaries derived from them, and the stratified bootstrap with BCa intervals.
 
 Kept apart from :mod:`agglom.eval.metrics` (which turns these numbers into the documented result dicts) because
 it is pure computation on flat ``{key tuple: float}`` maps, and it holds the two implementations that must agree:
@@ -196,26 +196,38 @@ def _stratified_indices(g: np.ndarray, y: np.ndarray) -> List[np.ndarray]:
 
 def bootstrap_cis(y: np.ndarray, s: np.ndarray, g: np.ndarray, names: Sequence[str], included: Sequence[str],
                   thresholds: Mapping[str, float], binnings: Sequence[str], keys: Sequence[tuple], *, n_boot: int,
-                  ci: float, seed: int) -> Dict[tuple, tuple]:
-    """Percentile intervals ``{key: (lo, hi)}`` of the derived statistics ``keys`` over ``n_boot`` stratified
-    (group x label) replicates with thresholds held fixed; ``{}`` when ``n_boot`` is 0."""
+                  ci: float, seed: int, point: Mapping[tuple, float] | None = None,
+                  n_jackknife: int = 20) -> Dict[tuple, tuple]:
+    """Intervals ``{key: (lo, hi, widened)}`` of the derived statistics ``keys`` over ``n_boot`` stratified
+    (group x label) replicates with thresholds held fixed; ``{}`` when ``n_boot`` is 0.
+
+    With ``point`` (the point estimates) the intervals are BCa with a grouped-jackknife acceleration
+    (:func:`agglom.eval.intervals.bca_interval`), widened to contain the point where even BCa cannot; without it,
+    plain percentile intervals (``widened`` False)."""
+    from agglom.eval.intervals import bca_interval, jackknife_blocks
+
     lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
     cis: Dict[tuple, tuple] = {}
-    if n_boot and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        strata = _stratified_indices(g, y)
-        keys = list(keys)
-        reps = np.full((n_boot, len(keys)), np.nan)
-        for b in range(n_boot):
-            idx = np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata])
-            rs = _derive(
-                _numpy_base_stats(y[idx], s[idx], g[idx], names, thresholds, binnings),
-                names, included, thresholds, binnings,
-            )
-            reps[b] = [rs.get(k, np.nan) for k in keys]
+    if not n_boot or n_boot <= 0:
+        return cis
+    rng = np.random.default_rng(seed)
+    strata = _stratified_indices(g, y)
+    keys = list(keys)
+
+    def values(idx: np.ndarray) -> List[float]:
+        rs = _derive(_numpy_base_stats(y[idx], s[idx], g[idx], names, thresholds, binnings),
+                     names, included, thresholds, binnings)
+        return [rs.get(k, np.nan) for k in keys]
+
+    reps = np.full((n_boot, len(keys)), np.nan)
+    for b in range(n_boot):
+        reps[b] = values(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
+    if point is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             qs = np.nanquantile(reps, [lo_q, hi_q], axis=0)
-        for j, k in enumerate(keys):
-            cis[k] = (float(qs[0, j]), float(qs[1, j]))
+        return {k: (float(qs[0, j]), float(qs[1, j]), False) for j, k in enumerate(keys)}
+    jack = np.asarray([values(idx) for idx in jackknife_blocks(strata, n_jackknife, seed + 1)]) if n_jackknife else None
+    for j, k in enumerate(keys):
+        cis[k] = bca_interval(float(point.get(k, np.nan)), reps[:, j], None if jack is None else jack[:, j], ci)
     return cis

@@ -9,12 +9,13 @@ and are re-exported here so that ``agglom.eval.metrics`` stays the one import fo
 - :mod:`agglom.eval.thresholds`: choosing decision thresholds (:func:`choose_threshold`, Youden, best F1) and the
   threshold a headline reports (:func:`primary_threshold`);
 - :mod:`agglom.eval.group_stats`: per-group base statistics (fairlearn point estimates, a vectorised numpy copy
-  for replicates), the derived gaps/worst-group values/ES-AUC, and the stratified percentile bootstrap.
+  for replicates), the derived gaps/worst-group values/ES-AUC, and the stratified bootstrap (BCa intervals).
 
 Everything works on numpy arrays: ``y_true [N]`` in {0, 1}, ``score [N]`` probabilities of the positive class,
 ``groups [N]`` strings (any number of groups; the explicit ``"unknown"`` group is allowed). Gaps are
 ``max_g - min_g`` over the *defined* groups (``MetricFrame.difference`` semantics with undefined groups skipped
-and listed). Intervals come from one stratified (group x label) percentile bootstrap for every metric, with
+and listed). Intervals come from one stratified (group x label) bootstrap for every metric (BCa, see
+:mod:`agglom.eval.intervals`), with
 thresholds held fixed across replicates (including the optimistic best-F1 one, chosen once on the evaluated split).
 
 Conventions (also stored in every result under ``"conventions"``):
@@ -48,6 +49,7 @@ from agglom.eval.group_stats import (
     bootstrap_cis,
     es_auc,
 )
+from agglom.eval.intervals import METHOD as INTERVAL_METHOD
 from agglom.eval.thresholds import (
     OPTIMISTIC_THRESHOLD,
     THRESHOLD_FIXED,
@@ -95,8 +97,9 @@ CONVENTIONS = {
     "fpr_gap": "max_g FPR_g - min_g FPR_g",
     "yhat": "yhat = score >= threshold",
     "bootstrap": (
-        "stratified (group x label) percentile bootstrap, thresholds fixed across replicates; percentile intervals "
-        "of max-min gaps and of ECE are biased upward, so their point estimate can sit at or below the lower end"
+        "stratified (group x label) bootstrap, thresholds fixed across replicates; BCa intervals (bias from the "
+        "replicates, acceleration from a grouped jackknife), widened to contain the point estimate where a "
+        "statistic at a boundary (a gap of 0) leaves almost every replicate on one side (flagged ci_widened)"
     ),
     OPTIMISTIC_THRESHOLD: "best-F1 threshold chosen on the evaluated split itself (optimistic; FairMedFM comparability)",
 }
@@ -126,13 +129,16 @@ def _f(x: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _m(value: float, ci: Optional[Sequence[float]] = None, **extra: Any) -> Dict[str, Any]:
-    """One reported metric: ``{"value": float|None, "ci": [lo, hi]|None, **extra}``."""
+def _m(value: float, ci: Optional[Sequence[Any]] = None, **extra: Any) -> Dict[str, Any]:
+    """One reported metric: ``{"value": float|None, "ci": [lo, hi]|None, **extra}``; a third ``ci`` element True
+    (an interval widened to contain its point estimate) adds ``"ci_widened": true``."""
     out: Dict[str, Any] = {"value": _f(value)}
     if ci is None or ci[0] is None or not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
         out["ci"] = None
     else:
         out["ci"] = [float(ci[0]), float(ci[1])]
+        if len(ci) > 2 and ci[2]:
+            out["ci_widened"] = True
     out.update(extra)
     return out
 
@@ -208,7 +214,8 @@ def binary_group_metrics(
 
     point = _derive(_fairlearn_base_stats(y, s, g, thr, binnings), names, included, thr, binnings)
 
-    cis = bootstrap_cis(y, s, g, names, included, thr, binnings, list(point.keys()), n_boot=n_boot, ci=ci, seed=seed)
+    cis = bootstrap_cis(y, s, g, names, included, thr, binnings, list(point.keys()), n_boot=n_boot, ci=ci, seed=seed,
+                        point=point)
 
     def M(key: tuple, **extra):
         return _m(point[key], cis.get(key), **extra)
@@ -236,7 +243,7 @@ def binary_group_metrics(
             "n_boot": int(n_boot),
             "ci": ci,
             "seed": seed,
-            "method": "stratified (group x label) percentile bootstrap" if n_boot else "none",
+            "method": f"stratified (group x label) bootstrap, {INTERVAL_METHOD}" if n_boot else "none",
         },
         "conventions": CONVENTIONS,
     }
@@ -370,16 +377,21 @@ def group_mean_summary(
     overall, means, worst, gap = stats(v, g)
     cis: Dict[str, tuple] = {}
     if n_boot:
+        from agglom.eval.intervals import bca_interval, jackknife_blocks
+
         rng = np.random.default_rng(seed)
         strata = [np.flatnonzero(g == n) for n in names]
-        rows = []
-        for _ in range(n_boot):
-            idx = np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata])
+
+        def row(idx: np.ndarray) -> List[float]:
             o, mm, w, gp = stats(v[idx], g[idx])
-            rows.append([o, w, gp] + [mm[n] for n in names])
-        q = np.nanquantile(np.asarray(rows), [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+            return [o, w, gp] + [mm[n] for n in names]
+
+        reps = np.asarray([row(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
+                           for _ in range(n_boot)])
+        jack = np.asarray([row(idx) for idx in jackknife_blocks(strata, 20, seed + 1)])
+        points = [overall, worst, gap] + [means[n] for n in names]
         for j, k in enumerate(["overall", "worst", "gap"] + [f"g:{n}" for n in names]):
-            cis[k] = (q[0, j], q[1, j])
+            cis[k] = bca_interval(points[j], reps[:, j], jack[:, j], ci)
     inc_means = {n: means[n] for n in included if np.isfinite(means[n])}
     wg = (min if higher_is_better else max)(inc_means, key=inc_means.get) if inc_means else None
     return {
