@@ -30,14 +30,19 @@ def test_eval_run_with_audit_writes_a_recomputable_report(small_run, capsys):
     ev = small_run / "eval"
     report = json.loads((ev / "report.json").read_text())
     validate_report(report)
-    assert report["schema"] == "agglom.eval/1"
+    assert report["schema"] == "agglom.eval/2"
     assert set(report["models"]) == {"ev", "teacher:tiny-clip", "teacher:tiny-dinov2"}
     student = report["models"]["ev"]
     assert set(student["attributes"]) >= {"site", "sex", "shortcut", "age"}
-    assert set(student["label_efficiency"]["fractions"]) == {"0.1", "1"} or len(student["label_efficiency"]["fractions"]) == 2
-    # fidelity per teacher x group, on normalised features
-    assert set(report["fidelity"]["site"]) == {"tiny-clip/summary", "tiny-clip/spatial", "tiny-dinov2/summary",
-                                               "tiny-dinov2/spatial"}
+    assert set(student["label_efficiency"]["fractions"]) == {"0.1", "1"}
+    # fidelity per teacher x output x group: global-normalised R² (primary), cosine (secondary), functional
+    outputs = {"tiny-clip/summary", "tiny-clip/spatial", "tiny-dinov2/summary", "tiny-dinov2/spatial"}
+    assert set(report["fidelity"]["site"]) == outputs == set(report["fidelity_cosine"]["site"])
+    assert report["fidelity_measure"].startswith("r2_global")
+    for t in ("tiny-clip", "tiny-dinov2"):
+        f = report["fidelity_functional"][t]["attributes"]["site"]
+        assert set(f["by_group"]) == {"A", "B"} and 0 <= f["agreement"]["overall"]["value"] <= 1
+    assert "global-normalised R²" in (ev / "report.md").read_text()
     md = (ev / "report.md").read_text()
     assert "site" in md and "teacher:tiny-clip" in md
     pngs = {p.name for p in ev.glob("*.png")}
@@ -48,7 +53,7 @@ def test_eval_run_with_audit_writes_a_recomputable_report(small_run, capsys):
 
     # recompute a few numbers from predictions.csv with sklearn / fairlearn
     with open(ev / "predictions.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["model"] == "ev"]
+        rows = [r for r in csv.DictReader(f) if r["model"] == "ev" and r["split"] == "test"]
     y = np.array([int(r["label"]) for r in rows])
     s = np.array([float(r["score"]) for r in rows])
     site = np.array([r["site"] for r in rows])
@@ -88,6 +93,10 @@ def test_two_point_sweep_draws_the_front(tiny_train_args, tmp_path):
     assert len(front["points"]) == 2 and front["front"] and front["hypervolume"] is not None
     assert (out / "front.png").is_file()
     assert any(p["pareto"] for p in front["points"])
+    # every point is checked for levelling down against the λ = 0 reference, on validation and on test
+    assert front["reference"]["name"] == "sw-variance-lam0"
+    other = next(p for p in front["points"] if p["value"] == 2.0)
+    assert isinstance(other["levels_down"], bool) and isinstance(other["levelled_down_test"], list)
     # resumable: a second call redoes nothing and gives the same front
     assert main(sweep) == 0
     assert json.loads((out / "front.json").read_text())["points"] == front["points"]
@@ -110,3 +119,26 @@ def test_eval_uses_the_recipes_group_specs_and_excludes_unknown_from_gaps(tmp_pa
     assert {"site_sex", "age50"} <= set(attrs)
     assert set(attrs["site_sex"]["groups"]) <= {"A|F", "A|M", "B|F", "B|M", "unknown"}
     assert set(attrs["age50"]["groups"]) <= {"[0,50)", "[50,200)", "unknown"}
+
+
+def test_eval_against_a_reference_run_reports_paired_group_deltas(small_run, tmp_path, synth_root, capsys):
+    from tests.conftest import tiny_args
+
+    if not (small_run / "eval" / "report.json").is_file():
+        assert main(["eval", str(small_run), *FAST_EVAL]) == 0
+    args = tiny_args(tmp_path, synth_root, "other", 4, seed=1, **{"data.epoch_samples": 64,
+                                                                   "teachers": "[{name: tiny-clip}, {name: tiny-dinov2}]"})
+    assert main(["train", *args]) == 0
+    assert main(["eval", str(tmp_path / "other"), f"reference={small_run}", *FAST_EVAL]) == 0
+    report = json.loads((tmp_path / "other" / "eval" / "report.json").read_text())
+    comp = report["comparison"]
+    assert comp["reference"] == "ev" and comp["new"] == "other" and isinstance(comp["levels_down"], bool)
+    site = comp["attributes"]["site"]
+    assert set(site["groups"]) == {"A", "B"}
+    for d in (site["overall_auc"], *site["groups"].values()):
+        assert d["delta"] == pytest.approx(d["new"] - d["reference"])
+        assert d["ci"][0] <= d["delta"] <= d["ci"][1]
+    assert "Against the reference" in (tmp_path / "other" / "eval" / "report.md").read_text()
+    # a reference that was never evaluated is refused with a clear message (exit 2)
+    assert main(["eval", str(tmp_path / "other"), f"reference={tmp_path / 'nowhere'}", *FAST_EVAL]) == 2
+    assert "no predictions.csv" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`agglom sweep recipe=PATH sweep.lams=[0,1,4] [sweep.objectives=[variance,groupdro]] key=value ...`."""
+"""`agglom sweep recipe=PATH sweep.lams=[0,1,4] [sweep.key=objective.lam] [sweep.objectives=[excess]] key=value ...`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +10,8 @@ from agglom.config.schema import Recipe
 
 @dataclass
 class SweepConfig:
-    lams: List[float] = field(default_factory=lambda: [0.0, 1.0, 4.0])
+    lams: List[float] = field(default_factory=lambda: [0.0, 1.0, 4.0])  # the values of sweep.key
+    key: str = "objective.lam"  # the knob swept: objective.lam | data.group_balance | objective.route_by_audit | ...
     objectives: List[str] = field(default_factory=list)  # default: the recipe's objective.group
     attribute: Optional[str] = None  # the attribute whose gap is traded off (default: groups.by)
     utility: str = "auc"  # headline metric for utility
@@ -31,4 +32,4 @@ def _run(cfg) -> int:
 
 
 sweep = Command(schema=SweepRecipe, run=_run,
-                help="train + eval over a lambda grid; Pareto front, hypervolume, minimax-Pareto choice")
+                help="train + eval over a knob's grid; Pareto front, levelling-down check, minimax-Pareto choice")

@@ -6,13 +6,12 @@ protocol is identical for the student and for each teacher (the audit baseline).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -21,49 +20,43 @@ class SplitFeatures:
     labels: np.ndarray  # [N] or [N, L]
     keys: List[str]
     attrs: List[Dict[str, Any]]
-    fidelity: Dict[str, np.ndarray] = field(default_factory=dict)  # "<teacher>/<summary|spatial>" -> [N] cosine
 
 
-Encoder = Callable[[torch.Tensor], torch.Tensor]
+Encoder = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]  # (images, sample keys) -> features
+
+
+def teacher_output(teacher: Any, x: torch.Tensor, keys: Sequence[str]) -> Any:
+    """A teacher's (summary, spatial) for a batch: read from its feature cache by key when it is a cached
+    teacher (:class:`~agglom.cache.reader.CachedTeacher`), else computed online from the images."""
+    if hasattr(teacher, "lookup"):
+        from teachers import TeacherOutput
+
+        t = teacher.lookup(list(keys))
+        return TeacherOutput(summary=t["summary"].to(x.device).float(), spatial=t["spatial"].to(x.device).float())
+    return teacher(x)
 
 
 def student_encoder(model: Any, kind: str) -> Encoder:
-    return lambda x: model.features(x, kind)
+    return lambda x, keys: model.features(x, kind)
 
 
 def teacher_encoder(teacher: Any, kind: str) -> Encoder:
-    def enc(x: torch.Tensor) -> torch.Tensor:
-        out = teacher(x)
-        return out.summary if kind == "summary" else out.spatial.flatten(2).mean(-1)
+    """A teacher's probe features: its summary embedding ("summary", and "adapters": the student's adapters
+    emulate exactly these), or the mean of its spatial map ("pooled")."""
+
+    def enc(x: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+        out = teacher_output(teacher, x, keys)
+        return out.spatial.flatten(2).mean(-1) if kind == "pooled" else out.summary
 
     return enc
 
 
-def fidelity_fn(model: Any, teachers: Dict[str, Any]) -> Callable[[torch.Tensor], Dict[str, torch.Tensor]]:
-    """Per-sample cosine between the student's head output and the teacher's *normalised* features
-    (FAIRNESS.md: raw ViT features share a large component that hides every gap)."""
-
-    def fid(x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        preds = model(x)
-        out: Dict[str, torch.Tensor] = {}
-        for name, teacher in teachers.items():
-            o = teacher(x)
-            tgt = model.normalise_targets(name, o.summary.clone(), o.spatial.clone(), update=False)
-            if "summary" in tgt and "summary" in preds[name]:
-                out[f"{name}/summary"] = F.cosine_similarity(preds[name]["summary"].float(), tgt["summary"], dim=-1)
-            if "spatial" in tgt and "spatial" in preds[name]:
-                out[f"{name}/spatial"] = F.cosine_similarity(preds[name]["spatial"].float(), tgt["spatial"],
-                                                             dim=1).flatten(1).mean(1)
-        return out
-
-    return fid
-
-
 @torch.no_grad()
 def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "features",
-            fidelity: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]] = None) -> SplitFeatures:
+            fidelity: Any = None) -> SplitFeatures:
+    """Features, labels, keys and attrs of one split; ``fidelity`` (a
+    :class:`~agglom.eval.fidelity.FidelityAccumulator`) sees every batch too."""
     feats, labels, keys, attrs = [], [], [], []
-    fid: Dict[str, List[np.ndarray]] = {}
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -71,21 +64,19 @@ def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "fe
         bar = tqdm(desc=desc, unit="img", leave=False)
     for batch in loader:
         x = batch["image"].to(device)
-        feats.append(encoder(x).float().cpu().numpy())
+        feats.append(encoder(x, batch["key"]).float().cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
         keys += list(batch["key"])
         attrs += list(batch["attrs"])
         if fidelity is not None:
-            for k, v in fidelity(x).items():
-                fid.setdefault(k, []).append(v.float().cpu().numpy())
+            fidelity.update(x, batch["key"])
         if bar is not None:
             bar.update(x.shape[0])
     if bar is not None:
         bar.close()
     if not feats:
         raise RuntimeError(f"{desc}: the split is empty")
-    return SplitFeatures(np.concatenate(feats), np.concatenate(labels), keys, attrs,
-                         {k: np.concatenate(v) for k, v in fid.items()})
+    return SplitFeatures(np.concatenate(feats), np.concatenate(labels), keys, attrs)
 
 
 def attribute_groups(attrs: List[Dict[str, Any]], names: Optional[List[str]] = None,

@@ -29,7 +29,8 @@ DEFAULT_REFERENCE: Tuple[float, float] = (0.5, 1.0)  # (utility_ref, gap_ref)
 
 SELECTION_RULE = (
     "minimax-Pareto (MEDFAIR): among Pareto-optimal candidates (max utility, min gap), the highest worst-group "
-    "validation AUC; ties -> higher utility, lower gap, name"
+    "validation AUC; ties -> higher utility, lower gap, name; candidates that level down (a group worse than the "
+    "reference beyond its paired validation interval) are excluded while any other candidate exists"
 )
 
 
@@ -67,9 +68,15 @@ def hypervolume_2d(
 
 
 def minimax_pareto_select(candidates: Sequence[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The candidate chosen by the minimax-Pareto rule (``None`` when no candidate is defined)."""
+    """The candidate chosen by the minimax-Pareto rule (``None`` when no candidate is defined).
+
+    A candidate flagged ``levels_down`` (some group worse than under the reference beyond its interval) is never
+    chosen while one that is not flagged exists: the rule then runs on the unflagged candidates alone."""
     if not candidates:
         return None
+    fair = [c for c in candidates if not c.get("levels_down")]
+    if fair and len(fair) < len(candidates):
+        candidates = fair
     mask = pareto_mask([c.get("utility") for c in candidates], [c.get("gap") for c in candidates])
     pool = [c for c, m in zip(candidates, mask) if m and _ok(c.get("worst_group"))]
     if not pool:  # no worst-group value among the front: fall back to the front by utility

@@ -74,7 +74,7 @@ def plot_fidelity_heatmap(fidelity: Mapping[str, Mapping[str, Any]], path: str |
                 M[i, j] = _val(m["value"])
     fig, ax = plt.subplots(figsize=(max(4, 1.0 * len(groups) + 2.5), max(2.5, 0.6 * len(teachers) + 1.5)))
     im = ax.imshow(np.ma.masked_invalid(M), cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=ax, label="cosine fidelity")
+    fig.colorbar(im, ax=ax, label="fidelity (global-normalised R²)")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(teachers)))
@@ -138,6 +138,10 @@ def plot_front(summary: Mapping[str, Any], path: str | os.PathLike, title: str =
     for p in pts:
         ax.annotate(str(p.get("name")), (p["utility"], p["gap"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")  # fmt: skip
+    down = [p for p in pts if p.get("levels_down")]
+    if down:
+        ax.scatter([p["utility"] for p in down], [p["gap"] for p in down], marker="x", s=70, c="k",
+                   label="levels down (not selectable)")  # fmt: skip
     sel = [p for p in pts if p.get("name") == summary.get("selected")]
     if sel:
         ax.scatter([sel[0]["utility"]], [sel[0]["gap"]], s=180, facecolors="none", edgecolors="k", lw=1.5,

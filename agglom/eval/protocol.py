@@ -9,8 +9,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from agglom.data.readers import eval_loader
 from agglom.eval.extract import SplitFeatures, attribute_groups, extract
-from agglom.eval.metrics import evaluate_attributes, group_mean_summary, headline
+from agglom.eval.metrics import evaluate_attributes, headline
 from agglom.eval.probe import fit_linear_probe, label_efficiency
 from agglom.eval.report import new_report, prediction_rows, summary_table, write_predictions_csv, write_report
 
@@ -66,24 +67,81 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
                          "feature_dim": int(tr.features.shape[1])}}
     if le is not None:
         section["label_efficiency"] = le
-    rows = prediction_rows(te.keys, "test", yte, probe.test_scores, thresholds, {k: list(v) for k, v in groups.items()},
-                           label_names=names)
+    # validation rows too: model selection (sweep) compares models on validation, never on test
+    rows = prediction_rows(va.keys, "val", yva, probe.val_scores, thresholds,
+                           {k: list(v) for k, v in val_groups.items()}, label_names=names)
+    rows += prediction_rows(te.keys, "test", yte, probe.test_scores, thresholds,
+                            {k: list(v) for k, v in groups.items()}, label_names=names)
     return {"section": section, "rows": rows, "scores": probe.test_scores, "labels": yte, "groups": groups,
+            "keys": list(te.keys),
             "label_names": names or [f"label{i}" for i in range(yte.shape[1])] if yte.ndim == 2 else None}
 
 
-def fidelity_section(te: SplitFeatures, attr_names: Optional[List[str]], reference: List[Dict[str, Any]],
-                     n_boot: int, indexer: Any = None, specs: Sequence[str] = ()) -> Dict[str, Any]:
-    groups = attribute_groups(te.attrs, attr_names or None, reference=reference, indexer=indexer, specs=specs)
-    return {attr: {k: group_mean_summary(v, g, higher_is_better=True, exclude_unknown=True, n_boot=n_boot)
-                   for k, v in te.fidelity.items()}
-            for attr, g in groups.items()}
+def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, SplitFeatures]], teacher_mods: Dict[str, Any],
+                    args: Any, device: torch.device, attr_names: Optional[List[str]], indexer: Any,
+                    specs: Sequence[str], exclude_unknown: bool) -> Dict[str, Any]:
+    """The report's fidelity sections from the accumulator filled on the primary model's test pass:
+    ``fidelity`` (global-normalised R², the primary measure), ``fidelity_cosine`` (secondary) and
+    ``fidelity_functional`` (each teacher's own probe on the student's adapter output)."""
+    from agglom.eval.extract import teacher_encoder
+    from agglom.eval.fidelity import fidelity_summaries, functional_fidelity
+
+    primary = next(n for n, sp in splits_of.items() if not n.startswith("teacher:"))
+    tr, te = splits_of[primary]["train"], splits_of[primary]["test"]
+    groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
+    per = fidelity_summaries(fid.result(), groups, n_boot=int(args.eval.bootstrap), seed=args.seed,
+                             exclude_unknown=exclude_unknown)
+    out: Dict[str, Any] = {"fidelity": per["r2"], "fidelity_cosine": per["cosine"],
+                           "fidelity_measure": "r2_global: 1 - squared error / per-channel variance of the teacher's "
+                                               "features over the whole test split (one normaliser for all groups)"}
+    if te.labels.ndim != 1 or len(set(te.labels.tolist()) - {0, 1}):
+        return out  # functional fidelity: binary labels only
+    functional = {}
+    for name, feats in fid.summary_features().items():
+        audit = splits_of.get(f"teacher:{name}")
+        if audit is not None and args.eval.features != "pooled":
+            t_tr, t_va = audit["train"], audit["val"]
+        else:
+            enc = teacher_encoder(fid.teachers[name], "summary")  # cached teachers are read by key
+            t_tr, t_va = (extract(eval_loader(cfg, split, batch_size=args.batch_size), enc, device, desc=f"{name}:{split}")
+                          for split in (cfg.data.train_split, cfg.data.val_split))
+        functional[name] = functional_fidelity(t_tr.features, t_tr.labels, t_va.features, t_va.labels,
+                                               feats["teacher"], feats["student"], te.labels, groups,
+                                               C=args.eval.probe_c, max_iter=args.eval.max_iter,
+                                               threshold_method=args.eval.threshold_method, seed=args.seed,
+                                               n_boot=int(args.eval.bootstrap), exclude_unknown=exclude_unknown)
+    out["fidelity_functional"] = functional
+    return out
+
+
+def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: int, seed: int,
+                         exclude_unknown: bool) -> Dict[str, Any]:
+    """Paired per-group deltas of this model's test predictions against the primary model of a reference
+    evaluation (a run dir or its eval/ dir), with the levelling-down flag (:mod:`agglom.eval.compare`)."""
+    from agglom.config.load import ConfigError
+    from agglom.eval.compare import compare_predictions
+    from agglom.eval.report import load_predictions
+
+    try:
+        reference = load_predictions(ref)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"reference: {e}") from e
+    labels = result["labels"]
+    new = {"key": result["keys"], "label": labels, "score": result["scores"], **result["groups"]}
+    if labels.ndim == 2:
+        new["label_names"] = result.get("label_names")
+    attrs = [a for a in result["groups"] if a in reference]
+    try:
+        out = compare_predictions(new, reference, attrs, new_name=name, reference_name=reference["model"],
+                                  n_boot=n_boot, seed=seed, exclude_unknown=exclude_unknown)
+    except ValueError as e:
+        raise ConfigError(f"reference={ref}: {e}") from e
+    out["reference_path"] = str(ref)
+    return out
 
 
 def collect_splits(cfg: Any, encoder: Any, device: torch.device, name: str, fidelity: Any = None,
                    batch_size: Optional[int] = None) -> Dict[str, SplitFeatures]:
-    from agglom.data.readers import eval_loader
-
     out = {}
     for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         loader = eval_loader(cfg, split, batch_size=batch_size)
@@ -91,15 +149,15 @@ def collect_splits(cfg: Any, encoder: Any, device: torch.device, name: str, fide
     return out
 
 
-def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], fidelity: Optional[Dict[str, Any]],
+def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], extra: Optional[Dict[str, Any]],
               meta: Dict[str, Any]) -> Dict[str, Any]:
-    """report.json/.md, predictions.csv (every model, a `model` column), plots; returns the report."""
+    """report.json/.md, predictions.csv (every model, a `model` column), plots; returns the report. ``extra``:
+    further report sections (fidelity, comparison)."""
     from agglom.eval.plots import plot_calibration, plot_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = new_report(primary, {n: r["section"] for n, r in results.items()}, meta=meta)
-    if fidelity:
-        report["fidelity"] = fidelity
+    report.update(extra or {})
     paths = write_report(out_dir, report)
     rows = []
     for n, r in results.items():

@@ -1,23 +1,31 @@
 """Evaluation reports: a versioned JSON schema, Markdown tables, predictions CSV and a console summary.
 
-Report schema ``"agglom.eval/1"`` (a plain dict; undefined numbers are ``None`` / ``null``)::
+Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` / ``null``)::
 
     {
-      "schema": "agglom.eval/1",
+      "schema": "agglom.eval/2",
       "created": "2025-01-01T00:00:00Z",          # optional, filled by write_report
       "primary": "student",                        # the model the report is about
       "models": {
         "<model>": {
           "kind": "student" | "teacher" | "baseline",
           "attributes": {"<attribute or proxy grouping>": <binary_group_metrics or multilabel_group_metrics result>},
+          "validation": {"<attribute>": <metrics.headline on the validation split>},
           "label_efficiency": <probe.label_efficiency output>,   # optional; metric_fn returning flat scalars
           "probe": {...}                                          # optional: C, threshold_method, thresholds ...
         }
       },
-      "fidelity": {"<attribute>": {"<teacher>": <metrics.group_mean_summary result>}},   # optional
+      "fidelity": {"<attribute>": {"<teacher>/<output>": <metrics.group_mean_summary>}},  # optional: global R²
+      "fidelity_measure": "...",                                                       # what "fidelity" holds
+      "fidelity_cosine": {same shape as fidelity},                                     # optional, secondary
+      "fidelity_functional": {"<teacher>": <fidelity.functional_fidelity result>},     # optional
+      "comparison": <compare.compare_predictions result>,                               # optional (reference=)
       "pareto": <pareto.front_summary result>,                                          # optional
       "meta": {...}                                                                     # optional, free-form
     }
+
+Version 2 (over 1): ``fidelity`` holds the global-normalised R² instead of the cosine (which moved to
+``fidelity_cosine``); intervals are BCa; ``fidelity_functional`` and ``comparison`` are new.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ __all__ = [
     "read_predictions_csv",
 ]
 
-SCHEMA = "agglom.eval/1"
+SCHEMA = "agglom.eval/2"
 _BINARY_KEYS = ("n", "group_names", "auc", "worst_group_auc", "auc_gap", "es_auc", "ece", "groups", "thresholds")
 
 
@@ -125,15 +133,20 @@ def validate_report(d: Any) -> Dict[str, Any]:
         le = m.get("label_efficiency")
         if le is not None and not (isinstance(le, Mapping) and isinstance(le.get("fractions"), Mapping)):
             problems.append(f"models.{name}.label_efficiency: expected {{'fractions': ...}}")
-    fid = d.get("fidelity")
-    if fid is not None:
+    for key in ("fidelity", "fidelity_cosine"):
+        fid = d.get(key)
+        if fid is None:
+            continue
         if not isinstance(fid, Mapping):
-            problems.append("fidelity: expected a dict")
-        else:
-            for attr, per in fid.items():
-                for t, s in per.items():
-                    if not isinstance(s, Mapping) or "by_group" not in s or "gap" not in s:
-                        problems.append(f"fidelity.{attr}.{t}: expected a group_mean_summary dict")
+            problems.append(f"{key}: expected a dict")
+            continue
+        for attr, per in fid.items():
+            for t, s in per.items():
+                if not isinstance(s, Mapping) or "by_group" not in s or "gap" not in s:
+                    problems.append(f"{key}.{attr}.{t}: expected a group_mean_summary dict")
+    comp = d.get("comparison")
+    if comp is not None and not (isinstance(comp, Mapping) and "attributes" in comp and "levels_down" in comp):
+        problems.append("comparison: expected a compare_predictions dict")
     p = d.get("pareto")
     if p is not None and not (isinstance(p, Mapping) and "points" in p and "hypervolume" in p):
         problems.append("pareto: expected a front_summary dict")
@@ -212,7 +225,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         L += [f"Created {report['created']}. Primary model: **{report.get('primary')}**.", ""]
     L += [
         "Gaps are max − min over groups where the metric is defined (lower is better); intervals are stratified "
-        "bootstrap 95% percentile CIs (for gaps and ECE these lean high: the point estimate can sit at their lower end); `undefined` = not computable (e.g. a group with one class), never 0. "
+        "bootstrap 95% BCa intervals (widened to contain the point estimate where a statistic at a boundary leaves almost every replicate on one side); `undefined` = not computable (e.g. a group with one class), never 0. "
         "EOD worst-case = max(ΔTPR, ΔFPR) (fairlearn default); EOD mean = mean(ΔTPR, ΔFPR) (FairMedFM form; its "
         "score is 1 − this). ECE range10 = 10 equal-width bins over the observed score range (FairMedFM/MEDFAIR).",
         "",
@@ -267,22 +280,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         le = m.get("label_efficiency")
         if le:
             L += [f"### Label efficiency: `{name}`", ""] + _label_efficiency_table(le)
-    fid = report.get("fidelity")
-    if fid:
-        L += ["## Fidelity per teacher × group", "",
-              "Mean per-sample cosine similarity between the student's head output and the (normalised) teacher "
-              "features; higher is better; worst group = lowest.", ""]  # fmt: skip
-        for attr, per in fid.items():
-            groups: List[str] = []
-            for s in per.values():
-                groups += [g for g in s["by_group"] if g not in groups]
-            rows = []
-            for teacher, s in per.items():
-                wg = s["worst_group"]
-                rows.append([teacher, *[_mci(s["by_group"].get(g)) for g in groups],
-                             _num(wg["value"]) + (f" ({wg.get('group')})" if wg.get("group") else ""),
-                             _mci(s["gap"])])  # fmt: skip
-            L += [f"### {attr}", ""] + _table(["teacher", *groups, "worst group", "gap"], rows)
+    L += _fidelity_markdown(report)
+    if report.get("comparison"):
+        L += _comparison_markdown(report["comparison"])
     if len(models) > 1:
         L += ["## Teacher audit: same probe protocol on every model", "", "```", summary_table(report), "```", ""]
     p = report.get("pareto")
@@ -295,6 +295,84 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         L += _table(["candidate", p.get("utility_name", "utility"), p.get("gap_name", "gap"), "worst group",
                      "Pareto"], rows)  # fmt: skip
     return "\n".join(L).rstrip() + "\n"
+
+
+def _group_mean_tables(section: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    L: List[str] = []
+    for attr, per in section.items():
+        groups: List[str] = []
+        for s in per.values():
+            groups += [g for g in s["by_group"] if g not in groups]
+        rows = []
+        for teacher, s in per.items():
+            wg = s["worst_group"]
+            rows.append([teacher, _mci(s["overall"]), *[_mci(s["by_group"].get(g)) for g in groups],
+                         _num(wg["value"]) + (f" ({wg.get('group')})" if wg.get("group") else ""),
+                         _mci(s["gap"])])  # fmt: skip
+        L += [f"### {attr}", ""] + _table(["teacher/output", "overall", *groups, "worst group", "gap"], rows)
+    return L
+
+
+def _fidelity_markdown(report: Mapping[str, Any]) -> List[str]:
+    L: List[str] = []
+    if report.get("fidelity"):
+        L += ["## Fidelity per teacher × output × group (global-normalised R²)", "",
+              "1 − squared error / the per-channel variance of the teacher's features over the whole test split: one "
+              "normaliser for every group, so the same error counts the same in every group (1 = perfect, 0 = as good "
+              "as the teacher's mean; higher is better; gap = max − min over groups).", ""]  # fmt: skip
+        L += _group_mean_tables(report["fidelity"])
+    if report.get("fidelity_functional"):
+        L += ["## Functional fidelity: each teacher's own probe on the student's adapter output", "",
+              "The teacher's linear probe (fitted on its train features, threshold on val) scores the teacher's test "
+              "features and the student's adapter output for that teacher; Δ = student − teacher; agreement = share of "
+              "samples on which the two decisions agree.", ""]  # fmt: skip
+        for teacher, f in report["fidelity_functional"].items():
+            rows = []
+            for attr, a in f["attributes"].items():
+                for g, e in a["by_group"].items():
+                    rows.append([attr, g, e["n"], _num(e["teacher_auc"]), _num(e["student_auc"]), _num(e["delta_auc"]),
+                                 _mci(a["agreement"]["by_group"].get(g))])
+            L += [f"### {teacher}", ""] + _table(["attribute", "group", "n", "teacher AUC", "student AUC", "Δ AUC",
+                                                  "agreement"], rows)  # fmt: skip
+    if report.get("fidelity_cosine"):
+        L += ["## Cosine fidelity (secondary; biased)", "",
+              "Cosine between the student's head output and the teacher's features in the training normaliser's space. "
+              "It rewards samples far from the normaliser's running mean (a rare group can score 0.99 on a summary and "
+              "0.79 on the same teacher's spatial map) and moves when the sampling moves that mean: compare groups with "
+              "the R² above, not with this.", ""]  # fmt: skip
+        L += _group_mean_tables(report["fidelity_cosine"])
+    return L
+
+
+def _delta(d: Mapping[str, Any]) -> str:
+    s = _num(d.get("delta"))
+    if s != "undefined" and d.get("ci"):
+        s += f" [{_num(d['ci'][0])}, {_num(d['ci'][1])}]"
+    return s
+
+
+def _comparison_markdown(c: Mapping[str, Any]) -> List[str]:
+    flagged = c.get("levelled_down") or {}
+    verdict = ("**levels down**: " + "; ".join(f"{a}: {', '.join(g)}" for a, g in flagged.items()) +
+               " got worse beyond the interval of the difference") if flagged else \
+        "no group got worse beyond the interval of its difference (no levelling down)"
+    L = [f"## Against the reference `{c.get('reference')}` (paired bootstrap on the same test samples)", "",
+         f"Δ = this model − reference, 95% paired-bootstrap BCa intervals; {verdict}.", ""]
+    for attr, r in c.get("attributes", {}).items():
+        per = r["labels"].items() if "labels" in r else [(None, r)]
+        for lab, rr in per:
+            rows = [["overall AUC", "", _num(rr["overall_auc"]["reference"]), _num(rr["overall_auc"]["new"]),
+                     _delta(rr["overall_auc"]), ""],
+                    ["worst-group AUC", "", _num(rr["worst_group_auc"]["reference"]), _num(rr["worst_group_auc"]["new"]),
+                     _delta(rr["worst_group_auc"]), ""],
+                    ["AUC gap (lower is better)", "", _num(rr["auc_gap"]["reference"]), _num(rr["auc_gap"]["new"]),
+                     _delta(rr["auc_gap"]), ""]]
+            for g, d in rr["groups"].items():
+                flag = "worse" if g in rr["levelled_down"] else ("better" if g in rr["lifted"] else "")
+                rows.append([f"group {g}", d["n"], _num(d["reference"]), _num(d["new"]), _delta(d), flag])
+            title = attr if lab is None else f"{attr} / {lab}"
+            L += [f"### {title}", ""] + _table(["", "n", "reference", "this model", "Δ [95% CI]", "beyond CI"], rows)
+    return L
 
 
 def _label_efficiency_table(le: Mapping[str, Any]) -> List[str]:
@@ -435,3 +513,42 @@ def read_predictions_csv(path: str | os.PathLike) -> Dict[str, np.ndarray]:
         else:
             out[c] = np.asarray(vals, dtype=str)
     return out
+
+
+def load_predictions(path: str | os.PathLike, model: Optional[str] = None, split: str = "test") -> Dict[str, Any]:
+    """One model's predictions on ``split`` (test or val) from an evaluation (a run dir, its ``eval/`` dir, or a
+    predictions.csv), in the form :func:`agglom.eval.compare.compare_predictions` takes: ``{"model", "key",
+    "label" [N] or [N, L], "score", "label_names" (multi-label), <attribute>: [N] ...}``. ``model`` defaults to the
+    report's primary."""
+    p = Path(path)
+    for cand in (p / "eval" / "predictions.csv", p / "predictions.csv", p):
+        if cand.is_file():
+            p = cand
+            break
+    else:
+        raise FileNotFoundError(f"{path}: no predictions.csv (evaluate it first with `agglom eval`)")
+    if model is None:
+        rep = p.parent / "report.json"
+        if not rep.is_file():
+            raise FileNotFoundError(f"{rep}: missing; cannot tell which model of {p} is the primary")
+        model = json.loads(rep.read_text())["primary"]
+    cols = read_predictions_csv(p)
+    if "model" not in cols:
+        raise ValueError(f"{p}: no 'model' column")
+    sel = (cols["model"] == model) & (cols["split"] == split)
+    if not sel.any():
+        raise ValueError(f"{p}: no {split} predictions of model {model!r} (models: {sorted(set(cols['model']))}, "
+                         f"splits: {sorted(set(cols['split']))})")
+    out: Dict[str, Any] = {"model": model, "key": cols["key"][sel]}
+    labels = [c for c in cols if c.startswith("label:")]
+    if labels:
+        out["label_names"] = [c.split(":", 1)[1] for c in labels]
+        out["label"] = np.stack([cols[c][sel] for c in labels], 1)
+        out["score"] = np.stack([cols[f"score:{n}"][sel] for n in out["label_names"]], 1)
+    else:
+        out["label"], out["score"] = cols["label"][sel], cols["score"][sel]
+    for c in cols:
+        if c.split(":")[0] not in ("label", "score", "threshold") and c not in ("model", "key", "split"):
+            out[c] = cols[c][sel]
+    return out
+

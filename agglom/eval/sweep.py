@@ -1,7 +1,15 @@
-"""The λ sweep: one training run + evaluation per (objective, λ), then the utility–fairness front.
+"""The sweep: one training run + evaluation per (objective, value of the swept knob), then the utility–fairness
+front, with every point compared group by group against the knob-at-0 reference.
 
-Resumable: a finished point (run.json at the final step, eval/report.json present) is not redone; an
-interrupted one resumes from its last checkpoint.
+The knob is ``sweep.key`` (default ``objective.lam``; also e.g. ``data.group_balance`` or
+``objective.route_by_audit``), over ``sweep.lams``. The reference is the point whose value is 0 (trained as an
+extra run when the grid has no 0). Each point's validation predictions are compared with the reference's (paired
+bootstrap, :mod:`agglom.eval.compare`): a point under which some group's validation AUC fell beyond its interval is
+flagged ``levels_down`` and the minimax-Pareto choice never takes it while an unflagged point exists. The test
+split is compared too, for the report.
+
+Resumable: a finished point (run.json at the final step, eval/report.json present) is not redone; an interrupted
+one resumes from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -11,12 +19,17 @@ from typing import Any, Dict, List
 
 from omegaconf import OmegaConf
 
+from agglom.config.load import ConfigError
 from agglom.eval.metrics import headline
 from agglom.eval.pareto import front_summary
 
 
-def _point_name(base: str, objective: str, lam: float) -> str:
-    return f"{base}-{objective}-lam{lam:g}"
+def _short(key: str) -> str:
+    return {"objective.lam": "lam"}.get(key, key.rsplit(".", 1)[-1])
+
+
+def _point_name(base: str, objective: str, key: str, value: float) -> str:
+    return f"{base}-{objective}-{_short(key)}{value:g}"
 
 
 def _done(run_dir: Path, steps: int) -> bool:
@@ -24,59 +37,105 @@ def _done(run_dir: Path, steps: int) -> bool:
     return p.is_file() and json.loads(p.read_text()).get("step") == steps
 
 
-def run_sweep(cfg: Any) -> Dict[str, Any]:
-    from agglom.commands.evaluate import EvalArgs
-    from agglom.commands.evaluate import _run as run_eval
+def _train_and_eval(cfg: Any, base: Any, name: str, overrides: Dict[str, Any]) -> Path:
+    from agglom.eval.run import EvalArgs, run_evaluation
     from agglom.train.loop import train
 
+    run_dir = Path(cfg.out_dir) / name
+    point = OmegaConf.merge(base, {"name": name}, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    if not _done(run_dir, int(cfg.optim.steps)):
+        train(point)
+    if not (run_dir / "eval" / "report.json").is_file():
+        args = OmegaConf.structured(EvalArgs)
+        args.run = str(run_dir)
+        args.audit = bool(cfg.sweep.audit)
+        args.eval = cfg.eval
+        run_evaluation(args)
+    return run_dir
+
+
+def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot: int) -> Dict[str, Any]:
+    from agglom.eval.compare import compare_predictions
+    from agglom.eval.report import load_predictions
+
+    new, ref = load_predictions(point, split=split), load_predictions(reference, split=split)
+    c = compare_predictions(new, ref, [attribute], new_name=point.name, reference_name=reference.name,
+                            n_boot=n_boot)
+    r = c["attributes"][attribute]
+    return {"levels_down": c["levels_down"], "levelled_down": c["levelled_down"].get(attribute, []),
+            "worst_group_delta": (r.get("worst_group_auc") or {}).get("delta")}
+
+
+def run_sweep(cfg: Any) -> Dict[str, Any]:
     sw = cfg.sweep
     base = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "sweep"])
+    key = str(sw.key)
+    if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+        raise ConfigError(f"sweep.key: {key!r} is not a recipe key (e.g. objective.lam, data.group_balance, "
+                          "objective.route_by_audit)")
     objectives = list(sw.objectives) or [cfg.objective.group]
-    if objectives == ["erm"] and len(sw.lams) > 1:
-        print("agglom sweep: objective.group=erm ignores λ; sweeping the 'variance' objective instead "
+    if key == "objective.lam" and objectives == ["erm"] and len(sw.lams) > 1:
+        print("agglom sweep: objective.group=erm ignores λ; sweeping the 'excess' objective instead "
               "(choose with sweep.objectives=[...])", flush=True)
-        objectives = ["variance"]
+        objectives = ["excess"]
     attribute = sw.attribute or cfg.groups.by
     out_dir = Path(cfg.out_dir) / f"{cfg.name}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
-    points: List[Dict[str, Any]] = []
-    grid = [(o, float(lam)) for o in objectives for lam in sw.lams]
-    for i, (objective, lam) in enumerate(grid):
-        name = _point_name(cfg.name, objective, lam)
-        run_dir = Path(cfg.out_dir) / name
+    grid = [(o, float(v)) for o in objectives for v in sw.lams]
+    runs: Dict[tuple, Path] = {}
+    for i, (objective, value) in enumerate(grid):
+        name = _point_name(cfg.name, objective, key, value)
         print(f"agglom sweep: [{i + 1}/{len(grid)}] {name}", flush=True)
-        point = OmegaConf.merge(base, {"name": name, "objective": {"group": objective, "lam": lam}})
-        if not _done(run_dir, int(cfg.optim.steps)):
-            train(point)
-        report_path = run_dir / "eval" / "report.json"
-        if not report_path.is_file():
-            args = OmegaConf.structured(EvalArgs)
-            args.run = str(run_dir)
-            args.audit = bool(sw.audit)
-            args.eval = cfg.eval
-            run_eval(args)
-        report = json.loads(report_path.read_text())
+        runs[(objective, value)] = _train_and_eval(cfg, base, name, {"objective.group": objective, key: value})
+    ref_key = next(((o, v) for o, v in grid if v == 0.0), None)
+    if ref_key is not None:
+        reference = runs[ref_key]
+    else:
+        name = _point_name(cfg.name, objectives[0], key, 0.0)
+        print(f"agglom sweep: reference {name} ({key} = 0)", flush=True)
+        reference = _train_and_eval(cfg, base, name, {"objective.group": objectives[0], key: 0.0})
+    points: List[Dict[str, Any]] = []
+    for (objective, value), run_dir in runs.items():
+        report = json.loads((run_dir / "eval" / "report.json").read_text())
         section = report["models"][report["primary"]]
         if attribute not in section["attributes"]:
-            raise KeyError(f"sweep.attribute {attribute!r} not in the report; attributes: {sorted(section['attributes'])}")
+            raise ConfigError(f"sweep.attribute {attribute!r} not in the report; attributes: "
+                              f"{sorted(section['attributes'])}")
         h = headline(section["attributes"][attribute])
         val = section.get("validation", {}).get(attribute, {})
-        points.append({"name": name, "objective": objective, "lam": lam, "utility": h.get(sw.utility),
-                       "gap": h.get(sw.gap), "worst_group": val.get("worst_group_auc"),
-                       "test_worst_group_auc": h.get("worst_group_auc"), "run": str(run_dir)})
+        p = {"name": run_dir.name, "objective": objective, "key": key, "value": value, "utility": h.get(sw.utility),
+             "gap": h.get(sw.gap), "worst_group": val.get("worst_group_auc"),
+             "test_worst_group_auc": h.get("worst_group_auc"), "run": str(run_dir), "reference": reference.name}
+        if key == "objective.lam":
+            p["lam"] = value
+        if run_dir != reference:
+            lv = _levelling(run_dir, reference, attribute, "val", int(cfg.eval.bootstrap))
+            lt = _levelling(run_dir, reference, attribute, "test", int(cfg.eval.bootstrap))
+            p.update(levels_down=lv["levels_down"], levelled_down_val=lv["levelled_down"],
+                     levelled_down_test=lt["levelled_down"], test_worst_group_delta=lt["worst_group_delta"])
+        else:
+            p.update(levels_down=False, levelled_down_val=[], levelled_down_test=[])
+        points.append(p)
     summary = front_summary(points, utility_name=f"{attribute}:{sw.utility}", gap_name=f"{attribute}:{sw.gap}")
-    summary["selection_basis"] = "validation worst-group AUC (MEDFAIR minimax-Pareto)"
+    summary["selection_basis"] = ("validation worst-group AUC (MEDFAIR minimax-Pareto), excluding points that level "
+                                  f"down against {reference.name} on validation")
+    summary["reference"] = {"name": reference.name, "key": key}
+    if points and all(p["levels_down"] for p in points if p["run"] != str(reference)) and len(points) > 1:
+        summary["warning"] = "every non-reference point levels down against the reference; the choice is one of them"
     (out_dir / "front.json").write_text(json.dumps(summary, indent=1, default=float))
     from agglom.eval.plots import plot_front
 
-    plot_front(summary, out_dir / "front.png", title=f"{cfg.name}: utility vs {attribute} gap")
-    print(f"\n{'point':<36} {'utility':>8} {'gap':>8} {'val worst':>10} pareto")
+    plot_front(summary, out_dir / "front.png", title=f"{cfg.name}: utility vs {attribute} gap ({key})")
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"\n{'point':<40} {'utility':>8} {'gap':>8} {'val worst':>10} pareto  levels down (val)")
     for p in summary["points"]:
-        def f(v):
-            return "n/a" if v is None else f"{v:.3f}"
-        print(f"{p['name']:<36} {f(p.get('utility')):>8} {f(p.get('gap')):>8} {f(p.get('worst_group')):>10} "
-              f"{'*' if p.get('pareto') else ''}")
+        print(f"{p['name']:<40} {f(p.get('utility')):>8} {f(p.get('gap')):>8} {f(p.get('worst_group')):>10} "
+              f"{'*' if p.get('pareto') else ' ':^6}  {', '.join(p.get('levelled_down_val') or []) or '-'}")
     sel = summary.get("selected")
-    print(f"hypervolume {summary.get('hypervolume')}; minimax-Pareto choice: {sel or 'none'}")
+    print(f"hypervolume {summary.get('hypervolume')}; minimax-Pareto choice: {sel or 'none'}"
+          + (f" ({summary['warning']})" if summary.get("warning") else ""))
     print(f"agglom sweep: {out_dir / 'front.json'}, {out_dir / 'front.png'}", flush=True)
     return summary

@@ -17,7 +17,6 @@ from torch import nn
 
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
-from agglom.model.agglomerator import module_key
 
 ADAPTER_SCHEMA = "agglom.adapters/1"
 
@@ -54,17 +53,7 @@ class AdapterPack(nn.Module):
         preds = self.model(x)
         if normalised:
             return preds
-        out: Dict[str, Dict[str, torch.Tensor]] = {}
-        for name, p in preds.items():
-            o = {}
-            if "summary" in p:
-                o["summary"] = self.model.summary_norms[module_key(name)].inverse(p["summary"])
-            if "spatial" in p:
-                sp = p["spatial"]
-                tok = self.model.spatial_norms[module_key(name)].inverse(sp.flatten(2).transpose(1, 2))
-                o["spatial"] = tok.transpose(1, 2).reshape(sp.shape)
-            out[name] = o
-        return out
+        return {name: self.model.denormalise(name, p) for name, p in preds.items()}
 
 
 def load_adapter_pack(export_dir: Path, student: nn.Module = None) -> AdapterPack:

@@ -41,6 +41,12 @@ class TeacherSpec:
         return cls(**d)
 
 
+#: what `features(x, kind)` can return, for probes (eval.features):
+#: "summary" = the CLS token; "pooled" = the mean of the patch tokens; "adapters" = every teacher's summary
+#: adapter output, concatenated (RADIO's choice: the student's emulation of each teacher's embedding).
+FEATURE_KINDS = ("summary", "pooled", "adapters")
+
+
 def module_key(name: str) -> str:
     """A teacher name as a ModuleDict key (a card may be named by a path such as `cards/x.yaml`)."""
     return name.replace(".", "_")
@@ -100,10 +106,32 @@ class AgglomModel(nn.Module):
             out[s.name] = pred
         return out
 
+    def summaries(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None,
+                  patches: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Each teacher's summary head output (normalised teacher space), without the spatial heads' cost."""
+        if prefix is None or patches is None:
+            prefix, patches, _ = student_tokens(self.student, x)
+        out: Dict[str, torch.Tensor] = {}
+        for s in self.specs:
+            if s.summary:
+                head = self.summary_heads[module_key(s.name)]
+                tok = prefix[:, self.summary_token_index[s.name]].unsqueeze(1)
+                out[s.name] = head(torch.cat([tok, patches], 1) if head.uses_context else tok)[:, 0]
+        return out
+
     def features(self, x: torch.Tensor, kind: str = "summary") -> torch.Tensor:
-        """Frozen features for probes: the CLS token ("summary") or mean of patch tokens ("pooled")."""
+        """Frozen features for probes (see :data:`FEATURE_KINDS`)."""
         prefix, patches, _ = student_tokens(self.student, x)
-        return prefix[:, 0] if kind == "summary" else patches.mean(1)
+        if kind == "summary":
+            return prefix[:, 0]
+        if kind == "pooled":
+            return patches.mean(1)
+        if kind == "adapters":
+            heads = self.summaries(x, prefix, patches)
+            if not heads:
+                raise ValueError("features=adapters needs at least one teacher with a summary head")
+            return torch.cat([heads[n] for n in self.teacher_names if n in heads], 1)
+        raise ValueError(f"unknown feature kind {kind!r}; choose one of {', '.join(FEATURE_KINDS)}")
 
     def normalise_targets(self, name: str, summary: Optional[torch.Tensor], spatial: Optional[torch.Tensor],
                           update: bool) -> Dict[str, torch.Tensor]:
@@ -121,3 +149,15 @@ class AgglomModel(nn.Module):
                 norm.update(tokens)
             out["spatial"] = norm(tokens).transpose(1, 2).reshape(spatial.shape)
         return out
+
+    def denormalise(self, name: str, pred: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A teacher's predictions back in that teacher's own feature space (the normalisers inverted)."""
+        out: Dict[str, torch.Tensor] = {}
+        if "summary" in pred:
+            out["summary"] = self.summary_norms[module_key(name)].inverse(pred["summary"].float())
+        if "spatial" in pred:
+            sp = pred["spatial"].float()
+            tok = self.spatial_norms[module_key(name)].inverse(sp.flatten(2).transpose(1, 2))
+            out["spatial"] = tok.transpose(1, 2).reshape(sp.shape)
+        return out
+

@@ -1,0 +1,155 @@
+"""The evaluation driver behind `agglom eval` and `agglom sweep`: build the encoders (the student, and each teacher
+for the audit), run the probe protocol on each, measure fidelity, compare with a reference model, write the
+report. The command module only parses arguments and calls :func:`run_evaluation`."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from agglom.config.load import ConfigError
+from agglom.config.schema import EvalConfig
+
+
+@dataclass
+class EvalArgs:
+    run: Optional[str] = None  # a run dir or an export folder
+    teacher: Optional[str] = None  # a teacher card name: the audit baseline on its own
+    audit: bool = False  # with run=: also evaluate each of the run's teachers with the same protocol
+    reference: Optional[str] = None  # a run/eval dir evaluated on the same test split: paired per-group deltas
+    data_root: Optional[str] = None  # another dataset (default: the run's)
+    sidecars: List[str] = field(default_factory=list)  # proxy-group sidecars to evaluate as attributes
+    image_size: Optional[int] = None
+    batch_size: int = 128
+    num_workers: int = 2
+    device: Optional[str] = None
+    out: Optional[str] = None  # default <run>/eval, or runs/audit-<teacher>/eval
+    seed: int = 0
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _load_primary(args: Any, device: torch.device) -> tuple:
+    """(cfg, model, primary name) for run=, or (default recipe, None, teacher:<name>) for a teacher alone."""
+    from agglom.config.schema import Recipe
+    from agglom.eval.extract import resolve_model_dir
+
+    if not args.run:
+        return OmegaConf.structured(Recipe), None, f"teacher:{args.teacher}"
+    if resolve_model_dir(Path(args.run)) == "run":
+        from agglom.runs import load_run_model, run_config
+
+        cfg = run_config(Path(args.run))
+        return cfg, load_run_model(Path(args.run)).to(device), cfg.name
+    from agglom.export import load_adapter_pack
+
+    model = load_adapter_pack(Path(args.run)).model.to(device)
+    meta = json.loads((Path(args.run) / "adapters.json").read_text())["recipe"]
+    cfg = OmegaConf.merge(OmegaConf.structured(Recipe), {"student": meta["student"], "data": meta["data"]})
+    return cfg, model, Path(args.run).name
+
+
+def _teachers(names: List[str], cfg: Any, mean: List[float], std: List[float], device: torch.device,
+              required: bool = True) -> Dict[str, Any]:
+    """Teachers by card name: from the run's feature cache where its recipe names one that is valid for these
+    data and covers every split (checked against card digest, preprocessing and shards), else built online."""
+    import teachers as zoo
+    from agglom.cache import open_cache
+
+    caches = {e.name: e.cache for e in cfg.teachers if e.get("cache")}
+    splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split]
+    out = {}
+    for name in names:
+        try:
+            card = zoo.load_card(name)
+            if name in caches:
+                try:
+                    cached = open_cache(caches[name], name, cfg, card.digest(), split=splits)
+                    cached.name = name
+                    out[name] = cached
+                    continue
+                except ConfigError as e:
+                    print(f"agglom eval: teacher {name} runs online ({e})", flush=True)
+            out[name] = zoo.build_teacher(card, input_mean=mean, input_std=std, device=str(device))
+        except Exception as e:  # noqa: BLE001 - a teacher that cannot be rebuilt here (weights elsewhere)
+            if required:
+                raise
+            print(f"agglom eval: fidelity skips teacher {name} ({e})", flush=True)
+    return out
+
+
+def run_evaluation(args: Any) -> Dict[str, Any]:
+    """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
+    plots; returns the report."""
+    from agglom.data.writer import read_datasheet
+    from agglom.dist import dist_info
+    from agglom.engine.base import pick_device
+    from agglom.eval.extract import student_encoder, teacher_encoder
+    from agglom.eval.fidelity import FidelityAccumulator
+    from agglom.eval.protocol import collect_splits, fidelity_report, probe_model, reference_comparison, write_all
+    from agglom.train.setup import group_indexer
+
+    if not args.run and not args.teacher:
+        raise ConfigError("eval: give run=<run or export dir> and/or teacher=<card name>")
+    device = pick_device(dist_info(), args.device)
+    cfg, model, primary = _load_primary(args, device)
+    if args.data_root:
+        cfg.data.root = args.data_root
+        cfg.data.shards = None
+    if args.image_size:
+        cfg.data.image_size = args.image_size
+    cfg.data.num_workers = args.num_workers
+    cfg.data.sidecars = list(cfg.data.sidecars) + list(args.sidecars)
+    c = 1 if cfg.data.grayscale == "keep" else 3
+    mean, std = list(cfg.student.mean)[:c], list(cfg.student.std)[:c]
+
+    encoders = {}
+    if model is not None:
+        encoders[primary] = student_encoder(model, args.eval.features)
+    audit_names = [args.teacher] if args.teacher else []
+    if model is not None and args.audit:
+        audit_names += [e.name for e in cfg.teachers if e.name not in audit_names]
+    teacher_mods = _teachers(audit_names, cfg, mean, std, device)
+    for name, t in teacher_mods.items():
+        encoders[f"teacher:{name}"] = teacher_encoder(t, args.eval.features)
+    fid = None
+    if model is not None and args.eval.fidelity:
+        missing = [s.name for s in model.specs if s.name not in teacher_mods]
+        fid_teachers = {**{n: t for n, t in teacher_mods.items() if n in model.teacher_names},
+                        **_teachers(missing, cfg, mean, std, device, required=False)}
+        fid = FidelityAccumulator(model, fid_teachers)
+
+    specs = [s.name for s in cfg.groups.specs if s.name]
+    try:  # the recipe's group specs (declared bins, intersections) are evaluated as declared, like in training
+        indexer = group_indexer(cfg)
+    except ValueError:  # another dataset without the run's attributes: evaluate plain attributes only
+        indexer, specs = None, []
+    exclude_unknown = cfg.groups.unknown != "include"
+    label_names = ((read_datasheet(cfg.data.root) or {}).get("label") or {}).get("names")
+    attr_names = list(args.eval.attributes) or None
+    results, splits_of = {}, {}
+    with torch.no_grad():
+        for name, enc in encoders.items():
+            splits = collect_splits(cfg, enc, device, name, fidelity=fid if name == primary else None,
+                                    batch_size=args.batch_size)
+            splits_of[name] = splits
+            results[name] = probe_model(name, "student" if name == primary and model is not None else "teacher",
+                                        splits, args.eval, attr_names, seed=args.seed, indexer=indexer, specs=specs,
+                                        exclude_unknown=exclude_unknown, label_names=label_names)
+        extra: Dict[str, Any] = {}
+        if fid is not None and fid.sq_err:
+            extra = fidelity_report(cfg, fid, splits_of, teacher_mods, args, device, attr_names, indexer, specs,
+                                    exclude_unknown)
+    if args.reference and model is not None:
+        extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
+                                                   args.seed, exclude_unknown)
+    out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
+                                           Path("runs") / f"audit-{args.teacher}" / "eval")
+    return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
+                                                         "features": args.eval.features, "device": device.type})
+
+
+__all__ = ["EvalArgs", "run_evaluation"]
