@@ -34,7 +34,9 @@ def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
 
 class AgglomTask(nn.Module):
     def __init__(self, cfg: Any, specs: List[TeacherSpec], teachers: Dict[str, nn.Module], group_names: List[str],
-                 in_chans: int) -> None:
+                 in_chans: int, auto_routing: Any = None) -> None:
+        """``auto_routing``: ``[T, G]`` weights from the teacher audit (``objective.route_by_audit``), which explicit
+        ``objective.routing`` entries override."""
         super().__init__()
         self.cfg = cfg
         self.specs = specs
@@ -50,19 +52,26 @@ class AgglomTask(nn.Module):
             raise ConfigError(f"objective.group_scope must be teacher|sample, got {scope!r}")
         self.per_teacher = scope == "teacher"
 
-        def group_objective() -> nn.Module:
+        refs = None
+        if cfg.objective.get("reference"):
+            from agglom.objective.reference import reference_losses
+
+            refs = reference_losses(cfg.objective.reference, self.names, self.group_names, self.per_teacher)
+
+        def group_objective(reference: Any = None) -> nn.Module:
             return build_group_objective(cfg.objective, len(self.group_names), unknown,
-                                         exclude_unknown=cfg.groups.unknown != "include")
+                                         exclude_unknown=cfg.groups.unknown != "include", reference=reference)
 
         self.objective = nn.ModuleDict({
             "balance": TeacherBalance(cfg.objective, self.names, weights),
             # one group objective per teacher (its own GroupDRO weights), or one on the combined loss
-            "groups": nn.ModuleList([group_objective() for _ in self.names]) if self.per_teacher
-            else group_objective(),
+            "groups": nn.ModuleList([group_objective(refs[i] if refs else None) for i in range(len(self.names))])
+            if self.per_teacher else group_objective(refs),
             "tracker": GroupTeacherTracker(len(self.group_names), self.names, self.group_names,
                                            cfg.objective.track_momentum),
         })
-        self.register_buffer("routing", build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names))
+        self.register_buffer("routing", build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names,
+                                                      base=auto_routing))
         # teachers stay outside the module tree: never trained, never checkpointed, never wrapped
         object.__setattr__(self, "teachers", teachers)
         object.__setattr__(self, "forward_model", self.model)

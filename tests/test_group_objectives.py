@@ -220,3 +220,115 @@ def test_tracker_ema_mask_and_state():
     tr2 = GroupTeacherTracker(3, ["t0", "t1"], ["a", "b", "unknown"], momentum=0.5)
     tr2.load_state_dict(tr.state_dict())
     assert tr2.as_dict() == tr.as_dict()
+
+
+# ----------------------------------------------------------------------------- one-sided objectives
+def _group_weights(obj, loss, group):
+    """d objective / d loss_i summed per group: the weight each group gets in the gradient."""
+    loss = loss.clone().requires_grad_(True)
+    out, _ = obj(loss, group)
+    out.backward()
+    G = int(group.max()) + 1
+    return torch.zeros(G).index_add(0, group, loss.grad)
+
+
+def test_excess_never_raises_the_weight_of_a_group_below_the_mean():
+    # group means: g0 = 1.0 (below the mean of means 2.0), g1 = 3.0 (above)
+    loss = torch.tensor([1.0, 1.0, 1.0, 3.0])
+    group = torch.tensor([0, 0, 0, 1])
+    erm = _group_weights(build_group_objective(_cfg("erm"), 2), loss, group)
+    ex = _group_weights(build_group_objective(_cfg("excess", lam=2.0), 2), loss, group)
+    # ERM: g0 gets 3/4, g1 1/4; excess adds λ/|G| = 1 to g1 only (its mean loss is above the mean of group means)
+    assert ex[0].item() == pytest.approx(erm[0].item()) == pytest.approx(0.75)
+    assert ex[1].item() == pytest.approx(0.25 + 2.0 / 2)
+    out, terms = build_group_objective(_cfg("excess", lam=2.0), 2)(loss, group)
+    assert out.item() == pytest.approx(loss.mean().item() + 2.0 * (3.0 - 2.0) / 2)
+    assert terms["parity"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_excess_weights_are_erm_weights_plus_a_nonnegative_push(seed):
+    loss, group = _batch(seed, B=40, G=4)
+    erm = _group_weights(build_group_objective(_cfg("erm"), 4), loss, group)
+    ex = _group_weights(build_group_objective(_cfg("excess", lam=1.5), 4), loss, group)
+    means = torch.zeros(4).index_add(0, group, loss) / torch.zeros(4).index_add(0, group, torch.ones_like(loss))
+    below = means <= means.mean()
+    assert torch.allclose(ex[below], erm[below])
+    assert (ex >= erm - 1e-7).all()
+
+
+def test_gap_pushes_the_best_group_up_excess_does_not():
+    """The symmetric gap gives the best-off group a negative weight (its loss is pushed *up*: levelling down)."""
+    loss = torch.tensor([0.2, 0.2, 1.0, 1.0])
+    group = torch.tensor([0, 0, 1, 1])
+    gap = _group_weights(build_group_objective(_cfg("gap", lam=4.0), 2), loss, group)
+    ex = _group_weights(build_group_objective(_cfg("excess", lam=4.0), 2), loss, group)
+    assert gap[0] < 0  # 0.5 - 4
+    assert ex[0].item() == pytest.approx(0.5)
+
+
+def test_excess_with_a_reference_pushes_only_groups_above_it():
+    loss = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    group = torch.tensor([0, 0, 1, 1])
+    # g1 is worse than g0 but at its reference (it cannot do better); g0 is above its own reference
+    obj = build_group_objective(_cfg("excess", lam=1.0), 2, reference=[0.5, 3.0])
+    w = _group_weights(obj, loss, group)
+    assert w[0].item() == pytest.approx(0.5 + 0.5) and w[1].item() == pytest.approx(0.5)
+    out, _ = obj(loss, group)
+    assert out.item() == pytest.approx(2.0 + (1.0 - 0.5) / 2)
+
+
+def test_excess_lambda_zero_is_erm_bitwise():
+    loss, group = _batch(3)
+    assert torch.equal(build_group_objective(_cfg("excess", lam=0.0), 4)(loss, group)[0],
+                       build_group_objective(_cfg("erm"), 4)(loss, group)[0])
+
+
+def test_groupdro_with_reference_weights_the_excess_not_the_hard_group():
+    loss = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    group = torch.tensor([0, 0, 1, 1])
+    plain = build_group_objective(_cfg("groupdro", groupdro_eta=1.0), 2)
+    ref = build_group_objective(_cfg("groupdro", groupdro_eta=1.0), 2, reference=[0.0, 3.0])
+    for _ in range(3):
+        plain(loss, group)
+        ref(loss, group)
+    assert plain.q[1] > plain.q[0]  # the intrinsically harder group absorbs the weight
+    assert ref.q[0] > ref.q[1]  # excess over the reference: g0 is 1 above its reference, g1 is at it
+
+
+def test_reference_losses_from_a_run(tmp_path):
+    import json
+
+    from agglom.objective.reference import reference_losses
+
+    recs = [{"step": 1, "loss": 1.0, "group/A": 0.5, "group/B": 0.9},
+            {"step": 2, "loss": 1.0, "group/A": 0.3, "group/B": 0.7, "ema/t1/A": 0.2, "ema/t1/B": 0.6}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{\"cut")
+    assert reference_losses(str(tmp_path), ["t1", "t2"], ["A", "B"], True) == [[0.2, 0.6], [None, None]]
+    assert reference_losses(str(tmp_path), ["t1"], ["A", "B"], False) == [pytest.approx(0.4), pytest.approx(0.8)]
+    from agglom.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="no losses for teachers"):
+        reference_losses(str(tmp_path), ["zz"], ["A"], True)
+    with pytest.raises(ConfigError, match="no metrics.jsonl"):
+        reference_losses(str(tmp_path / "nope"), ["t1"], ["A"], True)
+
+
+def test_routing_from_a_crafted_audit():
+    from agglom.objective.routing import build_routing, routing_from_audit
+
+    # teachers x groups validation AUCs: on B, teacher 2 is by far the most useful; on A all are alike
+    auc = [[0.9, 0.6], [0.9, 0.5], [0.9, 0.95]]
+    w = routing_from_audit(auc, strength=1.0)
+    # B: u = (0.1, 0, 0.45), mean 0.55/3 -> r = (0.545, 0, 2.455): only teacher 2 rises, to 1 + 1.455
+    assert w[:, 0].tolist() == [1.0, 1.0, 1.0]
+    assert w[0, 1].item() == 1.0 and w[1, 1].item() == 1.0
+    assert w[2, 1].item() == pytest.approx(1 + (0.45 / (0.55 / 3) - 1), rel=1e-6)
+    assert routing_from_audit(auc, 0.0).eq(1).all()  # strength 0: no routing
+    half = routing_from_audit(auc, 0.5)
+    assert half[2, 1].item() == pytest.approx(1 + 0.5 * (0.45 / (0.55 / 3) - 1), rel=1e-6)
+    # undefined AUC, or no teacher above chance: the group keeps weight 1
+    assert routing_from_audit([[None, 0.5], [0.8, 0.4]], 1.0).eq(1).all()
+    # explicit routing entries override the automatic ones
+    both = build_routing({"t0": {"B": 0.5}}, ["t0", "t1", "t2"], ["A", "B"], base=w)
+    assert both[0, 1].item() == 0.5 and both[2, 1].item() == pytest.approx(w[2, 1].item())

@@ -135,9 +135,25 @@ def save_config(cfg: DictConfig, path: os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def _help_of(f: Any) -> str:
+    text = f.metadata.get("help", "") if f.metadata else ""
+    return text() if callable(text) else str(text)
+
+
 def describe(schema: Type[Any]) -> str:
-    """One line per key with its default, for `--help`."""
+    """One line per key with its default (and the field's ``metadata["help"]``, when it has one), for `--help`."""
     base = OmegaConf.to_container(OmegaConf.structured(schema), resolve=True)
+    notes: dict = {}
+
+    def collect(tp: Any, prefix: str) -> None:
+        hints = get_type_hints(tp)
+        for f in fields(tp):
+            if is_dataclass(hints[f.name]):
+                collect(hints[f.name], f"{prefix}{f.name}.")
+            elif _help_of(f):
+                notes[f"{prefix}{f.name}"] = _help_of(f)
+
+    collect(schema, "")
     lines: List[str] = []
 
     def walk(node: Any, prefix: str) -> None:
@@ -145,7 +161,9 @@ def describe(schema: Type[Any]) -> str:
             for k, v in node.items():
                 walk(v, f"{prefix}{k}.")
         else:
-            lines.append(f"  {prefix[:-1]:<36} = {node!r}")
+            line = f"  {prefix[:-1]:<36} = {node!r}"
+            note = notes.get(prefix[:-1])
+            lines.append(f"{line}   # {note}" if note else line)
 
     walk(base, "")
     return "\n".join(lines)

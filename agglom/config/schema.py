@@ -40,7 +40,9 @@ class DataConfig:
     epoch_samples: int = 2048  # bounded epoch length of the resampled training stream
     shuffle_buffer: int = 1000
     seed: int = 0
-    group_balanced: bool = False  # resample so each group (groups.by) is drawn equally often
+    group_balanced: bool = False  # resample so each group (groups.by) is drawn equally often (= group_balance 1)
+    group_balance: float = field(default=0.0, metadata={
+        "help": "partial balancing: a group's share of the draws goes as n_g^(1 - β); 0 natural, 1 balanced"})
     group_weights: Dict[str, float] = field(default_factory=dict)  # explicit per-group sampling weights
     sidecars: List[str] = field(default_factory=list)  # proxy-group sidecars (agglom curate) -> attrs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -96,21 +98,33 @@ class HeadsConfig:
 
 
 # --------------------------------------------------------------------------- objective
+def _group_objectives() -> str:
+    from agglom.objective.groups import describe_group_objectives
+
+    return describe_group_objectives()
+
+
 @dataclass
 class ObjectiveConfig:
     summary_weight: float = 1.0
     spatial_weight: float = 1.0
+    summary_cos: float = 1.0  # summary = cos_w * (1-cos) + (1-cos_w) * smooth-L1 (1: cosine only, the norm is free)
     spatial_cos: float = 0.9  # spatial = cos_w * (1-cos) + (1-cos_w) * smooth-L1
     smooth_l1_beta: float = 1.0
     granularity: str = "token"  # token (loss per token, then mean) | image (pooled first)
     teacher_balance: str = "fixed"  # fixed | loss_scale (divide by each teacher's running loss)
     teacher_drop: float = 0.0  # probability of dropping a teacher per sample (at least one kept)
-    group: str = "erm"  # erm | balanced | variance | gap | groupdro
+    group: str = field(default="erm", metadata={"help": _group_objectives})
     group_scope: str = "teacher"  # teacher: parity per teacher, then across teachers | sample: on the combined loss
     lam: float = 0.0  # utility <-> parity knob
+    reference: Optional[str] = field(default=None, metadata={
+        "help": "a λ = 0 run dir: its final per-teacher x group losses are the references of excess/groupdro"})
     groupdro_eta: float = 0.01
     groupdro_size_adjust: float = 0.0
     routing: Dict[str, Dict[str, float]] = field(default_factory=dict)  # teacher -> group -> weight
+    route_by_audit: float = field(default=0.0, metadata={
+        "help": "ρ >= 0: a teacher whose val AUC on a group beats the group's average teacher counts 1 + ρ·(excess) "
+                "more there (never less than 1); 0 = off"})
     track_momentum: float = 0.05  # EMA of per-group, per-teacher losses (metrics.jsonl)
 
 

@@ -422,9 +422,14 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0) -> Loader:
     return Loader(ds, data.num_workers, f"train[epoch {epoch}]", indexer, sheet, num_batches=nb - skip_batches)
 
 
-def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None) -> Loader:
-    """Every sample of ``split`` exactly once over ranks and workers, in a fixed order, without augmentation."""
+def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None, whole: bool = False) -> Loader:
+    """Every sample of ``split`` exactly once over ranks and workers, in a fixed order, without augmentation.
+    ``whole``: this process reads the whole split whatever its rank (a computation every rank repeats)."""
     d = dist_info()
+    if whole:
+        from agglom.dist import DistInfo
+
+        d = DistInfo(rank=0, world_size=1, local_rank=d.local_rank)
     data = cfg.data
     sheet, sidecars, indexer = _context(cfg)
     ds = _Stream(shard_urls(cfg, split), False, int(batch_size or data.batch_size), build_transform(cfg, train=False),

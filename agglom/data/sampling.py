@@ -1,8 +1,10 @@
 """Group-weighted sampling of the training stream: per-group sample counts and acceptance probabilities.
 
-With ``data.group_balanced`` and/or ``data.group_weights`` the training stream of :mod:`agglom.data.readers`
-keeps each parsed sample of group ``g`` with probability ``acceptance[g]`` (weight / count, scaled so the
-largest is 1). This module computes those probabilities once per loader, before any worker starts; the
+With ``data.group_balance`` (or ``data.group_balanced``) and/or ``data.group_weights`` the training stream of
+:mod:`agglom.data.readers` keeps each parsed sample of group ``g`` with probability ``acceptance[g]``
+(weight × count^(−β), scaled so the largest is 1), so group g's share of the draws goes as weight × n_g^(1−β):
+β = 0 is the natural distribution, β = 1 (``group_balanced``) draws every group equally often, and values in
+between balance partially — the data-side utility ↔ parity knob. This module computes those probabilities once per loader, before any worker starts; the
 stream itself only draws against them. :mod:`agglom.data.readers` re-exports both functions.
 
 Counts come from the datasheet when the grouping is a plain attribute that no sidecar overrides, else from
@@ -55,19 +57,22 @@ def acceptance(cfg: Any, indexer: GroupIndexer, datasheet: Optional[Mapping[str,
 
     data = cfg.data
     weights_cfg = dict(data.group_weights or {})
-    if not data.group_balanced and not weights_cfg:
+    beta = 1.0 if data.group_balanced else float(data.get("group_balance", 0.0) or 0.0)
+    if not 0.0 <= beta <= 1.0:
+        raise ConfigError(f"data.group_balance must be in [0, 1] (0 = natural, 1 = balanced), got {beta}")
+    if beta == 0.0 and not weights_cfg:
         return None
     bad = [g for g in weights_cfg if g not in indexer.names]
     if bad:
         raise ConfigError(f"data.group_weights: unknown group(s) {bad}; groups of {indexer.by!r} are {indexer.names}")
     if any(float(w) < 0 for w in weights_cfg.values()):
         raise ConfigError("data.group_weights must be >= 0")
-    counts = group_counts(cfg, indexer, data.train_split, datasheet, sidecars) if data.group_balanced else None
+    counts = group_counts(cfg, indexer, data.train_split, datasheet, sidecars) if beta > 0 else None
     w = []
     for i, name in enumerate(indexer.names):
         wi = float(weights_cfg.get(name, 1.0))
-        if counts is not None:
-            wi = wi / counts[i] if counts[i] > 0 else 0.0
+        if counts is not None:  # a group's share of the draws goes as weight x count^(1 - beta)
+            wi = wi * float(counts[i]) ** -beta if counts[i] > 0 else 0.0
         w.append(wi)
     top = max(w)
     if top <= 0 or not math.isfinite(top):

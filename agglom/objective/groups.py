@@ -15,12 +15,20 @@ groups minus the unknown group unless ``exclude_unknown=False``):
 * ``erm``: mean over samples.
 * ``balanced``: (1/|G*|) Σ_{g∈G*} L_g.
 * ``variance``: mean + λ·Var_{g∈G*}(L_g), the *population* variance (divide by |G*|, ``unbiased=False``).
-* ``gap``: mean + λ·(max_{g∈G*} L_g − min_{g∈G*} L_g).
+  Symmetric: it also pulls a group that does *better* than the rest towards them — it can level down.
+* ``gap``: mean + λ·(max_{g∈G*} L_g − min_{g∈G*} L_g). Symmetric, like ``variance``: the gradient raises the
+  best group's loss as much as it lowers the worst's — it can level down.
+* ``excess`` (one-sided): mean + λ·(1/|G*|) Σ_{g∈G*} max(0, L_g − r_g), with r_g the group's reference loss
+  (``reference``: e.g. the loss the λ = 0 run reached on that group) or, without one, the detached mean of the
+  present parity groups' losses. Only groups worse off than their reference are pushed; every other group keeps
+  exactly its ERM weight, so the objective never asks a group to get worse.
 * ``groupdro``: online exponentiated-gradient weights (Sagawa et al. 2020),
-  q_g ← q_g·exp(η·(L_g + C/√n_g)) for g ∈ G*, then q normalised over all parity groups; the loss is
+  q_g ← q_g·exp(η·(L_g − r_g + C/√n_g)) for g ∈ G*, then q normalised over all parity groups; the loss is
   Σ_{g∈G*} q_g L_g / Σ_{g∈G*} q_g (q renormalised over the groups present). n_g are running sample counts
-  (this batch included), C = ``groupdro_size_adjust``, η = ``groupdro_eta``. q and n are buffers, so they are
-  in ``state_dict()`` and restored on resume. q is only updated in training mode (``module.train()``).
+  (this batch included), C = ``groupdro_size_adjust``, η = ``groupdro_eta``, r_g the per-group reference loss
+  (0 without ``reference``): with it, weight goes to the groups *furthest above what they can reach* rather than to
+  an intrinsically harder group (excess-loss DRO). q and n are buffers, so they are in ``state_dict()`` and
+  restored on resume. q is only updated in training mode (``module.train()``).
 
 With λ = 0, ``variance`` and ``gap`` return the very tensor ``erm`` returns (bitwise identical). When no
 parity group is present (e.g. a batch of unknown-group samples only) every objective falls back to the utility.
@@ -35,7 +43,7 @@ wants global statistics can all-reduce ``loss*w`` / ``w`` sums per group before 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -62,6 +70,12 @@ def list_group_objectives() -> list:
     return sorted(_REGISTRY)
 
 
+def describe_group_objectives() -> str:
+    """The choices with their one-line notes (what `--help` shows for objective.group)."""
+    return " | ".join(name + (f" ({_REGISTRY[name].note})" if _REGISTRY[name].note else "")
+                      for name in list_group_objectives())
+
+
 def _get(cfg: Any, key: str, default: Any) -> Any:
     if cfg is None:
         return default
@@ -74,9 +88,10 @@ class GroupObjective(nn.Module):
     """Base class: shared per-group statistics; subclasses implement :meth:`aggregate`."""
 
     name = "base"
+    note = ""  # one line for --help: what the objective does to the better-off groups
 
     def __init__(self, num_groups: int, unknown_index: Optional[int] = None, exclude_unknown: bool = True,
-                 lam: float = 0.0, **_: Any) -> None:
+                 lam: float = 0.0, reference: Optional[Sequence[float]] = None, **_: Any) -> None:
         super().__init__()
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
@@ -91,6 +106,13 @@ class GroupObjective(nn.Module):
             parity[self.unknown_index] = False
         # which groups may enter parity terms (not saved: it follows from the constructor arguments)
         self.register_buffer("parity_groups", parity, persistent=False)
+        ref = torch.full((num_groups,), float("nan"))
+        if reference is not None:
+            ref = torch.as_tensor([float("nan") if v is None else float(v) for v in reference], dtype=torch.float32)
+            if ref.shape != (num_groups,):
+                raise ValueError(f"reference: {ref.numel()} values for {num_groups} groups")
+        # per-group reference losses (NaN = none); from the recipe, so not saved either
+        self.register_buffer("reference", ref, persistent=False)
 
     # ------------------------------------------------------------------ statistics
     def _utility(self, loss: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -152,6 +174,7 @@ class ERM(GroupObjective):
 
 @register_group_objective("balanced")
 class Balanced(GroupObjective):
+    note = "mean of group means"
     def aggregate(self, utility, means, counts, parity_mask, group):
         m = parity_mask.to(means.dtype)
         n = m.sum()
@@ -164,6 +187,8 @@ class Balanced(GroupObjective):
 @register_group_objective("variance")
 class Variance(GroupObjective):
     """mean + λ·population variance of the present parity groups' mean losses."""
+
+    note = "symmetric: can level down"
 
     def aggregate(self, utility, means, counts, parity_mask, group):
         m = parity_mask.to(means.dtype)
@@ -181,6 +206,8 @@ class Variance(GroupObjective):
 class Gap(GroupObjective):
     """mean + λ·(max − min) of the present parity groups' mean losses."""
 
+    note = "symmetric: can level down"
+
     def aggregate(self, utility, means, counts, parity_mask, group):
         if not bool(parity_mask.any()):
             return utility, torch.zeros_like(utility)
@@ -190,9 +217,30 @@ class Gap(GroupObjective):
         return loss, penalty
 
 
+@register_group_objective("excess")
+class Excess(GroupObjective):
+    """mean + λ·(1/|G*|)·Σ relu(L_g − r_g): one-sided, only groups above their reference (or the group mean)."""
+
+    note = "one-sided: pushes only groups above their reference"
+
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        if not bool(parity_mask.any()) or self.lam == 0:
+            return utility, torch.zeros_like(utility)
+        m = parity_mask.to(means.dtype)
+        n = m.sum()
+        mean_of_groups = ((means * m).sum() / n).detach()
+        ref = self.reference.to(device=means.device, dtype=means.dtype)
+        ref = torch.where(torch.isnan(ref), mean_of_groups.expand_as(ref), ref)
+        excess = torch.relu(means - ref) * m
+        penalty = self.lam * excess.sum() / n
+        return utility + penalty, penalty
+
+
 @register_group_objective("groupdro")
 class GroupDRO(GroupObjective):
     """Online GroupDRO (Sagawa et al. 2020) with optional size adjustment C/√n_g; q and n_g are buffers."""
+
+    note = "online worst-group weights; with a reference, excess-loss weights"
 
     def __init__(self, num_groups: int, unknown_index: Optional[int] = None, exclude_unknown: bool = True,
                  lam: float = 0.0, eta: float = 0.01, size_adjust: float = 0.0, **kw: Any) -> None:
@@ -216,6 +264,8 @@ class GroupDRO(GroupObjective):
                     torch.ones(group.numel(), dtype=self.counts.dtype, device=self.counts.device))
                 self.counts.add_(n)
                 adj = means.detach().to(torch.float32)
+                ref = self.reference.to(adj.device)
+                adj = adj - torch.where(torch.isnan(ref), torch.zeros_like(ref), ref)
                 if self.size_adjust:
                     adj = adj + self.size_adjust / self.counts.clamp_min(1).sqrt().to(torch.float32)
                 # q_g <- q_g exp(η adj_g) for present parity groups, in log space for stability; normalise
@@ -239,12 +289,15 @@ class GroupDRO(GroupObjective):
 
 
 def build_group_objective(cfg_objective: Any, num_groups: int, unknown_index: Optional[int] = None,
-                          exclude_unknown: bool = True) -> GroupObjective:
-    """Build ``cfg_objective.group`` (``erm | balanced | variance | gap | groupdro``).
+                          exclude_unknown: bool = True,
+                          reference: Optional[Sequence[Optional[float]]] = None) -> GroupObjective:
+    """Build ``cfg_objective.group`` (one of :func:`list_group_objectives`).
 
     ``cfg_objective`` is the ``objective`` section (DictConfig, dataclass or dict): reads ``group``, ``lam``,
     ``groupdro_eta``, ``groupdro_size_adjust``. ``exclude_unknown`` should be
-    ``cfg.groups.unknown != "include"``; ``unknown_index`` is ``GroupIndexer.names.index("unknown")``.
+    ``cfg.groups.unknown != "include"``; ``unknown_index`` is ``GroupIndexer.names.index("unknown")``;
+    ``reference``: per-group reference losses (None entries: no reference for that group) for ``excess`` and
+    ``groupdro``.
     """
     name = str(_get(cfg_objective, "group", "erm"))
     if name not in _REGISTRY:
@@ -259,4 +312,5 @@ def build_group_objective(cfg_objective: Any, num_groups: int, unknown_index: Op
         lam=float(_get(cfg_objective, "lam", 0.0)),
         eta=float(_get(cfg_objective, "groupdro_eta", 0.01)),
         size_adjust=float(_get(cfg_objective, "groupdro_size_adjust", 0.0)),
+        reference=reference,
     )

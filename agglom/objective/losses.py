@@ -1,6 +1,7 @@
 """Per-sample x per-teacher distillation losses, in fp32 (ANCHORS: granularity must be explicit).
 
-summary: 1 - cos(pred, target), one value per sample.
+summary: cos_w * (1 - cos(pred, target)) + (1 - cos_w) * smooth-L1, one value per sample (cos_w = summary_cos;
+1 = cosine only).
 spatial: cos_w * (1 - cos) + (1 - cos_w) * smooth-L1, computed per token then averaged over the tokens of a
 sample (granularity "token"), or on the token-mean feature of each sample (granularity "image").
 """
@@ -12,9 +13,14 @@ import torch
 import torch.nn.functional as F
 
 
-def summary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[B, D] x [B, D] -> [B]."""
-    return 1.0 - F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-6)
+def summary_loss(pred: torch.Tensor, target: torch.Tensor, cos_weight: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """[B, D] x [B, D] -> [B]: cos_w * (1 - cos) + (1 - cos_w) * smooth-L1 (cos_w = 1: cosine only, RADIO's form,
+    which leaves the prediction's norm free; a smooth-L1 share makes the student match magnitudes too)."""
+    p, t = pred.float(), target.float()
+    loss = 1.0 - F.cosine_similarity(p, t, dim=-1, eps=1e-6)
+    if cos_weight == 1.0:
+        return loss
+    return cos_weight * loss + (1.0 - cos_weight) * F.smooth_l1_loss(p, t, beta=beta, reduction="none").mean(-1)
 
 
 def spatial_loss(pred: torch.Tensor, target: torch.Tensor, cos_weight: float, beta: float,
@@ -38,7 +44,7 @@ def distillation_losses(preds: Dict[str, Dict[str, torch.Tensor]], targets: Dict
         p, t = preds[name], targets[name]
         total = None
         if "summary" in p and "summary" in t:
-            ls = summary_loss(p["summary"], t["summary"])
+            ls = summary_loss(p["summary"], t["summary"], getattr(cfg, "summary_cos", 1.0), cfg.smooth_l1_beta)
             parts[f"{name}/summary"] = ls
             total = cfg.summary_weight * ls
         if "spatial" in p and "spatial" in t:

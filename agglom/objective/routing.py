@@ -3,6 +3,11 @@
 A recipe sets ``objective.routing: {teacher: {group: weight}}``; pairs not named keep weight 1. Applied to the
 per-sample × per-teacher loss matrix before the teacher and group aggregations, so a teacher can count more
 (or less) on the groups where it is known to do well (or badly).
+
+Automatic routing (``objective.route_by_audit: ρ > 0``) derives the weights from a teacher audit on validation
+(:func:`routing_from_audit`): a teacher that serves a group better than the group's average teacher counts more
+for that group. It only ever raises weights, so no teacher is dropped for any group (the student still learns to
+reproduce every teacher on every group); explicit ``routing`` entries override the automatic ones.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import torch
 
 
 def build_routing(routing_cfg: Optional[Mapping[str, Mapping[str, Any]]], teacher_names: Sequence[str],
-                  group_names: Sequence[str]) -> torch.Tensor:
-    """Return a float32 ``[T, G]`` weight matrix (default 1) from ``{teacher: {group: weight}}``.
+                  group_names: Sequence[str], base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Return a float32 ``[T, G]`` weight matrix from ``{teacher: {group: weight}}``; pairs not named keep their
+    ``base`` weight (automatic routing) or 1.
 
     Unknown teacher or group names raise :class:`agglom.config.ConfigError` (a ``ValueError``) that lists the
     valid names; negative or non-finite weights are rejected as well.
@@ -22,7 +28,10 @@ def build_routing(routing_cfg: Optional[Mapping[str, Mapping[str, Any]]], teache
 
     teacher_names = [str(t) for t in teacher_names]
     group_names = [str(g) for g in group_names]
-    w = torch.ones(len(teacher_names), len(group_names), dtype=torch.float32)
+    w = torch.ones(len(teacher_names), len(group_names), dtype=torch.float32) if base is None else base.clone().float()
+    if tuple(w.shape) != (len(teacher_names), len(group_names)):
+        raise ValueError(f"base routing {tuple(w.shape)} does not match {len(teacher_names)} teachers x "
+                         f"{len(group_names)} groups")
     if not routing_cfg:
         return w
     t_index = {t: i for i, t in enumerate(teacher_names)}
@@ -62,3 +71,30 @@ def apply_routing(loss_bt: torch.Tensor, group: torch.Tensor, weights: torch.Ten
         raise ValueError(f"routing weights {tuple(weights.shape)} do not match {loss_bt.shape[1]} teachers")
     w = weights.to(device=loss_bt.device, dtype=loss_bt.dtype)
     return loss_bt * w[:, group.long().to(loss_bt.device)].transpose(0, 1)
+
+
+def routing_from_audit(auc: Sequence[Sequence[Optional[float]]], strength: float) -> torch.Tensor:
+    """``[T, G]`` weights from per teacher × group validation AUCs (None = undefined).
+
+    For group g, teacher t's usefulness is ``u_tg = max(0, AUC_tg − 0.5)`` and its relative usefulness
+    ``r_tg = u_tg / mean_t' u_t'g``; the weight is ``1 + ρ · max(0, r_tg − 1)``: teachers above the group's average
+    count more, in proportion to how far above they are, and none counts less than 1. A group where no teacher
+    beats chance, or where an AUC is undefined, keeps weight 1."""
+    from agglom.config.load import ConfigError
+
+    if not strength >= 0:
+        raise ConfigError(f"objective.route_by_audit must be >= 0, got {strength}")
+    T = len(auc)
+    G = len(auc[0]) if T else 0
+    w = torch.ones(T, G, dtype=torch.float32)
+    for g in range(G):
+        vals = [auc[t][g] for t in range(T)]
+        if any(v is None for v in vals):
+            continue
+        u = torch.tensor([max(0.0, float(v) - 0.5) for v in vals], dtype=torch.float64)
+        if float(u.mean()) <= 0:
+            continue
+        rel = u / u.mean()
+        w[:, g] = (1.0 + float(strength) * torch.clamp(rel - 1.0, min=0.0)).float()
+    return w
+

@@ -91,7 +91,14 @@ def train(cfg: DictConfig) -> Path:
     # ---- build: teachers are frozen and live outside the trainable module ----
     teachers = build_teachers(cfg, engine.device)
     specs = [teacher_spec(e, teachers[e.name]) for e in cfg.teachers]
-    task = AgglomTask(cfg, specs, teachers, group_names(cfg), in_chans_of(cfg))
+    groups = group_names(cfg)
+    routing = None
+    if cfg.objective.route_by_audit > 0:  # teacher x group weights from a validation audit of the teachers
+        from agglom.eval.audit import audit_routing
+
+        routing = audit_routing(cfg, teachers, groups, engine.device, run_dir)
+    task = AgglomTask(cfg, specs, teachers, groups, in_chans_of(cfg),
+                      auto_routing=torch.tensor(routing["weights"]) if routing else None)
     ema = ModelEMA(task.model, cfg.optim.ema) if cfg.optim.ema > 0 else None
     forward_model = engine.setup(task.model, param_groups(task.model, cfg.optim.weight_decay), warmup_cosine(cfg.optim))
     if cfg.engine.compile:
@@ -107,6 +114,12 @@ def train(cfg: DictConfig) -> Path:
         print(to_yaml(cfg), flush=True)
         (run_dir / "teachers.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
         (run_dir / "groups.json").write_text(json.dumps({"by": cfg.groups.by, "names": task.group_names}, indent=1))
+        if routing:
+            (run_dir / "routing.json").write_text(json.dumps(routing, indent=1))
+            print("agglom: routing from the teacher audit (val AUC -> weight): " + "; ".join(
+                f"{t}: " + ", ".join(f"{g} {a if a is None else round(a, 3)} -> {w:.2f}"
+                                     for g, a, w in zip(routing["groups"], au, ws))
+                for t, au, ws in zip(routing["teachers"], routing["auc"], routing["weights"])), flush=True)
 
     # ---- resume, or start fresh with a stats pass for the normalisers ----
     ckpts = CheckpointManager(run_dir, cfg.log.keep, engine.is_main)
