@@ -15,7 +15,8 @@ def synth_root(tmp_path_factory):
     from agglom.data.synth import SynthParams, write_synth
 
     root = tmp_path_factory.mktemp("synth") / "ds"
-    write_synth(str(root), SynthParams(n=240, image_size=32, seed=0), twin=True, shard_size=40)
+    write_synth(str(root), SynthParams(n=240, image_size=32, seed=0), twin=True, shard_size=40, val_frac=0.15,
+                test_frac=0.15)
     return root
 
 

@@ -43,7 +43,7 @@ def synth(tmp_path_factory):
     from agglom.data.synth import SynthParams, write_synth
 
     root = tmp_path_factory.mktemp("curate") / "synth"
-    write_synth(str(root), SynthParams(n=600, seed=0))  # default site fraction (8 % site B)
+    write_synth(str(root), SynthParams(n=600, seed=0), val_frac=0.15, test_frac=0.15)  # 8 % site B (default)
     planted = _plant_duplicates(root, N_DUP)
     return root, planted
 

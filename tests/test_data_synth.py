@@ -89,7 +89,12 @@ def test_cli_round_trip(tmp_path, capsys):
     assert main(["data", "synth", f"out={out}", "n=120", "image_size=24", "site_frac=0.1", "shard_size=50"]) == 0
     text = capsys.readouterr().out
     assert "site" in text and "shortcut" in text and "wrote 120 samples" in text
-    assert read_datasheet(out)["splits"]["train"]["shards"] == 2
+    sheet = read_datasheet(out)
+    # the default splits: a quarter train, a quarter val and half test (the rare groups need a large test split)
+    counts = [sheet["splits"][s]["samples"] for s in ("train", "val", "test")]
+    assert sum(counts) == 120 and abs(counts[0] - 30) <= 2 and abs(counts[1] - 30) <= 2 and abs(counts[2] - 60) <= 2
+    assert sheet["splits"]["train"]["shards"] == 1 and sheet["splits"]["test"]["shards"] == 2
+    assert "stratified by label x shortcut x site" in sheet["split_design"] and "splits:" in text
     assert main(["data", "info", str(out)]) == 0
     assert "samples" in capsys.readouterr().out
     assert main(["data", "synth", str(out), "n=120"]) == 2  # exists: refuse without force

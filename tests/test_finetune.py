@@ -21,7 +21,7 @@ def synth(tmp_path_factory):
     from agglom.data.synth import SynthParams, write_synth
 
     root = tmp_path_factory.mktemp("ft") / "synth"
-    write_synth(str(root), SynthParams(n=400, seed=1, site_frac=0.2))
+    write_synth(str(root), SynthParams(n=400, seed=1, site_frac=0.2), val_frac=0.15, test_frac=0.15)
     return root
 
 

@@ -16,8 +16,8 @@ class SynthConfig(SynthParams):
 
     out: str = "data/synth"
     twin: bool = False  # also write <out>/twin: same subjects without the bias effect
-    val_frac: float = 0.15
-    test_frac: float = 0.15
+    val_frac: float = 0.25
+    test_frac: float = 0.5  # large: a few hundred test samples of the rare site, so group AUCs can be told apart
     shard_size: int = 1000
     force: bool = False
 

@@ -326,6 +326,8 @@ def summary_table(sheet: Mapping[str, Any]) -> str:
         lines.append(f"{'  (missing)':<24}" + "".join(f"{info.get('missing', {}).get(s, 0):>{w}}" for s in splits))
     if sheet.get("skipped"):
         lines.append(f"skipped while writing: {json.dumps(sheet['skipped'])}")
+    if sheet.get("split_design"):
+        lines.append(f"splits: {sheet['split_design']}")
     return "\n".join(lines)
 
 
