@@ -52,11 +52,13 @@ def teacher_encoder(teacher: Any, kind: str) -> Encoder:
 
 
 @torch.no_grad()
-def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "features",
-            fidelity: Any = None) -> SplitFeatures:
-    """Features, labels, keys and attrs of one split; ``fidelity`` (a
+def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device, desc: str = "features",
+                fidelity: Any = None) -> Dict[str, SplitFeatures]:
+    """One pass over a split for every encoder: ``{name: SplitFeatures}`` (labels, keys and attrs shared), so the
+    images are read and decoded once however many models are evaluated; ``fidelity`` (a
     :class:`~agglom.eval.fidelity.FidelityAccumulator`) sees every batch too."""
-    feats, labels, keys, attrs = [], [], [], []
+    feats: Dict[str, List[np.ndarray]] = {n: [] for n in encoders}
+    labels, keys, attrs = [], [], []
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -64,7 +66,8 @@ def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "fe
         bar = tqdm(desc=desc, unit="img", leave=False)
     for batch in loader:
         x = batch["image"].to(device)
-        feats.append(encoder(x, batch["key"]).float().cpu().numpy())
+        for name, encoder in encoders.items():
+            feats[name].append(encoder(x, batch["key"]).float().cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
         keys += list(batch["key"])
         attrs += list(batch["attrs"])
@@ -74,9 +77,16 @@ def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "fe
             bar.update(x.shape[0])
     if bar is not None:
         bar.close()
-    if not feats:
+    if not labels:
         raise RuntimeError(f"{desc}: the split is empty")
-    return SplitFeatures(np.concatenate(feats), np.concatenate(labels), keys, attrs)
+    y = np.concatenate(labels)
+    return {n: SplitFeatures(np.concatenate(f), y, keys, attrs) for n, f in feats.items()}
+
+
+def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "features",
+            fidelity: Any = None) -> SplitFeatures:
+    """Features, labels, keys and attrs of one split for one encoder (see :func:`extract_all`)."""
+    return extract_all(loader, {"_": encoder}, device, desc, fidelity)["_"]
 
 
 def attribute_groups(attrs: List[Dict[str, Any]], names: Optional[List[str]] = None,

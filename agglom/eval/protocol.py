@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from agglom.data.readers import eval_loader
-from agglom.eval.extract import SplitFeatures, attribute_groups, extract
+from agglom.eval.extract import SplitFeatures, attribute_groups
 from agglom.eval.metrics import evaluate_attributes, headline
 from agglom.eval.probe import fit_linear_probe, label_efficiency
 from agglom.eval.report import new_report, prediction_rows, summary_table, write_predictions_csv, write_report
@@ -96,15 +96,22 @@ def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, SplitFeat
                                                "features over the whole test split (one normaliser for all groups)"}
     if te.labels.ndim != 1 or len(set(te.labels.tolist()) - {0, 1}):
         return out  # functional fidelity: binary labels only
+    from agglom.eval.extract import extract_all
+
+    summaries = fid.summary_features()
+    reuse = args.eval.features != "pooled"  # the audit probed the teachers' summaries: the same features
+    need = {n: teacher_encoder(fid.teachers[n], "summary") for n in summaries
+            if not (reuse and f"teacher:{n}" in splits_of)}  # cached teachers are read by key
+    extra = {}
+    if need:  # one pass over train and val for every teacher the audit did not cover
+        extra = {split: extract_all(eval_loader(cfg, split, batch_size=args.batch_size), need, device, desc=split)
+                 for split in (cfg.data.train_split, cfg.data.val_split)}
     functional = {}
-    for name, feats in fid.summary_features().items():
-        audit = splits_of.get(f"teacher:{name}")
-        if audit is not None and args.eval.features != "pooled":
-            t_tr, t_va = audit["train"], audit["val"]
+    for name, feats in summaries.items():
+        if name in need:
+            t_tr, t_va = extra[cfg.data.train_split][name], extra[cfg.data.val_split][name]
         else:
-            enc = teacher_encoder(fid.teachers[name], "summary")  # cached teachers are read by key
-            t_tr, t_va = (extract(eval_loader(cfg, split, batch_size=args.batch_size), enc, device, desc=f"{name}:{split}")
-                          for split in (cfg.data.train_split, cfg.data.val_split))
+            t_tr, t_va = splits_of[f"teacher:{name}"]["train"], splits_of[f"teacher:{name}"]["val"]
         functional[name] = functional_fidelity(t_tr.features, t_tr.labels, t_va.features, t_va.labels,
                                                feats["teacher"], feats["student"], te.labels, groups,
                                                C=args.eval.probe_c, max_iter=args.eval.max_iter,
@@ -140,12 +147,18 @@ def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: i
     return out
 
 
-def collect_splits(cfg: Any, encoder: Any, device: torch.device, name: str, fidelity: Any = None,
-                   batch_size: Optional[int] = None) -> Dict[str, SplitFeatures]:
-    out = {}
+def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fidelity: Any = None,
+                   batch_size: Optional[int] = None) -> Dict[str, Dict[str, SplitFeatures]]:
+    """``{encoder name: {"train"|"val"|"test": SplitFeatures}}``: one pass over each split for all encoders;
+    ``fidelity`` sees the test split."""
+    from agglom.eval.extract import extract_all
+
+    out: Dict[str, Dict[str, SplitFeatures]] = {n: {} for n in encoders}
     for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         loader = eval_loader(cfg, split, batch_size=batch_size)
-        out[role] = extract(loader, encoder, device, desc=f"{name}:{split}", fidelity=fidelity if role == "test" else None)
+        got = extract_all(loader, encoders, device, desc=split, fidelity=fidelity if role == "test" else None)
+        for n, f in got.items():
+            out[n][role] = f
     return out
 
 

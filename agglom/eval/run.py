@@ -130,12 +130,10 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     exclude_unknown = cfg.groups.unknown != "include"
     label_names = ((read_datasheet(cfg.data.root) or {}).get("label") or {}).get("names")
     attr_names = list(args.eval.attributes) or None
-    results, splits_of = {}, {}
+    results = {}
     with torch.no_grad():
-        for name, enc in encoders.items():
-            splits = collect_splits(cfg, enc, device, name, fidelity=fid if name == primary else None,
-                                    batch_size=args.batch_size)
-            splits_of[name] = splits
+        splits_of = collect_splits(cfg, encoders, device, fidelity=fid, batch_size=args.batch_size)
+        for name, splits in splits_of.items():
             results[name] = probe_model(name, "student" if name == primary and model is not None else "teacher",
                                         splits, args.eval, attr_names, seed=args.seed, indexer=indexer, specs=specs,
                                         exclude_unknown=exclude_unknown, label_names=label_names)

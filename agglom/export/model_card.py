@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 from agglom.runs import run_summary
 
@@ -78,6 +78,42 @@ def _eval_rows(report: Dict[str, Any], minimum: int) -> List[str]:
     return rows
 
 
+def _fairness_rows(cfg: Any, run_dir: Path) -> List[str]:
+    """The data- and teacher-side fairness settings the run used."""
+    rows = []
+    beta = 1.0 if cfg.data.group_balanced else float(cfg.data.get("group_balance", 0.0) or 0.0)
+    if beta or cfg.data.group_weights:
+        rows.append(f"- sampling: group shares ∝ n_g^(1−{beta:g})" +
+                    (f", weights {dict(cfg.data.group_weights)}" if cfg.data.group_weights else ""))
+    routing = Path(run_dir) / "routing.json"
+    if routing.is_file():
+        r = json.loads(routing.read_text())
+        boosted = [f"{t} on {g} × {w:.2f}" for t, ws in zip(r["teachers"], r["weights"])
+                   for g, w in zip(r["groups"], ws) if w != 1.0]
+        rows.append(f"- teacher × group routing from a validation audit (strength {r.get('strength')}): "
+                    + (", ".join(boosted) if boosted else "no teacher stood out"))
+    if cfg.objective.routing:
+        rows.append(f"- explicit routing: {dict(cfg.objective.routing)}")
+    if cfg.objective.get("reference"):
+        rows.append(f"- reference losses from `{cfg.objective.reference}`")
+    return rows
+
+
+def _comparison_rows(report: Mapping[str, Any]) -> List[str]:
+    c = report.get("comparison")
+    if not c:
+        return []
+    rows = ["", f"Against the reference `{c.get('reference')}` on the same test samples (paired bootstrap, 95%):", ""]
+    for attr, r in c.get("attributes", {}).items():
+        if "labels" in r:
+            continue
+        d = r["worst_group_auc"]
+        ci = f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d.get("ci") else ""
+        rows.append(f"- {attr}: worst-group AUC {d['delta']:+.3f}{ci}; groups worse beyond their interval: "
+                    f"{', '.join(r['levelled_down']) or 'none'}")
+    return rows
+
+
 def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_count: int = 10) -> Path:
     summary = run_summary(run_dir)
     ds_path = Path(cfg.data.root) / "dataset.json"
@@ -108,14 +144,17 @@ def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_c
         + (f"η = {cfg.objective.groupdro_eta}" if cfg.objective.group == "groupdro" else f"λ = {cfg.objective.lam}")
         + f", groups by `{cfg.groups.by}` "
         f"(unknown group {cfg.groups.unknown}d from parity terms)",
-        f"- losses: summary cosine × {cfg.objective.summary_weight}; spatial {cfg.objective.spatial_cos}·cos + "
+        f"- losses: summary {cfg.objective.summary_cos}·cos + {1 - cfg.objective.summary_cos:.2f}·smooth-L1 × "
+        f"{cfg.objective.summary_weight}; spatial {cfg.objective.spatial_cos}·cos + "
         f"{1 - cfg.objective.spatial_cos:.2f}·smooth-L1 × {cfg.objective.spatial_weight}, granularity "
         f"`{cfg.objective.granularity}`; teacher balance `{cfg.objective.teacher_balance}`; normaliser "
-        f"`{cfg.heads.normaliser}`", "",
+        f"`{cfg.heads.normaliser}`",
+        *_fairness_rows(cfg, run_dir), "",
         "## Per-group evaluation", "",
     ]
     ev = _eval_rows(report, min_group_count)
     lines += ev if ev else ["No evaluation report was found for this run (`agglom eval run=...` writes one)."]
+    lines += _comparison_rows(report)
     lines += [
         "", "## Compute", "",
         f"- steps: {summary.get('step', 'n/a')}, samples seen: {summary.get('samples', 'n/a')}",
