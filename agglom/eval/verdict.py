@@ -62,6 +62,43 @@ def _interval(point: float, reps: np.ndarray, jack: Optional[np.ndarray], ci: fl
     return out
 
 
+class _Replicates:
+    """Every model's statistics on the test samples (``point``), on paired bootstrap resamples (``reps``) and on
+    grouped-jackknife subsets (``jack``): arrays ``[..., models, 3 + groups]``. A *quantity* is a function
+    ``(column, array) -> values`` (one model, or a mean over seeds); :meth:`interval` gives its value with its BCa
+    interval, and differences of quantities pair up replicate by replicate."""
+
+    def __init__(self, models: Mapping[str, _Scores], groups: np.ndarray, names: Sequence[str], n_boot: int,
+                 seed: int):
+        self.keys = list(models)
+        first = next(iter(models.values()))
+        y = first.y
+
+        def stats(idx: np.ndarray) -> np.ndarray:
+            return np.stack([_stats(y[idx], models[k].s[idx], groups[idx], names) for k in self.keys])
+
+        self.point = stats(np.arange(len(y)))
+        self.strata = _stratified_indices(groups, y)
+        rng = np.random.default_rng(seed)
+        self.n_boot = n_boot
+        self.reps = np.stack([stats(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in self.strata]))
+                              for _ in range(n_boot)]) if n_boot else None
+        self.jack = np.stack([stats(ix) for ix in jackknife_blocks(self.strata, 20, seed + 1)]) if n_boot else None
+
+    def model(self, name: str):
+        i = self.keys.index(name)
+        return lambda c, arr: arr[..., i, c]
+
+    def mean(self, names: Sequence[str]):
+        rows = [self.keys.index(n) for n in names]
+        return lambda c, arr: arr[..., rows, c].mean(-1)
+
+    def interval(self, q, c: int, minus=None) -> Dict[str, Any]:
+        f = q if minus is None else (lambda cc, arr: q(cc, arr) - minus(cc, arr))
+        return _interval(float(f(c, self.point)), f(c, self.reps) if self.n_boot else np.array([]),
+                         f(c, self.jack) if self.n_boot else None)
+
+
 def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[str, Mapping[str, Any]],
             attribute: str, *, fidelity: Optional[Sequence[Mapping[str, Any]]] = None, n_boot: int = 500,
             seed: int = 0, targets: Mapping[str, float] = TARGETS) -> Dict[str, Any]:
@@ -76,147 +113,119 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
         raise ValueError("verdict: no seeds")
     ref = seeds[0]["erm"]
     order = [str(k) for k in ref["key"]]
-    key_pos = {str(k): i for i, k in enumerate(ref["key"])}
-    groups = np.asarray([str(ref[attribute][key_pos[k]]) for k in order])
-    names = sorted(set(groups.tolist()) - {"unknown"})
-    # the unknown group counts in the overall AUC but never in worst-group values and gaps
+    groups = np.asarray([str(g) for g in ref[attribute]])
+    names = sorted(set(groups.tolist()) - {"unknown"})  # unknown: in the overall AUC, never in worst/gap
     models: Dict[str, _Scores] = {}
     for i, sd in enumerate(seeds):
-        models[f"erm/{i}"] = _Scores(sd["erm"], order)
-        models[f"fair/{i}"] = _Scores(sd["fair"], order)
+        models[f"erm/{i}"], models[f"fair/{i}"] = _Scores(sd["erm"], order), _Scores(sd["fair"], order)
     for name, p in teachers.items():
         models[f"teacher/{name}"] = _Scores(p, order)
     y = models["erm/0"].y
     for k, m in models.items():
         if not np.array_equal(m.y, y):
             raise ValueError(f"model {k} disagrees with the others on the labels of the same samples")
-
-    keys = list(models)
-
-    def all_stats(idx: np.ndarray) -> np.ndarray:
-        gi = groups[idx]
-        return np.stack([_stats(y[idx], models[k].s[idx], gi, names) for k in keys])  # [M, 3 + G]
-
-    point = all_stats(np.arange(len(y)))
-    strata = _stratified_indices(groups, y)
-    rng = np.random.default_rng(seed)
-    reps = np.stack([all_stats(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
-                     for _ in range(n_boot)]) if n_boot else None
-    jack = np.stack([all_stats(ix) for ix in jackknife_blocks(strata, 20, seed + 1)]) if n_boot else None
+    R = _Replicates(models, groups, names, n_boot, seed)
     n_seeds = len(seeds)
     col = {"auc": 0, "worst": 1, "gap": 2, **{f"g:{n}": 3 + j for j, n in enumerate(names)}}
-
-    def mean_of(prefix: str, c: int, arr: np.ndarray) -> np.ndarray:
-        rows = [keys.index(f"{prefix}/{i}") for i in range(n_seeds)]
-        return arr[..., rows, c].mean(-1)
-
-    def model_of(name: str, c: int, arr: np.ndarray) -> np.ndarray:
-        return arr[..., keys.index(name), c]
-
-    def diff(a, b, c: int) -> Dict[str, Any]:
-        """Interval of a(c) − b(c); a/b are functions (column, array) -> value(s)."""
-        p = float(a(c, point) - b(c, point))
-        return _interval(p, (a(c, reps) - b(c, reps)) if n_boot else np.array([]),
-                         (a(c, jack) - b(c, jack)) if n_boot else None)
-
-    erm = lambda c, arr: mean_of("erm", c, arr)  # noqa: E731
-    fair = lambda c, arr: mean_of("fair", c, arr)  # noqa: E731
-    teacher_auc = {n: float(model_of(f"teacher/{n}", 0, point)) for n in teachers}
-    best = max(teacher_auc, key=teacher_auc.get) if teacher_auc else None
-    out: Dict[str, Any] = {"attribute": attribute, "groups": names, "seeds": n_seeds, "n_test": int(len(y)),
-                           "n_per_group": {n: int(np.sum(groups == n)) for n in names}, "targets": dict(targets),
-                           "bootstrap": {"n_boot": n_boot, "method": "paired stratified (group x label), BCa; "
-                                                                     "differences averaged over seeds per replicate"},
-                           "teachers": {n: {"auc": v, "worst_group_auc": float(model_of(f"teacher/{n}", 1, point)),
-                                            "auc_gap": float(model_of(f"teacher/{n}", 2, point))}
-                                        for n, v in teacher_auc.items()},
-                           "best_teacher": best}
-    per_seed = []
-    for i in range(n_seeds):
-        row = {}
-        for kind in ("erm", "fair"):
-            st = point[keys.index(f"{kind}/{i}")]
-            row[kind] = {"auc": float(st[0]), "worst_group_auc": float(st[1]), "auc_gap": float(st[2]),
-                         "groups": {n: float(st[3 + j]) for j, n in enumerate(names)}}
-        per_seed.append(row)
-    out["per_seed"] = per_seed
-    summary = {}
-    for kind, fn in (("erm", erm), ("fair", fair)):
-        summary[kind] = {k: _interval(float(fn(c, point)), fn(c, reps) if n_boot else np.array([]),
-                                      fn(c, jack) if n_boot else None)
-                         for k, c in col.items()}
-    out["students"] = summary
+    erm, fair = R.mean([f"erm/{i}" for i in range(n_seeds)]), R.mean([f"fair/{i}" for i in range(n_seeds)])
+    teacher_stats = {n: R.point[R.keys.index(f"teacher/{n}")] for n in teachers}
+    best = max(teacher_stats, key=lambda n: teacher_stats[n][0]) if teacher_stats else None
+    out: Dict[str, Any] = {
+        "attribute": attribute, "groups": names, "seeds": n_seeds, "n_test": int(len(y)),
+        "n_per_group": {n: int(np.sum(groups == n)) for n in names}, "targets": dict(targets),
+        "bootstrap": {"n_boot": n_boot, "method": "paired stratified (group x label), BCa; differences averaged "
+                                                  "over seeds per replicate"},
+        "teachers": {n: {"auc": float(st[0]), "worst_group_auc": float(st[1]), "auc_gap": float(st[2])}
+                     for n, st in teacher_stats.items()},
+        "best_teacher": best,
+        "per_seed": [{kind: _seed_row(R.point[R.keys.index(f"{kind}/{i}")], names) for kind in ("erm", "fair")}
+                     for i in range(n_seeds)],
+        "students": {kind: {k: R.interval(q, c) for k, c in col.items()} for kind, q in (("erm", erm), ("fair", fair))},
+        "fair_vs_erm": {k: R.interval(fair, c, minus=erm) for k, c in col.items()},
+    }
     if best is not None:
-        bt = lambda c, arr: model_of(f"teacher/{best}", c, arr)  # noqa: E731
-        out["student_vs_best_teacher"] = {"erm": diff(erm, bt, 0), "fair": diff(fair, bt, 0)}
-    deltas = {k: diff(fair, erm, c) for k, c in col.items()}
-    out["fair_vs_erm"] = deltas
-    worse = [n for n in names if deltas[f"g:{n}"]["ci"] and deltas[f"g:{n}"]["value"] < 0
-             and deltas[f"g:{n}"]["ci"][1] < 0]
-    out["levelled_down"] = worse
-    out["levelled_down_per_seed"] = _per_seed_levelling(per_seed, models, keys, groups, y, names, strata, n_boot, seed)
+        bt = R.model(f"teacher/{best}")
+        out["student_vs_best_teacher"] = {"erm": R.interval(erm, 0, minus=bt), "fair": R.interval(fair, 0, minus=bt)}
+    d = out["fair_vs_erm"]
+    out["levelled_down"] = [n for n in names if d[f"g:{n}"]["ci"] and d[f"g:{n}"]["value"] < 0
+                            and d[f"g:{n}"]["ci"][1] < 0]
+    out["levelled_down_per_seed"] = _per_seed_levelling(models, n_seeds, groups, y, n_boot, seed)
+    if fidelity:
+        out["fidelity"] = _fidelity_summary(fidelity)
+    out["checks"] = _checks(out, targets)
+    return out
 
-    erm_gap = summary["erm"]["gap"]["value"]
+
+def _seed_row(st: np.ndarray, names: Sequence[str]) -> Dict[str, Any]:
+    return {"auc": float(st[0]), "worst_group_auc": float(st[1]), "auc_gap": float(st[2]),
+            "groups": {n: float(st[3 + j]) for j, n in enumerate(names)}}
+
+
+def _fidelity_summary(fidelity: Sequence[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    pairs = [f for f in fidelity if f.get("erm") and f.get("fair")]
+    if not pairs:
+        return None
+    wg = {k: float(np.mean([f[k]["worst_gap"] for f in pairs])) for k in ("erm", "fair")}
+    mean = {k: float(np.mean([f[k]["mean"] for f in pairs])) for k in ("erm", "fair")}
+    return {"erm": {"worst_gap": wg["erm"], "mean": mean["erm"]}, "fair": {"worst_gap": wg["fair"], "mean": mean["fair"]},
+            "worst_gap_cut": 1 - wg["fair"] / wg["erm"] if wg["erm"] > 0 else 0.0,
+            "mean_cost": (mean["erm"] - mean["fair"]) / abs(mean["erm"]) if mean["erm"] else 0.0,
+            "per_seed": list(fidelity)}
+
+
+def _checks(v: Mapping[str, Any], targets: Mapping[str, float]) -> List[Dict[str, Any]]:
+    """Each claim against its target: ``{"claim", "holds", "detail"}``."""
     checks: List[Dict[str, Any]] = []
-    if best is not None:
-        d = out["student_vs_best_teacher"]["fair"]
-        de = out["student_vs_best_teacher"]["erm"]
-        checks.append({"claim": f"agglomerated student >= best teacher ({best}) on overall AUC",
-                       "holds": bool(de["value"] is not None and de["value"] >= 0 and d["value"] is not None
-                                     and d["value"] >= 0),
-                       "detail": f"ERM student {_fmt_d(de)}, fair student {_fmt_d(d)} (mean over seeds)"})
-    lift = deltas["worst"]
+
+    def ok(x: Optional[float], cond) -> bool:
+        return bool(x is not None and cond(x))
+
+    if v.get("best_teacher") is not None:
+        de, df = v["student_vs_best_teacher"]["erm"], v["student_vs_best_teacher"]["fair"]
+        checks.append({"claim": f"agglomerated student >= best teacher ({v['best_teacher']}) on overall AUC",
+                       "holds": ok(de["value"], lambda x: x >= 0) and ok(df["value"], lambda x: x >= 0),
+                       "detail": f"ERM student {_fmt_d(de)}, fair student {_fmt_d(df)} (mean over seeds)"})
+    d, s = v["fair_vs_erm"], v["students"]
     checks.append({"claim": f"fair student's worst-group AUC >= ERM's + {targets['worst_group_lift']:.2f}",
-                   "holds": bool(lift["value"] is not None and lift["value"] >= targets["worst_group_lift"]),
-                   "detail": f"Δ worst-group AUC {_fmt_d(lift)}"})
+                   "holds": ok(d["worst"]["value"], lambda x: x >= targets["worst_group_lift"]),
+                   "detail": f"Δ worst-group AUC {_fmt_d(d['worst'])}"})
+    erm_gap, fair_gap = s["erm"]["gap"]["value"], s["fair"]["gap"]["value"]
     if erm_gap is not None and erm_gap > targets["gap_halving_above"]:
-        fg = summary["fair"]["gap"]["value"]
-        checks.append({"claim": f"ERM's AUC gap {erm_gap:.3f} > {targets['gap_halving_above']:.2f}: fair gap at most "
-                                "half of it",
-                       "holds": bool(fg is not None and fg <= erm_gap / 2), "detail": f"fair gap {fg:.3f}"})
-    cost = deltas["auc"]
+        checks.append({"claim": f"ERM's AUC gap {erm_gap:.3f} > {targets['gap_halving_above']:.2f}: fair gap at "
+                                "most half of it",
+                       "holds": ok(fair_gap, lambda x: x <= erm_gap / 2), "detail": f"fair gap {fair_gap:.3f}"})
     checks.append({"claim": f"overall AUC cost <= {targets['max_overall_cost']:.2f}",
-                   "holds": bool(cost["value"] is not None and cost["value"] >= -targets["max_overall_cost"]),
-                   "detail": f"Δ overall AUC {_fmt_d(cost)}"})
+                   "holds": ok(d["auc"]["value"], lambda x: x >= -targets["max_overall_cost"]),
+                   "detail": f"Δ overall AUC {_fmt_d(d['auc'])}"})
+    worse = v["levelled_down"]
     checks.append({"claim": "no group worse than under ERM beyond its interval, over seeds (no levelling down)",
                    "holds": not worse,
                    "detail": ("groups worse beyond the interval of the seed-mean difference: " +
                               (", ".join(worse) if worse else "none") + "; seed by seed (one student against its "
                               "ERM twin, training noise included): " +
                               ", ".join(f"seed {i}: {', '.join(w) or 'none'}"
-                                        for i, w in enumerate(out["levelled_down_per_seed"])))})
-    if fidelity:
-        fe = [f["erm"] for f in fidelity if f.get("erm") and f.get("fair")]
-        ff = [f["fair"] for f in fidelity if f.get("erm") and f.get("fair")]
-        if fe:
-            wg_e, wg_f = float(np.mean([f["worst_gap"] for f in fe])), float(np.mean([f["worst_gap"] for f in ff]))
-            m_e, m_f = float(np.mean([f["mean"] for f in fe])), float(np.mean([f["mean"] for f in ff]))
-            cut = 1 - wg_f / wg_e if wg_e > 0 else 0.0
-            fcost = (m_e - m_f) / abs(m_e) if m_e else 0.0
-            out["fidelity"] = {"erm": {"worst_gap": wg_e, "mean": m_e}, "fair": {"worst_gap": wg_f, "mean": m_f},
-                               "worst_gap_cut": cut, "mean_cost": fcost, "per_seed": list(fidelity)}
-            checks.append({"claim": f"worst per-teacher group fidelity gap (R²) cut by >= "
-                                    f"{targets['fidelity_gap_cut']:.0%} at <= {targets['max_fidelity_cost']:.0%} "
-                                    "mean-fidelity cost",
-                           "holds": bool(cut >= targets["fidelity_gap_cut"] and fcost <= targets["max_fidelity_cost"]),
-                           "detail": f"worst gap {wg_e:.3f} -> {wg_f:.3f} ({-cut:+.0%}); mean R² {m_e:.3f} -> "
-                                     f"{m_f:.3f} ({-fcost:+.1%})"})
-    out["checks"] = checks
-    return out
+                                        for i, w in enumerate(v["levelled_down_per_seed"])))})
+    f = v.get("fidelity")
+    if f:
+        checks.append({"claim": f"worst per-teacher group fidelity gap (R²) cut by >= {targets['fidelity_gap_cut']:.0%} "
+                                f"at <= {targets['max_fidelity_cost']:.0%} mean-fidelity cost",
+                       "holds": bool(f["worst_gap_cut"] >= targets["fidelity_gap_cut"]
+                                     and f["mean_cost"] <= targets["max_fidelity_cost"]),
+                       "detail": f"worst gap {f['erm']['worst_gap']:.3f} -> {f['fair']['worst_gap']:.3f} "
+                                 f"({-f['worst_gap_cut']:+.0%}); mean R² {f['erm']['mean']:.3f} -> "
+                                 f"{f['fair']['mean']:.3f} ({-f['mean_cost']:+.1%})"})
+    return checks
 
 
-def _per_seed_levelling(per_seed, models, keys, groups, y, names, strata, n_boot, seed) -> List[List[str]]:
+def _per_seed_levelling(models: Mapping[str, _Scores], n_seeds: int, groups: np.ndarray, y: np.ndarray, n_boot: int,
+                        seed: int) -> List[List[str]]:
     """Per seed: groups whose fair − ERM AUC difference has its whole paired interval below 0."""
     from agglom.eval.compare import paired_group_deltas
 
-    out = []
-    for i in range(len(per_seed)):
-        if not n_boot:
-            out.append([])
-            continue
-        r = paired_group_deltas(y, models[f"fair/{i}"].s, models[f"erm/{i}"].s, groups, n_boot=n_boot, seed=seed + i)
-        out.append(list(r["levelled_down"]))
-    return out
+    if not n_boot:
+        return [[] for _ in range(n_seeds)]
+    return [list(paired_group_deltas(y, models[f"fair/{i}"].s, models[f"erm/{i}"].s, groups, n_boot=n_boot,
+                                     seed=seed + i)["levelled_down"]) for i in range(n_seeds)]
 
 
 def _fmt_d(d: Mapping[str, Any]) -> str:
