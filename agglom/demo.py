@@ -157,12 +157,12 @@ def run_demo(a: Any) -> Dict[str, Any]:
 
     _step("6/6 verdict")
     preds = [{k: load_predictions(runs[k][s]) for k in ("erm", "fair")} for s in range(seeds)]
-    teacher_preds = {x: load_predictions(runs["erm"][0], model=f"teacher:{x}") for x in teachers}
     reports = [{k: json.loads((runs[k][s] / "eval" / "report.json").read_text()) for k in ("erm", "fair")}
                for s in range(seeds)]
+    audited = [m for m in reports[0]["erm"]["models"] if m.startswith("teacher:")]  # the seed-0 ERM audit
+    teacher_preds = {Path(m.split(":", 1)[1]).name: load_predictions(runs["erm"][0], model=m) for m in audited}
     fid = [{k: fidelity_headline((r[k].get("fidelity") or {}).get("site", {})) for k in r} for r in reports]
-    v = verdict(preds, {Path(x).name: p for x, p in zip(teachers, teacher_preds.values())}, "site", fidelity=fid,
-                n_boot=boot)
+    v = verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=boot)
     timings["total"] = time.perf_counter() - t_all
     text = summary_markdown(a, v, runs, tdir, data, out, timings)
     (out / "summary.md").write_text(text)
