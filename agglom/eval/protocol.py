@@ -77,9 +77,9 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
             "label_names": names or [f"label{i}" for i in range(yte.shape[1])] if yte.ndim == 2 else None}
 
 
-def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, SplitFeatures]], teacher_mods: Dict[str, Any],
-                    args: Any, device: torch.device, attr_names: Optional[List[str]], indexer: Any,
-                    specs: Sequence[str], exclude_unknown: bool) -> Dict[str, Any]:
+def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, SplitFeatures]], args: Any,
+                    device: torch.device, attr_names: Optional[List[str]], indexer: Any, specs: Sequence[str],
+                    exclude_unknown: bool) -> Dict[str, Any]:
     """The report's fidelity sections from the accumulator filled on the primary model's test pass:
     ``fidelity`` (global-normalised R², the primary measure), ``fidelity_cosine`` (secondary) and
     ``fidelity_functional`` (each teacher's own probe on the student's adapter output)."""

@@ -139,8 +139,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
                                         exclude_unknown=exclude_unknown, label_names=label_names)
         extra: Dict[str, Any] = {}
         if fid is not None and fid.sq_err:
-            extra = fidelity_report(cfg, fid, splits_of, teacher_mods, args, device, attr_names, indexer, specs,
-                                    exclude_unknown)
+            extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, indexer, specs, exclude_unknown)
     if args.reference and model is not None:
         extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
                                                    args.seed, exclude_unknown)
