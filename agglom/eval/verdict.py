@@ -228,22 +228,22 @@ def _per_seed_levelling(models: Mapping[str, _Scores], n_seeds: int, groups: np.
                                      seed=seed + i)["levelled_down"]) for i in range(n_seeds)]
 
 
-def _fmt_d(d: Mapping[str, Any]) -> str:
+def _fmt(d: Mapping[str, Any], spec: str) -> str:
+    """A value with its interval, e.g. ``+0.0529 [+0.0377, +0.0702]`` (``spec`` is the format, ``+.4f``)."""
     if d.get("value") is None:
         return "undefined"
-    s = f"{d['value']:+.4f}"
+    s = format(d["value"], spec)
     if d.get("ci"):
-        s += f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+        s += f" [{format(d['ci'][0], spec)}, {format(d['ci'][1], spec)}]"
     return s
+
+
+def _fmt_d(d: Mapping[str, Any]) -> str:
+    return _fmt(d, "+.4f")
 
 
 def _fmt_v(d: Mapping[str, Any]) -> str:
-    if d.get("value") is None:
-        return "undefined"
-    s = f"{d['value']:.4f}"
-    if d.get("ci"):
-        s += f" [{d['ci'][0]:.4f}, {d['ci'][1]:.4f}]"
-    return s
+    return _fmt(d, ".4f")
 
 
 def render_verdict(v: Mapping[str, Any]) -> List[str]:
