@@ -75,11 +75,16 @@ def stats_batches(cfg: DictConfig) -> List[Dict[str, Any]]:
     from agglom.data.readers import eval_loader
 
     batches, n = [], 0
-    for batch in eval_loader(cfg, cfg.data.train_split):
+    loader = eval_loader(cfg, cfg.data.train_split)
+    for batch in loader:
         batches.append(batch)
         n += int(batch["image"].shape[0])
         if n >= cfg.heads.stats_samples:
             break
     if not batches:
-        raise ConfigError(f"data: no training samples found under {cfg.data.root} (split {cfg.data.train_split!r})")
+        from agglom.data.shards import shard_pattern
+
+        where = shard_pattern(cfg, cfg.data.train_split) or f"{cfg.data.root}/{cfg.data.train_split}/*.tar"
+        raise ConfigError(f"data: no usable training sample in {where} (split {cfg.data.train_split!r}; "
+                          f"skipped: {loader.stats.describe()})")
     return batches
