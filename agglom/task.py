@@ -46,10 +46,12 @@ class AgglomTask(nn.Module):
         unknown = self.group_names.index("unknown") if "unknown" in self.group_names else -1
         weights = [float(e.weight) for e in cfg.teachers]
         scope = cfg.objective.group_scope
-        if scope not in ("teacher", "sample"):
+        from agglom.config.choices import GROUP_SCOPE
+
+        if scope not in GROUP_SCOPE:
             from agglom.config.load import ConfigError
 
-            raise ConfigError(f"objective.group_scope must be teacher|sample, got {scope!r}")
+            raise ConfigError(f"objective.group_scope must be one of {', '.join(GROUP_SCOPE)}, got {scope!r}")
         self.per_teacher = scope == "teacher"
 
         refs = None

@@ -190,6 +190,11 @@ def describe(schema: Type[Any]) -> str:
                 notes[f"{prefix}{f.name}"] = _help_of(f)
 
     collect(schema, "")
+    from agglom.config.validate import RULES
+
+    for key, rule in RULES.items():  # choice-valued keys list their choices (from the registries)
+        if rule.options is not None and key not in notes:
+            notes[key] = "one of " + " | ".join(rule.options())
     lines: List[str] = []
 
     def walk(node: Any, prefix: str) -> None:

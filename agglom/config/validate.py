@@ -241,7 +241,8 @@ def _check_patch(cfg: Any) -> List[str]:
     p = patch_size_of(str(model), args)
     if p and size % p:
         lo, hi = size - size % p, size - size % p + p
-        return [f"data.image_size={size}: must be a multiple of the student's patch size {p} ({model}); "
+        src = "model_args.patch_size" if isinstance(args, dict) and args.get("patch_size") else str(model)
+        return [f"data.image_size={size}: must be a multiple of the student's patch size {p} ({src}); "
                 f"use {lo or hi} or {hi}, or student.model_args.dynamic_img_pad=true"]
     return []
 

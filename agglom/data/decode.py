@@ -7,6 +7,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from agglom.config.choices import GRAYSCALE
+
 IMAGE_EXTS = ("png", "jpg", "jpeg", "npy")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,8 +77,8 @@ def _npy_to_array(data: bytes) -> np.ndarray:
 
 def to_channels(arr: np.ndarray, grayscale: str = "replicate") -> torch.Tensor:
     """HW or HWC array -> float32 tensor [C,H,W]; 'replicate' gives 3 channels, 'keep' gives 1."""
-    if grayscale not in ("replicate", "keep"):
-        raise ValueError(f"grayscale must be 'replicate' or 'keep', got {grayscale!r}")
+    if grayscale not in GRAYSCALE:
+        raise ValueError(f"grayscale must be one of {', '.join(GRAYSCALE)}, got {grayscale!r}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[-1] == 4:  # drop alpha

@@ -35,7 +35,7 @@ from agglom.data.counts import DATA_COUNTS, NOTE_REASONS, SKIP_REASONS, SkipCoun
 from agglom.data.groups import GroupIndexer
 from agglom.data.pipeline import collate, load_image, parse, transform
 from agglom.data.sampling import acceptance, group_counts
-from agglom.data.shards import missing_shards, read_shard, shard_id, shard_pattern, shard_urls
+from agglom.data.shards import inspect_shards, missing_shards, read_shard, shard_id, shard_pattern, shard_urls
 from agglom.data.sidecars import datasheet_with_sidecars, load_sidecars
 from agglom.data.transforms import ImageTransform, build_transform
 from agglom.data.writer import read_datasheet
@@ -272,6 +272,8 @@ class Loader:
         self.stats = stats = SkipCounts()
         for url in self.missing:
             stats.skip("missing_shard", shard_id(url), "named by data.shards but does not exist")
+        for url, reason, detail in inspect_shards(self.dataset.urls):
+            stats.skip(reason, shard_id(url), detail)
         self.samples = 0
         nw = self.num_workers
         dl = DataLoader(self.dataset, batch_size=None, num_workers=nw, persistent_workers=False,

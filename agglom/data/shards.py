@@ -105,6 +105,30 @@ def shard_id(url: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
+def inspect_shards(urls: List[str]) -> List[Tuple[str, str, str]]:
+    """(url, reason, detail) for the local shards whose damage shows without reading them: 0 bytes or only zero
+    blocks (``empty_shard``), a size that is not a whole number of 512-byte tar blocks (``bad_tar``: truncated).
+    Every reader counts these up front, so they are counted even when a training run never draws the shard."""
+    out = []
+    for u in urls:
+        if _remote(u):
+            continue
+        try:
+            size = os.path.getsize(u)
+        except OSError as e:
+            out.append((u, "bad_tar", f"cannot stat: {e}"))
+            continue
+        if size == 0:
+            out.append((u, "empty_shard", "0 bytes"))
+        elif size % 512:
+            out.append((u, "bad_tar", f"{size} bytes is not a whole number of 512-byte tar blocks: truncated"))
+        elif size <= 20 * 512:
+            with open(u, "rb") as f:
+                if not f.read(size).strip(b"\0"):
+                    out.append((u, "empty_shard", "a tar archive with no members"))
+    return out
+
+
 def _finish(sample: Dict[str, Any], counts: SkipCounts, sid: str) -> Optional[Dict[str, Any]]:
     if sample.pop("__dup_key__", None) is not None:
         counts.skip("duplicate_key", f"{sid}:{sample['__key__']}@{sample['__first__']}",
@@ -177,4 +201,5 @@ def read_shard(url: str, counts: SkipCounts, select: Optional[Any] = None) -> It
         counts.skip("empty_shard", sid, "no members")
 
 
-__all__ = ["resolve_shards", "shard_urls", "missing_shards", "shard_pattern", "shard_id", "read_shard"]
+__all__ = ["resolve_shards", "shard_urls", "missing_shards", "shard_pattern", "shard_id", "read_shard",
+           "inspect_shards"]

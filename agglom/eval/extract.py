@@ -20,6 +20,16 @@ class SplitFeatures:
     labels: np.ndarray  # [N] or [N, L]
     keys: List[str]
     attrs: List[Dict[str, Any]]
+    data: Optional[Dict[str, Any]] = None  # what the reader read, skipped and noted (see data_summary)
+
+
+def data_summary(loader: Any) -> Optional[Dict[str, Any]]:
+    """``{"samples": read, "expected": from the datasheet or None, "skipped": {reason: n}, "noted": {...},
+    "examples": {...}}`` of an eval loader's last pass (None for a reader that keeps no counts)."""
+    stats = getattr(loader, "stats", None)
+    if stats is None or not hasattr(stats, "summary"):
+        return None
+    return {"samples": int(loader.samples), "expected": getattr(loader, "expected_samples", None), **stats.summary()}
 
 
 Encoder = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]  # (images, sample keys) -> features
@@ -75,8 +85,12 @@ def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "fe
     if bar is not None:
         bar.close()
     if not feats:
-        raise RuntimeError(f"{desc}: the split is empty")
-    return SplitFeatures(np.concatenate(feats), np.concatenate(labels), keys, attrs)
+        from agglom.config.load import ConfigError
+
+        summary = data_summary(loader)
+        raise ConfigError(f"{desc}: no usable sample in the split"
+                          + (f" (skipped: {loader.stats.describe()})" if summary else ""))
+    return SplitFeatures(np.concatenate(feats), np.concatenate(labels), keys, attrs, data_summary(loader))
 
 
 def attribute_groups(attrs: List[Dict[str, Any]], names: Optional[List[str]] = None,

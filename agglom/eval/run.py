@@ -146,6 +146,8 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     if args.reference and model is not None:
         extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
                                                    args.seed, exclude_unknown)
+    primary_splits = splits_of.get(primary) or next(iter(splits_of.values()))
+    extra["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
     out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
                                            Path("runs") / f"audit-{args.teacher}" / "eval")
     return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),

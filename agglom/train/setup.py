@@ -10,8 +10,10 @@ from agglom.config.load import ConfigError
 
 
 def in_chans_of(cfg: DictConfig) -> int:
-    if cfg.data.grayscale not in ("replicate", "keep"):
-        raise ConfigError(f"data.grayscale must be replicate|keep, got {cfg.data.grayscale!r}")
+    from agglom.config.choices import GRAYSCALE
+
+    if cfg.data.grayscale not in GRAYSCALE:
+        raise ConfigError(f"data.grayscale must be one of {', '.join(GRAYSCALE)}, got {cfg.data.grayscale!r}")
     return 1 if cfg.data.grayscale == "keep" else 3
 
 
