@@ -32,7 +32,7 @@ class SkipCounts:
     def __init__(self) -> None:
         self.ids: Dict[str, Set[str]] = {}
         self.noted: Dict[str, int] = {}
-        self.examples: Dict[str, list] = {}
+        self.examples: Dict[str, Dict[str, str]] = {}  # reason -> {id: detail}, the first few
         self.missing_samples = 0
 
     # ---- recording (inside a worker)
@@ -42,9 +42,9 @@ class SkipCounts:
         if ident in ids:
             return False
         ids.add(ident)
-        ex = self.examples.setdefault(reason, [])
+        ex = self.examples.setdefault(reason, {})
         if len(ex) < _EXAMPLES:
-            ex.append(f"{ident}: {str(detail)[:200]}" if detail is not None else ident)
+            ex[ident] = "" if detail is None else str(detail)[:200]
         return True
 
     def note(self, reason: str, n: int = 1) -> None:
@@ -62,8 +62,10 @@ class SkipCounts:
         for reason, n in other.noted.items():
             self.note(reason, n)
         for reason, ex in other.examples.items():
-            mine = self.examples.setdefault(reason, [])
-            mine += [e for e in ex if e not in mine][: max(0, _EXAMPLES - len(mine))]
+            mine = self.examples.setdefault(reason, {})
+            for ident, detail in ex.items():
+                if len(mine) < _EXAMPLES and ident not in mine:
+                    mine[ident] = detail
         self.missing_samples += other.missing_samples
         return self
 
@@ -107,22 +109,22 @@ class SkipCounts:
         """The reporting form: ``{"skipped": {reason: n}, "noted": {...}, "examples": {...}}``."""
         out: Dict[str, Any] = {"skipped": self.counts(), "noted": dict(self.noted)}
         if self.examples:
-            out["examples"] = {k: list(v) for k, v in self.examples.items() if v}
+            out["examples"] = {k: [f"{i}: {d}" if d else i for i, d in v.items()] for k, v in self.examples.items() if v}
         return out
 
     def describe(self) -> str:
         """One line for logs and reports: ``bad_image 7 (e.g. train-000001.tar:s12: npy: ...); clamped 3``."""
         parts = []
         for reason, n in self.counts().items():
-            ex = self.examples.get(reason)
-            parts.append(f"{reason} {n}" + (f" (e.g. {ex[0]})" if ex else ""))
+            ex = next(iter((self.examples.get(reason) or {}).items()), None)
+            parts.append(f"{reason} {n}" + (f" (e.g. {ex[0]}: {ex[1]})" if ex else ""))
         parts += [f"{reason} {n} (used)" for reason, n in self.noted.items()]
         return "; ".join(parts) if parts else "none"
 
     # ---- serialising (checkpoint state, batches from workers)
     def to_json(self) -> Dict[str, Any]:
         return {"ids": {k: sorted(v) for k, v in self.ids.items() if v}, "noted": dict(self.noted),
-                "examples": {k: list(v) for k, v in self.examples.items() if v},
+                "examples": {k: dict(v) for k, v in self.examples.items() if v},
                 "missing_samples": self.missing_samples}
 
     @classmethod
@@ -136,7 +138,7 @@ class SkipCounts:
             return out
         out.ids = {k: set(v) for k, v in (d.get("ids") or {}).items()}
         out.noted = {k: int(v) for k, v in (d.get("noted") or {}).items()}
-        out.examples = {k: list(v) for k, v in (d.get("examples") or {}).items()}
+        out.examples = {k: dict(v) for k, v in (d.get("examples") or {}).items() if isinstance(v, Mapping)}
         out.missing_samples = int(d.get("missing_samples") or 0)
         return out
 
