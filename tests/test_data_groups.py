@@ -141,5 +141,5 @@ def test_transforms_eval_deterministic_train_augments():
     a, b = tr(img, g1), tr(img, g2)
     assert a.shape == (3, 16, 16) and torch.equal(a, b)
     assert not torch.equal(a, out)
-    keep = load_config(Recipe, ["data.grayscale=keep", "data.image_size=8"])
+    keep = load_config(Recipe, ["data.grayscale=keep", "data.image_size=8", "student.model_args={patch_size: 4}"])
     assert data_config(keep)["input_size"] == (1, 8, 8) and build_transform(keep)(torch.rand(1, 8, 8)).shape == (1, 8, 8)

@@ -90,7 +90,7 @@ def test_pack_folder_with_png16_and_dicom(tmp_path):
     assert {m["split"] for m, _, _ in got.values()} <= {"train", "val", "test"}
     assert got["malignant_m"][2] == "jpg"
     # reading back through the eval reader keeps the 16-bit precision
-    cfg = load_config(Recipe, [f"data.root={out}", "data.image_size=12", "data.grayscale=keep", "student.mean=[0]",
+    cfg = load_config(Recipe, [f"data.root={out}", "data.image_size=12", "student.model_args={patch_size: 4}", "data.grayscale=keep", "student.mean=[0]",
                                "student.std=[1]", "data.num_workers=0", "groups.by=none",
                                "groups.specs=[{name: none, attr: nothing, values: [x]}]"])
     split = got["malignant_deep"][0]["split"]
@@ -142,7 +142,8 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
     sheet = read_datasheet(out)
     assert sheet["samples"] == 40 and sheet["skipped"]["dropped_label"] == 1
     assert main(args + ["force=true", "uncertain=maybe"]) == 2
-    cfg = load_config(Recipe, [f"data.root={out}", "data.num_workers=0", "groups.by=site", "data.image_size=8"])
+    cfg = load_config(Recipe, [f"data.root={out}", "data.num_workers=0", "groups.by=site", "data.image_size=8",
+                             "student.model_args={patch_size: 4}"])
     b = next(iter(eval_loader(cfg, "train")))
     assert b["label"].shape[1] == 2
 

@@ -242,8 +242,9 @@ def _check_patch(cfg: Any) -> List[str]:
     if p and size % p:
         lo, hi = size - size % p, size - size % p + p
         src = "model_args.patch_size" if isinstance(args, dict) and args.get("patch_size") else str(model)
+        use = f"{lo} or {hi}" if lo else f"{hi}"
         return [f"data.image_size={size}: must be a multiple of the student's patch size {p} ({src}); "
-                f"use {lo or hi} or {hi}, or student.model_args.dynamic_img_pad=true"]
+                f"use {use}, or student.model_args.dynamic_img_pad=true"]
     return []
 
 
