@@ -342,8 +342,25 @@ def _check_sweep(cfg: Any) -> List[str]:
     return out
 
 
+def _check_no_groups(cfg: Any) -> List[str]:
+    """``groups.by=none`` (one group, for data without attributes) leaves nothing for parity or balancing."""
+    if _get(cfg, "groups.by") != "none":
+        return []
+    out = []
+    group = _get(cfg, "objective.group")
+    if group not in (_ABSENT, None, "erm"):
+        out.append(f"objective.group={group!r} needs groups, and groups.by=none puts every sample in one: use "
+                   "objective.group=erm, or make proxy groups with `agglom curate` and set groups.by=proxy")
+    bal, weights = _get(cfg, "data.group_balance"), _get(cfg, "data.group_weights")
+    if (_is_num(bal) and bal > 0) or _get(cfg, "data.group_balanced") is True or (weights not in (_ABSENT, None)
+                                                                               and len(weights)):
+        out.append("data.group_balance/group_balanced/group_weights need groups; groups.by=none has one")
+    return out
+
+
 CROSS_CHECKS: List[Callable[[Any], List[str]]] = [
     _check_patch, _check_teachers, _check_group_specs, _check_stats, _check_group_weights, _check_name, _check_sweep,
+    _check_no_groups,
 ]
 
 

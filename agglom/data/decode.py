@@ -9,7 +9,8 @@ import torch
 
 from agglom.config.choices import GRAYSCALE
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "npy")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "npy", "webp", "bmp", "tif", "tiff", "gif")  # what a sample's image may be
+_PIL_EXTS = ("webp", "bmp", "tif", "tiff", "gif")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -32,11 +33,11 @@ def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {e}") from e
+    mode = img.mode
     if fmt == "png":
         depth = png_bit_depth(data)
     else:
-        depth = 8
-    mode = img.mode
+        depth = 16 if mode.startswith("I;16") else 8
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
         arr = np.asarray(img).astype(np.float32)
         scale = float(2 ** depth - 1) if depth in (8, 16) else float(max(arr.max(), 1.0))
@@ -105,6 +106,8 @@ def decode_array(data: bytes, ext: str) -> np.ndarray:
         return _pil_to_array(bytes(data), "jpg")
     if ext == "npy":
         return _npy_to_array(bytes(data))
+    if ext in _PIL_EXTS:
+        return _pil_to_array(bytes(data), ext)
     raise DecodeError(f"unsupported image extension {ext!r} (expected one of {IMAGE_EXTS})")
 
 

@@ -12,10 +12,11 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 
 from agglom.data.counts import SkipCounts
-from agglom.data.decode import DecodeError, decode_array, find_image, to_channels
+from agglom.data.decode import IMAGE_EXTS, DecodeError, decode_array, find_image, to_channels
 from agglom.data.groups import GroupIndexer
 from agglom.data.shards import shard_id
 
+NO_LABEL = -1  # the label of a sample read label-free
 _RANGE_TOL = 1e-4  # decoders give [0, 1]; npy floats outside it by more than this are clamped and noted
 
 
@@ -29,28 +30,34 @@ def parse(sample: Dict[str, Any], counts: SkipCounts, indexer: GroupIndexer,
           sidecars: Mapping[str, Mapping[str, Any]], label_len: List[Optional[int]]) -> Optional[Dict[str, Any]]:
     """A tar sample -> ``{key, id, label, attrs, group, ext, bytes}``, or None (skipped and counted).
 
-    ``label_len`` is ``[expected from the datasheet, first seen]``: -1 for a single int label, L for a list of L."""
+    ``label_len`` is ``[expected from the datasheet, first seen]``: -1 for a single int label, L for a list of L.
+    A dataset whose datasheet declares labels (``label_len[0]`` set) needs a label in every sample; one without
+    (web-style shards: an image, maybe a caption and a json without label) is read label-free: the json is
+    optional and a missing label becomes :data:`NO_LABEL` (noted ``no_label``) — distillation needs none."""
     key, ident = sample.get("__key__"), sample_id(sample)
-    if "json" not in sample:
-        counts.skip("missing_field", ident, "no .json member (metadata with the label)")
-        return None
+    labelled = label_len[0] is not None
     ext = find_image(sample)
     if ext is None:
-        other = sorted(k for k in sample if not k.startswith("__") and k != "json")
-        counts.skip("missing_field", ident, f"no image member (.png/.jpg/.jpeg/.npy; found {other or 'none'})")
+        other = sorted(k for k in sample if not k.startswith("__"))
+        counts.skip("missing_field", ident, f"no image member (.{'/.'.join(IMAGE_EXTS)}; found {other or 'none'})")
+        return None
+    if "json" not in sample and labelled:
+        counts.skip("missing_field", ident, "no .json member (metadata with the label)")
         return None
     try:
-        meta = json.loads(sample["json"])
+        meta = json.loads(sample["json"]) if "json" in sample else {}
     except (ValueError, UnicodeDecodeError) as e:
         counts.skip("bad_json", ident, e)
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("attrs", {}) or {}, dict):
         counts.skip("bad_json", ident, "json is not an object {label, attrs, split}")
         return None
-    if "label" not in meta:
-        counts.skip("missing_field", ident, "no 'label' in the json")
+    if "label" not in meta and labelled:
+        counts.skip("missing_field", ident, "no 'label' in the json (the datasheet declares labels)")
         return None
-    label = meta["label"]
+    if "label" not in meta:
+        counts.note("no_label")
+    label = meta.get("label", NO_LABEL)
     if isinstance(label, bool) or not (isinstance(label, int) or (
             isinstance(label, list) and label and all(isinstance(v, int) and not isinstance(v, bool) for v in label))):
         counts.skip("bad_label", ident, f"label {label!r} is not an int or a non-empty list of ints")

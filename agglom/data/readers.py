@@ -35,10 +35,17 @@ from agglom.data.counts import DATA_COUNTS, NOTE_REASONS, SKIP_REASONS, SkipCoun
 from agglom.data.groups import GroupIndexer
 from agglom.data.pipeline import collate, load_image, parse, transform
 from agglom.data.sampling import acceptance, group_counts
-from agglom.data.shards import inspect_shards, missing_shards, read_shard, shard_id, shard_pattern, shard_urls
+from agglom.data.shards import (
+    dataset_datasheet,
+    inspect_shards,
+    missing_shards,
+    read_shard,
+    shard_id,
+    shard_pattern,
+    shard_urls,
+)
 from agglom.data.sidecars import datasheet_with_sidecars, load_sidecars
 from agglom.data.transforms import ImageTransform, build_transform
-from agglom.data.writer import read_datasheet
 from agglom.dist import dist_info
 
 log = logging.getLogger("agglom.data")
@@ -77,7 +84,7 @@ def group_indexer(cfg: Any, datasheet: Optional[Mapping[str, Any]] = None, by: O
     from agglom.config.load import ConfigError
 
     if datasheet is None:
-        datasheet = datasheet_with_sidecars(read_datasheet(cfg.data.root), load_sidecars(list(cfg.data.sidecars)))
+        datasheet = datasheet_with_sidecars(dataset_datasheet(cfg), load_sidecars(list(cfg.data.sidecars)))
     groups = _cfg_get(cfg, "groups")
     try:
         return GroupIndexer(list(_cfg_get(groups, "specs", [])), by=by or _cfg_get(groups, "by", "site"),
@@ -314,7 +321,7 @@ def _label_len(datasheet: Optional[Mapping[str, Any]]) -> Optional[int]:
 
 def _context(cfg: Any) -> Tuple[Optional[Dict[str, Any]], Dict[str, Dict[str, Any]], GroupIndexer]:
     sidecars = load_sidecars(list(cfg.data.sidecars or []))
-    sheet = datasheet_with_sidecars(read_datasheet(cfg.data.root), sidecars)
+    sheet = datasheet_with_sidecars(dataset_datasheet(cfg), sidecars)
     return sheet, sidecars, group_indexer(cfg, sheet)
 
 

@@ -51,6 +51,25 @@ def shard_pattern(cfg: Any, split: str) -> Optional[str]:
     return None
 
 
+def data_home(cfg: Any) -> Path:
+    """The folder a dataset's own files (``dataset.json``, sidecars) belong to: ``data.root``; with ``data.shards``
+    the folder above the split folders (the pattern before ``{split}``), else the shards' folder — never
+    ``data.root``, so a stray ``data/synth`` in the working directory cannot lend its datasheet to other shards."""
+    pattern = _cfg_get(cfg.data, "shards")
+    if not pattern or _remote(pattern):
+        return Path(cfg.data.root)
+    head = pattern.split("{split}")[0] if "{split}" in pattern else os.path.dirname(pattern) + "/"
+    head = head[: min([head.index(c) for c in "{*?[" if c in head] + [len(head)])]
+    return Path(head if head.endswith("/") else os.path.dirname(head) or ".")
+
+
+def dataset_datasheet(cfg: Any) -> Optional[Dict[str, Any]]:
+    """The datasheet of the configured data (``<data_home>/dataset.json``), or None (e.g. web-style shards)."""
+    from agglom.data.writer import read_datasheet
+
+    return read_datasheet(data_home(cfg))
+
+
 def resolve_shards(cfg: Any, split: str) -> Tuple[List[str], List[str]]:
     """(shard files to read, missing ones) of a split. Globs in ``data.shards`` are expanded (sorted); a glob that
     matches nothing, or a brace-expanded file that does not exist, is missing."""
@@ -201,5 +220,5 @@ def read_shard(url: str, counts: SkipCounts, select: Optional[Any] = None) -> It
         counts.skip("empty_shard", sid, "no members")
 
 
-__all__ = ["resolve_shards", "shard_urls", "missing_shards", "shard_pattern", "shard_id", "read_shard",
+__all__ = ["data_home", "dataset_datasheet", "resolve_shards", "shard_urls", "missing_shards", "shard_pattern", "shard_id", "read_shard",
            "inspect_shards"]

@@ -142,10 +142,18 @@ def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: i
 
 def collect_splits(cfg: Any, encoder: Any, device: torch.device, name: str, fidelity: Any = None,
                    batch_size: Optional[int] = None) -> Dict[str, SplitFeatures]:
+    from agglom.config.load import ConfigError
+    from agglom.data.pipeline import NO_LABEL
+
     out = {}
     for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         loader = eval_loader(cfg, split, batch_size=batch_size)
         out[role] = extract(loader, encoder, device, desc=f"{name}:{split}", fidelity=fidelity if role == "test" else None)
+        unlabelled = int((out[role].labels == NO_LABEL).reshape(len(out[role].labels), -1).any(1).sum())
+        if unlabelled:
+            raise ConfigError(f"eval: {unlabelled} of {len(out[role].labels)} samples of the {split!r} split have no "
+                              "label; the evaluation fits a supervised probe, so it needs labelled train/val/test "
+                              "splits (distillation itself does not)")
     return out
 
 

@@ -84,7 +84,7 @@ def _teachers(names: List[str], cfg: Any, mean: List[float], std: List[float], d
 def run_evaluation(args: Any) -> Dict[str, Any]:
     """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
     plots; returns the report."""
-    from agglom.data.writer import read_datasheet
+    from agglom.data.shards import dataset_datasheet
     from agglom.dist import dist_info
     from agglom.engine.base import pick_device
     from agglom.eval.extract import student_encoder, teacher_encoder
@@ -128,7 +128,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     except ValueError:  # another dataset without the run's attributes: evaluate plain attributes only
         indexer, specs = None, []
     exclude_unknown = cfg.groups.unknown != "include"
-    label_names = ((read_datasheet(cfg.data.root) or {}).get("label") or {}).get("names")
+    label_names = ((dataset_datasheet(cfg) or {}).get("label") or {}).get("names")
     attr_names = list(args.eval.attributes) or None
     results, splits_of = {}, {}
     with torch.no_grad():

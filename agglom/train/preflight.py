@@ -28,6 +28,12 @@ def check_data(cfg: Any) -> List[str]:
 
     shard_urls(cfg, cfg.data.train_split)
     names = group_names(cfg)
+    if cfg.objective.route_by_audit > 0:
+        from agglom.data.shards import dataset_datasheet
+
+        if not (dataset_datasheet(cfg) or {}).get("label"):
+            raise ConfigError("objective.route_by_audit needs labelled train/val splits (each teacher's probe is "
+                              "fitted on labels) and this dataset's datasheet declares none; set it to 0")
     unknown = [g for g in (cfg.data.group_weights or {}) if g not in names]
     if unknown:
         raise ConfigError(f"data.group_weights: unknown group(s) {unknown}; the groups of {cfg.groups.by!r} are "

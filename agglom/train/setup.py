@@ -21,9 +21,9 @@ def group_indexer(cfg: DictConfig):
     """The same indexer the readers use (datasheet + proxy-group sidecars), so group ids agree."""
     from agglom.data.readers import datasheet_with_sidecars, load_sidecars
     from agglom.data.readers import group_indexer as reader_indexer
-    from agglom.data.writer import read_datasheet
+    from agglom.data.shards import dataset_datasheet
 
-    sheet = datasheet_with_sidecars(read_datasheet(cfg.data.root), load_sidecars(list(cfg.data.sidecars or [])))
+    sheet = datasheet_with_sidecars(dataset_datasheet(cfg), load_sidecars(list(cfg.data.sidecars or [])))
     return reader_indexer(cfg, sheet)
 
 
