@@ -32,6 +32,7 @@ CURATE_METHODS = ("kmeans", "per_class", "hierarchical")
 CURATE_FEATURES = ("summary", "pooled", "both")
 DEDUP_SPACES = ("raw", "center", "zscore")
 RESUME_WORDS = ("auto", "never")
+JOIN_MATCHES = ("auto", "key", "path", "name", "stem")
 
 # registry kind -> (module, attribute: a dict keyed by name or a function returning names, built-in names)
 REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
@@ -61,5 +62,5 @@ def registry_names(kind: str) -> Tuple[str, ...]:
 
 __all__ = ["GRAYSCALE", "INTERPOLATION", "GRANULARITY", "TEACHER_BALANCE", "GROUP_SCOPE", "GROUPS_UNKNOWN",
            "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES",
-           "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "REGISTRIES", "registry_names",
+           "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "REGISTRIES", "registry_names",
            "live_registry"]

@@ -174,6 +174,7 @@ RULES: Dict[str, Rule] = {
     "features": one_of(C.CURATE_FEATURES),
     "dedup_space": one_of(C.DEDUP_SPACES),
     "k": COUNT,
+    "match": one_of(C.JOIN_MATCHES),
     "cache.dtype": one_of(C.CACHE_DTYPES),
     "cache.pool": COUNT,
     "cache.batch_size": COUNT,

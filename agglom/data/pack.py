@@ -269,6 +269,17 @@ def pack(cfg: Any) -> Dict[str, Any]:
     if not recs:
         raise ConfigError("no samples found in the source")
     keys = _unique([r.get("key") or make_key(r["rel"]) for r in recs], [r["rel"] for r in recs])
+    join_report = None
+    if cfg.get("attrs_csv"):  # an attribute table joined on file path, name or stem (or the key)
+        from agglom.data.join import join, read_table
+
+        table = read_table(Path(cfg.attrs_csv), cfg.attrs_on)
+        joined, join_report = join(zip(keys, [r["rel"] for r in recs]), table)
+        for key, r in zip(keys, recs):
+            r["attrs"].update(joined.get(key, {}))
+        print(f"agglom data pack: attributes from {cfg.attrs_csv} joined on {cfg.attrs_on!r}: "
+              f"{join_report['matched']} images matched, {join_report['samples_without_row']} without a row, "
+              f"{join_report['rows_without_sample']} rows without an image", flush=True)
     if cfg.split_col:
         assign = {k: r["split"] for k, r in zip(keys, recs)}
     else:
@@ -297,7 +308,9 @@ def pack(cfg: Any) -> Dict[str, Any]:
                         params={"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
                                 "stratify": list(cfg.stratify), "split_col": cfg.split_col,
                                 "shard_size": cfg.shard_size, "uncertain": cfg.uncertain, "blank": cfg.blank,
-                                "labels_converted": dict(converted)},
+                                "labels_converted": dict(converted),
+                                **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
+                                   if join_report else {})},
                         label=label, skipped=dict(skipped))
     return sheet
 
