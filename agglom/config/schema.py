@@ -76,6 +76,7 @@ class TeacherEntry:
     summary: bool = True
     spatial: bool = True
     cache: Optional[str] = None  # feature-cache folder (agglom cache); None = run online
+    batch_size: int = 0  # run the teacher on chunks of this many images (memory: SAM at 1024 px); 0 = whole batch
 
 
 @dataclass

@@ -264,6 +264,8 @@ def _check_teachers(cfg: Any) -> List[str]:
         seen.add(e.name)
         if not _is_num(e.weight) or e.weight < 0:
             out.append(f"{where}.weight={e.weight!r}: must be >= 0")
+        if "batch_size" in e and (not _is_num(e.batch_size) or e.batch_size < 0):
+            out.append(f"{where}.batch_size={e.batch_size!r}: must be >= 0 (0 = the whole batch)")
         if not e.summary and not e.spatial:
             out.append(f"{where} ({e.name}): summary and spatial are both false, so it would teach nothing")
     return out
