@@ -53,14 +53,19 @@ def shard_pattern(cfg: Any, split: str) -> Optional[str]:
 
 def data_home(cfg: Any) -> Path:
     """The folder a dataset's own files (``dataset.json``, sidecars) belong to: ``data.root``; with ``data.shards``
-    the folder above the split folders (the pattern before ``{split}``), else the shards' folder — never
-    ``data.root``, so a stray ``data/synth`` in the working directory cannot lend its datasheet to other shards."""
+    the folder above the split folders (the pattern before ``{split}``), else the shards' folder or, when that has
+    no ``dataset.json`` but its parent does (``<root>/<split>/x.tar``), the parent — never ``data.root``, so a stray
+    ``data/synth`` in the working directory cannot lend its datasheet to other shards."""
     pattern = _cfg_get(cfg.data, "shards")
     if not pattern or _remote(pattern):
         return Path(cfg.data.root)
-    head = pattern.split("{split}")[0] if "{split}" in pattern else os.path.dirname(pattern) + "/"
+    split_dirs = "{split}" in pattern
+    head = pattern.split("{split}")[0] if split_dirs else os.path.dirname(pattern) + "/"
     head = head[: min([head.index(c) for c in "{*?[" if c in head] + [len(head)])]
-    return Path(head if head.endswith("/") else os.path.dirname(head) or ".")
+    home = Path(head if head.endswith("/") else os.path.dirname(head) or ".")
+    if not split_dirs and not (home / "dataset.json").is_file() and (home.parent / "dataset.json").is_file():
+        return home.parent
+    return home
 
 
 def dataset_datasheet(cfg: Any) -> Optional[Dict[str, Any]]:
