@@ -106,7 +106,7 @@ def test_decode_png_8_and_16_bit_jpg_npy():
 @pytest.mark.parametrize("data,ext,match", [(b"", "png", "empty"), (b"garbage" * 10, "png", "not a PNG"),
                                             (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "png", "png"),
                                             (b"\xff\xd8\xff" + b"\0" * 20, "jpg", "jpg"), (b"nonsense", "npy", "npy"),
-                                            (b"abc", "tiff", "unsupported")])
+                                            (b"abc", "tiff", "tiff: cannot decode"), (b"abc", "jp2", "unsupported")])
 def test_decode_bad_bytes(data, ext, match):
     with pytest.raises(DecodeError, match=match):
         decode_image(data, ext)
