@@ -317,8 +317,11 @@ def bench_reader(rows: Rows, root: Path, work: Path, s: Dict[str, Any], rounds: 
 # --------------------------------------------------------------------------------------------- training runs
 def run_train(cfg) -> Dict[str, Any]:
     """agglom's loop; per-step seconds from the batch clock, FLOPs/sample from run.json."""
+    import shutil
+
     from agglom.train.loop import train
 
+    shutil.rmtree(Path(cfg.out_dir) / cfg.name, ignore_errors=True)  # each timed round trains from scratch
     with StepClock() as clock, quiet():
         run_dir = train(cfg)
     summary = json.loads((Path(run_dir) / "run.json").read_text())

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 from agglom import __version__
 from agglom.commands import COMMANDS, Command
 from agglom.config.load import ConfigError, describe, load_config
+from agglom.errors import ReadableError
 
 
 def _usage() -> str:
@@ -58,9 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(cmd.schema, rest)
         code = cmd.run(cfg)
-    except ConfigError as e:
+    except (ConfigError, ReadableError) as e:  # messages that name the key or file, the cause and the fix
         print(f"agglom {name}: error: {e}", file=sys.stderr)
-        return ConfigError.exit_code
+        return e.exit_code
     return int(code or 0)
 
 

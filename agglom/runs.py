@@ -17,8 +17,9 @@ def run_config(run_dir: Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `agglom train`")
-    cfg = OmegaConf.merge(OmegaConf.structured(Recipe), OmegaConf.load(path))
-    return cfg
+    loaded = OmegaConf.load(path)
+    base = OmegaConf.structured(Recipe)
+    return OmegaConf.merge(base, {k: loaded[k] for k in loaded if k in base})
 
 
 def run_specs(run_dir: Path) -> List[TeacherSpec]:
@@ -35,13 +36,13 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def trained_state(ckpt: Path, use_ema: bool = True) -> Dict[str, torch.Tensor]:
     """The trainable module's fp32 state dict from a checkpoint of any engine (EMA weights when present)."""
-    from safetensors.torch import load_file
+    from teachers.safe_load import load_safetensors as load_file  # refuses a pickle named *.safetensors, by name
 
     if use_ema and (ckpt / "ema.safetensors").is_file():
-        ema = load_file(str(ckpt / "ema.safetensors"))
+        ema = load_file(ckpt / "ema.safetensors")
         return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
     if (ckpt / "model.safetensors").is_file():
-        return load_file(str(ckpt / "model.safetensors"))
+        return load_file(ckpt / "model.safetensors")
     from agglom.engine.deepspeed_engine import consolidate_fp32  # a DeepSpeed checkpoint: consolidate first
 
     return consolidate_fp32(ckpt)

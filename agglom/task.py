@@ -5,6 +5,7 @@ The loop calls `task(batch)`; the engine only ever sees `task.model` (the traina
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -26,6 +27,13 @@ def is_cached(source: Any) -> bool:
     return hasattr(source, "lookup")
 
 
+def metric_names(names: List[str]) -> List[str]:
+    """How teachers are named in metric keys and logs: a teacher given by path (a card file or an export folder
+    such as ``runs/demo/teachers/ft-general``) by its last path part without suffix, unless two would collide."""
+    short = [Path(n).stem if ("/" in n or n.endswith((".yaml", ".yml"))) else n for n in names]
+    return short if len(set(short)) == len(short) else list(names)
+
+
 def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
     return TeacherSpec(name=teacher.name, summary_dim=int(teacher.summary_dim), spatial_dim=int(teacher.spatial_dim),
                        grid=tuple(int(g) for g in teacher.grid), summary=bool(entry.summary),
@@ -41,33 +49,37 @@ class AgglomTask(nn.Module):
         self.cfg = cfg
         self.specs = specs
         self.names = [s.name for s in specs]
+        self.keys = metric_names(self.names)  # names in metrics.jsonl and logs
+        self.chunk = {e.name: int(e.get("batch_size", 0) or 0) for e in cfg.teachers}
         self.group_names = list(group_names)
         self.model = AgglomModel(cfg, specs, in_chans)
         unknown = self.group_names.index("unknown") if "unknown" in self.group_names else -1
         weights = [float(e.weight) for e in cfg.teachers]
         scope = cfg.objective.group_scope
-        if scope not in ("teacher", "sample"):
+        from agglom.config.choices import GROUP_SCOPE
+
+        if scope not in GROUP_SCOPE:
             from agglom.config.load import ConfigError
 
-            raise ConfigError(f"objective.group_scope must be teacher|sample, got {scope!r}")
+            raise ConfigError(f"objective.group_scope must be one of {', '.join(GROUP_SCOPE)}, got {scope!r}")
         self.per_teacher = scope == "teacher"
 
         refs = None
         if cfg.objective.get("reference"):
             from agglom.objective.reference import reference_losses
 
-            refs = reference_losses(cfg.objective.reference, self.names, self.group_names, self.per_teacher)
+            refs = reference_losses(cfg.objective.reference, self.keys, self.group_names, self.per_teacher)
 
         def group_objective(reference: Any = None) -> nn.Module:
             return build_group_objective(cfg.objective, len(self.group_names), unknown,
                                          exclude_unknown=cfg.groups.unknown != "include", reference=reference)
 
         self.objective = nn.ModuleDict({
-            "balance": TeacherBalance(cfg.objective, self.names, weights),
+            "balance": TeacherBalance(cfg.objective, self.keys, weights),
             # one group objective per teacher (its own GroupDRO weights), or one on the combined loss
             "groups": nn.ModuleList([group_objective(refs[i] if refs else None) for i in range(len(self.names))])
             if self.per_teacher else group_objective(refs),
-            "tracker": GroupTeacherTracker(len(self.group_names), self.names, self.group_names,
+            "tracker": GroupTeacherTracker(len(self.group_names), self.keys, self.group_names,
                                            cfg.objective.track_momentum),
         })
         self.register_buffer("routing", build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names,
@@ -97,11 +109,17 @@ class AgglomTask(nn.Module):
             if is_cached(source):
                 t = {k: v.to(self.device, non_blocking=True) for k, v in source.lookup(batch["key"]).items()}
             else:
-                o = self.teachers[s.name](image)
-                t = {"summary": o.summary, "spatial": o.spatial}
+                t = self._online(self.teachers[s.name], image, self.chunk[s.name])
             # clone outside inference mode: the loss keeps targets for backward
             out[s.name] = {k: v.float().clone() for k, v in t.items()}
         return out
+
+    @staticmethod
+    def _online(teacher: nn.Module, image: torch.Tensor, chunk: int) -> Dict[str, torch.Tensor]:
+        """A frozen teacher's outputs, on chunks of ``chunk`` images when set (a big teacher's activations at batch
+        size would not fit; the outputs are the same, as teachers are in eval mode)."""
+        parts = [teacher(x) for x in (image.split(chunk) if chunk > 0 else (image,))]
+        return {"summary": torch.cat([o.summary for o in parts]), "spatial": torch.cat([o.spatial for o in parts])}
 
     def targets(self, batch: Dict[str, Any], image: torch.Tensor, update_norms: bool) -> Targets:
         raw = self.raw_targets(batch, image)
@@ -129,7 +147,7 @@ class AgglomTask(nn.Module):
                 parts.append(t_terms)
             loss = balance.combine(torch.stack(per_teacher), mask.sum(0) > 0)
             group_terms = {k: torch.stack([p[k] for p in parts if k in p]).mean() for k in set().union(*parts)}
-            teacher_terms = {f"teacher/{n}": p["utility"] for n, p in zip(self.names, parts)}
+            teacher_terms = {f"teacher/{n}": p["utility"] for n, p in zip(self.keys, parts)}
         else:
             # across teachers first, then groups on the combined per-sample loss
             per_sample, teacher_terms = balance(routed, mask)

@@ -25,18 +25,48 @@ class CheckpointFormatError(RuntimeError):
     """The file could be read safely but holds no usable state dict."""
 
 
-def _read_raw(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON starting with '{'."""
     with open(path, "rb") as f:
-        head = f.read(16)
-    # a safetensors file starts with an 8-byte little-endian header length followed by '{'
-    if len(head) > 8 and head[8:9] == b"{" and path.suffix not in PICKLE_SUFFIXES:
-        from safetensors.torch import load_file
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
 
+
+def _looks_like(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        return "a zip archive (what torch.save writes)"
+    if head[:1] == b"\x80":
+        return "a pickle"
+    return f"{path.stat().st_size} bytes of another format"
+
+
+def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
+    """A safetensors file's tensors on CPU; :class:`CheckpointFormatError` naming the file when it is not one
+    (e.g. a pickle renamed ``model.safetensors``) or is damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not _is_safetensors(path):
+        raise CheckpointFormatError(f"{path} is not a safetensors file: it is {_looks_like(path)}. Nothing in it was "
+                                    "run. Replace it with the file that belongs there")
+    try:
         return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointFormatError(f"{path} is a damaged safetensors file ({e}); replace it") from None
+
+
+def safe_torch_load(path: PathLike, advice: str = "") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A pickle that would run code raises
+    :class:`UnsafeCheckpointError` (nothing in it ran; ``advice`` is appended), an unreadable file
+    :class:`CheckpointFormatError`; neither message suggests ``weights_only=False``."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol chatter; a refusal is reported below
@@ -44,23 +74,38 @@ def _read_raw(path: Path) -> Any:
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"refused to load {path}: it needs arbitrary code to unpickle, and only tensors and plain containers "
-            f"are allowed. Nothing in it was run. If you trust its source, convert it to safetensors elsewhere "
-            f"(safetensors.torch.save_file(state_dict, 'model.safetensors')) and point the card at that file. "
-            f"{_what_it_wanted(str(e))}"
+            f"are allowed. Nothing in it was run. {_what_it_wanted(str(e))}{(' ' + advice) if advice else ''}"
         ) from None
     except RuntimeError as e:
         msg = str(e)
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
             raise UnsafeCheckpointError(f"refused to load {path}: it is not a plain weights file. Nothing in it was "
-                                        f"run. {_what_it_wanted(msg)}") from None
+                                        f"run. {_what_it_wanted(msg)}{(' ' + advice) if advice else ''}") from None
         raise CheckpointFormatError(f"could not read {path}: {msg.splitlines()[0]}") from e
+    except (EOFError, OSError, ValueError) as e:
+        raise CheckpointFormatError(f"could not read {path}: {type(e).__name__}: {e}") from e
+
+
+_CARD_ADVICE = ("If you trust its source, convert it to safetensors elsewhere "
+                "(safetensors.torch.save_file(state_dict, 'model.safetensors')) and point the card at that file.")
+
+
+def _read_raw(path: Path) -> Any:
+    if path.suffix == ".safetensors" or (path.suffix not in PICKLE_SUFFIXES and _is_safetensors(path)):
+        return load_safetensors(path)
+    return safe_torch_load(path, advice=_CARD_ADVICE)
 
 
 def _what_it_wanted(msg: str) -> str:
-    """The global the pickle asked for, without torch's advice to retry unsafely (and without ANSI codes)."""
+    """What the pickle asked for, or where torch's safe unpickler stopped — without torch's advice to retry
+    unsafely (``weights_only=False``) and without ANSI codes."""
     msg = re.sub(r"\x1b\[[0-9;]*m", "", msg)
-    m = re.search(r"(Unsupported global: GLOBAL [^\s]+|GLOBAL [^\s]+)", msg)
-    return f"(It asks for {m.group(1).replace('Unsupported global: ', '')}.)" if m else ""
+    m = re.search(r"GLOBAL ([^\s]+)", msg)
+    if m:
+        return f"(It asks for {m.group(1)}.)"
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", msg, re.S)
+    reason = " ".join(m.group(1).split()) if m else ""
+    return f"(torch's safe unpickler stopped at: {reason}.)" if reason else ""
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -100,4 +145,5 @@ def file_identity(path: PathLike, nbytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-__all__ = ["UnsafeCheckpointError", "CheckpointFormatError", "load_state_dict", "unwrap_state_dict", "file_identity"]
+__all__ = ["UnsafeCheckpointError", "CheckpointFormatError", "load_state_dict", "unwrap_state_dict", "file_identity",
+           "load_safetensors", "safe_torch_load"]

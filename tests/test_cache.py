@@ -226,3 +226,29 @@ def test_cache_of_regenerated_images_is_refused(tmp_path):
     # `agglom cache` again rewrites the changed shards instead of skipping them as done
     assert main(["cache", *cache_args(root, out, "cache.teachers=[tiny-clip]")]) == 0
     open_cache(str(out), "tiny-clip", cfg, digest, split=["train", "val", "test"])
+
+
+@pytest.mark.slow
+def test_cached_training_equals_online_training_over_20_steps(synth_root, tmp_path, tiny_train_args):
+    """An fp32 cache of tiny-clip and tiny-dinov2 trains exactly as the online teachers do (same seed, 20 steps);
+    fp16 storage adds a small, bounded difference (quantisation, amplified by the z-score normaliser)."""
+    from agglom.train.logger import MetricLogger
+
+    teachers = ["tiny-clip", "tiny-dinov2"]
+    cache = tmp_path / "c32"
+    assert main(["cache", f"data.root={synth_root}", "data.image_size=32", "data.num_workers=0", f"cache.out={cache}",
+                 "cache.dtype=fp32", "teachers=[" + ", ".join(f"{{name: {t}}}" for t in teachers) + "]"]) == 0
+    over = {"log.interval": 1, "log.checkpoint_interval": 100, "data.num_workers": 0, "data.batch_size": 8,
+            "heads.stats_samples": 16}
+    online = tiny_train_args("online", steps=20, teachers="[" + ", ".join(f"{{name: {t}}}" for t in teachers) + "]",
+                             **over)
+    cached = tiny_train_args("cached", steps=20, **over,
+                             teachers="[" + ", ".join(f"{{name: {t}, cache: {cache}}}" for t in teachers) + "]")
+    curves = []
+    for args in (online, cached):
+        assert main(["train", *args]) == 0
+        run = Path(dict(a.split("=", 1) for a in args)["out_dir"]) / dict(a.split("=", 1) for a in args)["name"]
+        curves.append([(r["loss"], r["teacher/tiny-clip"], r["teacher/tiny-dinov2"])
+                       for r in MetricLogger.read(run / "metrics.jsonl") if "loss" in r])
+    assert len(curves[0]) == len(curves[1]) == 20
+    assert torch.allclose(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-5, atol=1e-6)

@@ -106,7 +106,7 @@ def test_decode_png_8_and_16_bit_jpg_npy():
 @pytest.mark.parametrize("data,ext,match", [(b"", "png", "empty"), (b"garbage" * 10, "png", "not a PNG"),
                                             (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "png", "png"),
                                             (b"\xff\xd8\xff" + b"\0" * 20, "jpg", "jpg"), (b"nonsense", "npy", "npy"),
-                                            (b"abc", "tiff", "unsupported")])
+                                            (b"abc", "tiff", "tiff: cannot decode"), (b"abc", "jp2", "unsupported")])
 def test_decode_bad_bytes(data, ext, match):
     with pytest.raises(DecodeError, match=match):
         decode_image(data, ext)
@@ -141,5 +141,5 @@ def test_transforms_eval_deterministic_train_augments():
     a, b = tr(img, g1), tr(img, g2)
     assert a.shape == (3, 16, 16) and torch.equal(a, b)
     assert not torch.equal(a, out)
-    keep = load_config(Recipe, ["data.grayscale=keep", "data.image_size=8"])
+    keep = load_config(Recipe, ["data.grayscale=keep", "data.image_size=8", "student.model_args={patch_size: 4}"])
     assert data_config(keep)["input_size"] == (1, 8, 8) and build_transform(keep)(torch.rand(1, 8, 8)).shape == (1, 8, 8)

@@ -90,7 +90,7 @@ def test_pack_folder_with_png16_and_dicom(tmp_path):
     assert {m["split"] for m, _, _ in got.values()} <= {"train", "val", "test"}
     assert got["malignant_m"][2] == "jpg"
     # reading back through the eval reader keeps the 16-bit precision
-    cfg = load_config(Recipe, [f"data.root={out}", "data.image_size=12", "data.grayscale=keep", "student.mean=[0]",
+    cfg = load_config(Recipe, [f"data.root={out}", "data.image_size=12", "student.model_args={patch_size: 4}", "data.grayscale=keep", "student.mean=[0]",
                                "student.std=[1]", "data.num_workers=0", "groups.by=none",
                                "groups.specs=[{name: none, attr: nothing, values: [x]}]"])
     split = got["malignant_deep"][0]["split"]
@@ -142,7 +142,8 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
     sheet = read_datasheet(out)
     assert sheet["samples"] == 40 and sheet["skipped"]["dropped_label"] == 1
     assert main(args + ["force=true", "uncertain=maybe"]) == 2
-    cfg = load_config(Recipe, [f"data.root={out}", "data.num_workers=0", "groups.by=site", "data.image_size=8"])
+    cfg = load_config(Recipe, [f"data.root={out}", "data.num_workers=0", "groups.by=site", "data.image_size=8",
+                             "student.model_args={patch_size: 4}"])
     b = next(iter(eval_loader(cfg, "train")))
     assert b["label"].shape[1] == 2
 
@@ -163,3 +164,58 @@ def test_pack_refuses_overwrite_and_bad_args(tmp_path, capsys):
     assert "force=true" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="exactly one source"):
         pack(load_config(PackConfig, [f"out={tmp_path / 'p'}"]))
+
+
+def _dicom_base(path, rows, cols, **attrs):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_dicom_palette_multiframe_and_skip_reasons(tmp_path):
+    """PALETTE COLOR is stored through its palette (not as indices), a multi-frame file keeps its middle frame,
+    and each kind of unusable file is counted under its own reason — all said in the datasheet."""
+    src = tmp_path / "src" / "c"
+    src.mkdir(parents=True)
+    for i in range(4):
+        _save_png(src / f"p{i}.png", np.full((8, 8), 30 * i, np.uint8))
+    idx = np.tile(np.arange(4, dtype=np.uint8), (8, 2))  # palette indices 0..3
+    red = np.array([0, 100, 200, 255], np.uint16) * 257
+    pal = _dicom_base(src / "palette.dcm", 8, 8, PhotometricInterpretation="PALETTE COLOR", BitsAllocated=8,
+                      BitsStored=8, HighBit=7, PixelRepresentation=0)
+    for c, lut in (("Red", red), ("Green", np.zeros(4, np.uint16)), ("Blue", np.full(4, 65535, np.uint16))):
+        setattr(pal, f"{c}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        setattr(pal, f"{c}PaletteColorLookupTableData", lut.tobytes())
+    pal.PixelData = idx.tobytes()
+    pal.save_as(str(src / "palette.dcm"), enforce_file_format=True)
+    frames = np.stack([np.full((8, 8), v, np.uint16) for v in (100, 200, 300)])
+    mf = _dicom_base(src / "multi.dcm", 8, 8, PhotometricInterpretation="MONOCHROME2", BitsAllocated=16,
+                     BitsStored=16, HighBit=15, PixelRepresentation=0, NumberOfFrames=3, WindowCenter=200,
+                     WindowWidth=400)
+    mf.PixelData = frames.tobytes()
+    mf.save_as(str(src / "multi.dcm"), enforce_file_format=True)
+    nopix = _dicom_base(src / "report.dcm", 8, 8)
+    nopix.save_as(str(src / "report.dcm"), enforce_file_format=True)
+    (src / "junk.dcm").write_bytes(b"this is not dicom at all")
+    out = tmp_path / "out"
+    assert main(["data", "pack", f"out={out}", f"src={tmp_path / 'src'}", "val_frac=0", "test_frac=0"]) == 0
+    sheet = read_datasheet(out)
+    assert sheet["skipped"] == {"dicom_no_pixels": 1, "dicom_unreadable": 1}
+    assert sheet["params"]["dicom_converted"] == {"palette_color_applied": 1, "multiframe_middle_frame": 1}
+    got = _samples(out)
+    _, rgb, _ = got["c_palette"]
+    assert rgb.shape == (8, 8, 3)
+    assert np.allclose(rgb[0, :4, 0], [0, 100 / 255, 200 / 255, 1.0], atol=1 / 255)  # red through the palette
+    assert np.allclose(rgb[..., 2], 1.0) and np.allclose(rgb[..., 1], 0.0)
+    _, mid, _ = got["c_multi"]
+    assert np.allclose(mid, 0.5, atol=1e-4)  # frame 2 of 3 (200), windowed [0, 400]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -312,16 +313,18 @@ def test_agglom_train_with_deepspeed_trains_resumes_and_exports(tiny_train_args,
     """The full pipeline under `engine.name=deepspeed` (ZeRO-2, CPU): train, resume from DeepSpeed's own
     checkpoint, export (consolidated to fp32) and load with timm."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "2"}
-    args = tiny_train_args("ds", steps=4, **{"engine.name": "deepspeed", "engine.zero_stage": 2,
+    args = tiny_train_args("ds", steps=6, **{"engine.name": "deepspeed", "engine.zero_stage": 2,
                                              "log.checkpoint_interval": 2})
     cmd = [sys.executable, "-m", "agglom", "train", *args]
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    more = [a.replace("optim.steps=4", "optim.steps=6") for a in cmd]
-    r = subprocess.run(more, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "resumed from" in r.stdout
     run = Path(dict(a.split("=", 1) for a in args)["out_dir"]) / "ds"
+    # as if killed before the step-6 checkpoint: the same command resumes from DeepSpeed's step-4 checkpoint
+    shutil.rmtree(run / "checkpoints" / "00000006")
+    (run / "checkpoints" / "latest").write_text("00000004")
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "resumed from" in r.stdout and "00000004" in r.stdout
     assert json.loads((run / "run.json").read_text())["step"] == 6
     out = tmp_path / "export"
     r = subprocess.run([sys.executable, "-m", "agglom", "export", str(run), f"out={out}"], env=env, cwd=ROOT,

@@ -151,3 +151,32 @@ def test_predictions_csv_round_trip_matches_report(tmp_path):
     rows2 = prediction_rows(keys, "test", Y2, S2, {"fixed_0.5": [0.5, 0.4]}, attrs, label_names=["d", "nd"])
     c2 = read_predictions_csv(write_predictions_csv(tmp_path / "p2.csv", rows2))
     assert np.array_equal(c2["label:nd"], 1 - y) and c2["threshold:fixed_0.5:nd"][0] == 0.4
+
+
+def test_predictions_csv_carries_the_optimistic_threshold_when_asked(tmp_path):
+    """eval.optimistic_f1=true: the best-F1 threshold of the test split is a column, so FairMedFM-style numbers can
+    be recomputed from predictions.csv alone."""
+    from omegaconf import OmegaConf
+
+    from agglom.config.schema import EvalConfig
+    from agglom.eval.extract import SplitFeatures
+    from agglom.eval.protocol import probe_model
+    from agglom.eval.thresholds import OPTIMISTIC_THRESHOLD
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 4)) + y[:, None]
+        return SplitFeatures(x, y, [f"k{i}" for i in range(n)], [{"site": "AB"[i % 2]} for i in range(n)])
+
+    splits = {"train": split(80), "val": split(40), "test": split(40)}
+    ev = OmegaConf.structured(EvalConfig(optimistic_f1=True, bootstrap=0, label_fractions=[]))
+    res = probe_model("m", "student", splits, ev, ["site"])
+    t = res["section"]["attributes"]["site"]["thresholds"][OPTIMISTIC_THRESHOLD]["threshold"]
+    col = f"threshold:{OPTIMISTIC_THRESHOLD}"
+    assert all(r[col] == pytest.approx(t) for r in res["rows"])
+    path = write_predictions_csv(tmp_path / "p.csv", res["rows"])
+    assert np.allclose(read_predictions_csv(path)[col], t)
+    ev.optimistic_f1 = False
+    assert col not in probe_model("m", "student", splits, ev, ["site"])["rows"][0]

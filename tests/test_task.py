@@ -53,3 +53,22 @@ def test_erm_scopes_agree_without_teacher_drop():
     a = _task("teacher", "erm")(BATCH)["loss"]
     b = _task("sample", "erm")(BATCH)["loss"]
     torch.testing.assert_close(a, b)
+
+
+def test_metric_names_use_the_card_name_of_a_teacher_given_by_path():
+    from agglom.task import metric_names
+
+    assert metric_names(["tiny-clip", "runs/demo/teachers/ft-general", "cards/my-card.yaml"]) == \
+        ["tiny-clip", "ft-general", "my-card"]
+    assert metric_names(["a/ft", "b/ft"]) == ["a/ft", "b/ft"]  # two would collide: the full names stay
+
+
+def test_a_teacher_run_on_chunks_gives_the_same_targets():
+    """teachers[].batch_size runs a big teacher on a few images at a time (memory), with the same outputs."""
+    task = _task("teacher", "erm")
+    whole = task.raw_targets(BATCH, BATCH["image"])
+    task.chunk = {"tiny-clip": 3, "tiny-sam": 1}
+    chunked = task.raw_targets(BATCH, BATCH["image"])
+    for name in whole:
+        for k in ("summary", "spatial"):
+            assert torch.allclose(whole[name][k], chunked[name][k], atol=1e-5), (name, k)

@@ -91,24 +91,24 @@ def test_kill_9_then_rerun_matches_uninterrupted(tiny_train_args):
 def test_interrupted_checkpoint_write_keeps_previous(tiny_train_args, monkeypatch):
     from agglom.engine.torch_engine import TorchEngine
 
-    args = tiny_train_args("crash", steps=8)
-    assert main(["train", *args]) == 0
-    run = run_dir_of(args)
-    assert (run / "checkpoints" / "latest").read_text() == "00000008"
+    real_save = TorchEngine.save
 
-    def dying_save(self, directory):
+    def dying_save(self, directory):  # killed while writing the step-12 checkpoint; 4 and 8 are written normally
+        if Path(directory).name != ".tmp-00000012":
+            return real_save(self, directory)
         (Path(directory) / "model.safetensors").write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt("killed while writing")
 
     monkeypatch.setattr(TorchEngine, "save", dying_save)
-    more = tiny_train_args("crash", steps=12)
+    args = tiny_train_args("crash", steps=12)
+    run = run_dir_of(args)
     with pytest.raises(KeyboardInterrupt):
-        main(["train", *more])
+        main(["train", *args])
     assert (run / "checkpoints" / "latest").read_text() == "00000008"
     assert list((run / "checkpoints").glob(".tmp-*"))  # the torn write is left aside, not in place
     load_file(str(run / "checkpoints" / "00000008" / "model.safetensors"))  # previous one still loads
     monkeypatch.undo()
-    assert main(["train", *more]) == 0  # resumes from 8, cleans the torn folder
+    assert main(["train", *args]) == 0  # resumes from 8, cleans the torn folder
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert (run / "checkpoints" / "latest").read_text() == "00000012"
 
@@ -137,9 +137,9 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tiny_train_args, 
 
 @pytest.mark.parametrize("bad,expect", [
     ("teachers=[{name: no-such-teacher}]", "tiny-clip, tiny-dinov2, tiny-sam"),
-    ("heads.summary=nope", "known heads"),
+    ("heads.summary=nope", "heads.summary='nope': choose one of attn, mlp, resmlp"),
     ("optim.lrr=1", "closest valid keys: optim.lr"),
-    ("objective.group=nope", "nope"),
+    ("objective.group=nope", "objective.group='nope': choose one of balanced, erm, excess, gap, groupdro"),
 ])
 def test_bad_recipe_input_fails_clearly(tiny_train_args, capsys, bad, expect):
     args = [a for a in tiny_train_args("bad") if not a.startswith(bad.split("=")[0] + "=")] + [bad]

@@ -20,6 +20,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "data synth": ("agglom.commands.data", "synth"),
     "data pack": ("agglom.commands.data", "pack"),
     "data info": ("agglom.commands.data", "info"),
+    "data join": ("agglom.commands.data", "join"),
     "teachers list": ("agglom.commands.teachers", "list_cmd"),
     "teachers show": ("agglom.commands.teachers", "show"),
     "teachers check": ("agglom.commands.teachers", "check"),

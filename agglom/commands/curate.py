@@ -145,7 +145,7 @@ def _true_attrs(emb: Any, wanted: List[str], proxy_attr: str) -> Dict[str, List[
             out[f"{n} (quintiles)"] = _quantile_bins(vals)
         else:
             out[n] = vals
-    if not wanted or "label" in wanted:
+    if (not wanted or "label" in wanted) and any(v != -1 for v in emb.labels):  # -1: read label-free
         out["label"] = [str(v) for v in emb.labels]
     return out
 
@@ -288,12 +288,22 @@ def run_curate(a: Any) -> Dict[str, Any]:
     a.progress = progress_mode(a.progress)
     if a.progress not in ("auto", "on", "off"):
         raise ConfigError(f"progress must be auto|on|off, got {a.progress!r}")
-    root = Path(a.root)
+    from agglom.data.shards import data_home, shard_pattern
+
+    probe = _loader_cfg(a)
+    root = data_home(probe)  # data.root, or with shards= the folder the shards belong to (never a stray root)
     sheet_path = root / "dataset.json"
     datasheet = json.loads(sheet_path.read_text()) if sheet_path.is_file() else {}
     if not datasheet and not a.shards:
-        raise ConfigError(f"root: no dataset.json under {root} (write one with `agglom data synth|pack`)")
+        raise ConfigError(f"root: no dataset.json under {root} (write one with `agglom data synth|pack`, or give "
+                          "shards= for web-style shards without one)")
     splits = list(a.splits)
+    if a.shards and "{split}" not in a.shards:  # one pattern, one split: what it names is the training split
+        splits = [probe.data.train_split]
+        print(f"agglom curate: shards={a.shards} has no {{split}}: curating it as split {splits[0]!r}", flush=True)
+    if a.method == "per_class" and not (datasheet.get("label") or {}):
+        raise ConfigError("method=per_class clusters within each class, so it needs labels, and this dataset "
+                          "declares none; use method=kmeans or method=hierarchical")
     if datasheet.get("splits"):
         present = [s for s in splits if s in datasheet["splits"] and datasheet["splits"][s].get("samples", 0) > 0]
         if not present:
@@ -318,7 +328,8 @@ def run_curate(a: Any) -> Dict[str, Any]:
     emb = embed_splits(cfg, splits, enc, device, progress=a.progress, totals=totals)
     t_embed = time.perf_counter() - t0
     if len(emb) == 0:
-        raise ConfigError(f"no samples found under {root} in splits {splits}")
+        where = shard_pattern(probe, splits[0]) or f"{root}/<split>/*.tar"
+        raise ConfigError(f"no usable samples in {where} (splits {splits})")
 
     # near-duplicates: drop all but the first of each set from clustering
     t1 = time.perf_counter()

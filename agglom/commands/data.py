@@ -43,6 +43,22 @@ class PackConfig:
     source: str = ""
     licence: str = "unknown"
     force: bool = False
+    attrs_csv: Optional[str] = None  # an attribute table joined onto the images (e.g. a folder pack's demographics)
+    attrs_on: str = "file"  # its column matched against each image's path (relative to src), name or stem
+
+
+@dataclass
+class JoinConfig:
+    """`agglom data join`: an attribute CSV -> a sidecar for existing shards (no shard is rewritten)."""
+
+    root: str = "data/synth"  # the dataset folder (or give shards=)
+    shards: Optional[str] = None  # a brace pattern / glob instead of root/<split>/*.tar
+    csv: str = ""  # the attribute table
+    on: str = "key"  # its column holding the sample key, or the source file's path, name or stem
+    match: str = "auto"  # auto (key, then path, name, stem) | key | path | name | stem
+    attr_cols: List[str] = field(default_factory=list)  # default: every other column
+    splits: List[str] = field(default_factory=lambda: ["train", "val", "test"])
+    out: Optional[str] = None  # default <dataset folder>/<csv stem>_attrs.json
 
 
 @dataclass
@@ -80,6 +96,38 @@ def _run_pack(cfg: Any) -> int:
     return 0
 
 
+def _run_join(cfg: Any) -> int:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from agglom.config.schema import Recipe
+    from agglom.data.join import join, read_table, shard_sources, write_attr_sidecar
+    from agglom.data.shards import data_home, shard_pattern
+
+    if not cfg.csv:
+        raise ConfigError("give csv=FILE (the attribute table) and on=COLUMN (what it is keyed by)")
+    rcfg = OmegaConf.structured(Recipe)
+    rcfg.data.root, rcfg.data.shards = cfg.root, cfg.shards
+    splits = [s for s in cfg.splits if shard_pattern(rcfg, s) or (Path(cfg.root) / s).is_dir()]
+    if cfg.shards and "{split}" not in cfg.shards:
+        splits = [rcfg.data.train_split]
+    if not splits:
+        raise ConfigError(f"no split folders {list(cfg.splits)} under {cfg.root} (or give shards=)")
+    table = read_table(Path(cfg.csv), cfg.on, list(cfg.attr_cols))
+    values, report = join(shard_sources(rcfg, splits), table, cfg.match)
+    if not values:
+        raise ConfigError(f"no sample matched a row of {cfg.csv} on {cfg.on!r} (match={cfg.match}); e.g. samples "
+                          f"{report['examples']['samples_without_row']}, rows {report['examples']['rows_without_sample']}")
+    out = Path(cfg.out) if cfg.out else data_home(rcfg) / f"{Path(cfg.csv).stem}_attrs.json"
+    write_attr_sidecar(out, values, {"csv": str(Path(cfg.csv).resolve()), "on": cfg.on, "match": cfg.match,
+                                     "splits": splits, **report})
+    print(f"agglom data join: {report['matched']} samples matched, {report['samples_without_row']} without a row, "
+          f"{report['rows_without_sample']} rows without a sample -> {out}\n"
+          f"  use it with data.sidecars=[{out}] (and groups.by=<attribute>)")
+    return 0
+
+
 def _run_info(cfg: Any) -> int:
     from agglom.data.writer import read_datasheet, summary_table
 
@@ -95,3 +143,5 @@ synth = Command(schema=SynthConfig, run=_run_synth, positional="out",
 pack = Command(schema=PackConfig, run=_run_pack, positional="out",
                help="pack an image folder or a CSV (+ DICOM) into WebDataset shards with a datasheet")
 info = Command(schema=InfoConfig, run=_run_info, positional="root", help="print a dataset's datasheet summary")
+join = Command(schema=JoinConfig, run=_run_join, positional="root",
+               help="join an attribute CSV (keyed by sample key or file name) onto existing shards as a sidecar")

@@ -141,7 +141,8 @@ def run_check(cfg: Any) -> int:
           f"{teacher.grid[1]}, patch {teacher.patch_size[0]}x{teacher.patch_size[1]}")
     print(f"dtype         compute {str(teacher.dtype).replace('torch.', '')}, outputs "
           f"{str(out.summary.dtype).replace('torch.', '')}")
-    print(f"speed         {rate:.1f} samples/s (batch {cfg.batch_size})")
+    print(f"speed         {rate:.3g} samples/s (batch {cfg.batch_size}; "
+          f"{1 / rate if rate > 0 else float('inf'):.3g} s per sample)")
     checks = {
         "shapes match the contract": shapes_ok,
         "outputs finite": finite,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Type, get_type_hints
@@ -16,6 +17,36 @@ class ConfigError(ValueError):
     """A recipe problem a user must fix; the CLI prints it on one line and exits with 2."""
 
     exit_code = 2
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML for recipes and overrides: booleans are only true/false (YAML 1.2), so `log.progress=off` or
+    `name=no` stay words instead of becoming False; floats such as 1e-3 parse as numbers (as in omegaconf)."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+     [-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
+    |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def parse_value(text: str) -> Any:
+    """One override's value as YAML (a number, a list, a mapping, null, true/false or a word)."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
+def _override(item: str) -> DictConfig:
+    key, value = item.split("=", 1)
+    conf = OmegaConf.create()
+    OmegaConf.update(conf, key, parse_value(value), force_add=True)
+    return conf
 
 
 def split_args(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
@@ -91,7 +122,8 @@ def _open_free_dicts(node: Any) -> None:
 
 
 def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[str] = None) -> DictConfig:
-    """Build the resolved config for `schema` from an optional recipe file and key=value overrides."""
+    """Build the resolved config for `schema` from an optional recipe file and key=value overrides, then check
+    every value (:func:`agglom.config.validate.validate`): a bad key, type or value raises :class:`ConfigError`."""
     path, dotlist = split_args(argv)
     path = path or recipe
     cfg = OmegaConf.structured(schema)
@@ -101,7 +133,7 @@ def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[st
         if not Path(path).is_file():
             raise ConfigError(f"recipe file not found: {path}")
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = yaml.load(Path(path).read_text(), Loader=RecipeLoader) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from e
         if not isinstance(loaded, dict):
@@ -112,14 +144,18 @@ def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[st
             raise _explain(e, schema, f"recipe {path}") from e
     for item in dotlist:
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = OmegaConf.merge(cfg, _override(item))
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"override {item!r}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from e
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         raise _explain(e, schema, "config") from e
-    return cfg
+    from agglom.config.validate import validate
+
+    return validate(cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -154,6 +190,11 @@ def describe(schema: Type[Any]) -> str:
                 notes[f"{prefix}{f.name}"] = _help_of(f)
 
     collect(schema, "")
+    from agglom.config.validate import RULES
+
+    for key, rule in RULES.items():  # choice-valued keys list their choices (from the registries)
+        if rule.options is not None and key not in notes:
+            notes[key] = "one of " + " | ".join(rule.options())
     lines: List[str] = []
 
     def walk(node: Any, prefix: str) -> None:

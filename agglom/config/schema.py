@@ -28,11 +28,13 @@ class DataConfig:
     """Where samples come from and how batches are made (schema: ARCHITECTURE.md)."""
 
     root: str = "data/synth"  # folder written by `agglom data pack|synth` (holds dataset.json)
-    shards: Optional[str] = None  # explicit brace pattern; overrides root/<split>/*.tar
+    shards: Optional[str] = None  # explicit brace pattern (globs allowed); overrides root/<split>/*.tar
+    allow_missing_shards: bool = False  # go on when files of data.shards are missing (each counted missing_shard)
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
     image_size: int = 64
+    min_image_side: int = 4  # an image with a side under this many pixels is skipped (too_small), not upscaled
     grayscale: str = "replicate"  # replicate (to 3 channels) | keep (1 channel)
     interpolation: str = "bicubic"  # resize/crop interpolation: bicubic | bilinear
     batch_size: int = 32
@@ -74,6 +76,7 @@ class TeacherEntry:
     summary: bool = True
     spatial: bool = True
     cache: Optional[str] = None  # feature-cache folder (agglom cache); None = run online
+    batch_size: int = 0  # run the teacher on chunks of this many images (memory: SAM at 1024 px); 0 = whole batch
 
 
 @dataclass

@@ -7,7 +7,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "npy")
+from agglom.config.choices import GRAYSCALE
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "npy", "webp", "bmp", "tif", "tiff", "gif")  # what a sample's image may be
+_PIL_EXTS = ("webp", "bmp", "tif", "tiff", "gif")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,11 +33,11 @@ def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {e}") from e
+    mode = img.mode
     if fmt == "png":
         depth = png_bit_depth(data)
     else:
-        depth = 8
-    mode = img.mode
+        depth = 16 if mode.startswith("I;16") else 8
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
         arr = np.asarray(img).astype(np.float32)
         scale = float(2 ** depth - 1) if depth in (8, 16) else float(max(arr.max(), 1.0))
@@ -75,8 +78,8 @@ def _npy_to_array(data: bytes) -> np.ndarray:
 
 def to_channels(arr: np.ndarray, grayscale: str = "replicate") -> torch.Tensor:
     """HW or HWC array -> float32 tensor [C,H,W]; 'replicate' gives 3 channels, 'keep' gives 1."""
-    if grayscale not in ("replicate", "keep"):
-        raise ValueError(f"grayscale must be 'replicate' or 'keep', got {grayscale!r}")
+    if grayscale not in GRAYSCALE:
+        raise ValueError(f"grayscale must be one of {', '.join(GRAYSCALE)}, got {grayscale!r}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[-1] == 4:  # drop alpha
@@ -103,6 +106,8 @@ def decode_array(data: bytes, ext: str) -> np.ndarray:
         return _pil_to_array(bytes(data), "jpg")
     if ext == "npy":
         return _npy_to_array(bytes(data))
+    if ext in _PIL_EXTS:
+        return _pil_to_array(bytes(data), ext)
     raise DecodeError(f"unsupported image extension {ext!r} (expected one of {IMAGE_EXTS})")
 
 

@@ -11,6 +11,8 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 UNKNOWN = "unknown"
+NO_GROUPS = "none"  # groups.by=none: every sample in one group
+ALL = "all"
 
 
 def _get(node: Any, key: str, default: Any = None) -> Any:
@@ -64,6 +66,13 @@ class _Spec:
     def index(self, attrs: Mapping[str, Any]) -> int:
         v = self.value(attrs)
         return self._pos.get(v, len(self.values)) if v is not None else len(self.values)
+
+
+class _AllSpec(_Spec):
+    """``groups.by=none``: one group, ``all`` (label-free distillation on data without attributes)."""
+
+    def value(self, attrs: Mapping[str, Any]) -> Optional[str]:
+        return ALL
 
 
 class _AttrSpec(_Spec):
@@ -158,8 +167,10 @@ class GroupIndexer:
         if name in _stack:
             raise ValueError(f"group spec {name!r} refers to itself")
         decl = self._decl.get(name)
-        if decl is None:
-            spec: _Spec = _AttrSpec(name, name, self._values_for(name, None))
+        if decl is None and name == NO_GROUPS:
+            spec: _Spec = _AllSpec(name, [ALL])
+        elif decl is None:
+            spec = _AttrSpec(name, name, self._values_for(name, None))
         else:
             attr = _get(decl, "attr")
             attrs = list(_get(decl, "attrs") or [])
@@ -193,7 +204,7 @@ class GroupIndexer:
             also = (f"; did you mean {', '.join(close)}?" if close else "") + \
                 (f" (attributes and specs: {', '.join(known)})" if known else "")
             raise ValueError(f"{what}: no known values for attribute {attr!r} (not in dataset.json attributes, "
-                             f"or numeric with many values); {hint}{also}")
+                             f"or numeric with many values); {hint}{also}; groups.by=none trains without groups")
         return values
 
     # ---------------------------------------------------------------- lookups

@@ -1,8 +1,9 @@
 """`agglom data pack`: an image folder (class subfolders -> label) or a CSV (+ DICOM) -> WebDataset shards.
 
-Images already in png/jpg/npy are stored as they are (after a decode check); DICOM files become 16-bit
-grayscale PNGs (RescaleSlope/Intercept applied, then the WindowCenter/Width window if present, else the
-min/max range; MONOCHROME1 inverted); other formats PIL reads become PNGs. Unreadable files are skipped,
+Images already in png/jpg/npy are stored as they are (after a decode check); DICOM files become PNGs
+(:mod:`agglom.data.dicom`: 16-bit grayscale with rescale and window, palette colour applied, the middle frame
+of a multi-frame file — each conversion counted in the datasheet's ``params.dicom_converted``); other formats
+PIL reads become PNGs. Unreadable files are skipped,
 counted by reason and reported in the datasheet (``skipped``). Splits are stratified over label x the
 ``stratify`` attributes, seeded, unless a ``split_col`` gives them.
 """
@@ -42,51 +43,21 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def dicom_to_png16(path: Path) -> bytes:
-    """A DICOM file -> 16-bit grayscale PNG bytes (rescale, window or min/max, MONOCHROME1 inverted)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), force=True)
-        arr = np.asarray(ds.pixel_array, dtype=np.float64)
-    except Exception as e:  # pydicom raises many types for bad files
-        raise SkipImage("bad_dicom", f"{path}: cannot read DICOM pixel data: {e}") from e
-    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if spp == 1 and arr.ndim == 3:  # multi-frame: the middle frame
-        arr = arr[arr.shape[0] // 2]
-    if spp != 1 or arr.ndim != 2:
-        raise SkipImage("bad_dicom", f"{path}: only single-channel 2D DICOM images are supported "
-                                     f"(SamplesPerPixel={spp}, shape={arr.shape})")
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    arr = arr * slope + intercept
-
-    def first(v: Any) -> Optional[float]:
-        if v is None:
-            return None
-        try:
-            return float(v[0]) if hasattr(v, "__len__") and not isinstance(v, (str, bytes)) else float(v)
-        except (TypeError, ValueError, IndexError):
-            return None
-
-    wc, ww = first(getattr(ds, "WindowCenter", None)), first(getattr(ds, "WindowWidth", None))
-    if wc is not None and ww is not None and ww > 0:
-        lo, hi = wc - ww / 2.0, wc + ww / 2.0
-    else:
-        lo, hi = float(arr.min()), float(arr.max())
-    scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return _png_bytes(np.round(scaled * 65535.0).astype(np.uint16))
-
-
-def load_image(path: Path) -> Tuple[bytes, str]:
-    """Source file -> (bytes, ext) ready for a shard; raises SkipImage with a reason."""
+def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]:
+    """Source file -> (bytes, ext) ready for a shard; raises SkipImage with a reason. DICOM conversions (a palette
+    applied, the middle frame of several) are counted in ``notes``."""
     if not path.is_file():
         raise SkipImage("missing_file", f"{path}: no such file")
     suf = path.suffix.lower()
     if suf in (".dcm", ".dicom") or (suf == "" and _is_dicom(path)):
-        data = dicom_to_png16(path)
+        from agglom.data.dicom import DicomSkip, dicom_to_png
+
+        try:
+            data, done = dicom_to_png(path)
+        except DicomSkip as e:
+            raise SkipImage(e.reason, str(e)) from e
+        if notes is not None:
+            notes.update(done)
         return data, "png"
     data = path.read_bytes()
     if suf in (".png", ".jpg", ".jpeg", ".npy"):
@@ -250,6 +221,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
         raise ConfigError("out=DIR is required")
     skipped: Counter = Counter()
     converted: Counter = Counter()
+    dicom_notes: Counter = Counter()
     names: Optional[List[str]]
     if cfg.src:
         src = Path(cfg.src)
@@ -269,6 +241,17 @@ def pack(cfg: Any) -> Dict[str, Any]:
     if not recs:
         raise ConfigError("no samples found in the source")
     keys = _unique([r.get("key") or make_key(r["rel"]) for r in recs], [r["rel"] for r in recs])
+    join_report = None
+    if cfg.get("attrs_csv"):  # an attribute table joined on file path, name or stem (or the key)
+        from agglom.data.join import join, read_table
+
+        table = read_table(Path(cfg.attrs_csv), cfg.attrs_on)
+        joined, join_report = join(zip(keys, [r["rel"] for r in recs]), table)
+        for key, r in zip(keys, recs):
+            r["attrs"].update(joined.get(key, {}))
+        print(f"agglom data pack: attributes from {cfg.attrs_csv} joined on {cfg.attrs_on!r}: "
+              f"{join_report['matched']} images matched, {join_report['samples_without_row']} without a row, "
+              f"{join_report['rows_without_sample']} rows without an image", flush=True)
     if cfg.split_col:
         assign = {k: r["split"] for k, r in zip(keys, recs)}
     else:
@@ -283,7 +266,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
     with DatasetWriter(root, shard_size=cfg.shard_size, prepare=False) as w:
         for key, r in zip(keys, recs):
             try:
-                data, ext = load_image(r["path"])
+                data, ext = load_image(r["path"], dicom_notes)
             except SkipImage as e:
                 skipped[e.reason] += 1
                 log.warning("pack: %s; skipped", e)
@@ -297,9 +280,11 @@ def pack(cfg: Any) -> Dict[str, Any]:
                         params={"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
                                 "stratify": list(cfg.stratify), "split_col": cfg.split_col,
                                 "shard_size": cfg.shard_size, "uncertain": cfg.uncertain, "blank": cfg.blank,
-                                "labels_converted": dict(converted)},
+                                "labels_converted": dict(converted), "dicom_converted": dict(dicom_notes),
+                                **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
+                                   if join_report else {})},
                         label=label, skipped=dict(skipped))
     return sheet
 
 
-__all__ = ["pack", "dicom_to_png16", "load_image", "SkipImage", "make_key", "records_from_folder", "records_from_csv"]
+__all__ = ["pack", "load_image", "SkipImage", "make_key", "records_from_folder", "records_from_csv"]

@@ -16,8 +16,6 @@ import json
 import math
 from typing import Any, List, Mapping, Optional
 
-import webdataset as wds
-
 from agglom.data.groups import GroupIndexer, _AttrSpec
 
 __all__ = ["group_counts", "acceptance"]
@@ -34,12 +32,12 @@ def group_counts(cfg: Any, indexer: GroupIndexer, split: str, datasheet: Optiona
         if counts is not None and total is not None:
             out = [int(counts.get(v, 0)) for v in spec.values]
             return out + [int(total) - sum(out)]
-    from agglom.data.readers import _Counter, shard_urls  # deferred: readers imports this module
+    from agglom.data.counts import SkipCounts
+    from agglom.data.shards import read_shard, shard_urls
 
     out = [0] * indexer.num_groups
-    counter = _Counter()
-    for sample in wds.tarfile_samples([dict(url=u) for u in shard_urls(cfg, split)], handler=counter.handler,
-                                      select_files=lambda f: f.endswith(".json")):
+    counts = SkipCounts()  # the training stream itself counts what is skipped; here only groups are tallied
+    for sample in (s for u in shard_urls(cfg, split) for s in read_shard(u, counts, lambda f: f.endswith(".json"))):
         try:
             meta = json.loads(sample["json"])
             attrs = dict(meta.get("attrs") or {})

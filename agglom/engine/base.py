@@ -52,6 +52,14 @@ class Engine:
             return float(t.item())
         return value
 
+    def gather_objects(self, obj: Any) -> list:
+        """``obj`` of every rank (picklable, small: e.g. skip counts), in rank order; ``[obj]`` without DDP."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            out: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(out, obj)
+            return out
+        return [obj]
+
     def autocast(self):
         """bf16 autocast on GPU (unless fp32 asked), nothing on CPU where bf16 is slower (ENVIRONMENT.md)."""
         prec = self.cfg.engine.precision

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -13,11 +12,15 @@ from agglom.engine.base import Engine, pick_device, share_cpu_threads
 
 
 def state_to_safetensors(module: nn.Module, path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
+    from agglom.train.files import save_tensors
+
+    save_tensors(module.state_dict(), path)
 
 
 def load_safetensors_into(module: nn.Module, path: Path) -> None:
-    module.load_state_dict(load_file(str(path)), strict=True)
+    from teachers.safe_load import load_safetensors
+
+    module.load_state_dict(load_safetensors(path), strict=True)
 
 
 class TorchEngine(Engine):
@@ -86,14 +89,17 @@ class TorchEngine(Engine):
             return
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        from agglom.train.files import torch_save
+
         state_to_safetensors(self.unwrap(), directory / "model.safetensors")
-        torch.save(self.optimizer.state_dict(), directory / "optim.pt")
+        torch_save(self.optimizer.state_dict(), directory / "optim.pt")
 
     def load(self, directory: Path) -> None:
         directory = Path(directory)
+        from teachers.safe_load import safe_torch_load
+
         load_safetensors_into(self.unwrap(), directory / "model.safetensors")
-        state = torch.load(directory / "optim.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(state)
+        self.optimizer.load_state_dict(safe_torch_load(directory / "optim.pt"))
 
     def unwrap(self) -> nn.Module:
         assert self.model is not None

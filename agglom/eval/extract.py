@@ -20,6 +20,16 @@ class SplitFeatures:
     labels: np.ndarray  # [N] or [N, L]
     keys: List[str]
     attrs: List[Dict[str, Any]]
+    data: Optional[Dict[str, Any]] = None  # what the reader read, skipped and noted (see data_summary)
+
+
+def data_summary(loader: Any) -> Optional[Dict[str, Any]]:
+    """``{"samples": read, "expected": from the datasheet or None, "skipped": {reason: n}, "noted": {...},
+    "examples": {...}}`` of an eval loader's last pass (None for a reader that keeps no counts)."""
+    stats = getattr(loader, "stats", None)
+    if stats is None or not hasattr(stats, "summary"):
+        return None
+    return {"samples": int(loader.samples), "expected": getattr(loader, "expected_samples", None), **stats.summary()}
 
 
 Encoder = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]  # (images, sample keys) -> features
@@ -78,9 +88,14 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
     if bar is not None:
         bar.close()
     if not labels:
-        raise RuntimeError(f"{desc}: the split is empty")
+        from agglom.config.load import ConfigError
+
+        summary = data_summary(loader)
+        raise ConfigError(f"{desc}: no usable sample in the split"
+                          + (f" (skipped: {loader.stats.describe()})" if summary else ""))
     y = np.concatenate(labels)
-    return {n: SplitFeatures(np.concatenate(f), y, keys, attrs) for n, f in feats.items()}
+    data = data_summary(loader)
+    return {n: SplitFeatures(np.concatenate(f), y, keys, attrs, data) for n, f in feats.items()}
 
 
 def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "features",

@@ -26,6 +26,21 @@ def binary_labels(y: np.ndarray) -> np.ndarray:
     return (y[:, None] == classes[None, :]).astype(int)
 
 
+def _optimistic_threshold(attributes: Dict[str, Any], label_names: Optional[List[str]]) -> Dict[str, Any]:
+    """``{OPTIMISTIC_THRESHOLD: t or [t per label]}`` from the first attribute's result (the threshold is chosen on
+    the whole test split, so every attribute holds the same one)."""
+    from agglom.eval.metrics import OPTIMISTIC_THRESHOLD
+
+    r = next(iter(attributes.values()), None)
+    if r is None:
+        return {}
+    if "labels" in r:
+        per = [lab["thresholds"].get(OPTIMISTIC_THRESHOLD, {}).get("threshold") for lab in r["labels"].values()]
+        return {OPTIMISTIC_THRESHOLD: per} if all(t is not None for t in per) else {}
+    t = r["thresholds"].get(OPTIMISTIC_THRESHOLD, {}).get("threshold")
+    return {} if t is None else {OPTIMISTIC_THRESHOLD: t}
+
+
 def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any, attr_names: Optional[List[str]],
                 seed: int = 0, indexer: Any = None, specs: Sequence[str] = (),
                 exclude_unknown: bool = True, label_names: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -68,9 +83,12 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
     if le is not None:
         section["label_efficiency"] = le
     # validation rows too: model selection (sweep) compares models on validation, never on test
-    rows = prediction_rows(va.keys, "val", yva, probe.val_scores, thresholds,
+    csv_thresholds = dict(thresholds)
+    if ev.optimistic_f1:  # the best-F1 threshold of the test split (FairMedFM's), so its numbers can be recomputed
+        csv_thresholds.update(_optimistic_threshold(attributes, names))
+    rows = prediction_rows(va.keys, "val", yva, probe.val_scores, csv_thresholds,
                            {k: list(v) for k, v in val_groups.items()}, label_names=names)
-    rows += prediction_rows(te.keys, "test", yte, probe.test_scores, thresholds,
+    rows += prediction_rows(te.keys, "test", yte, probe.test_scores, csv_thresholds,
                             {k: list(v) for k, v in groups.items()}, label_names=names)
     return {"section": section, "rows": rows, "scores": probe.test_scores, "labels": yte, "groups": groups,
             "keys": list(te.keys),
@@ -150,13 +168,21 @@ def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: i
 def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fidelity: Any = None,
                    batch_size: Optional[int] = None) -> Dict[str, Dict[str, SplitFeatures]]:
     """``{encoder name: {"train"|"val"|"test": SplitFeatures}}``: one pass over each split for all encoders;
-    ``fidelity`` sees the test split."""
+    ``fidelity`` sees the test split. The probe is supervised: a split with unlabelled samples is refused."""
+    from agglom.config.load import ConfigError
+    from agglom.data.pipeline import NO_LABEL
     from agglom.eval.extract import extract_all
 
     out: Dict[str, Dict[str, SplitFeatures]] = {n: {} for n in encoders}
     for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         loader = eval_loader(cfg, split, batch_size=batch_size)
         got = extract_all(loader, encoders, device, desc=split, fidelity=fidelity if role == "test" else None)
+        labels = next(iter(got.values())).labels
+        unlabelled = int((labels == NO_LABEL).reshape(len(labels), -1).any(1).sum())
+        if unlabelled:
+            raise ConfigError(f"eval: {unlabelled} of {len(labels)} samples of the {split!r} split have no "
+                              "label; the evaluation fits a supervised probe, so it needs labelled train/val/test "
+                              "splits (distillation itself does not)")
         for n, f in got.items():
             out[n][role] = f
     return out

@@ -21,6 +21,8 @@ Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` 
       "fidelity_functional": {"<teacher>": <fidelity.functional_fidelity result>},     # optional
       "comparison": <compare.compare_predictions result>,                               # optional (reference=)
       "pareto": <pareto.front_summary result>,                                          # optional
+      "data": {"train"|"val"|"test": {"samples": n read, "expected": n listed or null,   # optional: what the
+               "skipped": {reason: n}, "noted": {reason: n}, "examples": {...}}},      # readers left out
       "meta": {...}                                                                     # optional, free-form
     }
 
@@ -150,6 +152,9 @@ def validate_report(d: Any) -> Dict[str, Any]:
     p = d.get("pareto")
     if p is not None and not (isinstance(p, Mapping) and "points" in p and "hypervolume" in p):
         problems.append("pareto: expected a front_summary dict")
+    for split, info in (d.get("data") or {}).items():
+        if not (isinstance(info, Mapping) and "samples" in info and isinstance(info.get("skipped"), Mapping)):
+            problems.append(f"data.{split}: expected {{samples, expected, skipped, noted}}")
     if problems:
         raise ReportError(problems)
     return dict(d)
@@ -230,6 +235,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "score is 1 − this). ECE range10 = 10 equal-width bins over the observed score range (FairMedFM/MEDFAIR).",
         "",
     ]
+    L += data_markdown(report.get("data"))
     models = report.get("models", {})
     order = [report.get("primary")] + [m for m in models if m != report.get("primary")]
     for name in [m for m in order if m in models]:
@@ -295,6 +301,28 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         L += _table(["candidate", p.get("utility_name", "utility"), p.get("gap_name", "gap"), "worst group",
                      "Pareto"], rows)  # fmt: skip
     return "\n".join(L).rstrip() + "\n"
+
+
+def data_markdown(data: Optional[Mapping[str, Any]]) -> List[str]:
+    """What the readers read per split; a split read short of its datasheet, or with skips, is said in bold."""
+    if not data:
+        return []
+    rows, short = [], []
+    for split, info in data.items():
+        skipped = info.get("skipped") or {}
+        exp = info.get("expected")
+        rows.append([split, str(info.get("samples")), "–" if exp is None else str(exp),
+                     ", ".join(f"{k} {v}" for k, v in skipped.items()) or "none",
+                     ", ".join(f"{k} {v}" for k, v in (info.get("noted") or {}).items()) or "none"])
+        if skipped or (exp is not None and info.get("samples", 0) < exp):
+            short.append(f"{split} read {info.get('samples')}" + (f" of {exp}" if exp is not None else "")
+                         + " samples")
+    out = ["## Data read", ""]
+    if short:
+        out += [f"**Not every sample was used: {'; '.join(short)}. The numbers below hold for the samples read.**",
+                ""]
+    return out + _table(["split", "samples read", "listed in the datasheet", "skipped (distinct samples/shards)",
+                         "noted (used)"], rows)
 
 
 def _group_mean_tables(section: Mapping[str, Mapping[str, Any]]) -> List[str]:

@@ -4,32 +4,14 @@ report. The command module only parses arguments and calls :func:`run_evaluation
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from omegaconf import OmegaConf
 
+from agglom.commands.evaluate import EvalArgs  # the command's schema (kept there: importing it needs no torch)
 from agglom.config.load import ConfigError
-from agglom.config.schema import EvalConfig
-
-
-@dataclass
-class EvalArgs:
-    run: Optional[str] = None  # a run dir or an export folder
-    teacher: Optional[str] = None  # a teacher card name: the audit baseline on its own
-    audit: bool = False  # with run=: also evaluate each of the run's teachers with the same protocol
-    reference: Optional[str] = None  # a run/eval dir evaluated on the same test split: paired per-group deltas
-    data_root: Optional[str] = None  # another dataset (default: the run's)
-    sidecars: List[str] = field(default_factory=list)  # proxy-group sidecars to evaluate as attributes
-    image_size: Optional[int] = None
-    batch_size: int = 128
-    num_workers: int = 2
-    device: Optional[str] = None
-    out: Optional[str] = None  # default <run>/eval, or runs/audit-<teacher>/eval
-    seed: int = 0
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _load_primary(args: Any, device: torch.device) -> tuple:
@@ -84,7 +66,7 @@ def _teachers(names: List[str], cfg: Any, mean: List[float], std: List[float], d
 def run_evaluation(args: Any) -> Dict[str, Any]:
     """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
     plots; returns the report."""
-    from agglom.data.writer import read_datasheet
+    from agglom.data.shards import dataset_datasheet
     from agglom.dist import dist_info
     from agglom.engine.base import pick_device
     from agglom.eval.extract import student_encoder, teacher_encoder
@@ -128,7 +110,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     except ValueError:  # another dataset without the run's attributes: evaluate plain attributes only
         indexer, specs = None, []
     exclude_unknown = cfg.groups.unknown != "include"
-    label_names = ((read_datasheet(cfg.data.root) or {}).get("label") or {}).get("names")
+    label_names = ((dataset_datasheet(cfg) or {}).get("label") or {}).get("names")
     attr_names = list(args.eval.attributes) or None
     results = {}
     with torch.no_grad():
@@ -143,6 +125,8 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     if args.reference and model is not None:
         extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
                                                    args.seed, exclude_unknown)
+    primary_splits = splits_of.get(primary) or next(iter(splits_of.values()))
+    extra["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
     out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
                                            Path("runs") / f"audit-{args.teacher}" / "eval")
     return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),

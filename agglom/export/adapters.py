@@ -12,11 +12,12 @@ from typing import Any, Dict
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
+from teachers.safe_load import load_safetensors
 
 ADAPTER_SCHEMA = "agglom.adapters/1"
 
@@ -72,7 +73,7 @@ def load_adapter_pack(export_dir: Path, student: nn.Module = None) -> AdapterPac
     specs = [TeacherSpec.from_dict(d) for d in meta["teachers"]]
     model = AgglomModel(cfg, specs, in_chans=student.patch_embed.proj.in_channels, student=student)
     model.summary_token_index = {k: int(v) for k, v in meta["summary_token_index"].items()}
-    missing, unexpected = model.load_state_dict(load_file(str(export_dir / "adapters.safetensors")), strict=False)
+    missing, unexpected = model.load_state_dict(load_safetensors(export_dir / "adapters.safetensors"), strict=False)
     missing = [k for k in missing if not k.startswith("student.")]
     if missing or unexpected:
         raise ValueError(f"adapter pack mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -114,6 +114,21 @@ def _comparison_rows(report: Mapping[str, Any]) -> List[str]:
     return rows
 
 
+def _read_rows(summary: Dict[str, Any], report: Dict[str, Any]) -> List[str]:
+    """What training and evaluation left out of the data (run.json, eval/report.json), so the card says it."""
+    skipped, noted = summary.get("skipped") or {}, summary.get("noted") or {}
+    rows = ["Samples left out while training (distinct samples or shards): "
+            + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none")
+            + ("; used but changed: " + ", ".join(f"{k} {v}" for k, v in noted.items()) if noted else "") + "."]
+    for split, info in (report.get("data") or {}).items():
+        sk = info.get("skipped") or {}
+        exp = info.get("expected")
+        rows.append(f"Evaluation `{split}` split: {info.get('samples')} samples read"
+                    + (f" of {exp} listed" if exp is not None else "")
+                    + (f"; skipped {', '.join(f'{k} {v}' for k, v in sk.items())}" if sk else "") + ".")
+    return ["", *[f"- {r}" for r in rows]]
+
+
 def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_count: int = 10) -> Path:
     summary = run_summary(run_dir)
     ds_path = Path(cfg.data.root) / "dataset.json"
@@ -138,7 +153,8 @@ def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_c
         "(`agglom.export.load_adapter_pack`).", "",
         "## Teachers", "", *_teacher_rows(model), "",
         "Teacher licences bind what you may do with this student: check each before use.", "",
-        "## Training data", "", *_data_rows(datasheet, min_group_count, cfg.data.train_split), "",
+        "## Training data", "", *_data_rows(datasheet, min_group_count, cfg.data.train_split),
+        *_read_rows(summary, report), "",
         "## Objective", "",
         f"- group objective: `{cfg.objective.group}`, "
         + (f"η = {cfg.objective.groupdro_eta}" if cfg.objective.group == "groupdro" else f"λ = {cfg.objective.lam}")

@@ -160,7 +160,7 @@ def _bar(total: int, mode: str):
 def finetune_loop(a: Any, enc: Encoder, device: torch.device, log=print) -> Dict[str, Any]:
     """Train ``enc`` + a linear head for ``a.optim.steps`` steps; returns the history and final metrics."""
     from agglom.data.readers import group_indexer, train_loader
-    from agglom.data.writer import read_datasheet
+    from agglom.data.shards import dataset_datasheet
     from agglom.objective.groups import build_group_objective
     from agglom.train.optim import param_groups, warmup_cosine
 
@@ -168,7 +168,10 @@ def finetune_loop(a: Any, enc: Encoder, device: torch.device, log=print) -> Dict
     if cfg.data.grayscale != "replicate":
         raise ConfigError("data.grayscale: finetune trains and exports a 3-channel encoder (the teacher zoo feeds "
                           "3 channels); use data.grayscale=replicate")
-    sheet = read_datasheet(cfg.data.root) or {}
+    sheet = dataset_datasheet(cfg) or {}
+    if not sheet.get("label"):
+        raise ConfigError("finetune trains a supervised head, so it needs labelled data, and this dataset's "
+                          "datasheet (dataset.json) declares no labels; pack labelled data with `agglom data pack`")
     gidx = group_indexer(cfg)  # datasheet + sidecars: the same indexer the readers use
     names = list(gidx.names)
     exclude_unknown = cfg.groups.unknown != "include"

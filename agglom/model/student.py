@@ -37,9 +37,13 @@ def build_student(student_cfg: Any, image_size: int, in_chans: int, num_summary_
     if not hasattr(model, "num_prefix_tokens") or not hasattr(model, "patch_embed"):
         raise ConfigError(f"student.model: {student_cfg.model!r} is not a ViT with prefix/patch tokens")
     if student_cfg.checkpoint:
-        from teachers.safe_load import load_state_dict_file
+        from teachers.safe_load import CheckpointFormatError, UnsafeCheckpointError, load_state_dict
 
-        missing, unexpected = model.load_state_dict(load_state_dict_file(student_cfg.checkpoint), strict=False)
+        try:
+            weights = load_state_dict(student_cfg.checkpoint)
+        except (FileNotFoundError, UnsafeCheckpointError, CheckpointFormatError) as e:
+            raise ConfigError(f"student.checkpoint: {e}") from None
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected:
             raise ConfigError(f"student.checkpoint: unexpected keys {unexpected[:5]} for {student_cfg.model}")
     model.agglom_model_args = args  # what export records in config.json

@@ -18,10 +18,13 @@ class TeacherBalance(nn.Module):
 
     def __init__(self, cfg: Any, teacher_names: List[str], weights: List[float]) -> None:
         super().__init__()
-        if cfg.teacher_balance not in ("fixed", "loss_scale"):
+        from agglom.config.choices import TEACHER_BALANCE
+
+        if cfg.teacher_balance not in TEACHER_BALANCE:
             from agglom.config.load import ConfigError
 
-            raise ConfigError(f"objective.teacher_balance must be fixed|loss_scale, got {cfg.teacher_balance!r}")
+            raise ConfigError(f"objective.teacher_balance must be one of {', '.join(TEACHER_BALANCE)}, "
+                              f"got {cfg.teacher_balance!r}")
         self.mode, self.drop, self.momentum = cfg.teacher_balance, float(cfg.teacher_drop), 0.01
         self.teacher_names = list(teacher_names)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))

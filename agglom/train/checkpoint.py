@@ -1,8 +1,10 @@
 """Atomic checkpoints: written to a temporary folder, renamed into place, then `latest` is repointed.
 
 A crash or kill at any moment leaves the previous checkpoint and `latest` usable; stale temporary folders are
-removed on the next start. Tensors go to safetensors; optimiser state goes through torch.save and is read back
-with `weights_only=True`.
+removed on the next start. A write that fails (a full disk) removes its temporary folder at once and raises a
+:class:`~agglom.errors.ReadableError` naming the file, the cause (ENOSPC) and the checkpoint still in place.
+Tensors go to safetensors; optimiser and RNG state go through torch.save and are read back through the safe
+loader (`weights_only=True`): a tampered file is refused with a message, and nothing in it runs.
 """
 from __future__ import annotations
 
@@ -15,18 +17,17 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from agglom.errors import ReadableError
+from agglom.train.files import describe_write_error, save_tensors, torch_save, write_bytes
 
 LATEST = "latest"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    write_bytes(tmp, text.encode())
     os.replace(tmp, path)
 
 
@@ -54,11 +55,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_module(module: nn.Module, path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu().clone() for k, v in module.state_dict().items()}, str(path))
+    save_tensors({k: v.clone() for k, v in module.state_dict().items()}, path)
 
 
 def load_module(module: nn.Module, path: Path) -> None:
-    module.load_state_dict(load_file(str(path)), strict=True)
+    from teachers.safe_load import load_safetensors
+
+    module.load_state_dict(load_safetensors(path), strict=True)
 
 
 def assert_finite(module: nn.Module) -> None:
@@ -96,12 +99,18 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         engine.barrier()
-        engine.save(tmp)
-        torch.save(rng_state(), tmp / f"rng-{engine.info.rank}.pt")
-        if self.is_main:
-            for key, module in modules.items():
-                save_module(module, tmp / f"{key}.safetensors")
-            _atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+        failed: Optional[BaseException] = None
+        try:
+            engine.save(tmp)
+            torch_save(rng_state(), tmp / f"rng-{engine.info.rank}.pt")
+            if self.is_main:
+                for key, module in modules.items():
+                    save_module(module, tmp / f"{key}.safetensors")
+                _atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+        except (OSError, RuntimeError) as e:  # a full disk, a vanished folder: every rank learns it below
+            failed = e
+        if engine.all_reduce_min(0.0 if failed else 1.0) < 1:
+            self._failed(step, tmp, failed)
         engine.barrier()
         if self.is_main:
             if final.exists():
@@ -112,18 +121,37 @@ class CheckpointManager:
         engine.barrier()
         return final
 
+    def _failed(self, step: int, tmp: Path, error: Optional[BaseException]) -> None:
+        """Remove the partial folder now and say what happened, what is intact and how to go on."""
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        why = describe_write_error(error, tmp) if error is not None else "another rank failed to write its part"
+        prev = self.latest()
+        kept = (f"The previous checkpoint {prev} is intact and checkpoints/latest still points to it"
+                if prev is not None else "No earlier checkpoint exists")
+        raise ReadableError(f"checkpoint at step {step} could not be written: {why}. The partial folder was removed. "
+                            f"{kept}; free space (or fix the cause) and run the same command to resume.")
+
     def load(self, path: Path, engine: Any, modules: Dict[str, nn.Module]) -> Dict[str, Any]:
+        """Restore a checkpoint; a damaged or tampered file is refused (:class:`ReadableError`), nothing runs."""
+        from teachers.safe_load import CheckpointFormatError, UnsafeCheckpointError, safe_torch_load
+
         path = Path(path)
         if not (path / "state.json").is_file():
             raise FileNotFoundError(f"not a checkpoint folder (no state.json): {path}")
-        engine.load(path)
-        for key, module in modules.items():
-            if (path / f"{key}.safetensors").is_file():
-                load_module(module, path / f"{key}.safetensors")
-        rng_file = path / f"rng-{engine.info.rank}.pt"
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True))
-        return json.loads((path / "state.json").read_text())
+        try:
+            engine.load(path)
+            for key, module in modules.items():
+                if (path / f"{key}.safetensors").is_file():
+                    load_module(module, path / f"{key}.safetensors")
+            rng_file = path / f"rng-{engine.info.rank}.pt"
+            if rng_file.is_file():
+                set_rng_state(safe_torch_load(rng_file))
+            return json.loads((path / "state.json").read_text())
+        except (UnsafeCheckpointError, CheckpointFormatError, ValueError, KeyError, RuntimeError) as e:
+            raise ReadableError(f"cannot resume from {path}: {e}. The checkpoint was modified or damaged; resume "
+                                f"from an earlier one (resume={path.parent}/<step>) or start over with another "
+                                "name=") from None
 
     def _prune(self) -> None:
         done = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.isdigit())

@@ -10,8 +10,10 @@ from agglom.config.load import ConfigError
 
 
 def in_chans_of(cfg: DictConfig) -> int:
-    if cfg.data.grayscale not in ("replicate", "keep"):
-        raise ConfigError(f"data.grayscale must be replicate|keep, got {cfg.data.grayscale!r}")
+    from agglom.config.choices import GRAYSCALE
+
+    if cfg.data.grayscale not in GRAYSCALE:
+        raise ConfigError(f"data.grayscale must be one of {', '.join(GRAYSCALE)}, got {cfg.data.grayscale!r}")
     return 1 if cfg.data.grayscale == "keep" else 3
 
 
@@ -19,9 +21,9 @@ def group_indexer(cfg: DictConfig):
     """The same indexer the readers use (datasheet + proxy-group sidecars), so group ids agree."""
     from agglom.data.readers import datasheet_with_sidecars, load_sidecars
     from agglom.data.readers import group_indexer as reader_indexer
-    from agglom.data.writer import read_datasheet
+    from agglom.data.shards import dataset_datasheet
 
-    sheet = datasheet_with_sidecars(read_datasheet(cfg.data.root), load_sidecars(list(cfg.data.sidecars or [])))
+    sheet = datasheet_with_sidecars(dataset_datasheet(cfg), load_sidecars(list(cfg.data.sidecars or [])))
     return reader_indexer(cfg, sheet)
 
 
@@ -75,11 +77,16 @@ def stats_batches(cfg: DictConfig) -> List[Dict[str, Any]]:
     from agglom.data.readers import eval_loader
 
     batches, n = [], 0
-    for batch in eval_loader(cfg, cfg.data.train_split):
+    loader = eval_loader(cfg, cfg.data.train_split)
+    for batch in loader:
         batches.append(batch)
         n += int(batch["image"].shape[0])
         if n >= cfg.heads.stats_samples:
             break
     if not batches:
-        raise ConfigError(f"data: no training samples found under {cfg.data.root} (split {cfg.data.train_split!r})")
+        from agglom.data.shards import shard_pattern
+
+        where = shard_pattern(cfg, cfg.data.train_split) or f"{cfg.data.root}/{cfg.data.train_split}/*.tar"
+        raise ConfigError(f"data: no usable training sample in {where} (split {cfg.data.train_split!r}; "
+                          f"skipped: {loader.stats.describe()})")
     return batches

@@ -1,0 +1,66 @@
+"""The valid values of every choice-valued key, in one torch-free place, so a config is checked in milliseconds.
+
+Two kinds:
+
+- closed sets (``data.grayscale``, ``objective.granularity``, ...): the tuples below are the source of truth and
+  the modules that act on the value import them from here;
+- plugin registries (heads, normalisers, group objectives, engines): the registry lives beside its classes,
+  which need torch. :func:`registry_names` returns the built-in names declared here, plus whatever the live
+  registry holds when its module is already imported (a plugin registered from Python is accepted). A test
+  checks that the built-in names equal what each registry holds after import, so the two cannot drift.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Dict, Tuple
+
+GRAYSCALE = ("replicate", "keep")
+INTERPOLATION = ("bicubic", "bilinear", "nearest")
+GRANULARITY = ("token", "image")
+TEACHER_BALANCE = ("fixed", "loss_scale")
+GROUP_SCOPE = ("teacher", "sample")
+GROUPS_UNKNOWN = ("exclude", "include")
+PRECISION = ("auto", "fp32", "bf16")
+BACKEND = ("auto", "nccl", "gloo")
+PROGRESS = ("auto", "on", "off")
+EVAL_FEATURES = ("summary", "pooled", "adapters")
+THRESHOLD_METHODS = ("youden", "f1")
+ECE_BINNINGS = ("range10", "unit15")
+CACHE_DTYPES = ("fp16", "int8", "fp32")
+CURATE_METHODS = ("kmeans", "per_class", "hierarchical")
+CURATE_FEATURES = ("summary", "pooled", "both")
+DEDUP_SPACES = ("raw", "center", "zscore")
+RESUME_WORDS = ("auto", "never")
+JOIN_MATCHES = ("auto", "key", "path", "name", "stem")
+
+# registry kind -> (module, attribute: a dict keyed by name or a function returning names, built-in names)
+REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
+    "head": ("agglom.model.heads", "HEADS", ("attn", "mlp", "resmlp")),
+    "normaliser": ("agglom.model.normalisers", "NORMALISERS", ("none", "phis", "zscore")),
+    "group objective": ("agglom.objective.groups", "list_group_objectives",
+                        ("balanced", "erm", "excess", "gap", "groupdro", "variance")),
+    "engine": ("agglom.engine.base", "ENGINES", ("deepspeed", "torch")),
+}
+
+
+def live_registry(kind: str) -> Tuple[str, ...]:
+    """The names the registry of ``kind`` holds, importing its module (torch) if needed."""
+    module, attr, _ = REGISTRIES[kind]
+    obj = getattr(importlib.import_module(module), attr)
+    return tuple(sorted(obj() if callable(obj) else obj))
+
+
+def registry_names(kind: str) -> Tuple[str, ...]:
+    """Built-in names of a registry, plus any registered at run time when the registry's module is loaded."""
+    module, _, builtin = REGISTRIES[kind]
+    names = set(builtin)
+    if module in sys.modules:
+        names.update(live_registry(kind))
+    return tuple(sorted(names))
+
+
+__all__ = ["GRAYSCALE", "INTERPOLATION", "GRANULARITY", "TEACHER_BALANCE", "GROUP_SCOPE", "GROUPS_UNKNOWN",
+           "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES",
+           "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "REGISTRIES", "registry_names",
+           "live_registry"]

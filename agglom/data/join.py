@@ -1,0 +1,113 @@
+"""Attribute tables joined onto images: a CSV keyed by file name, path or sample id.
+
+Two places use it: ``agglom data pack src=FOLDER attrs_csv=FILE`` puts the attributes into each sample (and so
+into the datasheet), and ``agglom data join`` turns a CSV into a sidecar for shards that already exist, matched by
+sample key or by the source file a sample was packed from — no shard is rewritten. A row's match value is tried
+as the sample key, the source path relative to the packed folder, the file name, then the file stem; rows and
+samples left unmatched are counted and reported, never dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from agglom.config.choices import JOIN_MATCHES as MATCHES
+from agglom.data.groups import parse_value
+
+
+def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+    """``{match value: {attr: value}}`` from a CSV (empty cells left out); ConfigError naming what is wrong."""
+    from agglom.config.load import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"attribute table not found: {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = list(reader.fieldnames or [])
+        rows = list(reader)
+    if on not in cols:
+        raise ConfigError(f"attribute table {path}: no column {on!r} to join on (columns: {cols})")
+    wanted = list(attr_cols) or [c for c in cols if c != on]
+    missing = [c for c in wanted if c not in cols]
+    if missing:
+        raise ConfigError(f"attribute table {path}: no column(s) {missing} (columns: {cols})")
+    table: Dict[str, Dict[str, Any]] = {}
+    for r in rows:
+        k = (r.get(on) or "").strip()
+        if not k:
+            continue
+        if k in table:
+            raise ConfigError(f"attribute table {path}: {on}={k!r} appears twice; the join would be ambiguous")
+        table[k] = {c: parse_value(r[c]) for c in wanted if (r.get(c) or "").strip() != ""}
+    return table
+
+
+def candidates(key: str, source: Optional[str], match: str = "auto") -> List[str]:
+    """The values a table row may hold for one sample, in the order they are tried."""
+    out: List[str] = []
+    if match in ("auto", "key"):
+        out.append(key)
+    if source:
+        p = PurePosixPath(source.replace("\\", "/"))
+        if match in ("auto", "path"):
+            out.append(str(p))
+        if match in ("auto", "name"):
+            out.append(p.name)
+        if match in ("auto", "stem"):
+            out.append(p.stem)
+    return out
+
+
+def join(samples: Iterable[Tuple[str, Optional[str]]], table: Mapping[str, Dict[str, Any]], match: str = "auto"
+         ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
+    """``(key -> attrs, report)`` for ``(key, source)`` pairs; the report counts matched samples, samples without
+    a row and rows without a sample (with a few examples of each)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    used: set = set()
+    no_row: List[str] = []
+    for key, source in samples:
+        hit = next((c for c in candidates(key, source, match) if c in table), None)
+        if hit is None:
+            no_row.append(key)
+            continue
+        out[key] = dict(table[hit])
+        used.add(hit)
+    unused = [k for k in table if k not in used]
+    report = {"matched": len(out), "samples_without_row": len(no_row), "rows_without_sample": len(unused),
+              "examples": {"samples_without_row": no_row[:5], "rows_without_sample": unused[:5]}}
+    return out, report
+
+
+def shard_sources(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """``(key, source)`` of every sample in the splits' shards, from the json members only."""
+    from agglom.data.counts import SkipCounts
+    from agglom.data.shards import read_shard, shard_urls
+
+    out: List[Tuple[str, Optional[str]]] = []
+    counts = SkipCounts()
+    for split in splits:
+        for url in shard_urls(cfg, split):
+            for s in read_shard(url, counts, lambda f: f.endswith(".json")):
+                source = None
+                if "json" in s:
+                    try:
+                        meta = json.loads(s["json"])
+                        source = meta.get("source") if isinstance(meta, dict) else None
+                    except (ValueError, UnicodeDecodeError):
+                        pass
+                out.append((s["__key__"], source))
+    return out
+
+
+def write_attr_sidecar(path: Path, values: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    """``{"samples": {key: {attr: value}}, "meta": ...}`` (a sidecar `data.sidecars` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"samples": dict(values), "meta": dict(meta)}, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+__all__ = ["read_table", "candidates", "join", "shard_sources", "write_attr_sidecar", "MATCHES"]

@@ -1,0 +1,229 @@
+"""Shard lists and shard reading, shared by every reader (train, eval, cache, curate).
+
+:func:`resolve_shards` turns ``data.shards`` (brace pattern, ``{split}`` substituted, shell globs allowed) or
+``<data.root>/<split>/*.tar`` into the files to read and the ones that are missing; :func:`shard_urls` refuses
+missing files unless ``data.allow_missing_shards`` is set (a missing shard is not a corrupt one).
+
+:func:`read_shard` is webdataset's tar expansion with the grouping done here, so that what webdataset would let
+through silently is counted: a key repeated inside a shard (the later copies are dropped: ``duplicate_key``), a
+member repeated inside one sample (the sample is dropped: ``duplicate_member``), a shard with no member
+(``empty_shard``) and a shard that cannot be read to its end (``bad_tar``, with the error; the samples before the
+damage are kept).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import braceexpand
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext
+
+from agglom.data.counts import SkipCounts
+
+_GLOB = re.compile(r"[*?\[]")
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def _remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def _cfg_get(node: Any, key: str, default: Any = None) -> Any:
+    try:
+        v = node.get(key, default) if hasattr(node, "get") else getattr(node, key, default)
+    except Exception:  # noqa: BLE001 - a config without the key
+        return default
+    return default if v is None else v
+
+
+def shard_pattern(cfg: Any, split: str) -> Optional[str]:
+    """``data.shards`` with ``{split}`` filled in, when it applies to ``split`` (a pattern without ``{split}``
+    is the training split's only); None: the folder layout ``<data.root>/<split>/*.tar``."""
+    data = cfg.data
+    pattern = _cfg_get(data, "shards")
+    if pattern and ("{split}" in pattern or split == data.train_split):
+        return pattern.replace("{split}", split)
+    return None
+
+
+def data_home(cfg: Any) -> Path:
+    """The folder a dataset's own files (``dataset.json``, sidecars) belong to: ``data.root``; with ``data.shards``
+    the folder above the split folders (the pattern before ``{split}``), else the shards' folder or, when that has
+    no ``dataset.json`` but its parent does (``<root>/<split>/x.tar``), the parent — never ``data.root``, so a stray
+    ``data/synth`` in the working directory cannot lend its datasheet to other shards."""
+    pattern = _cfg_get(cfg.data, "shards")
+    if not pattern or _remote(pattern):
+        return Path(cfg.data.root)
+    split_dirs = "{split}" in pattern
+    head = pattern.split("{split}")[0] if split_dirs else os.path.dirname(pattern) + "/"
+    head = head[: min([head.index(c) for c in "{*?[" if c in head] + [len(head)])]
+    home = Path(head if head.endswith("/") else os.path.dirname(head) or ".")
+    if not split_dirs and not (home / "dataset.json").is_file() and (home.parent / "dataset.json").is_file():
+        return home.parent
+    return home
+
+
+def dataset_datasheet(cfg: Any) -> Optional[Dict[str, Any]]:
+    """The datasheet of the configured data (``<data_home>/dataset.json``), or None (e.g. web-style shards)."""
+    from agglom.data.writer import read_datasheet
+
+    return read_datasheet(data_home(cfg))
+
+
+def resolve_shards(cfg: Any, split: str) -> Tuple[List[str], List[str]]:
+    """(shard files to read, missing ones) of a split. Globs in ``data.shards`` are expanded (sorted); a glob that
+    matches nothing, or a brace-expanded file that does not exist, is missing."""
+    from agglom.config.load import ConfigError
+
+    pattern = shard_pattern(cfg, split)
+    if pattern is None:
+        folder = Path(cfg.data.root) / split
+        urls = sorted(glob.glob(str(folder / "*.tar")))
+        if not urls:
+            raise ConfigError(f"no shards for split {split!r}: {folder}/*.tar is empty "
+                              f"(write a dataset with `agglom data synth` or `agglom data pack`, or set data.root "
+                              f"or data.shards)")
+        return urls, []
+    present, missing = [], []
+    for u in braceexpand.braceexpand(pattern):
+        if _remote(u):
+            present.append(u)
+        elif _GLOB.search(u):
+            found = sorted(glob.glob(u))
+            (present.extend(found) if found else missing.append(u))
+        else:
+            (present if os.path.exists(u) else missing).append(u)
+    if not present:
+        raise ConfigError(f"data.shards={pattern!r}: none of its {len(missing)} shard file(s) exists "
+                          f"(e.g. {missing[0]}); brace ranges ({{000000..000009}}) and globs (*.tar) are expanded")
+    return present, missing
+
+
+def shard_urls(cfg: Any, split: str) -> List[str]:
+    """The shard files of a split; a missing one is refused (ConfigError, naming them) unless
+    ``data.allow_missing_shards=true``, which reads the rest and counts each missing file as ``missing_shard``."""
+    from agglom.config.load import ConfigError
+
+    present, missing = resolve_shards(cfg, split)
+    if missing and not _cfg_get(cfg.data, "allow_missing_shards", False):
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise ConfigError(f"data.shards={shard_pattern(cfg, split)!r}: {len(missing)} of {len(missing) + len(present)} "
+                          f"shard files do not exist: {shown}. Fix the pattern, or set data.allow_missing_shards=true "
+                          f"to go on without them (each is then counted as missing_shard)")
+    return present
+
+
+def missing_shards(cfg: Any, split: str) -> List[str]:
+    """The missing files of a split's pattern (empty for the folder layout)."""
+    return resolve_shards(cfg, split)[1]
+
+
+def shard_id(url: str) -> str:
+    """How a shard is named in counts: its file name (its parent folder too, which holds the split)."""
+    p = Path(url)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def inspect_shards(urls: List[str]) -> List[Tuple[str, str, str]]:
+    """(url, reason, detail) for the local shards whose damage shows without reading them: 0 bytes or only zero
+    blocks (``empty_shard``), a size that is not a whole number of 512-byte tar blocks (``bad_tar``: truncated).
+    Every reader counts these up front, so they are counted even when a training run never draws the shard."""
+    out = []
+    for u in urls:
+        if _remote(u):
+            continue
+        try:
+            size = os.path.getsize(u)
+        except OSError as e:
+            out.append((u, "bad_tar", f"cannot stat: {e}"))
+            continue
+        if size == 0:
+            out.append((u, "empty_shard", "0 bytes"))
+        elif size % 512:
+            out.append((u, "bad_tar", f"{size} bytes is not a whole number of 512-byte tar blocks: truncated"))
+        elif size <= 20 * 512:
+            with open(u, "rb") as f:
+                if not f.read(size).strip(b"\0"):
+                    out.append((u, "empty_shard", "a tar archive with no members"))
+    return out
+
+
+def _finish(sample: Dict[str, Any], counts: SkipCounts, sid: str) -> Optional[Dict[str, Any]]:
+    if sample.pop("__dup_key__", None) is not None:
+        counts.skip("duplicate_key", f"{sid}:{sample['__key__']}@{sample['__first__']}",
+                    "the key already appeared earlier in this shard")
+        return None
+    dup = sample.pop("__dup_member__", None)
+    if dup is not None:
+        counts.skip("duplicate_member", f"{sid}:{sample['__key__']}", f"two '.{dup}' members")
+        return None
+    sample.pop("__first__", None)
+    return sample
+
+
+def read_shard(url: str, counts: SkipCounts, select: Optional[Any] = None) -> Iterator[Dict[str, Any]]:
+    """Samples of one shard: ``{"__key__", "__url__", "<ext>": bytes, ...}``, in order; problems go to ``counts``.
+
+    ``select(member name) -> bool`` reads only some members (e.g. json only)."""
+    sid = shard_id(url)
+    current: Optional[Dict[str, Any]] = None
+    seen: set = set()
+    members = 0
+    error: Optional[BaseException] = None
+    out: List[Dict[str, Any]] = []
+    try:
+        stream = gopen(url)
+    except Exception as e:  # noqa: BLE001 - unreadable file or failed pipe: the shard is skipped and named
+        counts.skip("bad_tar", sid, f"cannot open: {type(e).__name__}: {e}")
+        return
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for info in tar:
+            if not info.isreg() or _META.match(info.name):
+                continue
+            prefix, suffix = base_plus_ext(info.name)
+            if prefix is None or (select is not None and not select(info.name)):
+                continue
+            data = tar.extractfile(info).read()
+            tar.members = []
+            members += 1
+            if current is None or prefix != current["__key__"]:
+                if current is not None:
+                    out.append(current)
+                current = {"__key__": prefix, "__url__": url, "__first__": members}
+                if prefix in seen:
+                    current["__dup_key__"] = True
+                seen.add(prefix)
+            suffix = suffix.lower()
+            if suffix in current:
+                current["__dup_member__"] = suffix
+            else:
+                current[suffix] = data
+            while out:  # yield complete samples as soon as the next one starts
+                done = _finish(out.pop(0), counts, sid)
+                if done is not None:
+                    yield done
+    except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeDecodeError) as e:
+        error = e
+    finally:
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001 - closing a failed pipe
+            pass
+    if current is not None:
+        done = _finish(current, counts, sid)
+        if done is not None:
+            yield done
+    if error is not None:
+        counts.skip("bad_tar", sid, f"{type(error).__name__}: {error} (read {members} members before it)")
+    elif members == 0 and select is None:
+        counts.skip("empty_shard", sid, "no members")
+
+
+__all__ = ["data_home", "dataset_datasheet", "resolve_shards", "shard_urls", "missing_shards", "shard_pattern", "shard_id", "read_shard",
+           "inspect_shards"]
