@@ -117,6 +117,29 @@ def test_random_cards_give_the_same_tower_every_time_and_families_without_text_s
             build_text_tower(name)
 
 
+def test_pack_text_tower_entries(tmp_path):
+    """What the adapter pack records per teacher: a tower folder for a CLIP-family teacher (also when the teacher is
+    named by a card path), why not for one it cannot pack, nothing for families without text."""
+    from agglom.export.adapters import pack_text_tower
+    from agglom.model import TeacherSpec
+
+    card_path = tmp_path / "cards" / "my.clip.yaml"
+    card_path.parent.mkdir()
+    card_path.write_text(yaml.safe_dump(dict(yaml.safe_load((teachers.cards.CARDS_DIR / "tiny-clip.yaml").read_text()),
+                                             name="my-clip")))
+    digest = teachers.load_card(str(card_path)).digest()
+    spec = lambda name, d: TeacherSpec(name=name, summary_dim=32, spatial_dim=64, grid=(8, 8), digest=d)  # noqa: E731
+    info = pack_text_tower(spec(str(card_path), digest), tmp_path / "export")
+    assert info["card_digest"] == digest and info["path"].startswith("text/") and "//" not in info["path"]
+    assert (tmp_path / "export" / info["path"]).resolve().is_relative_to((tmp_path / "export").resolve())
+    assert torch.equal(load_text_tower(tmp_path / "export" / info["path"])(PROMPTS),
+                       build_text_tower(str(card_path))(PROMPTS))
+    assert "changed since training" in pack_text_tower(spec(str(card_path), "0" * 64), tmp_path / "e2")["unavailable"]
+    card_path.write_text(card_path.read_text().replace("summary: embed", "summary: mean"))
+    assert "not the image-text embedding" in pack_text_tower(spec(str(card_path), ""), tmp_path / "e3")["unavailable"]
+    assert pack_text_tower(spec("tiny-dinov2", ""), tmp_path / "e4") is None
+
+
 # --------------------------------------------------------------------------- scoring and metrics by hand
 def test_class_embeddings_ensemble_the_prompts():
     tower = build_text_tower("tiny-clip")

@@ -13,6 +13,7 @@ recipe's zero-shot prompts (``"zero_shot_prompts"``): with them the student clas
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -42,7 +43,7 @@ def pack_text_tower(spec: TeacherSpec, out: Path) -> Optional[Dict[str, Any]]:
             return {"unavailable": f"the card's summary is {card.summary!r}, not the image-text embedding (embed)"}
         if spec.digest and card.digest() != spec.digest:
             return {"unavailable": "the teacher's card or weights changed since training (card digest differs)"}
-        rel = f"text/{module_key(spec.name)}"
+        rel = "text/" + (re.sub(r"[^A-Za-z0-9_-]+", "_", module_key(spec.name)).strip("_") or "teacher")
         zoo.build_text_tower(card).save(out / rel)
     except (TextTowerUnavailable, zoo.CardError, zoo.WeightsUnavailableError, zoo.MissingWeightsError, OSError) as e:
         print(f"agglom export: no text tower for teacher {spec.name} ({str(e).splitlines()[0][:200]})", flush=True)
