@@ -4,6 +4,7 @@
     teacher = build_teacher(card, input_mean=[0.5], input_std=[0.5])
     out = teacher(x)                                     # x: the student-normalised batch [B, 1|3, H, W]
     out.summary  # [B, teacher.summary_dim]      out.spatial  # [B, teacher.spatial_dim, *teacher.grid]
+    text = build_text_tower("tiny-clip")                 # CLIP-family teachers: the text side, for zero-shot
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .cards import (
 )
 from .registry import FAMILIES, ensure_families, get_family, register_family
 from .safe_load import CheckpointFormatError, UnsafeCheckpointError, load_state_dict
+from .text import TextTower, TextTowerUnavailable, build_text_tower, has_text_tower, load_text_tower
 
 ensure_families()
 
@@ -65,4 +67,5 @@ def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:
 __all__ = ["Teacher", "TeacherOutput", "TeacherCard", "WeightsSpec", "FAMILIES", "register_family", "load_card",
            "list_cards", "card_from_dict", "build_teacher", "describe_teacher", "load_state_dict", "weights_root",
            "CardError", "MissingWeightsError", "WeightsUnavailableError", "UnsafeCheckpointError",
-           "CheckpointFormatError"]
+           "CheckpointFormatError", "TextTower", "TextTowerUnavailable", "build_text_tower", "has_text_tower",
+           "load_text_tower"]

@@ -32,6 +32,11 @@ CONTRACT_FIELDS = ("family", "model", "model_args", "weights", "input_size", "me
                    "interpolation", "summary", "spatial", "seed")
 EXPORT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
                        "open_clip_pytorch_model.bin")
+# further files whose identity a weights folder's digest includes (a sharded transformers checkpoint's index, its
+# image processor: both change what the teacher computes)
+FOLDER_IDENTITY_FILES = ("model.safetensors.index.json", "preprocessor_config.json")
+# families whose folder cards get a path-independent digest: a folder copied elsewhere is the same teacher
+PATH_FREE_FOLDER_FAMILIES = ("agglom", "transformers")
 
 
 class CardError(ValueError):
@@ -153,7 +158,7 @@ class TeacherCard:
         if p.is_file():
             return "file:" + file_identity(p)
         parts = []
-        for name in ("config.json", "open_clip_config.json") + EXPORT_WEIGHT_FILES:
+        for name in ("config.json", "open_clip_config.json") + EXPORT_WEIGHT_FILES + FOLDER_IDENTITY_FILES:
             if (p / name).is_file():
                 parts.append(f"{name}={file_identity(p / name)}")
         return "folder:" + ",".join(parts)
@@ -164,6 +169,7 @@ class TeacherCard:
         content = {k: d[k] for k in CONTRACT_FIELDS}
         if self.family == "agglom":  # the folder path is where it lies, not what it is
             content["model"] = "agglom-export"
+        if self.family in PATH_FREE_FOLDER_FAMILIES and self.weights.source == "folder":
             content["weights"] = {"source": "folder"}
         blob = json.dumps(content, sort_keys=True, separators=(",", ":")) + "|" + self.weights_identity()
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -324,19 +330,65 @@ def card_from_export(folder: Union[str, Path]) -> TeacherCard:
     return card_from_dict(data, source=str(extra_path if extra_path.is_file() else folder))
 
 
+def card_from_hf_folder(folder: Union[str, Path]) -> TeacherCard:
+    """A card for a Hugging Face `save_pretrained` folder (config.json with a `model_type`): family
+    `transformers`, preprocessing from the folder's image processor (:mod:`teachers.hf_processor`), anything else
+    from an optional `card.yaml` beside it (licence, provenance, summary, ...)."""
+    from .hf_processor import PROCESSOR_FILE, processor_contract, read_processor
+
+    folder = Path(folder).resolve()
+    cfg = json.loads((folder / "config.json").read_text())
+    data: Dict[str, Any] = {"name": folder.name, "family": "transformers",
+                            "model": (cfg.get("architectures") or [cfg.get("model_type", "")])[0],
+                            "description": f"transformers save_pretrained folder ({cfg.get('model_type')})"}
+    pp = read_processor(folder)
+    if pp is not None:
+        try:
+            contract = processor_contract(pp)
+        except ValueError as e:
+            raise CardError(f"{folder / PROCESSOR_FILE}: {e}") from e
+        data.update({k: contract[k] for k in ("input_size", "mean", "std", "interpolation", "resize")})
+    extra_path = folder / "card.yaml"
+    if extra_path.is_file():
+        extra = _read_yaml(extra_path)
+        if not isinstance(extra, dict):
+            raise CardError(f"card {extra_path} must be a mapping of fields")
+        if extra.get("family", "transformers") != "transformers":
+            raise CardError(f"bad value for field 'family' in card {extra_path}: a save_pretrained folder is "
+                            "'transformers'")
+        extra.pop("weights", None)
+        extra.pop("family", None)
+        data.update(extra)
+    if "input_size" not in data:
+        raise CardError(f"{folder} has no {PROCESSOR_FILE}: save the model's image processor beside it "
+                        "(processor.save_pretrained(folder)) or write a card.yaml there with input_size, mean and std")
+    data["weights"] = {"source": "folder", "path": str(folder)}
+    return card_from_dict(data, source=str(extra_path if extra_path.is_file() else folder))
+
+
+def _is_hf_folder(folder: Path) -> bool:
+    """A transformers save_pretrained folder (its config.json names a model_type), not a timm export."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "model_type" in cfg and "pretrained_cfg" not in cfg
+
+
 def list_cards() -> List[str]:
     """Names of the cards shipped in teachers/cards/."""
     return sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
 
 
 def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
-    """A card by name (teachers/cards/<name>.yaml), by YAML path, or from an agglom export folder."""
+    """A card by name (teachers/cards/<name>.yaml), by YAML path, from an agglom export folder, or from a
+    transformers `save_pretrained` folder."""
     if isinstance(name_or_path, TeacherCard):
         return name_or_path
     s = str(name_or_path)
     p = Path(s).expanduser()
     if p.is_dir():
-        return card_from_export(p)
+        return card_from_hf_folder(p) if _is_hf_folder(p) else card_from_export(p)
     if p.suffix in (".yaml", ".yml") or os.sep in s:
         if not p.is_file():
             raise CardError(f"card file not found: {p}")
@@ -347,9 +399,9 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
         close = difflib.get_close_matches(s, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise CardError(f"unknown teacher card '{s}'{hint}; available cards: {', '.join(names)} "
-                        "(or give a card .yaml path or an agglom export folder)")
+                        "(or give a card .yaml path, an agglom export folder or a transformers save_pretrained folder)")
     return card_from_dict(_read_yaml(path), source=str(path))
 
 
 __all__ = ["TeacherCard", "WeightsSpec", "CardError", "MissingWeightsError", "WeightsUnavailableError", "load_card", "list_cards",
-           "card_from_dict", "card_from_export", "weights_root", "CARDS_DIR"]
+           "card_from_dict", "card_from_export", "card_from_hf_folder", "weights_root", "CARDS_DIR"]

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Type, TypeVar
 FAMILIES: Dict[str, type] = {}
 # family modules shipped with the zoo; imported on first use so that `import teachers` stays light
 BUILTIN_FAMILY_MODULES = ("teachers.families.oclip", "teachers.families.timm_vit", "teachers.families.sam",
-                          "teachers.families.agglom_export")
+                          "teachers.families.agglom_export", "teachers.families.hf")
 
 T = TypeVar("T", bound=type)
 

@@ -1,6 +1,6 @@
-"""The teacher zoo: tiny real architectures (open_clip, timm, SAM, agglom exports) with random weights, their
-contracts, preprocessing, each family's checkpoint round trip through its own library, refusal of unsafe pickles,
-card validation and the `agglom teachers` CLI."""
+"""The teacher zoo: tiny real architectures (open_clip, timm, SAM, transformers, agglom exports) with random weights,
+their contracts, preprocessing, each family's checkpoint round trip through its own library, refusal of unsafe
+pickles, card validation and the `agglom teachers` CLI."""
 from __future__ import annotations
 
 import copy
@@ -27,11 +27,15 @@ from teachers import (
     load_card,
 )
 
-TINY = ["tiny-clip", "tiny-dinov2", "tiny-sam"]
+HF_TINY = ["tiny-hf-dinov2", "tiny-hf-siglip", "tiny-hf-dinov3"]  # the transformers family
+TINY = ["tiny-clip", "tiny-dinov2", "tiny-sam"] + HF_TINY
 EXPECTED = {  # summary_dim, spatial_dim, grid, patch
     "tiny-clip": (32, 64, (8, 8), (8, 8)),
     "tiny-dinov2": (48, 48, (4, 4), (14, 14)),
     "tiny-sam": (32, 32, (8, 8), (8, 8)),
+    "tiny-hf-dinov2": (48, 48, (4, 4), (14, 14)),
+    "tiny-hf-siglip": (48, 48, (8, 8), (8, 8)),
+    "tiny-hf-dinov3": (48, 48, (4, 4), (16, 16)),
     "agglom-export": (40, 40, (4, 4), (8, 8)),
 }
 STUDENT_MEAN, STUDENT_STD = [0.5], [0.25]
@@ -143,6 +147,8 @@ def reference(t, raw01: torch.Tensor):
             return neck.mean((2, 3)), neck
         img = F.interpolate(raw01, t.input_size, mode=t.interpolation, align_corners=False, antialias=True)
         img = (img - mean) / std
+        if t.family == "transformers":  # the model's own forward (two-tower: its get_image_features)
+            return hf_reference(t, img)
         if name == "tiny-clip":
             t.model.output_tokens = True
             try:
@@ -155,6 +161,19 @@ def reference(t, raw01: torch.Tensor):
         patches = feats[:, t.model.num_prefix_tokens:]
         b, n, c = patches.shape
         return feats[:, 0], patches.transpose(1, 2).reshape(b, c, *t.grid)
+
+
+def hf_reference(t, img: torch.Tensor):
+    """(summary, spatial) from a transformers model's own outputs: CLS (+ registers) dropped from the tokens; the
+    summary is the CLS token, or the pooler output (two-tower: the image-text embedding)."""
+    cfg = t.model.full.config.vision_config if t.card.summary == "embed" else t.model.config
+    out = t.model(pixel_values=img)
+    tokens = out.last_hidden_state
+    prefix = (0 if cfg.model_type.startswith("siglip") else 1) + int(getattr(cfg, "num_register_tokens", 0) or 0)
+    patches = tokens[:, prefix:]
+    b, n, c = patches.shape
+    summary = out.pooler_output if t.card.summary == "embed" else tokens[:, 0]
+    return summary, patches.transpose(1, 2).reshape(b, c, *t.grid)
 
 
 @pytest.mark.parametrize("name", TINY + ["agglom-export"])
@@ -286,6 +305,138 @@ def test_sam_vit_b_registry_checkpoint(tmp_path, monkeypatch):
     (tmp_path / "sam_vit_b_01ec64.pth").unlink()
 
 
+def _hf_processor(card: teachers.TeacherCard):
+    """The image processor a model of this card ships with, at the card's size and statistics."""
+    import transformers
+
+    size, mean, std = card.input_size[0], list(card.mean), list(card.std)
+    if card.model == "dinov2":  # RAD-DINO's: shortest edge + centre crop, bicubic
+        return transformers.BitImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                              image_mean=mean, image_std=std, resample=3)
+    cls = {"siglip": transformers.SiglipImageProcessor, "dinov3_vit": transformers.DINOv3ViTImageProcessor}[card.model]
+    return cls(size={"height": size, "width": size}, image_mean=mean, image_std=std, resample=2)
+
+
+def _hf_folder(name: str, path: Path, seed: int = 77):
+    """A `save_pretrained` folder (model + image processor) of the card's architecture, other random weights."""
+    from transformers import AutoConfig, AutoModel
+
+    card = load_card(name)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(AutoConfig.for_model(card.model, **card.model_args)).eval()
+    model.save_pretrained(str(path))
+    _hf_processor(card).save_pretrained(str(path))
+    return model
+
+
+@pytest.mark.parametrize("name", HF_TINY)
+def test_transformers_roundtrip_through_save_pretrained(tmp_path, name):
+    """save_pretrained -> load_card(folder) -> teacher: the card's preprocessing comes from the folder's own image
+    processor, and the teacher's outputs are the model's own on the processor's pixel values."""
+    import numpy as np
+
+    model = _hf_folder(name, tmp_path / "saved")
+    ref_card = load_card(name)
+    card = load_card(tmp_path / "saved")
+    assert card.family == "transformers" and card.weights.source == "folder"
+    assert card.input_size == ref_card.input_size and card.interpolation == ref_card.interpolation
+    assert card.mean == pytest.approx(ref_card.mean) and card.std == pytest.approx(ref_card.std)
+    t = build_teacher(card, [0.0], [1.0])
+    assert (t.summary_dim, t.spatial_dim, t.grid) == EXPECTED[name][:3]
+    size = card.input_size[0]
+    pixels = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    inputs = _hf_processor(ref_card)(images=list(pixels), return_tensors="pt")
+    with torch.no_grad():
+        out = model.get_image_features(**inputs) if t.two_tower else model(**inputs)
+    tokens = out.last_hidden_state
+    ours = t(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0)
+    summary = out.pooler_output if t.two_tower else tokens[:, 0]
+    torch.testing.assert_close(ours.summary, summary, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.spatial.flatten(2).transpose(1, 2), tokens[:, t.num_prefix_tokens:],
+                               atol=1e-4, rtol=1e-4)
+    # the weights were loaded (not the card's seeded init), and the folder is the same teacher wherever it lies
+    assert not torch.allclose(ours.summary, build_teacher(name, [0.0], [1.0])(
+        torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0).summary)
+    import shutil
+
+    shutil.copytree(tmp_path / "saved", tmp_path / "elsewhere")
+    assert load_card(tmp_path / "elsewhere").digest() == card.digest()
+
+
+def test_transformers_folder_card_yaml_and_processor_check(tmp_path):
+    """A card.yaml beside a save_pretrained folder adds documentation; a mean/std that contradicts the model's own
+    image processor is refused, naming the field and both values; other departures are shown, not refused."""
+    _hf_folder("tiny-hf-dinov2", tmp_path / "rd")
+    (tmp_path / "rd" / "card.yaml").write_text(yaml.safe_dump({"licence": "MIT", "provenance": "CXR",
+                                                               "interpolation": "bilinear"}))
+    card = load_card(tmp_path / "rd")
+    assert card.licence == "MIT" and card.provenance == "CXR" and card.name == "rd"
+    info = describe_teacher(card)
+    assert info["differs_from_processor"] == {"interpolation": {"card": "bilinear", "processor": "bicubic"}}
+    (tmp_path / "rd" / "card.yaml").write_text(yaml.safe_dump({"mean": [0.5, 0.5, 0.5]}))
+    with pytest.raises(CardError, match=r"'mean'.*0\.5307"):
+        build_teacher(load_card(tmp_path / "rd"))
+    (tmp_path / "rd" / "card.yaml").unlink()
+    (tmp_path / "rd" / "preprocessor_config.json").unlink()
+    with pytest.raises(CardError, match="preprocessor_config.json"):
+        load_card(tmp_path / "rd")
+
+
+def test_processor_contract_rules():
+    from teachers.hf_processor import processor_contract
+
+    c = processor_contract({"do_resize": True, "size": {"shortest_edge": 256}, "do_center_crop": True,
+                            "crop_size": {"height": 224, "width": 224}, "image_mean": [0.1, 0.2, 0.3],
+                            "image_std": [0.4, 0.5, 0.6], "resample": 3})
+    assert c["input_size"] == [224, 224] and c["interpolation"] == "bicubic" and c["mean"] == [0.1, 0.2, 0.3]
+    assert any("centre-crops 224x224 from a 256x256" in n for n in c["notes"])
+    c = processor_contract({"size": {"height": 448, "width": 448}, "resample": 2, "do_normalize": False})
+    assert (c["input_size"], c["interpolation"], c["mean"], c["std"]) == ([448, 448], "bilinear", [0.0] * 3, [1.0] * 3)
+    assert processor_contract({"size": {"height": 8, "width": 8}, "resample": 1})["notes"]  # lanczos: reported
+
+
+@pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 to fail fast")
+@pytest.mark.parametrize("name", ["rad-dino", "medsiglip-448", "dinov3-vits16"])
+def test_hub_card_offline_says_what_to_do(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    card = load_card(name)
+    with pytest.raises(teachers.WeightsUnavailableError) as e:
+        build_teacher(card)
+    msg = str(e.value)
+    assert "offline" in msg and f"hf download {card.model}" in msg and "source: folder" in msg
+
+
+@pytest.mark.parametrize("change,field_named", [
+    ({"weights": {"source": "file", "path": "x.safetensors"}}, "weights.source"),
+    ({"weights": {"source": "tag", "tag": "main"}, "model": "microsoft/rad-dino"}, "model_args"),
+])
+def test_transformers_card_validation(change, field_named):
+    d = dict(tiny_card_dict("tiny-hf-dinov2"), **change)
+    with pytest.raises(CardError, match=f"'{field_named}'"):
+        card_from_dict(d, source="bad.yaml")
+
+
+def test_transformers_build_errors_name_the_problem():
+    with pytest.raises(CardError, match="'model'.*model_type"):
+        build_teacher(card_from_dict(dict(tiny_card_dict("tiny-hf-dinov2"), model="no_such_arch")))
+    with pytest.raises(CardError, match="embed"):
+        build_teacher(card_from_dict(dict(tiny_card_dict("tiny-hf-dinov2"), summary="embed")))
+    with pytest.raises(CardError, match="CLS"):
+        build_teacher(card_from_dict(dict(tiny_card_dict("tiny-hf-siglip"), summary="cls")))
+    t = build_teacher(card_from_dict(dict(tiny_card_dict("tiny-hf-siglip"), summary="mean")), [0.0], [1.0])
+    x = torch.rand(2, 3, 64, 64)
+    out = t(x)
+    torch.testing.assert_close(out.summary, out.spatial.mean((2, 3)))
+
+
+def test_transformers_interpolates_positions_at_another_size():
+    """A card may fix another input size than the config's: the model interpolates its position embeddings."""
+    d = dict(tiny_card_dict("tiny-hf-siglip"), input_size=96)
+    t = build_teacher(card_from_dict(d), [0.0], [1.0])
+    assert t.forward_kwargs == {"interpolate_pos_encoding": True} and t.grid == (12, 12)
+    assert t(torch.rand(1, 3, 96, 96)).spatial.shape == (1, 48, 12, 12)
+
+
 # --------------------------------------------------------------------------- safe loading
 class _Payload:
     def __init__(self, marker: str):
@@ -321,8 +472,18 @@ def test_containers_are_unwrapped(tmp_path):
 # --------------------------------------------------------------------------- cards
 def test_real_cards_and_their_contracts():
     names = list_cards()
-    for n in ["clip-vit-b16", "dinov2-vits14", "dinov2-vitb14-reg", "sam-vit-b", "biomedclip", "medsam", *TINY]:
+    for n in ["clip-vit-b16", "dinov2-vits14", "dinov2-vitb14-reg", "sam-vit-b", "biomedclip", "medsam", "rad-dino",
+              "medsiglip-448", "dinov3-vits16", *TINY]:
         assert n in names
+    rad = load_card("rad-dino")
+    assert (rad.family, rad.model, rad.input_size, rad.interpolation) == ("transformers", "microsoft/rad-dino",
+                                                                         (518, 518), "bicubic")
+    assert rad.mean == (0.5307,) * 3 and rad.std == (0.2583,) * 3 and "MIMIC-CXR" in rad.provenance
+    assert "MIT" in rad.licence and "clinical" in rad.licence
+    sig = load_card("medsiglip-448")
+    assert (sig.model, sig.input_size, sig.summary) == ("google/medsiglip-448", (448, 448), "embed")
+    assert "Health AI Developer Foundations" in sig.licence and "chest X-rays" in sig.provenance
+    assert "DINOv3 License" in load_card("dinov3-vits16").licence
     clip = load_card("clip-vit-b16")
     assert clip.licence == "MIT" and clip.input_size == (224, 224)
     assert clip.mean == (0.48145466, 0.4578275, 0.40821073) and clip.std == (0.26862954, 0.26130258, 0.27577711)
@@ -447,6 +608,16 @@ def test_cli_list_show_check(capsys, tmp_path, monkeypatch):
     assert "sam_vit_b_01ec64.pth" in capsys.readouterr().err
     assert main(["teachers", "show", "no-such-teacher"]) == 2
     assert "available cards" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_tiny_card_passes_teachers_check(name, capsys):
+    from agglom.cli import main
+
+    assert main(["teachers", "check", name, "batch_size=2", "image_size=40", "iters=1"]) == 0
+    out = capsys.readouterr().out
+    ds, cs, grid, _ = EXPECTED[name]
+    assert f"(2, {ds})" in out and f"(2, {cs}, {grid[0]}, {grid[1]})" in out and "FAIL" not in out
 
 
 def test_weights_of_the_wrong_shape_fail_cleanly(tmp_path, capsys):

@@ -22,6 +22,9 @@ class EvalArgs:
     device: Optional[str] = None
     out: Optional[str] = None  # default <run>/eval, or runs/audit-<teacher>/eval
     seed: int = 0
+    # zero-shot through CLIP-family text towers: a prompts file (YAML/JSON {class: [prompt, ...]}), or "recipe"
+    # (eval.zero_shot_prompts of this command, else of the run's recipe); None: no zero-shot section
+    zero_shot: Optional[str] = None
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

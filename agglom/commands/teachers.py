@@ -84,6 +84,8 @@ def run_show(cfg: Any) -> int:
     for k in ("summary", "summary_dim", "spatial", "spatial_dim", "grid", "patch_size", "input_size", "resize",
               "interpolation", "mean", "std"):
         print(f"{k:<14} {info[k]}")
+    for k, v in info.get("differs_from_processor", {}).items():  # transformers folders: the card vs the processor
+        print(f"note           {k}: the card says {v['card']}, the model's image processor {v['processor']}")
     return 0
 
 

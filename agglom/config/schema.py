@@ -182,6 +182,10 @@ class EvalConfig:
     seeds: int = 3
     max_iter: int = 1000
     fidelity: bool = True
+    # zero-shot through CLIP-family text towers (agglom eval zero_shot=recipe|FILE): class (label value or the
+    # datasheet's class name) -> [prompt, ...]; multi-label: label -> {0: [negative prompts], 1: [positive prompts]}
+    zero_shot_prompts: Dict[Any, Any] = field(default_factory=dict)
+    zero_shot_teachers: List[str] = field(default_factory=list)  # empty: every teacher with a text tower
 
 
 @dataclass

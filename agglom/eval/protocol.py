@@ -189,9 +189,11 @@ def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fid
 
 
 def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], extra: Optional[Dict[str, Any]],
-              meta: Dict[str, Any]) -> Dict[str, Any]:
+              meta: Dict[str, Any], extra_csvs: Optional[Dict[str, Sequence[Dict[str, Any]]]] = None) -> Dict[str, Any]:
     """report.json/.md, predictions.csv (every model, a `model` column), plots; returns the report. ``extra``:
-    further report sections (fidelity, comparison)."""
+    further report sections (fidelity, comparison, zero_shot); ``extra_csvs``: further prediction files in the same
+    format, ``{file name: rows}`` (zero_shot_predictions.csv), kept apart so that predictions.csv holds the probe
+    protocol's models only."""
     from agglom.eval.plots import plot_calibration, plot_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +204,9 @@ def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], e
     for n, r in results.items():
         rows += [{"model": n, **row} for row in r["rows"]]
     write_predictions_csv(out_dir / "predictions.csv", rows)
+    for fname, more in (extra_csvs or {}).items():
+        if more:
+            write_predictions_csv(out_dir / fname, list(more))
     plot_report(json.loads(Path(paths["json"]).read_text()), out_dir)
     for n, r in results.items():
         y, sc = r["labels"], r["scores"]
@@ -212,6 +217,11 @@ def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], e
                 stem = f"calibration_{n}_{attr}" + (f"_{lab}" if lab else "")
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
                 plot_calibration(yy, ss, g, out_dir / f"{safe}.png", title=f"{n}: {attr}" + (f" / {lab}" if lab else ""))
-    print(summary_table(json.loads(Path(paths["json"]).read_text())), flush=True)
+    written = json.loads(Path(paths["json"]).read_text())
+    print(summary_table(written), flush=True)
+    if written.get("zero_shot"):
+        print("zero-shot (through the CLIP text tower):\n" + summary_table({"schema": written["schema"],
+                                                                          "models": written["zero_shot"]["models"]}),
+              flush=True)
     print(f"agglom eval: {paths['md']}", flush=True)
     return report

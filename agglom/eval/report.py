@@ -20,6 +20,19 @@ Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` 
       "fidelity_cosine": {same shape as fidelity},                                     # optional, secondary
       "fidelity_functional": {"<teacher>": <fidelity.functional_fidelity result>},     # optional
       "comparison": <compare.compare_predictions result>,                               # optional (reference=)
+      "zero_shot": {                                                                    # optional (zero_shot=)
+        "prompts": {"<class>": ["<prompt>", ...]},      # multi-label: {"<label>": {"0": [...], "1": [...]}}
+        "scoring": "...",                               # how prompts and embeddings become scores
+        "models": {
+          "<model>@<teacher>" | "teacher:<teacher>": {
+            "kind": "student" | "teacher", "via": "<teacher whose text tower scored it>",
+            "attributes": {"<attribute>": <binary_group_metrics or multilabel_group_metrics result>},
+            "validation": {"<attribute>": <metrics.headline on the validation split>},
+            "thresholds": {"fixed_0.5": ..., "val_<method>": ...}, "n_val": int, "n_test": int,
+            "logit_scale": float, "logit_bias": float | null, "text_tower_digest": "<card digest>"
+          }
+        }
+      },
       "pareto": <pareto.front_summary result>,                                          # optional
       "data": {"train"|"val"|"test": {"samples": n read, "expected": n listed or null,   # optional: what the
                "skipped": {reason: n}, "noted": {reason: n}, "examples": {...}}},      # readers left out
@@ -27,7 +40,10 @@ Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` 
     }
 
 Version 2 (over 1): ``fidelity`` holds the global-normalised R² instead of the cosine (which moved to
-``fidelity_cosine``); intervals are BCa; ``fidelity_functional`` and ``comparison`` are new.
+``fidelity_cosine``); intervals are BCa; ``fidelity_functional`` and ``comparison`` are new. ``zero_shot``
+(zero-shot classification through each CLIP-family teacher's text tower, :mod:`agglom.eval.zero_shot`: the
+student through its adapter for that teacher, the teacher itself through its own embedding, each with the same
+per-group metrics and intervals as ``models``) is an optional section of version 2: reports without it stay valid.
 """
 
 from __future__ import annotations
@@ -146,6 +162,22 @@ def validate_report(d: Any) -> Dict[str, Any]:
             for t, s in per.items():
                 if not isinstance(s, Mapping) or "by_group" not in s or "gap" not in s:
                     problems.append(f"{key}.{attr}.{t}: expected a group_mean_summary dict")
+    zs = d.get("zero_shot")
+    if zs is not None:
+        if not (isinstance(zs, Mapping) and isinstance(zs.get("models"), Mapping) and "prompts" in zs):
+            problems.append("zero_shot: expected {'prompts', 'scoring', 'models'}")
+        else:
+            for name, m in zs["models"].items():
+                if not isinstance(m, Mapping) or not isinstance(m.get("attributes"), Mapping) or "via" not in m:
+                    problems.append(f"zero_shot.models.{name}: expected {{'kind', 'via', 'attributes', ...}}")
+                    continue
+                for attr, r in m["attributes"].items():
+                    where = f"zero_shot.models.{name}.attributes.{attr}"
+                    if isinstance(r, Mapping) and "labels" in r:
+                        for lab, rr in r["labels"].items():
+                            _check_binary(rr, f"{where}.labels.{lab}", problems)
+                    else:
+                        _check_binary(r, where, problems)
     comp = d.get("comparison")
     if comp is not None and not (isinstance(comp, Mapping) and "attributes" in comp and "levels_down" in comp):
         problems.append("comparison: expected a compare_predictions dict")
@@ -287,6 +319,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if le:
             L += [f"### Label efficiency: `{name}`", ""] + _label_efficiency_table(le)
     L += _fidelity_markdown(report)
+    if report.get("zero_shot"):
+        L += _zero_shot_markdown(report["zero_shot"])
     if report.get("comparison"):
         L += _comparison_markdown(report["comparison"])
     if len(models) > 1:
@@ -369,6 +403,36 @@ def _fidelity_markdown(report: Mapping[str, Any]) -> List[str]:
               "0.79 on the same teacher's spatial map) and moves when the sampling moves that mean: compare groups with "
               "the R² above, not with this.", ""]  # fmt: skip
         L += _group_mean_tables(report["fidelity_cosine"])
+    return L
+
+
+def _zero_shot_markdown(zs: Mapping[str, Any]) -> List[str]:
+    L = ["## Zero-shot through the CLIP text tower", "",
+         f"Scores: {zs.get('scoring', '')}. The student is scored through its adapter for each CLIP-family teacher "
+         "(`<model>@<teacher>`), each teacher through its own image embedding (`teacher:<name>`); same metrics, "
+         "BCa intervals and thresholds (fixed 0.5 = the argmax for two classes; one chosen on validation) as above.",
+         "", "Prompts:", ""]
+    for cls, prompts in zs.get("prompts", {}).items():
+        L.append(f"- `{cls}`: " + ("; ".join(f'"{p}"' for p in prompts) if isinstance(prompts, list) else
+                                   "; ".join(f"{c}: " + ", ".join(f'"{p}"' for p in ps) for c, ps in prompts.items())))
+    L.append("")
+    rows = []
+    for name, m in zs.get("models", {}).items():
+        for attr, r in m.get("attributes", {}).items():
+            if "labels" in r:
+                for lab, rr in r["labels"].items():
+                    rows.append(_binary_row(f"{name} / {attr} / {lab}", rr))
+            else:
+                rows.append(_binary_row(f"{name} / {attr}", r))
+    L += _table(["model / attribute"] + _ATTR_HEADER[1:], rows)
+    for name, m in zs.get("models", {}).items():
+        for attr, r in m.get("attributes", {}).items():
+            for lab, rr in (r["labels"].items() if "labels" in r else [(None, r)]):
+                t = primary_threshold(rr)
+                L += [f"### Zero-shot groups: {name} / {attr}" + (f" / {lab}" if lab else ""), ""]
+                bins = [b for b in ("range10", "unit15") if b in rr.get("ece", {})]
+                L += _table(["group", "n", "n_pos", "AUC", *[f"ECE {b}" for b in bins], f"TPR@{t}", f"FPR@{t}",
+                             f"sel.rate@{t}"], _group_rows(rr))
     return L
 
 

@@ -1,6 +1,7 @@
 """The evaluation driver behind `agglom eval` and `agglom sweep`: build the encoders (the student, and each teacher
-for the audit), run the probe protocol on each, measure fidelity, compare with a reference model, write the
-report. The command module only parses arguments and calls :func:`run_evaluation`."""
+for the audit), run the probe protocol on each, measure fidelity, classify zero-shot through CLIP-family text
+towers (``zero_shot=``, :mod:`agglom.eval.zero_shot_run`), compare with a reference model, write the report. The
+command module only parses arguments and calls :func:`run_evaluation`."""
 from __future__ import annotations
 
 import json
@@ -94,6 +95,12 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     audit_names = [args.teacher] if args.teacher else []
     if model is not None and args.audit:
         audit_names += [e.name for e in cfg.teachers if e.name not in audit_names]
+    zs_plan = None
+    if args.zero_shot:  # checked before any work: prompts, and which teachers have a usable text tower
+        from agglom.eval.zero_shot_run import plan_zero_shot
+
+        zs_plan = plan_zero_shot(args, cfg, model, audit_names,
+                                 (dataset_datasheet(cfg) or {}).get("label") or {})
     teacher_mods = _teachers(audit_names, cfg, mean, std, device)
     for name, t in teacher_mods.items():
         encoders[f"teacher:{name}"] = teacher_encoder(t, args.eval.features)
@@ -122,6 +129,14 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         extra: Dict[str, Any] = {}
         if fid is not None and fid.sq_err:
             extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, indexer, specs, exclude_unknown)
+    zs_rows: List[Dict[str, Any]] = []
+    if zs_plan is not None:
+        from agglom.eval.zero_shot_run import run_zero_shot
+
+        with torch.no_grad():
+            extra["zero_shot"], zs_rows = run_zero_shot(args, cfg, zs_plan, model, primary, teacher_mods, splits_of,
+                                                        device, attr_names, indexer, specs, exclude_unknown,
+                                                        label_names)
     if args.reference and model is not None:
         extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
                                                    args.seed, exclude_unknown)
@@ -130,7 +145,8 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
                                            Path("runs") / f"audit-{args.teacher}" / "eval")
     return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
-                                                         "features": args.eval.features, "device": device.type})
+                                                         "features": args.eval.features, "device": device.type},
+                     extra_csvs={"zero_shot_predictions.csv": zs_rows})
 
 
 __all__ = ["EvalArgs", "run_evaluation"]

@@ -1,5 +1,6 @@
 """`open_clip` family: the image tower of any open_clip model (built-in names, `hf-hub:` names such as BiomedCLIP,
-or custom configs given in the card's model_args). Only the vision tower is built; the text tower never is.
+or custom configs given in the card's model_args). Only the vision tower is built here; the text tower is built
+apart, for zero-shot only (:mod:`teachers.families.oclip_text`).
 
 summary = the projected image embedding (`embed`) or the mean of the patch tokens; spatial = the last block's
 patch tokens after the final norm (tower width, not projection width), as a [B, width, h, w] grid.
