@@ -315,19 +315,27 @@ def card_from_export(folder: Union[str, Path]) -> TeacherCard:
         "licence": str(pcfg.get("license", "unknown")),
         "description": str(pcfg.get("description", "")),
     }
+    extra_path = _merge_folder_card(folder, data, "agglom", "an export folder")
+    data["model"] = data.get("model") or cfg.get("architecture", "")
+    data["weights"] = {"source": "folder", "path": str(folder)}
+    return card_from_dict(data, source=str(extra_path if extra_path.is_file() else folder))
+
+
+
+def _merge_folder_card(folder: Path, data: Dict[str, Any], family: str, kind: str) -> Path:
+    """Update ``data`` with the fields of an optional ``card.yaml`` beside a model folder (licence, provenance, ...);
+    its family, if given, must be the folder's, and its weights are the folder's. Returns the card.yaml path."""
     extra_path = folder / "card.yaml"
     if extra_path.is_file():
         extra = _read_yaml(extra_path)
         if not isinstance(extra, dict):
             raise CardError(f"card {extra_path} must be a mapping of fields")
-        if extra.get("family", "agglom") != "agglom":
-            raise CardError(f"bad value for field 'family' in card {extra_path}: an export folder is 'agglom'")
+        if extra.get("family", family) != family:
+            raise CardError(f"bad value for field 'family' in card {extra_path}: {kind} is '{family}'")
         extra.pop("weights", None)
         extra.pop("family", None)
         data.update(extra)
-    data["model"] = data.get("model") or cfg.get("architecture", "")
-    data["weights"] = {"source": "folder", "path": str(folder)}
-    return card_from_dict(data, source=str(extra_path if extra_path.is_file() else folder))
+    return extra_path
 
 
 def card_from_hf_folder(folder: Union[str, Path]) -> TeacherCard:
@@ -348,17 +356,7 @@ def card_from_hf_folder(folder: Union[str, Path]) -> TeacherCard:
         except ValueError as e:
             raise CardError(f"{folder / PROCESSOR_FILE}: {e}") from e
         data.update({k: contract[k] for k in ("input_size", "mean", "std", "interpolation", "resize")})
-    extra_path = folder / "card.yaml"
-    if extra_path.is_file():
-        extra = _read_yaml(extra_path)
-        if not isinstance(extra, dict):
-            raise CardError(f"card {extra_path} must be a mapping of fields")
-        if extra.get("family", "transformers") != "transformers":
-            raise CardError(f"bad value for field 'family' in card {extra_path}: a save_pretrained folder is "
-                            "'transformers'")
-        extra.pop("weights", None)
-        extra.pop("family", None)
-        data.update(extra)
+    extra_path = _merge_folder_card(folder, data, "transformers", "a save_pretrained folder")
     if "input_size" not in data:
         raise CardError(f"{folder} has no {PROCESSOR_FILE}: save the model's image processor beside it "
                         "(processor.save_pretrained(folder)) or write a card.yaml there with input_size, mean and std")
