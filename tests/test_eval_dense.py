@@ -91,3 +91,15 @@ def test_dense_probe_learns_a_separable_mask():
     assert 30 <= fg.sum() <= 40 and res["n_train"] == 96
     assert res["dice"][fg].mean() >= 0.95
     assert res["dice"][~fg].mean() >= 0.9  # (almost) nothing predicted where nothing is true
+
+
+def test_spatial_maps_above_the_grid_cap_are_average_pooled():
+    import torch
+
+    from agglom.eval.extract import pool_to
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    assert pool_to(x, 8) is x and pool_to(x, 0) is x
+    p = pool_to(x, 4)
+    assert p.shape == (2, 3, 4, 4)
+    assert p[1, 2, 0, 0] == x[1, 2, :2, :2].mean()

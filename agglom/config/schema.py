@@ -191,6 +191,7 @@ class EvalConfig:
     dense: bool = False
     dense_steps: int = 300  # Adam steps of the 1x1 probe (batches of 64 masked training samples)
     dense_lr: float = 0.01
+    dense_grid: int = 16  # spatial maps with a side above this are average-pooled to it (memory: SAM's 64x64 neck); 0: never
 
 
 @dataclass

@@ -162,6 +162,7 @@ RULES: Dict[str, Rule] = {
     "eval.max_iter": COUNT,
     "eval.dense_steps": COUNT,
     "eval.dense_lr": POSITIVE,
+    "eval.dense_grid": NON_NEGATIVE,
     "export.min_group_count": NON_NEGATIVE,
     # command-level keys (eval, curate, finetune, cache, teachers check)
     "batch_size": COUNT,

@@ -7,7 +7,7 @@ Section shape (documented in :mod:`agglom.eval.report` too)::
     "dense": {
       "protocol": "...", "mask_size": [H, W],
       "masks": {"train"|"val"|"test": {"samples", "masked", "with_foreground"}},
-      "models": {"<model>": {"kind", "features", "feature_dim", "grid": [h, w], "threshold", "val_dice",
+      "models": {"<model>": {"kind", "features", "feature_dim", "grid": [h, w], "max_grid", "threshold", "val_dice",
                              "n_train", "n_test", "empty_masks": {"n", "with_prediction"},
                              "attributes": {"<attribute>": <dense.dice_fairness result>}}}
     }
@@ -61,6 +61,7 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
     any_pred = pred.reshape(len(pred), -1).any(1)
     section = {"kind": kind, "features": "patch tokens" if kind == "student" else "spatial map",
                "feature_dim": int(tr.spatial.shape[1]), "grid": [int(v) for v in tr.spatial.shape[-2:]],
+               "max_grid": int(ev.dense_grid),
                "threshold": res["threshold"], "val_dice": res["val_curve"].get(f"{res['threshold']:g}"),
                "n_train": res["n_train"], "n_test": int(fg.sum()),
                "empty_masks": {"n": int(empty.sum()),

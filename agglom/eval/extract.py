@@ -97,12 +97,23 @@ def teacher_spatial_encoder(outputs: Callable[..., Any]) -> Encoder:
 
 
 @torch.no_grad()
+def pool_to(maps: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Average-pool a [B, C, h, w] map so that neither side exceeds ``max_side`` (unchanged when it fits; 0: never
+    pooled): bounds what a dense evaluation keeps in memory (a SAM neck map is 256 x 64 x 64 per image)."""
+    h, w = maps.shape[-2:]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return maps
+    return torch.nn.functional.adaptive_avg_pool2d(maps, (min(h, max_side), min(w, max_side)))
+
+
 def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device, desc: str = "features",
-                fidelity: Any = None, dense: Optional[Dict[str, Encoder]] = None) -> Dict[str, SplitFeatures]:
+                fidelity: Any = None, dense: Optional[Dict[str, Encoder]] = None,
+                dense_grid: int = 0) -> Dict[str, SplitFeatures]:
     """One pass over a split for every encoder: ``{name: SplitFeatures}`` (labels, keys and attrs shared), so the
     images are read and decoded once however many models are evaluated; ``fidelity`` (a
     :class:`~agglom.eval.fidelity.FidelityAccumulator`) sees every batch too. ``dense`` (names of ``encoders`` ->
-    spatial encoders; the loader must read masks): their maps (float16) and the batch masks are kept as well."""
+    spatial encoders; the loader must read masks): their maps (float16, pooled to at most ``dense_grid`` cells a
+    side) and the batch masks are kept as well."""
     feats: Dict[str, List[np.ndarray]] = {n: [] for n in encoders}
     spatial: Dict[str, List[np.ndarray]] = {n: [] for n in (dense or {})}
     masks: List[np.ndarray] = []
@@ -117,7 +128,8 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
         for name, encoder in encoders.items():
             feats[name].append(encoder(x, batch["key"]).float().cpu().numpy())
         for name, encoder in (dense or {}).items():
-            spatial[name].append(encoder(x, batch["key"]).float().cpu().numpy().astype(np.float16))
+            maps = pool_to(encoder(x, batch["key"]).float(), dense_grid)
+            spatial[name].append(maps.cpu().numpy().astype(np.float16))
         if dense:
             masks.append(batch["mask"].cpu().numpy().astype(np.int16))
         labels.append(batch["label"].cpu().numpy())

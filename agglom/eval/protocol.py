@@ -167,10 +167,11 @@ def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: i
 
 def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fidelity: Any = None,
                    batch_size: Optional[int] = None,
-                   dense: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, SplitFeatures]]:
+                   dense: Optional[Dict[str, Any]] = None, dense_grid: int = 0) -> Dict[str, Dict[str, SplitFeatures]]:
     """``{encoder name: {"train"|"val"|"test": SplitFeatures}}``: one pass over each split for all encoders;
     ``fidelity`` sees the test split. The probe is supervised: a split with unlabelled samples is refused.
-    ``dense`` (encoder name -> spatial encoder): the same pass reads masks and keeps those models' spatial maps."""
+    ``dense`` (encoder name -> spatial encoder): the same pass reads masks and keeps those models' spatial maps
+    (average-pooled to at most ``dense_grid`` cells a side)."""
     from agglom.config.load import ConfigError
     from agglom.data.pipeline import NO_LABEL
     from agglom.eval.extract import extract_all
@@ -179,7 +180,7 @@ def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fid
     for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
         loader = eval_loader(cfg, split, batch_size=batch_size, masks=bool(dense))
         got = extract_all(loader, encoders, device, desc=split, fidelity=fidelity if role == "test" else None,
-                          dense=dense)
+                          dense=dense, dense_grid=dense_grid)
         labels = next(iter(got.values())).labels
         unlabelled = int((labels == NO_LABEL).reshape(len(labels), -1).any(1).sum())
         if unlabelled:

@@ -137,7 +137,8 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     attr_names = list(args.eval.attributes) or None
     results = {}
     with torch.no_grad():
-        splits_of = collect_splits(cfg, encoders, device, fidelity=fid, batch_size=args.batch_size, dense=dense or None)
+        splits_of = collect_splits(cfg, encoders, device, fidelity=fid, batch_size=args.batch_size, dense=dense or None,
+                                   dense_grid=int(args.eval.dense_grid))
         for name, splits in splits_of.items():
             results[name] = probe_model(name, "student" if name == primary and model is not None else "teacher",
                                         splits, args.eval, attr_names, seed=args.seed, indexer=indexer, specs=specs,
