@@ -219,18 +219,39 @@ def has_foreground(masks: np.ndarray) -> np.ndarray:
     return (m > 0).reshape(len(m), -1).any(1)
 
 
-def choose_threshold(prob: np.ndarray, masks: np.ndarray) -> Tuple[float, Dict[str, float]]:
-    """The grid threshold with the best mean Dice over the samples with foreground (ties: the lower one), and the
-    mean Dice at every grid point (so the choice can be checked)."""
+def overlap(probe: DenseProbe, feats: np.ndarray, masks: np.ndarray, thresholds: Sequence[float],
+            chunk: int = 128) -> Dict[str, np.ndarray]:
+    """Per sample and threshold — probability maps made ``chunk`` samples at a time and never kept, so memory does
+    not grow with the split at full mask resolution: ``{"dice", "iou", "pred_area"}``, each [N, T] (``pred_area``:
+    the share of the sample's valid pixels predicted foreground)."""
+    size = tuple(masks.shape[-2:])
+    out: Dict[str, List[np.ndarray]] = {"dice": [], "iou": [], "pred_area": []}
+    for i in range(0, len(feats), chunk):
+        prob = probe.predict(feats[i:i + chunk], size)
+        m = np.asarray(masks[i:i + chunk])
+        valid = m != IGNORE
+        n_valid = np.maximum(valid.reshape(len(m), -1).sum(1), 1)
+        cols: Dict[str, List[np.ndarray]] = {"dice": [], "iou": [], "pred_area": []}
+        for t in thresholds:
+            pred = prob >= t
+            d, u = dice_iou(pred, m)
+            cols["dice"].append(d)
+            cols["iou"].append(u)
+            cols["pred_area"].append((pred & valid).reshape(len(m), -1).sum(1) / n_valid)
+        for k, v in cols.items():
+            out[k].append(np.stack(v, 1))
+    return {k: np.concatenate(v) if v else np.zeros((0, len(thresholds))) for k, v in out.items()}
+
+
+def choose_threshold(dice: np.ndarray, masks: np.ndarray) -> Tuple[float, Dict[str, float]]:
+    """From per-sample Dice at every grid threshold ([N, len(THRESHOLDS)], :func:`overlap`): the threshold with the
+    best mean Dice over the samples with foreground (ties: the lower one; 0.5 when no sample has foreground), and
+    the mean Dice at every grid point (so the choice can be checked)."""
     sel = has_foreground(masks)
-    curve: Dict[str, float] = {}
-    best, best_t = -1.0, 0.5
-    for t in THRESHOLDS:
-        d, _ = dice_iou(prob[sel] >= t, masks[sel]) if sel.any() else (np.zeros(0), None)
-        v = float(d.mean()) if d.size else float("nan")
-        curve[f"{t:g}"] = v
-        if math.isfinite(v) and v > best:
-            best, best_t = v, float(t)
+    means = dice[sel].mean(0) if sel.any() else np.full(len(THRESHOLDS), np.nan)
+    curve = {f"{t:g}": float(v) for t, v in zip(THRESHOLDS, means)}
+    finite = np.isfinite(means)
+    best_t = float(THRESHOLDS[int(np.argmax(np.where(finite, means, -1.0)))]) if finite.any() else 0.5
     return best_t, curve
 
 
@@ -238,8 +259,9 @@ def fit_and_score(train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, n
                   test: Tuple[np.ndarray, np.ndarray], steps: int = 300, lr: float = 0.01,
                   seed: int = 0) -> Dict[str, Any]:
     """Fit the probe on ``train = (features [N, C, h, w], masks [N, H, W])`` (masked samples only), choose the
-    threshold on ``val``, and score ``test``: ``{"threshold", "val_curve", "test_prob", "dice", "iou", "n_train",
-    "losses"}`` with per-test-sample Dice and IoU (every test sample; the caller picks which to report)."""
+    threshold on ``val``, and score ``test``: ``{"threshold", "val_curve", "dice", "iou", "pred_area", "n_train",
+    "losses"}`` with per-test-sample Dice, IoU and predicted area at the threshold (every test sample; the caller
+    picks which to report)."""
     f_tr, m_tr = train
     keep = has_mask(m_tr)
     if not keep.any():
@@ -248,14 +270,10 @@ def fit_and_score(train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, n
     mean, std = channel_stats(f_tr)
     probe = DenseProbe(f_tr.shape[1], mean, std, seed=seed)
     losses = probe.fit(f_tr, m_tr, steps=steps, lr=lr)
-    size = tuple(m_tr.shape[-2:])
-    f_va, m_va = val
-    t, curve = choose_threshold(probe.predict(f_va, size), m_va)
-    prob = probe.predict(test[0], size)
-    dice, iou = dice_iou(prob >= t, test[1])
-    return {"threshold": t, "val_curve": curve, "test_prob": prob, "dice": dice, "iou": iou,
-            "n_train": int(keep.sum()), "losses": losses}
+    t, curve = choose_threshold(overlap(probe, val[0], val[1], THRESHOLDS)["dice"], val[1])
+    res = {k: v[:, 0] for k, v in overlap(probe, test[0], test[1], [t]).items()}
+    return {"threshold": t, "val_curve": curve, **res, "n_train": int(keep.sum()), "losses": losses}
 
 
-__all__ = ["dice_iou", "dice_stats", "dice_fairness", "DenseProbe", "fit_and_score", "choose_threshold",
+__all__ = ["dice_iou", "dice_stats", "dice_fairness", "DenseProbe", "fit_and_score", "choose_threshold", "overlap",
            "has_mask", "has_foreground", "THRESHOLDS", "STAT_KEYS", "PROTOCOL"]

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agglom.data.masks import IGNORE
 from agglom.eval.dense import PROTOCOL, dice_fairness, fit_and_score, has_foreground, has_mask
 from agglom.eval.extract import SplitFeatures, attribute_groups
 
@@ -56,9 +57,8 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
     groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
     attributes = {a: dice_fairness(res["dice"][fg], res["iou"][fg], g[fg], exclude_unknown=exclude_unknown,
                                    n_boot=int(ev.bootstrap), seed=seed) for a, g in groups.items()}
-    pred = res["test_prob"] >= res["threshold"]
     empty = masked & ~fg
-    any_pred = pred.reshape(len(pred), -1).any(1)
+    any_pred = res["pred_area"] > 0
     section = {"kind": kind, "features": "patch tokens" if kind == "student" else "spatial map",
                "feature_dim": int(tr.spatial.shape[1]), "grid": [int(v) for v in tr.spatial.shape[-2:]],
                "max_grid": int(ev.dense_grid),
@@ -67,14 +67,13 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
                "empty_masks": {"n": int(empty.sum()),
                                "with_prediction": float(any_pred[empty].mean()) if empty.any() else None},
                "attributes": attributes}
-    valid = te.masks != -1
-    true_area = ((te.masks > 0) & valid).reshape(len(valid), -1).sum(1) / np.maximum(valid.reshape(len(valid), -1).sum(1), 1)
-    pred_area = (pred & valid).reshape(len(valid), -1).sum(1) / np.maximum(valid.reshape(len(valid), -1).sum(1), 1)
+    valid = (te.masks != IGNORE).reshape(len(te.masks), -1)
+    true_area = (te.masks > 0).reshape(len(te.masks), -1).sum(1) / np.maximum(valid.sum(1), 1)
     rows = []
     for i in np.flatnonzero(masked):
         rows.append({"model": name, "key": te.keys[i], "split": "test", "evaluated": int(fg[i]),
                      "dice": float(res["dice"][i]), "iou": float(res["iou"][i]), "true_area": float(true_area[i]),
-                     "pred_area": float(pred_area[i]), "threshold": float(res["threshold"]),
+                     "pred_area": float(res["pred_area"][i]), "threshold": float(res["threshold"]),
                      **{a: g[i] for a, g in groups.items()}})
     return section, rows
 
