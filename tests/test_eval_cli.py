@@ -142,3 +142,58 @@ def test_eval_against_a_reference_run_reports_paired_group_deltas(small_run, tmp
     # a reference that was never evaluated is refused with a clear message (exit 2)
     assert main(["eval", str(tmp_path / "other"), f"reference={tmp_path / 'nowhere'}", *FAST_EVAL]) == 2
     assert "no predictions.csv" in capsys.readouterr().err
+
+
+def test_eval_dense_section_for_the_student_and_each_teacher(small_run, tmp_path, capsys):
+    """eval.dense=true: the 1x1 dense probe on the student's patch tokens and each teacher's spatial map against the
+    synth lesion masks; its per-group Dice can be recomputed from dense_predictions.csv."""
+    out = tmp_path / "dense"
+    assert main(["eval", str(small_run), "audit=true", f"out={out}", "eval.dense=true", "eval.dense_steps=60",
+                 "eval.fidelity=false", *FAST_EVAL, "eval.label_fractions=[]"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report)
+    dense = report["dense"]
+    assert set(dense["models"]) == {"ev", "teacher:tiny-clip", "teacher:tiny-dinov2"}
+    assert dense["mask_size"] == [32, 32] and dense["masks"]["test"]["masked"] == dense["masks"]["test"]["samples"]
+    student = dense["models"]["ev"]
+    assert student["kind"] == "student" and student["grid"] == [4, 4] and 0.05 <= student["threshold"] <= 0.95
+    assert dense["models"]["teacher:tiny-clip"]["kind"] == "teacher"
+    site = student["attributes"]["site"]
+    assert site["group_names"] == ["A", "B"] and site["n"] == student["n_test"]
+    assert dense["masks"]["test"]["with_foreground"] == site["n"]
+    for k in ("dice", "iou", "worst_group_dice", "dice_gap", "es_dice", "es_dice_std", "dice_std", "dice_skewness"):
+        assert k in site
+    with open(out / "dense_predictions.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == "ev"]
+    assert len(rows) == dense["masks"]["test"]["masked"]
+    used = [r for r in rows if r["evaluated"] == "1"]
+    d = np.array([float(r["dice"]) for r in used])
+    g = np.array([r["site"] for r in used])
+    assert len(used) == site["n"] and d.mean() == pytest.approx(site["dice"]["value"], abs=1e-12)
+    for grp in ("A", "B"):
+        assert d[g == grp].mean() == pytest.approx(site["groups"][grp]["dice"]["value"], abs=1e-12)
+    assert abs(site["groups"]["A"]["dice"]["value"] - site["groups"]["B"]["dice"]["value"]) == pytest.approx(
+        site["dice_gap"]["value"], abs=1e-12)
+    assert (out / "dense_dice_site.png").is_file()
+    assert "Dense probe: segmentation Dice per group" in (out / "report.md").read_text()
+    assert "dense ev / site: Dice" in capsys.readouterr().out
+
+
+def test_eval_dense_refuses_a_dataset_without_masks(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    from agglom.data.writer import DatasetWriter
+
+    root = tmp_path / "plain"
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buf, format="PNG")
+    with DatasetWriter(root, shard_size=10) as w:
+        for i, split in enumerate(["train", "val", "test"] * 2):
+            w.write(f"k{i}", buf.getvalue(), "png", i % 2, {"site": "A"}, split)
+        w.close(name="plain")
+    assert main(["eval", "teacher=tiny-sam", f"data_root={root}", f"out={tmp_path / 'ev'}", "eval.dense=true",
+                 "num_workers=0"]) == 2
+    assert "no segmentation masks" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()

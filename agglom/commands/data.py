@@ -45,6 +45,8 @@ class PackConfig:
     force: bool = False
     attrs_csv: Optional[str] = None  # an attribute table joined onto the images (e.g. a folder pack's demographics)
     attrs_on: str = "file"  # its column matched against each image's path (relative to src), name or stem
+    mask_col: Optional[str] = None  # CSV column holding each image's segmentation mask file (blank: no mask)
+    masks: Optional[str] = None  # a folder of masks: <masks>/<image path relative to src/CSV, suffix .png>, or by stem
 
 
 @dataclass

@@ -186,6 +186,12 @@ class EvalConfig:
     # datasheet's class name) -> [prompt, ...]; multi-label: label -> {0: [negative prompts], 1: [positive prompts]}
     zero_shot_prompts: Dict[Any, Any] = field(default_factory=dict)
     zero_shot_teachers: List[str] = field(default_factory=list)  # empty: every teacher with a text tower
+    # dense (segmentation) probe on spatial features against the samples' masks (agglom.eval.dense): off by default,
+    # because it adds a pass of spatial maps and a probe per model; the dataset needs masks in every split
+    dense: bool = False
+    dense_steps: int = 300  # Adam steps of the 1x1 probe (batches of 64 masked training samples)
+    dense_lr: float = 0.01
+    dense_grid: int = 16  # spatial maps with a side above this are average-pooled to it (memory: SAM's 64x64 neck); 0: never
 
 
 @dataclass

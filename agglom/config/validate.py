@@ -160,6 +160,9 @@ RULES: Dict[str, Rule] = {
     "eval.label_fractions": each(between(0, 1, lo_open=True)),
     "eval.seeds": COUNT,
     "eval.max_iter": COUNT,
+    "eval.dense_steps": COUNT,
+    "eval.dense_lr": POSITIVE,
+    "eval.dense_grid": NON_NEGATIVE,
     "export.min_group_count": NON_NEGATIVE,
     # command-level keys (eval, curate, finetune, cache, teachers check)
     "batch_size": COUNT,

@@ -19,7 +19,7 @@ SHARD_REASONS = ("missing_shard", "empty_shard", "bad_tar")
 SAMPLE_REASONS = ("duplicate_member", "duplicate_key", "missing_field", "bad_json", "bad_label", "bad_image",
                   "too_small")
 SKIP_REASONS = SHARD_REASONS + SAMPLE_REASONS + ("missing_samples",)
-NOTE_REASONS = ("clamped", "unknown_group", "no_label")
+NOTE_REASONS = ("clamped", "unknown_group", "no_label", "bad_mask")
 _EXAMPLES = 3  # per reason, the first few (id: detail) kept for messages
 
 

@@ -83,6 +83,22 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
     return buf.getvalue(), "png"
 
 
+def load_mask(path: Path, image: bytes, ext: str) -> Tuple[bytes, float]:
+    """A mask file -> (``mask.png`` bytes, foreground fraction), checked against its image: a 2D label map
+    (:func:`agglom.data.masks.as_label_map`) of the image's height and width. Raises SkipImage (``bad_mask``)."""
+    from agglom.data.masks import MaskError, encode_mask, foreground_fraction, read_mask_file
+
+    try:
+        arr = read_mask_file(path)
+    except MaskError as e:
+        raise SkipImage("bad_mask", f"mask {path}: {e}") from e
+    shape = decode_array(image, ext).shape[:2]
+    if tuple(arr.shape) != tuple(shape):
+        raise SkipImage("bad_mask", f"mask {path}: {arr.shape[0]}x{arr.shape[1]} pixels for an image of "
+                                    f"{shape[0]}x{shape[1]}")
+    return encode_mask(arr, binary_255=bool(arr.max() <= 1)), foreground_fraction(arr)
+
+
 def _is_dicom(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -147,11 +163,13 @@ def _binary_value(v: str, uncertain: str, blank: str, converted: Counter) -> Opt
 
 def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols: List[str], key_col: Optional[str],
                      split_col: Optional[str], skipped: Counter, uncertain: str = "zeros", blank: str = "zeros",
-                     converted: Optional[Counter] = None) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
+                     converted: Optional[Counter] = None,
+                     mask_col: Optional[str] = None) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
     """Rows -> records. One label column: class names or integers (a blank cell drops the image; with values in
     {1, 0, -1} the -1 follows `uncertain`). Several label columns: a multi-label target, each column binary,
     -1 (uncertain) mapped by `uncertain` (U-Zeros / U-Ones / drop, as in CheXpert) and blank cells (not mentioned)
-    by `blank`."""
+    by `blank`. ``mask_col``: a column with each image's mask file (relative to the CSV, or absolute; a blank cell:
+    no mask), recorded as ``rec["mask_path"]``."""
     from agglom.config.load import ConfigError
 
     converted = converted if converted is not None else Counter()
@@ -162,10 +180,11 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
         reader = csv.DictReader(f)
         cols = list(reader.fieldnames or [])
         rows = list(reader)
-    for c in [path_col] + list(label_cols) + ([key_col] if key_col else []) + ([split_col] if split_col else []):
+    for c in ([path_col] + list(label_cols) + ([key_col] if key_col else []) + ([split_col] if split_col else [])
+              + ([mask_col] if mask_col else [])):
         if c not in cols:
             raise ConfigError(f"csv {path}: no column {c!r} (columns: {cols})")
-    used = {path_col, *label_cols, key_col, split_col}
+    used = {path_col, *label_cols, key_col, split_col, mask_col}
     attr_cols = list(attr_cols) if attr_cols else [c for c in cols if c not in used]
     for c in attr_cols:
         if c not in cols:
@@ -205,6 +224,9 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
             rec["key"] = r[key_col].strip()
         if split_col:
             rec["split"] = r[split_col].strip()
+        if mask_col and (r.get(mask_col) or "").strip():
+            m = Path(r[mask_col].strip())
+            rec["mask_path"] = m if m.is_absolute() else path.parent / m
         recs.append(rec)
     return recs, names
 
@@ -234,12 +256,27 @@ def pack(cfg: Any) -> Dict[str, Any]:
         if not path.is_file():
             raise ConfigError(f"csv={path}: file not found")
         recs, names = records_from_csv(path, cfg.path_col, list(cfg.label_cols), list(cfg.attr_cols),
-                                       cfg.key_col, cfg.split_col, skipped, cfg.uncertain, cfg.blank, converted)
+                                       cfg.key_col, cfg.split_col, skipped, cfg.uncertain, cfg.blank, converted,
+                                       mask_col=cfg.get("mask_col"))
         if len(cfg.label_cols) > 1:
             names = list(cfg.label_cols)  # a multi-label target keeps its column names
         source = f"csv {path.resolve()}"
     if not recs:
         raise ConfigError("no samples found in the source")
+    masks_found = None
+    if cfg.get("masks"):  # a masks folder mirroring the images' relative paths (or flat, by file stem)
+        from agglom.data.masks import find_mask
+
+        mdir = Path(cfg.masks)
+        if not mdir.is_dir():
+            raise ConfigError(f"masks={mdir} is not a folder")
+        if cfg.get("mask_col"):
+            raise ConfigError("give masks either as a CSV column (mask_col=) or as a folder (masks=), not both")
+        for r in recs:
+            found = find_mask(mdir, r["rel"])
+            if found is not None:
+                r["mask_path"] = found
+        masks_found = sum(1 for r in recs if "mask_path" in r)
     keys = _unique([r.get("key") or make_key(r["rel"]) for r in recs], [r["rel"] for r in recs])
     join_report = None
     if cfg.get("attrs_csv"):  # an attribute table joined on file path, name or stem (or the key)
@@ -263,6 +300,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
             raise ConfigError(str(e)) from e
     root = prepare_output(cfg.out, cfg.force)
     written = 0
+    mask_problems: Counter = Counter()
     with DatasetWriter(root, shard_size=cfg.shard_size, prepare=False) as w:
         for key, r in zip(keys, recs):
             try:
@@ -271,7 +309,15 @@ def pack(cfg: Any) -> Dict[str, Any]:
                 skipped[e.reason] += 1
                 log.warning("pack: %s; skipped", e)
                 continue
-            w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]})
+            mask = area = None
+            if "mask_path" in r:
+                try:
+                    mask, area = load_mask(Path(r["mask_path"]), data, ext)
+                except SkipImage as e:  # the image is packed without its mask; counted in params.masks
+                    mask_problems[e.reason] += 1
+                    log.warning("pack: %s; packed without its mask", e)
+            w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]},
+                    mask=mask, mask_area=area)
             written += 1
         if written == 0:
             raise ConfigError(f"no readable images in the source (skipped: {dict(skipped)})")
@@ -282,9 +328,14 @@ def pack(cfg: Any) -> Dict[str, Any]:
                                 "shard_size": cfg.shard_size, "uncertain": cfg.uncertain, "blank": cfg.blank,
                                 "labels_converted": dict(converted), "dicom_converted": dict(dicom_notes),
                                 **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
-                                   if join_report else {})},
+                                   if join_report else {}),
+                                **({"masks_source": {"column": cfg.get("mask_col"), "folder": cfg.get("masks"),
+                                                     "found": (masks_found if masks_found is not None else
+                                                               sum(1 for r in recs if "mask_path" in r)),
+                                                     "dropped": dict(mask_problems)}}
+                                   if cfg.get("mask_col") or cfg.get("masks") else {})},
                         label=label, skipped=dict(skipped))
     return sheet
 
 
-__all__ = ["pack", "load_image", "SkipImage", "make_key", "records_from_folder", "records_from_csv"]
+__all__ = ["pack", "load_image", "load_mask", "SkipImage", "make_key", "records_from_folder", "records_from_csv"]

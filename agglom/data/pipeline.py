@@ -14,6 +14,7 @@ import torch
 from agglom.data.counts import SkipCounts
 from agglom.data.decode import IMAGE_EXTS, DecodeError, decode_array, find_image, to_channels
 from agglom.data.groups import GroupIndexer
+from agglom.data.masks import IGNORE, MASK_MEMBER, MaskError, decode_mask
 from agglom.data.shards import shard_id
 
 NO_LABEL = -1  # the label of a sample read label-free
@@ -76,7 +77,7 @@ def parse(sample: Dict[str, Any], counts: SkipCounts, indexer: GroupIndexer,
     if group == indexer.unknown_index:
         counts.note("unknown_group")
     return {"key": key, "id": ident, "label": label, "attrs": attrs, "group": group, "ext": ext,
-            "bytes": sample[ext]}
+            "bytes": sample[ext], "mask_bytes": sample.get(MASK_MEMBER)}
 
 
 def load_image(rec: Dict[str, Any], counts: SkipCounts, grayscale: str, min_side: int) -> Optional[torch.Tensor]:
@@ -102,20 +103,52 @@ def load_image(rec: Dict[str, Any], counts: SkipCounts, grayscale: str, min_side
     return img
 
 
+def load_mask(rec: Dict[str, Any], counts: SkipCounts, img: torch.Tensor) -> torch.Tensor:
+    """The sample's mask as float [1, H, W] in the image's geometry, stored in ``rec["mask"]`` and returned:
+    its label map, or :data:`~agglom.data.masks.IGNORE` everywhere for a sample without one. A mask that cannot
+    be used (undecodable, colour, not the image's size) is dropped and noted (``bad_mask``); the sample stays.
+    Float, so that the transform's geometry (nearest neighbour) runs on it as on the image."""
+    h, w = img.shape[-2:]
+    data = rec.get("mask_bytes")
+    arr = None
+    if data is not None:
+        try:
+            arr = decode_mask(data)
+            if arr.shape != (h, w):
+                raise MaskError(f"mask of {arr.shape[0]}x{arr.shape[1]} pixels for an image of {h}x{w}")
+        except MaskError:
+            counts.note("bad_mask")
+            arr = None
+    m = torch.full((1, h, w), float(IGNORE)) if arr is None else torch.from_numpy(arr.astype("float32"))[None]
+    rec["mask"] = m
+    return m
+
+
 def transform(rec: Dict[str, Any], img: torch.Tensor, fn: Any, counts: SkipCounts,
               generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
-    """``fn(img, generator)``, or None when it fails on this image (``bad_image``, with the error)."""
+    """``fn(img, generator)``, or None when it fails on this image (``bad_image``, with the error). A record
+    holding a mask (:func:`load_mask`) has it transformed with the same geometry (``fn(img, generator,
+    mask=...)``), and ``rec["mask"]`` replaced by the result: long [H', W']."""
     try:
-        return fn(img, generator)
+        if rec.get("mask") is None:
+            return fn(img, generator)
+        out, mask = fn(img, generator, mask=rec["mask"])
+        rec["mask"] = mask[0].round().long()
+        return out
     except (RuntimeError, ValueError) as e:
         counts.skip("bad_image", rec["id"], f"transform: {e}")
         return None
 
 
-def collate(recs: List[Dict[str, Any]], images: List[torch.Tensor]) -> Dict[str, Any]:
-    return {"image": torch.stack(images), "label": torch.tensor([r["label"] for r in recs], dtype=torch.long),
-            "group": torch.tensor([r["group"] for r in recs], dtype=torch.long),
-            "attrs": [r["attrs"] for r in recs], "key": [r["key"] for r in recs]}
+def collate(recs: List[Dict[str, Any]], images: List[torch.Tensor], masks: bool = False) -> Dict[str, Any]:
+    """A batch dict; ``masks``: with ``"mask"``, long [B, H, W] (:data:`~agglom.data.masks.IGNORE` where a sample
+    has no mask)."""
+    batch = {"image": torch.stack(images), "label": torch.tensor([r["label"] for r in recs], dtype=torch.long),
+             "group": torch.tensor([r["group"] for r in recs], dtype=torch.long),
+             "attrs": [r["attrs"] for r in recs], "key": [r["key"] for r in recs]}
+    if masks:
+        batch["mask"] = torch.stack([r["mask"] for r in recs])
+    return batch
 
 
-__all__ = ["parse", "load_image", "transform", "collate", "sample_id"]
+__all__ = ["parse", "load_image", "load_mask", "transform", "collate", "sample_id"]

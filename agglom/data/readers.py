@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from agglom.data.counts import DATA_COUNTS, NOTE_REASONS, SKIP_REASONS, SkipCounts
 from agglom.data.groups import GroupIndexer
-from agglom.data.pipeline import collate, load_image, parse, transform
+from agglom.data.pipeline import collate, load_image, load_mask, parse, transform
 from agglom.data.sampling import acceptance, group_counts
 from agglom.data.shards import (
     dataset_datasheet,
@@ -114,13 +114,14 @@ class _Stream(IterableDataset):
                  indexer: GroupIndexer, sidecars: Mapping[str, Mapping[str, Any]], rank: int, world: int,
                  seed: int = 0, epoch: int = 0, num_batches: int = 0, skip_batches: int = 0,
                  shuffle_buffer: int = 1000, accept: Optional[List[float]] = None, label_len: Optional[int] = None,
-                 min_side: int = 1):
+                 min_side: int = 1, masks: bool = False):
         super().__init__()
         self.urls, self.train, self.batch_size = list(urls), train, int(batch_size)
         self.transform, self.grayscale, self.indexer, self.sidecars = transform, grayscale, indexer, sidecars
         self.rank, self.world, self.seed, self.epoch = rank, world, seed, epoch
         self.num_batches, self.skip_batches, self.shuffle_buffer = num_batches, skip_batches, shuffle_buffer
         self.accept, self.label_len, self.min_side = accept, label_len, int(min_side)
+        self.masks = bool(masks)  # read each sample's mask.png (IGNORE where none) and batch it as "mask"
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         wi = get_worker_info()
@@ -140,7 +141,10 @@ class _Stream(IterableDataset):
         yield {STATS_MARKER: counter.take(), "worker": logical, "samples": produced}
 
     def _image(self, rec: Dict[str, Any], counter: _Counter) -> Optional[torch.Tensor]:
-        return load_image(rec, counter, self.grayscale, self.min_side)
+        img = load_image(rec, counter, self.grayscale, self.min_side)
+        if img is not None and self.masks:
+            load_mask(rec, counter, img)
+        return img
 
     # ---- training: resampled shards, acceptance by group weight, shuffle buffer, bounded length
     def _train(self, L: int, nw: int, counter: _Counter) -> Iterator[Dict[str, Any]]:
@@ -186,7 +190,7 @@ class _Stream(IterableDataset):
                     out = [(r, transform(r, im, self.transform, counter, g)) for r, im in zip(recs, imgs)]
                     kept = [(r, im) for r, im in out if im is not None]
                     if kept:
-                        yield collate([r for r, _ in kept], [im for _, im in kept])
+                        yield collate([r for r, _ in kept], [im for _, im in kept], self.masks)
                 else:
                     counter.take()  # a resumed reader drops what the run counted before its checkpoint
                 b += 1
@@ -214,22 +218,26 @@ class _Stream(IterableDataset):
                     continue
                 rec = parse(sample, counter, self.indexer, self.sidecars, label_len)
                 img = None if rec is None else self._image(rec, counter)
-                img = None if img is None else transform(rec, img, lambda im, g: self.transform(im), counter)
+                img = None if img is None else transform(rec, img, lambda im, g, **kw: self.transform(im, **kw),
+                                                         counter)
                 if img is None:
                     continue
                 recs.append(rec)
                 imgs.append(img)
                 if len(recs) == self.batch_size:
-                    yield collate(recs, imgs)
+                    yield collate(recs, imgs, self.masks)
                     recs, imgs = [], []
         if recs:
-            yield collate(recs, imgs)
+            yield collate(recs, imgs, self.masks)
 
 
 def _drop_rows(batch: Dict[str, Any], keep: List[int]) -> Dict[str, Any]:
     idx = torch.tensor(keep, dtype=torch.long)
-    return {"image": batch["image"][idx], "label": batch["label"][idx], "group": batch["group"][idx],
-            "attrs": [batch["attrs"][i] for i in keep], "key": [batch["key"][i] for i in keep]}
+    out = {"image": batch["image"][idx], "label": batch["label"][idx], "group": batch["group"][idx],
+           "attrs": [batch["attrs"][i] for i in keep], "key": [batch["key"][i] for i in keep]}
+    if "mask" in batch:
+        out["mask"] = batch["mask"][idx]
+    return out
 
 
 class Loader:
@@ -325,9 +333,11 @@ def _context(cfg: Any) -> Tuple[Optional[Dict[str, Any]], Dict[str, Dict[str, An
     return sheet, sidecars, group_indexer(cfg, sheet)
 
 
-def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0) -> Loader:
+def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = False) -> Loader:
     """Resampled, shuffled training batches: ``cfg.data.epoch_samples`` per epoch over all ranks (whole batches
-    per rank), deterministic given (data.seed, epoch, rank, worker); ``skip_batches`` resumes mid-epoch."""
+    per rank), deterministic given (data.seed, epoch, rank, worker); ``skip_batches`` resumes mid-epoch.
+    ``masks``: batches also hold ``"mask"`` (long [B, H, W], the augmentation's geometry applied; IGNORE where a
+    sample has none); the images and their augmentation are the same either way."""
     from agglom.config.load import ConfigError
 
     d = dist_info()
@@ -344,15 +354,17 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0) -> Loader:
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, seed=int(data.seed), epoch=int(epoch),
                  num_batches=nb, skip_batches=int(skip_batches), shuffle_buffer=int(data.shuffle_buffer),
                  accept=acceptance(cfg, indexer, sheet, sidecars), label_len=_label_len(sheet),
-                 min_side=int(_cfg_get(data, "min_image_side", 1)))
+                 min_side=int(_cfg_get(data, "min_image_side", 1)), masks=masks)
     return Loader(ds, data.num_workers, f"train[epoch {epoch}]", indexer, sheet, num_batches=nb - skip_batches,
                   missing=missing_shards(cfg, data.train_split))
 
 
-def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None, whole: bool = False) -> Loader:
+def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None, whole: bool = False,
+                masks: bool = False) -> Loader:
     """Every sample of ``split`` exactly once over ranks and workers, in a fixed order, without augmentation; a
     key repeated in the split is read once (``duplicate_key``). ``whole``: this process reads the whole split
-    whatever its rank (a computation every rank repeats)."""
+    whatever its rank (a computation every rank repeats). ``masks``: batches also hold ``"mask"`` (long
+    [B, H, W] at the image size, nearest-neighbour resized; IGNORE where a sample has none)."""
     d = dist_info()
     if whole:
         from agglom.dist import DistInfo
@@ -363,7 +375,7 @@ def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None, whole: b
     urls = shard_urls(cfg, split)
     ds = _Stream(urls, False, int(batch_size or data.batch_size), build_transform(cfg, train=False),
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, label_len=_label_len(sheet),
-                 min_side=int(_cfg_get(data, "min_image_side", 1)))
+                 min_side=int(_cfg_get(data, "min_image_side", 1)), masks=masks)
     expected = None
     if d.world_size == 1 and shard_pattern(cfg, split) is None:
         expected = ((sheet or {}).get("splits", {}).get(split) or {}).get("samples")

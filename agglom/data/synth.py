@@ -4,6 +4,9 @@ Each subject is a smooth 2D "organ" template (an ellipse with two darker lobes a
 subject-level smooth random displacement field, with texture. Attributes and effects:
 
 - ``label`` (disease, binary): a local bright blob in the upper-right lobe region that moves with the anatomy.
+  Its ground-truth segmentation is written as each sample's ``mask.png`` (0/255; read as 0/1): the blob at half
+  its peak or more, inside the organ; all background for a healthy subject. Drawing it consumes no randomness, so
+  images, labels and splits are the same as without masks.
 - ``shortcut`` ("0"/"1"): the *bias effect* — an intensity/contrast shift inside the organ (``bias=intensity``),
   a local bulge of the outline (``bias=morphology``) or both — whose prevalence differs by class:
   P(shortcut=1 | disease) = ``shortcut_p_disease``, P(shortcut=1 | healthy) = ``shortcut_p_healthy``.
@@ -28,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 CHUNK = 512  # subjects rendered per vectorised block (fixed: part of the random stream's definition)
+LESION_LEVEL = 0.5  # the lesion mask: where the disease blob is at least this fraction of its peak (half maximum)
 
 
 @dataclass
@@ -104,8 +108,11 @@ def _upsampler(g: int, size: int) -> np.ndarray:
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, with_bias: bool) -> np.ndarray:
-    """Render subjects [lo, hi) -> uint8 [m, S, S]. All randomness comes from rng(seed, 2, lo)."""
+def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, with_bias: bool,
+                  lesions: Optional[np.ndarray] = None) -> np.ndarray:
+    """Render subjects [lo, hi) -> uint8 [m, S, S]. All randomness comes from rng(seed, 2, lo). ``lesions`` (uint8
+    [m, S, S], filled in place when given): the ground-truth lesion mask, computed from the same geometry without
+    drawing anything, so images are the same with or without it."""
     S = p.image_size
     m = hi - lo
     rng = np.random.default_rng([p.seed, 2, lo])
@@ -148,6 +155,8 @@ def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, wi
     lr = s["lesion_r"][sl][:, None, None]
     blob = np.exp(-((xr - lx) ** 2 + (yr - ly) ** 2) / (2 * lr ** 2))
     organ = organ + p.disease_strength * s["label"][sl][:, None, None] * blob
+    if lesions is not None:  # the lesion: where the disease effect is at least half its peak, inside the organ
+        lesions[...] = (s["label"][sl][:, None, None] & (blob >= LESION_LEVEL) & (mask >= 0.5)).astype(np.uint8)
     if p.bias in ("intensity", "both"):  # intensity + contrast shift inside the organ
         f = shortcut[:, None, None].astype(np.float32)
         organ = organ + f * (p.bias_strength * 0.5 + p.bias_strength * (organ - 0.5))
@@ -163,15 +172,20 @@ def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, wi
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def render(p: SynthParams, s: Optional[Dict[str, np.ndarray]] = None, with_bias: bool = True) -> np.ndarray:
-    """All images, uint8 [n, S, S]; ``with_bias=False`` renders the no-bias twin of the same subjects."""
+def render(p: SynthParams, s: Optional[Dict[str, np.ndarray]] = None, with_bias: bool = True,
+           lesions: bool = False) -> Any:
+    """All images, uint8 [n, S, S]; ``with_bias=False`` renders the no-bias twin of the same subjects.
+    ``lesions=True`` returns ``(images, masks)``, masks uint8 [n, S, S] in {0, 1}: the disease lesion of each
+    diseased subject (all background for a healthy one), in the image's geometry (the morphology bias moves it
+    with the anatomy; site B's acquisition changes intensities only)."""
     p.validate()
     s = subjects(p) if s is None else s
     out = np.empty((p.n, p.image_size, p.image_size), dtype=np.uint8)
+    masks = np.zeros_like(out) if lesions else None
     for lo in range(0, p.n, CHUNK):
         hi = min(p.n, lo + CHUNK)
-        out[lo:hi] = _render_chunk(p, s, lo, hi, with_bias)
-    return out
+        out[lo:hi] = _render_chunk(p, s, lo, hi, with_bias, None if masks is None else masks[lo:hi])
+    return (out, masks) if lesions else out
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -201,6 +215,7 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
                 shard_size: int = 1000, force: bool = False) -> Dict[str, Any]:
     """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet."""
     from agglom.data.splits import default_fractions, stratified_split
+    from agglom.data.masks import encode_mask
     from agglom.data.writer import DatasetWriter, prepare_output
 
     p.validate()
@@ -213,19 +228,24 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     params = {**asdict(p), "val_frac": val_frac, "test_frac": test_frac, "shard_size": shard_size, "twin": twin}
     sheet: Dict[str, Any] = {}
     for variant in (["main", "twin"] if twin else ["main"]):
-        imgs = render(p, s, with_bias=(variant == "main"))
+        imgs, lesions = render(p, s, with_bias=(variant == "main"), lesions=True)
         dest = root if variant == "main" else root / "twin"
         with DatasetWriter(dest, shard_size=shard_size, force=True, prepare=(variant != "main")) as w:
             for split in ("train", "val", "test"):
                 for i, k in enumerate(keys):
                     if assign[k] == split:
-                        w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split)
+                        w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split,
+                                mask=encode_mask(lesions[i], binary_255=True),
+                                mask_area=float(lesions[i].mean()))
             info = dict(
                 name="synth-bias" + ("-twin" if variant == "twin" else ""),
                 source="agglom data synth: SimBA-style synthetic bias benchmark (generated, numpy/scipy)",
                 licence="CC0-1.0 (generated data)",
                 params={**params, "variant": variant, "bias_effect_present": variant == "main"},
                 label={"type": "binary", "num_classes": 2, "names": ["healthy", "disease"]},
+                mask_definition={"member": "mask.png", "classes": ["background", "lesion"],
+                      "definition": f"the disease blob at >= {LESION_LEVEL:g} of its peak, inside the organ; "
+                                    "all background for healthy subjects"},
                 image={"ext": "png", "channels": 1, "bit_depth": 8, "size": [p.image_size, p.image_size]},
                 generation_seconds=round(time.perf_counter() - t0, 3),
                 split_design=split_design(p, val_frac, test_frac),

@@ -89,22 +89,38 @@ class ImageTransform:
                 return top, left, ch, cw
         return 0, 0, h, w
 
-    def __call__(self, img: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 mask: Optional[torch.Tensor] = None) -> Any:
+        """The transformed image, or ``(image, mask)`` when a ``mask`` (float [1, H, W] label map) is given: the
+        mask goes through the same crop, resize, flip and rotation (nearest neighbour, so labels stay labels;
+        pixels rotated in from outside are :data:`~agglom.data.masks.IGNORE`) and none of the intensity changes.
+        The random draws are the same with or without a mask, so a mask never changes the image."""
         if img.ndim != 3:
             raise ValueError(f"expected an image [C,H,W], got shape {tuple(img.shape)}")
         h, w = img.shape[-2:]
+        if mask is not None and tuple(mask.shape[-2:]) != (h, w):
+            raise ValueError(f"mask {tuple(mask.shape[-2:])} and image {(h, w)} differ in size")
         size = [self.h, self.w]
         g = generator
+        near = InterpolationMode.NEAREST
         if self.train and (self.scale_min < 1.0 or self.ratio_jitter > 0):
             top, left, ch, cw = self._crop_params(h, w, g)
             img = TF.resized_crop(img, top, left, ch, cw, size, interpolation=self.interp, antialias=True)
+            if mask is not None:
+                mask = TF.resized_crop(mask, top, left, ch, cw, size, interpolation=near, antialias=False)
         elif (h, w) != (self.h, self.w):
             img = TF.resize(img, size, interpolation=self.interp, antialias=True)
+            if mask is not None:
+                mask = TF.resize(mask, size, interpolation=near, antialias=False)
         if self.hflip > 0 and self._rand(g) < self.hflip:
             img = TF.horizontal_flip(img)
+            if mask is not None:
+                mask = TF.horizontal_flip(mask)
         if self.rotate > 0:
             angle = self._uniform(g, -self.rotate, self.rotate)
             img = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR)
+            if mask is not None:
+                mask = TF.rotate(mask + 1.0, angle, interpolation=near) - 1.0  # outside: 0 + (-1) = IGNORE
         if self.brightness > 0:
             img = img * self._uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
         if self.contrast > 0:
@@ -114,7 +130,8 @@ class ImageTransform:
         if self.brightness > 0 or self.contrast > 0:
             img = img.clamp(0.0, 1.0)
         img = img.clamp(0.0, 1.0) if self.interp == InterpolationMode.BICUBIC else img
-        return (img - self.mean) / self.std
+        out = (img - self.mean) / self.std
+        return out if mask is None else (out, mask)
 
 
 def build_transform(cfg: Any, train: bool = False) -> ImageTransform:

@@ -114,9 +114,24 @@ class DatasheetBuilder:
         self.attr_numeric: Dict[str, bool] = {}
         self.numeric_values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
         self.shards: Counter = Counter()
+        # masks: per split the masked samples and the sum of their foreground fractions, and the same per
+        # attribute value (the datasheet's "masks" section; absent when no sample has a mask)
+        self.mask_counts: Counter = Counter()
+        self.mask_area: Counter = Counter()
+        self.mask_by_attr: Dict[str, Dict[str, Dict[str, List[float]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(lambda: [0, 0.0])))
 
-    def add(self, split: str, label: Any, attrs: Mapping[str, Any]) -> None:
+    def add(self, split: str, label: Any, attrs: Mapping[str, Any], mask_area: Optional[float] = None) -> None:
         self.split_counts[split] += 1
+        if mask_area is not None:
+            self.mask_counts[split] += 1
+            self.mask_area[split] += float(mask_area)
+            for a, v in (attrs or {}).items():
+                if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+                    continue
+                cell = self.mask_by_attr[a][split][fmt_value(v)]
+                cell[0] += 1
+                cell[1] += float(mask_area)
         if isinstance(label, (list, tuple)):
             self.multilabel = len(label)
         for lk in _label_keys(label):
@@ -175,8 +190,31 @@ class DatasheetBuilder:
                        for s in splits},
             "attributes": attributes,
         }
+        if self.mask_counts:
+            sheet["masks"] = self._masks_section(splits, attributes)
         sheet.update(info)
         return sheet
+
+    def _masks_section(self, splits: List[str], attributes: Mapping[str, Any]) -> Dict[str, Any]:
+        """``{"splits": {split: {"samples", "without_mask", "mean_area"}}, "by_attribute": {attr: {split: {value:
+        {"samples", "mean_area"}}}}}``: how many samples carry a mask and the mean foreground fraction of their masks
+        (an all-background mask counts with area 0), per split and per attribute value (attributes listed with
+        their values in the datasheet; a numeric one with many values is summarised only per split)."""
+        def mean(total: float, n: int) -> Optional[float]:
+            return round(total / n, 6) if n else None
+
+        out: Dict[str, Any] = {"splits": {s: {"samples": int(self.mask_counts[s]),
+                                              "without_mask": int(self.split_counts[s] - self.mask_counts[s]),
+                                              "mean_area": mean(self.mask_area[s], self.mask_counts[s])}
+                                          for s in splits}}
+        by_attr: Dict[str, Any] = {}
+        for a in sorted(self.mask_by_attr):
+            if "values" not in attributes.get(a, {}):
+                continue
+            by_attr[a] = {s: {v: {"samples": int(c[0]), "mean_area": mean(c[1], int(c[0]))}
+                              for v, c in sorted(self.mask_by_attr[a][s].items())} for s in splits}
+        out["by_attribute"] = by_attr
+        return out
 
 
 # --------------------------------------------------------------------------- shard writer
@@ -243,7 +281,10 @@ class DatasetWriter:
         self.datasheet: Optional[Dict[str, Any]] = None
 
     def write(self, key: str, image: bytes, ext: str, label: Any, attrs: Mapping[str, Any], split: str,
-              extra: Optional[Mapping[str, Any]] = None) -> None:
+              extra: Optional[Mapping[str, Any]] = None, mask: Optional[bytes] = None,
+              mask_area: Optional[float] = None) -> None:
+        """One sample; ``mask``: the PNG bytes of its segmentation mask (:mod:`agglom.data.masks`), written as the
+        ``mask.png`` member, with ``mask_area`` its foreground fraction for the datasheet."""
         if not _KEY_RE.match(key):
             raise ValueError(f"sample key {key!r} must use only letters, digits, '_' and '-' (no dots or slashes)")
         if key in self._keys:
@@ -257,8 +298,15 @@ class DatasetWriter:
         w = self._writers.get(split)
         if w is None:
             w = self._writers[split] = _SplitWriter(self.root / split, split, self.shard_size)
-        w.write({"__key__": key, ext: bytes(image), "json": json.dumps(meta, sort_keys=True).encode("utf-8")})
-        self.sheet.add(split, label, meta["attrs"])
+        sample = {"__key__": key, ext: bytes(image), "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
+        if mask is not None:
+            from agglom.data.masks import MASK_MEMBER, decode_mask, foreground_fraction
+
+            sample[MASK_MEMBER] = bytes(mask)
+            if mask_area is None:
+                mask_area = foreground_fraction(decode_mask(mask))
+        w.write(sample)
+        self.sheet.add(split, label, meta["attrs"], mask_area=mask_area if mask is not None else None)
 
     def close(self, **info: Any) -> Dict[str, Any]:
         for split, w in self._writers.items():
@@ -324,6 +372,18 @@ def summary_table(sheet: Mapping[str, Any]) -> str:
                     lines.append(f"  {s}: n={m['n']} min={m['min']:g} median={m['median']:g} max={m['max']:g} "
                                  f"mean={m['mean']:g} std={m['std']:g}")
         lines.append(f"{'  (missing)':<24}" + "".join(f"{info.get('missing', {}).get(s, 0):>{w}}" for s in splits))
+    masks = sheet.get("masks")
+    if masks:
+        ms = masks.get("splits", {})
+        lines.append(f"{'masked samples':<24}" + "".join(f"{ms.get(s, {}).get('samples', 0):>{w}}" for s in splits))
+        lines.append(f"{'mean mask area':<24}" + "".join(
+            f"{'-' if ms.get(s, {}).get('mean_area') is None else format(ms[s]['mean_area'], '.4f'):>{w}}"
+            for s in splits))
+        for a, per in masks.get("by_attribute", {}).items():
+            for v in sorted({v for s in splits for v in per.get(s, {})}):
+                cells = [per.get(s, {}).get(v) for s in splits]
+                lines.append(f"{'  mask area ' + a + '=' + str(v):<24}" + "".join(
+                    f"{'-' if not c or c['mean_area'] is None else format(c['mean_area'], '.4f'):>{w}}" for c in cells))
     if sheet.get("skipped"):
         lines.append(f"skipped while writing: {json.dumps(sheet['skipped'])}")
     if sheet.get("split_design"):

@@ -21,6 +21,8 @@ class SplitFeatures:
     keys: List[str]
     attrs: List[Dict[str, Any]]
     data: Optional[Dict[str, Any]] = None  # what the reader read, skipped and noted (see data_summary)
+    spatial: Optional[np.ndarray] = None  # [N, C, h, w] float16: spatial features (dense evaluation only)
+    masks: Optional[np.ndarray] = None  # [N, H, W] int16 label maps, IGNORE where none (dense evaluation only)
 
 
 def data_summary(loader: Any) -> Optional[Dict[str, Any]]:
@@ -46,28 +48,75 @@ def teacher_output(teacher: Any, x: torch.Tensor, keys: Sequence[str]) -> Any:
     return teacher(x)
 
 
+class LastOutput:
+    """A teacher's outputs for the batch last asked for, computed once: the probe's and the dense probe's encoders
+    of one teacher share it, so a dense evaluation costs no second teacher forward."""
+
+    def __init__(self, teacher: Any):
+        self.teacher = teacher
+        self._key: Optional[tuple] = None
+        self._out: Any = None
+
+    def __call__(self, x: torch.Tensor, keys: Sequence[str]) -> Any:
+        key = (x.data_ptr(), tuple(x.shape), tuple(keys))
+        if key != self._key:
+            self._out, self._key = teacher_output(self.teacher, x, keys), key
+        return self._out
+
+
 def student_encoder(model: Any, kind: str) -> Encoder:
     return lambda x, keys: model.features(x, kind)
 
 
-def teacher_encoder(teacher: Any, kind: str) -> Encoder:
-    """A teacher's probe features: its summary embedding ("summary", and "adapters": the student's adapters
-    emulate exactly these), or the mean of its spatial map ("pooled")."""
+def student_spatial_encoder(model: Any) -> Encoder:
+    """The student's spatial features for dense probes: its final patch tokens as a map [B, D, h, w]."""
+    from agglom.model.student import student_tokens
 
     def enc(x: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
-        out = teacher_output(teacher, x, keys)
+        _, patches, (h, w) = student_tokens(model.student, x)
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
+
+    return enc
+
+
+def teacher_encoder(teacher: Any, kind: str, outputs: Optional[Callable[..., Any]] = None) -> Encoder:
+    """A teacher's probe features: its summary embedding ("summary", and "adapters": the student's adapters
+    emulate exactly these), or the mean of its spatial map ("pooled"). ``outputs``: where its outputs come from
+    (a shared :class:`LastOutput`; default: :func:`teacher_output`)."""
+
+    def enc(x: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+        out = outputs(x, keys) if outputs is not None else teacher_output(teacher, x, keys)
         return out.spatial.flatten(2).mean(-1) if kind == "pooled" else out.summary
 
     return enc
 
 
+def teacher_spatial_encoder(outputs: Callable[..., Any]) -> Encoder:
+    """A teacher's spatial map [B, C, h, w] for dense probes, from ``outputs`` (a :class:`LastOutput`)."""
+    return lambda x, keys: outputs(x, keys).spatial
+
+
 @torch.no_grad()
+def pool_to(maps: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Average-pool a [B, C, h, w] map so that neither side exceeds ``max_side`` (unchanged when it fits; 0: never
+    pooled): bounds what a dense evaluation keeps in memory (a SAM neck map is 256 x 64 x 64 per image)."""
+    h, w = maps.shape[-2:]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return maps
+    return torch.nn.functional.adaptive_avg_pool2d(maps, (min(h, max_side), min(w, max_side)))
+
+
 def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device, desc: str = "features",
-                fidelity: Any = None) -> Dict[str, SplitFeatures]:
+                fidelity: Any = None, dense: Optional[Dict[str, Encoder]] = None,
+                dense_grid: int = 0) -> Dict[str, SplitFeatures]:
     """One pass over a split for every encoder: ``{name: SplitFeatures}`` (labels, keys and attrs shared), so the
     images are read and decoded once however many models are evaluated; ``fidelity`` (a
-    :class:`~agglom.eval.fidelity.FidelityAccumulator`) sees every batch too."""
+    :class:`~agglom.eval.fidelity.FidelityAccumulator`) sees every batch too. ``dense`` (names of ``encoders`` ->
+    spatial encoders; the loader must read masks): their maps (float16, pooled to at most ``dense_grid`` cells a
+    side) and the batch masks are kept as well."""
     feats: Dict[str, List[np.ndarray]] = {n: [] for n in encoders}
+    spatial: Dict[str, List[np.ndarray]] = {n: [] for n in (dense or {})}
+    masks: List[np.ndarray] = []
     labels, keys, attrs = [], [], []
     bar = None
     if sys.stderr.isatty():
@@ -78,6 +127,11 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
         x = batch["image"].to(device)
         for name, encoder in encoders.items():
             feats[name].append(encoder(x, batch["key"]).float().cpu().numpy())
+        for name, encoder in (dense or {}).items():
+            maps = pool_to(encoder(x, batch["key"]).float(), dense_grid)
+            spatial[name].append(maps.cpu().numpy().astype(np.float16))
+        if dense:
+            masks.append(batch["mask"].cpu().numpy().astype(np.int16))
         labels.append(batch["label"].cpu().numpy())
         keys += list(batch["key"])
         attrs += list(batch["attrs"])
@@ -95,7 +149,10 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
                           + (f" (skipped: {loader.stats.describe()})" if summary else ""))
     y = np.concatenate(labels)
     data = data_summary(loader)
-    return {n: SplitFeatures(np.concatenate(f), y, keys, attrs, data) for n, f in feats.items()}
+    m = np.concatenate(masks) if masks else None
+    return {n: SplitFeatures(np.concatenate(f), y, keys, attrs, data,
+                             spatial=np.concatenate(spatial[n]) if n in spatial else None,
+                             masks=m if n in spatial else None) for n, f in feats.items()}
 
 
 def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "features",

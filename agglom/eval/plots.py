@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from agglom.eval.metrics import UNKNOWN, ece_bins  # noqa: E402
 
-__all__ = ["plot_group_auc", "plot_fidelity_heatmap", "plot_calibration", "plot_front"]
+__all__ = ["plot_group_auc", "plot_fidelity_heatmap", "plot_calibration", "plot_front", "plot_group_dice"]
 
 
 def _save(fig: Any, path: str | os.PathLike) -> str:
@@ -156,6 +156,44 @@ def plot_front(summary: Mapping[str, Any], path: str | os.PathLike, title: str =
     return _save(fig, path)
 
 
+def plot_group_dice(models: Mapping[str, Mapping[str, Any]], attr: str, path: str | os.PathLike,
+                    title: str = "") -> str:
+    """Grouped bars: for each group of ``attr`` the mean Dice of every model (dense section results) with its 95%
+    interval, and each model's overall Dice as a dashed line of its colour."""
+    names = list(models)
+    groups: list = []
+    for m in models.values():
+        groups += [g for g in m["attributes"][attr]["group_names"] if g not in groups]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(groups) * max(1, len(names)) * 0.6 + 2), 3.6))
+    x = np.arange(len(groups))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, n in enumerate(names):
+        r = models[n]["attributes"][attr]
+        vals, lo, hi = [], [], []
+        for g in groups:
+            e = r["groups"].get(g, {}).get("dice") or {}
+            v = _val(e.get("value"))
+            ci = e.get("ci")
+            vals.append(v)
+            lo.append(max(v - ci[0], 0.0) if ci and np.isfinite(v) else 0.0)
+            hi.append(max(ci[1] - v, 0.0) if ci and np.isfinite(v) else 0.0)
+        c = colours[j % len(colours)]
+        ax.bar(x + (j - (len(names) - 1) / 2) * width, np.nan_to_num(vals), width, yerr=[lo, hi], capsize=3,
+               color=c, alpha=0.85, label=n)
+        overall = r["dice"]["value"]
+        if overall is not None:
+            ax.axhline(overall, color=c, ls="--", lw=0.8)
+    ax.set_xticks(x)
+    first = models[names[0]]["attributes"][attr]["groups"] if names else {}
+    ax.set_xticklabels([f"{g}\n(n={first[g]['n']})" if g in first else str(g) for g in groups], fontsize=8)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("Dice (test, samples with foreground)")
+    ax.set_title(title or f"dense probe Dice by {attr} (95% CI)")
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
 def plot_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> Sequence[str]:
     """All figures a report dict allows: group AUC per model x attribute (x label), fidelity heatmap per
     attribute, the front. (Calibration curves need raw scores: call :func:`plot_calibration` directly.)"""
@@ -171,6 +209,14 @@ def plot_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> Sequen
     for attr, per in (report.get("fidelity") or {}).items():
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"fidelity_{attr}")
         paths.append(plot_fidelity_heatmap(per, out / f"{stem}.png", f"fidelity by {attr}"))
+    dense = (report.get("dense") or {}).get("models") or {}
+    attrs: list = []
+    for m in dense.values():
+        attrs += [a for a in m.get("attributes", {}) if a not in attrs]
+    for attr in attrs:
+        have = {n: m for n, m in dense.items() if attr in m.get("attributes", {})}
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"dense_dice_{attr}")
+        paths.append(plot_group_dice(have, attr, out / f"{stem}.png"))
     if report.get("pareto"):
         paths.append(plot_front(report["pareto"], out / "front.png"))
     return paths

@@ -166,17 +166,21 @@ def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: i
 
 
 def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fidelity: Any = None,
-                   batch_size: Optional[int] = None) -> Dict[str, Dict[str, SplitFeatures]]:
+                   batch_size: Optional[int] = None,
+                   dense: Optional[Dict[str, Any]] = None, dense_grid: int = 0) -> Dict[str, Dict[str, SplitFeatures]]:
     """``{encoder name: {"train"|"val"|"test": SplitFeatures}}``: one pass over each split for all encoders;
-    ``fidelity`` sees the test split. The probe is supervised: a split with unlabelled samples is refused."""
+    ``fidelity`` sees the test split. The probe is supervised: a split with unlabelled samples is refused.
+    ``dense`` (encoder name -> spatial encoder): the same pass reads masks and keeps those models' spatial maps
+    (average-pooled to at most ``dense_grid`` cells a side)."""
     from agglom.config.load import ConfigError
     from agglom.data.pipeline import NO_LABEL
     from agglom.eval.extract import extract_all
 
     out: Dict[str, Dict[str, SplitFeatures]] = {n: {} for n in encoders}
     for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
-        loader = eval_loader(cfg, split, batch_size=batch_size)
-        got = extract_all(loader, encoders, device, desc=split, fidelity=fidelity if role == "test" else None)
+        loader = eval_loader(cfg, split, batch_size=batch_size, masks=bool(dense))
+        got = extract_all(loader, encoders, device, desc=split, fidelity=fidelity if role == "test" else None,
+                          dense=dense, dense_grid=dense_grid)
         labels = next(iter(got.values())).labels
         unlabelled = int((labels == NO_LABEL).reshape(len(labels), -1).any(1).sum())
         if unlabelled:
@@ -223,5 +227,14 @@ def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], e
         print("zero-shot (through the CLIP text tower):\n" + summary_table({"schema": written["schema"],
                                                                           "models": written["zero_shot"]["models"]}),
               flush=True)
+    for name, m in ((written.get("dense") or {}).get("models") or {}).items():
+        for attr, r in m.get("attributes", {}).items():
+            d, wg, gap = r["dice"]["value"], r["worst_group_dice"], r["dice_gap"]["value"]
+            print(f"dense {name} / {attr}: Dice {_fmt(d)}, worst group {_fmt(wg['value'])} ({wg.get('group')}), "
+                  f"gap {_fmt(gap)}", flush=True)
     print(f"agglom eval: {paths['md']}", flush=True)
     return report
+
+
+def _fmt(v: Any) -> str:
+    return "undefined" if v is None else f"{float(v):.3f}"

@@ -33,6 +33,13 @@ Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` 
           }
         }
       },
+      "dense": {                                                                        # optional (eval.dense)
+        "protocol": "...", "mask_size": [H, W],
+        "masks": {"train"|"val"|"test": {"samples", "masked", "with_foreground"}},
+        "models": {"<model>": {"kind", "features", "feature_dim", "grid", "threshold", "val_dice", "n_train",
+                               "n_test", "empty_masks": {"n", "with_prediction"},
+                               "attributes": {"<attribute>": <dense.dice_fairness result>}}}
+      },
       "pareto": <pareto.front_summary result>,                                          # optional
       "data": {"train"|"val"|"test": {"samples": n read, "expected": n listed or null,   # optional: what the
                "skipped": {reason: n}, "noted": {reason: n}, "examples": {...}}},      # readers left out
@@ -44,6 +51,9 @@ Version 2 (over 1): ``fidelity`` holds the global-normalised R² instead of the 
 (zero-shot classification through each CLIP-family teacher's text tower, :mod:`agglom.eval.zero_shot`: the
 student through its adapter for that teacher, the teacher itself through its own embedding, each with the same
 per-group metrics and intervals as ``models``) is an optional section of version 2: reports without it stay valid.
+So is ``dense`` (:mod:`agglom.eval.dense`: a linear 1x1 probe on each model's spatial features against the samples'
+segmentation masks; Dice and IoU overall and per group, Dice gap, worst group, std and skewness across groups and
+both equity-scaled Dice forms, with BCa intervals; per-sample Dice in ``dense_predictions.csv``).
 """
 
 from __future__ import annotations
@@ -178,6 +188,22 @@ def validate_report(d: Any) -> Dict[str, Any]:
                             _check_binary(rr, f"{where}.labels.{lab}", problems)
                     else:
                         _check_binary(r, where, problems)
+    dense = d.get("dense")
+    if dense is not None:
+        if not (isinstance(dense, Mapping) and isinstance(dense.get("models"), Mapping) and "protocol" in dense):
+            problems.append("dense: expected {'protocol', 'masks', 'models'}")
+        else:
+            for name, m in dense["models"].items():
+                if not isinstance(m, Mapping) or not isinstance(m.get("attributes"), Mapping):
+                    problems.append(f"dense.models.{name}: expected {{'kind', 'threshold', 'attributes', ...}}")
+                    continue
+                for attr, r in m["attributes"].items():
+                    where = f"dense.models.{name}.attributes.{attr}"
+                    if not isinstance(r, Mapping) or "groups" not in r or "group_names" not in r:
+                        problems.append(f"{where}: expected a dice_fairness dict")
+                        continue
+                    for k in ("dice", "iou", "worst_group_dice", "dice_gap", "es_dice", "es_dice_std"):
+                        _check_metric(r.get(k), f"{where}.{k}", problems)
     comp = d.get("comparison")
     if comp is not None and not (isinstance(comp, Mapping) and "attributes" in comp and "levels_down" in comp):
         problems.append("comparison: expected a compare_predictions dict")
@@ -321,6 +347,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     L += _fidelity_markdown(report)
     if report.get("zero_shot"):
         L += _zero_shot_markdown(report["zero_shot"])
+    if report.get("dense"):
+        L += dense_markdown(report["dense"])
     if report.get("comparison"):
         L += _comparison_markdown(report["comparison"])
     if len(models) > 1:
@@ -433,6 +461,40 @@ def _zero_shot_markdown(zs: Mapping[str, Any]) -> List[str]:
                 bins = [b for b in ("range10", "unit15") if b in rr.get("ece", {})]
                 L += _table(["group", "n", "n_pos", "AUC", *[f"ECE {b}" for b in bins], f"TPR@{t}", f"FPR@{t}",
                              f"sel.rate@{t}"], _group_rows(rr))
+    return L
+
+
+def dense_markdown(dense: Mapping[str, Any]) -> List[str]:
+    """The dense (segmentation) probe section: one row per model x attribute, then each model's groups."""
+    masks = dense.get("masks", {})
+    L = ["## Dense probe: segmentation Dice per group", "",
+         f"Protocol: {dense.get('protocol', '')}. Masks at {'x'.join(map(str, dense.get('mask_size', [])))} px; "
+         "masked / with foreground samples: " + ", ".join(f"{s} {v.get('masked')} / {v.get('with_foreground')}"
+                                                          for s, v in masks.items()) + ". "
+         "Dice gap = max − min of the group Dices (lower is better); ES-Dice (FairSeg) = Dice / (1 + Σ|Dice − "
+         "Dice_g|) and ES-Dice std (FairMedFM) = Dice / (1 + std of group Dices) are scores (higher is better); "
+         "std and skewness are across group Dices. Per-sample Dice: `dense_predictions.csv`.", ""]
+    rows = []
+    for name, m in dense.get("models", {}).items():
+        for attr, r in m.get("attributes", {}).items():
+            wg = r["worst_group_dice"]
+            rows.append([f"{name} / {attr}", _mci(r["dice"]), _mci(r["iou"]),
+                         _mci(wg) + (f" ({wg.get('group')})" if wg.get("group") else ""), _mci(r["dice_gap"]),
+                         _mci(r["es_dice"]), _mci(r["es_dice_std"]), _mci(r["dice_std"]), _num(r["dice_skewness"].get("value")),
+                         _num(m.get("threshold"), 2)])
+    L += _table(["model / attribute", "Dice", "IoU", "worst-group Dice", "Dice gap", "ES-Dice", "ES-Dice std",
+                 "std", "skewness", "threshold"], rows)
+    for name, m in dense.get("models", {}).items():
+        em = m.get("empty_masks", {})
+        L += [f"### Dense groups: `{name}` ({m.get('features')}, {m.get('feature_dim')} channels on a "
+              f"{'x'.join(map(str, m.get('grid', [])))} grid; threshold {_num(m.get('threshold'), 2)}, validation Dice "
+              f"{_num(m.get('val_dice'))}; {em.get('n', 0)} test masks without foreground, "
+              f"{_num(em.get('with_prediction'))} of them with a predicted pixel)", ""]
+        for attr, r in m.get("attributes", {}).items():
+            L += _table(["group (" + attr + ")", "n", "Dice", "IoU"],
+                        [[g + (" (excluded from gaps)" if g in r.get("excluded_from_gaps", []) else ""),
+                          r["groups"][g]["n"], _mci(r["groups"][g]["dice"]), _mci(r["groups"][g]["iou"])]
+                         for g in r["group_names"]])
     return L
 
 

@@ -70,7 +70,13 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     from agglom.data.shards import dataset_datasheet
     from agglom.dist import dist_info
     from agglom.engine.base import pick_device
-    from agglom.eval.extract import student_encoder, teacher_encoder
+    from agglom.eval.extract import (
+        LastOutput,
+        student_encoder,
+        student_spatial_encoder,
+        teacher_encoder,
+        teacher_spatial_encoder,
+    )
     from agglom.eval.fidelity import FidelityAccumulator
     from agglom.eval.protocol import collect_splits, fidelity_report, probe_model, reference_comparison, write_all
     from agglom.train.setup import group_indexer
@@ -89,9 +95,16 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     c = 1 if cfg.data.grayscale == "keep" else 3
     mean, std = list(cfg.student.mean)[:c], list(cfg.student.std)[:c]
 
+    if args.eval.dense:  # masks in every split, checked before any work
+        from agglom.eval.dense_run import check_dense_data
+
+        check_dense_data(cfg)
     encoders = {}
+    dense: Dict[str, Any] = {}  # model -> spatial encoder (eval.dense)
     if model is not None:
         encoders[primary] = student_encoder(model, args.eval.features)
+        if args.eval.dense:
+            dense[primary] = student_spatial_encoder(model)
     audit_names = [args.teacher] if args.teacher else []
     if model is not None and args.audit:
         audit_names += [e.name for e in cfg.teachers if e.name not in audit_names]
@@ -103,7 +116,10 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
                                  (dataset_datasheet(cfg) or {}).get("label") or {})
     teacher_mods = _teachers(audit_names, cfg, mean, std, device)
     for name, t in teacher_mods.items():
-        encoders[f"teacher:{name}"] = teacher_encoder(t, args.eval.features)
+        outputs = LastOutput(t)  # the probe's and the dense probe's features from one teacher forward
+        encoders[f"teacher:{name}"] = teacher_encoder(t, args.eval.features, outputs)
+        if args.eval.dense:
+            dense[f"teacher:{name}"] = teacher_spatial_encoder(outputs)
     fid = None
     if model is not None and args.eval.fidelity:
         missing = [s.name for s in model.specs if s.name not in teacher_mods]
@@ -121,7 +137,8 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     attr_names = list(args.eval.attributes) or None
     results = {}
     with torch.no_grad():
-        splits_of = collect_splits(cfg, encoders, device, fidelity=fid, batch_size=args.batch_size)
+        splits_of = collect_splits(cfg, encoders, device, fidelity=fid, batch_size=args.batch_size, dense=dense or None,
+                                   dense_grid=int(args.eval.dense_grid))
         for name, splits in splits_of.items():
             results[name] = probe_model(name, "student" if name == primary and model is not None else "teacher",
                                         splits, args.eval, attr_names, seed=args.seed, indexer=indexer, specs=specs,
@@ -129,6 +146,13 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         extra: Dict[str, Any] = {}
         if fid is not None and fid.sq_err:
             extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, indexer, specs, exclude_unknown)
+    dense_rows: List[Dict[str, Any]] = []
+    if dense:
+        from agglom.eval.dense_run import dense_report
+
+        kinds = {n: ("student" if n == primary and model is not None else "teacher") for n in splits_of}
+        extra["dense"], dense_rows = dense_report(splits_of, kinds, args.eval, attr_names, args.seed, indexer, specs,
+                                                  exclude_unknown)
     zs_rows: List[Dict[str, Any]] = []
     if zs_plan is not None:
         from agglom.eval.zero_shot_run import run_zero_shot
@@ -146,7 +170,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
                                            Path("runs") / f"audit-{args.teacher}" / "eval")
     return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
                                                          "features": args.eval.features, "device": device.type},
-                     extra_csvs={"zero_shot_predictions.csv": zs_rows})
+                     extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows})
 
 
 __all__ = ["EvalArgs", "run_evaluation"]
