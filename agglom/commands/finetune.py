@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from agglom.commands import Command
-from agglom.commands.curate import progress_mode
-from agglom.config.schema import DataConfig, GroupsConfig
+from agglom.config.schema import DataConfig, EngineConfig, GroupsConfig
 
 
 @dataclass
@@ -42,6 +41,7 @@ class FinetuneOptim:
     steps: int = 200
     grad_clip: float = 1.0
     max_bad_steps: int = 5
+    accum_steps: int = 1
 
 
 @dataclass
@@ -61,84 +61,24 @@ class FinetuneArgs:
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     objective: FinetuneObjective = field(default_factory=FinetuneObjective)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # torch (single/DDP) | deepspeed, as for train
+    resume: str = "auto"  # auto (the run dir's last checkpoint) | never | PATH to a checkpoint
+    run_dir: Optional[str] = None  # config, metrics.jsonl, checkpoints/; default <out>.run beside the export
+    checkpoint_interval: int = 100
+    keep: int = 1  # checkpoints kept
     val_interval: int = 50  # validate every N steps (and at the end); 0 = only at the end
     log_interval: int = 25
     progress: Any = "auto"  # auto (tqdm on a TTY) | on | off
-    device: str = "auto"  # auto | cpu | cuda[:i]
+    device: str = "auto"  # auto | cpu | cuda[:i] (engine.device, when that is auto)
     threads: int = 0  # CPU threads for torch; 0 = auto (on CPU: cores minus data workers, at least 1)
     licence: Optional[str] = None  # the export card's licence; default derived from the base and the data
     description: str = ""  # prepended to the card's generated description
 
 
-def _fmt(x: Optional[float]) -> str:
-    return "undefined" if x is None else f"{x:.3f}"
-
-
-def summary_table(a: Any, result: Dict[str, Any], out: Any) -> str:
-    final = result["final"]
-    obj = a.objective
-    lam = f", λ={obj.lam}"
-    lines = [f"agglom finetune {a.name}: objective {obj.group}{lam}, {a.optim.steps} steps in "
-             f"{result['seconds']['total']:.1f} s ({result['seconds']['train_steps_per_s']:.1f} steps/s), "
-             f"groups by {a.groups.by}", "",
-             f"| {'group':<12} | {'n':>6} | {'pos':>6} | {'AUC':>9} |", f"|{'-' * 14}|{'-' * 8}|{'-' * 8}|{'-' * 11}|",
-             f"| {'overall':<12} | {final['n']:>6} | {'':>6} | {_fmt(final['auc']):>9} |"]
-    for n, g in final["groups"].items():
-        pos = "" if g["positives"] is None else g["positives"]
-        lines.append(f"| {n:<12} | {g['n']:>6} | {pos:>6} | {_fmt(g['auc']):>9} |")
-    lines += ["", f"worst-group AUC: {_fmt(final['worst_group_auc'])} ({final['worst_group']}); "
-                  f"AUC gap (max - min, lower is better): {_fmt(final['auc_gap'])}",
-              f"export: {out}  (teacher: teachers=[{{name: {out}}}]; timm: "
-              f"timm.create_model('local-dir:{out}', pretrained=True))"]
-    return "\n".join(lines)
-
-
-def run_finetune(a: Any) -> Dict[str, Any]:
-    import os
-    from pathlib import Path
-
-    import torch
-
-    from agglom.config.load import ConfigError
-    from agglom.curate.embed import pick_device
-    from agglom.finetune.export import export_encoder
-    from agglom.finetune.loop import finetune_loop
-    from agglom.finetune.model import build_encoder
-    from agglom.objective.groups import list_group_objectives
-
-    if a.objective.group not in list_group_objectives():
-        raise ConfigError(f"objective.group: {a.objective.group!r} is not one of {', '.join(list_group_objectives())}")
-    a.progress = progress_mode(a.progress)
-    if a.progress not in ("auto", "on", "off"):
-        raise ConfigError(f"progress must be auto|on|off, got {a.progress!r}")
-    if not (Path(a.data.root) / "dataset.json").is_file() and not a.data.shards:
-        raise ConfigError(f"data.root: no dataset.json under {a.data.root} (write one with `agglom data synth|pack`)")
-    out = Path(a.out) if a.out else Path(a.out_dir) / str(a.name)
-    if out.exists() and not a.force:
-        raise ConfigError(f"out: {out} exists; pass force=true to replace it")
-    device = pick_device(str(a.device))
-    threads = int(a.threads)
-    if threads == 0 and device.type == "cpu":
-        # a small model gains little from a second thread, and oversubscribed OpenMP threads (data workers on the
-        # same cores) slowed 150 demo steps ~10x on 2 shared cores; measured: 1 thread ~21 steps/s steadily
-        threads = max(1, (os.cpu_count() or 1) - int(a.data.num_workers))
-    before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        enc = build_encoder(a)
-        result = finetune_loop(a, enc, device)
-        path = export_encoder(a, enc, result, out, force=bool(a.force))
-    finally:
-        torch.set_num_threads(before)
-    result["out"] = path
-    result["table"] = summary_table(a, result, path)
-    return result
-
-
 def _run(cfg: Any) -> int:
-    result = run_finetune(cfg)
-    print(result["table"])
+    from agglom.finetune.run import run_finetune
+
+    print(run_finetune(cfg)["table"])
     return 0
 
 

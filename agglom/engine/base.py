@@ -89,6 +89,10 @@ class Engine:
     def unwrap(self) -> nn.Module:
         raise NotImplementedError
 
+    def consolidate(self, directory: Path) -> Dict[str, torch.Tensor]:
+        """The model's fp32 state dict from a checkpoint folder this strategy's ``save`` wrote (one process)."""
+        raise NotImplementedError
+
     def current_lr(self) -> float:
         raise NotImplementedError
 
@@ -118,8 +122,14 @@ def share_cpu_threads(world_size: int) -> None:
 
 
 def pick_device(info: DistInfo, want: Optional[str] = None) -> torch.device:
-    if want:
-        return torch.device(want)
+    """``want`` (engine.device: cpu, cuda, cuda:1) unless it is empty or auto; else cuda:<local rank> or cpu."""
+    if want and want != "auto":
+        try:
+            return torch.device(want)
+        except RuntimeError as e:
+            from agglom.config.load import ConfigError
+
+            raise ConfigError(f"engine.device: {want!r} is not a device (auto | cpu | cuda[:i]): {e}") from None
     if torch.cuda.is_available():
         return torch.device("cuda", info.local_rank % torch.cuda.device_count())
     return torch.device("cpu")

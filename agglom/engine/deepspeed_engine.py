@@ -200,8 +200,11 @@ class DeepSpeedEngine(Engine):
             self.base_lrs = [float(v) for v in saved["base_lrs"]]
         self._micro = 0
 
-    def consolidate_fp32(self, directory: Path) -> Dict[str, torch.Tensor]:
+    def consolidate(self, directory: Path) -> Dict[str, torch.Tensor]:
+        """ZeRO partitions (or stage 0's module state) merged to one fp32 state dict."""
         return consolidate_fp32(directory)
+
+    consolidate_fp32 = consolidate
 
     # --------------------------------------------------------------------------------------------- misc
     def unwrap(self) -> nn.Module:

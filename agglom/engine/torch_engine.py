@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ class TorchEngine(Engine):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.device = pick_device(self.info)
+        self.device = pick_device(self.info, str(cfg.engine.get("device", "auto")))
         self._owns_process_group = False
         if self.info.distributed and not torch.distributed.is_initialized():
             backend = cfg.engine.backend
@@ -104,6 +104,12 @@ class TorchEngine(Engine):
     def unwrap(self) -> nn.Module:
         assert self.model is not None
         return self.model
+
+    def consolidate(self, directory: Path) -> Dict[str, torch.Tensor]:
+        """The model's state as saved: ``model.safetensors`` (already fp32, one file)."""
+        from teachers.safe_load import load_safetensors
+
+        return dict(load_safetensors(Path(directory) / "model.safetensors"))
 
     def close(self) -> None:
         """Destroy the process group only when this engine created it (another strategy may reuse its own)."""
