@@ -89,8 +89,10 @@ class Engine:
     def unwrap(self) -> nn.Module:
         raise NotImplementedError
 
-    def consolidate(self, directory: Path) -> Dict[str, torch.Tensor]:
-        """The model's fp32 state dict from a checkpoint folder this strategy's ``save`` wrote (one process)."""
+    @classmethod
+    def consolidate(cls, directory: Path) -> Dict[str, torch.Tensor]:
+        """The model's fp32 state dict from a checkpoint folder this strategy's ``save`` wrote; needs no process
+        group, so a command that reads a run calls it on the class the run's ``engine.name`` names."""
         raise NotImplementedError
 
     def current_lr(self) -> float:
@@ -101,15 +103,18 @@ class Engine:
             torch.distributed.destroy_process_group()
 
 
-def build_engine(cfg: Any) -> Engine:
-    name = cfg.engine.name
+def engine_class(name: str) -> Type[Engine]:
+    """The strategy registered as ``name`` (imported only now: DeepSpeed is imported lazily)."""
     if name not in ENGINES:
         from agglom.config.load import ConfigError
 
         raise ConfigError(f"unknown engine.name {name!r}; known engines: {', '.join(sorted(ENGINES))}")
     module, attr = ENGINES[name].split(":")
-    cls: Type[Engine] = getattr(importlib.import_module(module), attr)
-    return cls(cfg)
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_engine(cfg: Any) -> Engine:
+    return engine_class(cfg.engine.name)(cfg)
 
 
 def share_cpu_threads(world_size: int) -> None:

@@ -200,11 +200,14 @@ class DeepSpeedEngine(Engine):
             self.base_lrs = [float(v) for v in saved["base_lrs"]]
         self._micro = 0
 
-    def consolidate(self, directory: Path) -> Dict[str, torch.Tensor]:
+    @classmethod
+    def consolidate(cls, directory: Path) -> Dict[str, torch.Tensor]:
         """ZeRO partitions (or stage 0's module state) merged to one fp32 state dict."""
         return consolidate_fp32(directory)
 
-    consolidate_fp32 = consolidate
+    @classmethod
+    def consolidate_fp32(cls, directory: Path) -> Dict[str, torch.Tensor]:
+        return consolidate_fp32(directory)
 
     # --------------------------------------------------------------------------------------------- misc
     def unwrap(self) -> nn.Module:

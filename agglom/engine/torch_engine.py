@@ -105,7 +105,8 @@ class TorchEngine(Engine):
         assert self.model is not None
         return self.model
 
-    def consolidate(self, directory: Path) -> Dict[str, torch.Tensor]:
+    @classmethod
+    def consolidate(cls, directory: Path) -> Dict[str, torch.Tensor]:
         """The model's state as saved: ``model.safetensors`` (already fp32, one file)."""
         from teachers.safe_load import load_safetensors
 

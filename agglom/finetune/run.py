@@ -31,7 +31,7 @@ def paths(a: Any) -> tuple:
 
 def check_args(a: Any) -> None:
     """Refuse bad input before anything is built (ConfigError: exit 2, naming the key)."""
-    from agglom.commands.curate import progress_mode
+    from agglom.curate.run import progress_mode
     from agglom.objective.groups import list_group_objectives
 
     if a.objective.group not in list_group_objectives():
