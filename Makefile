@@ -41,8 +41,9 @@ test: install ## run the test suite (the CI command)
 test-fast: install ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## ruff over the code
-	$(VENV)/bin/ruff check agglom teachers tests
+lint: install ## ruff over the code + the size check (files <= 400 lines, functions <= 60: tools/size_check.py)
+	$(VENV)/bin/ruff check agglom teachers tests tools
+	$(PY) tools/size_check.py
 
 data: install ## generate the synthetic bias benchmark into data/synth
 	$(VENV)/bin/agglom data synth out=data/synth force=true

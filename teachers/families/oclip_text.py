@@ -145,6 +145,7 @@ def build(card: TeacherCard, device: torch.device) -> OpenClipText:
 
 def load(folder: Path, meta: Dict[str, Any], device: torch.device) -> OpenClipText:
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+
     from teachers.safe_load import load_safetensors
 
     spec = meta["spec"]
