@@ -61,10 +61,10 @@ sweep: install $(DEMO_DATA) ## lambda sweep + Pareto front: make sweep RECIPE=..
 	$(VENV)/bin/agglom sweep recipe=$(RECIPE) $(ARGS)
 
 bench: install ## benchmarks (ratios vs baselines measured in the same run); writes bench.json
-	$(PY) -m agglom.bench $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 bench-gpu: install ## the same benchmarks at realistic sizes on a GPU
-	$(PY) -m agglom.bench device=cuda size=realistic $(ARGS)
+	$(PY) -m benchmarks.bench device=cuda size=realistic $(ARGS)
 
 clean: ## remove runs/, data/ and caches (keeps .venv)
 	rm -rf runs data bench.json .pytest_cache

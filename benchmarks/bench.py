@@ -1,4 +1,4 @@
-"""`python -m agglom.bench [device=cpu|cuda] [size=demo|realistic] [steps=N] [quick=true] [ds=true] [out=bench.json]`
+"""`python -m benchmarks.bench [device=cpu|cuda] [size=demo|realistic] [steps=N] [quick=true] [ds=true] [out=bench.json]`
 
 Benchmarks, each a ratio against a baseline measured in the same process (timings on shared machines are noisy;
 runs are interleaved and per-step times summarised by their median):
@@ -45,14 +45,14 @@ def parse_args(argv: Sequence[str]) -> Dict[str, Any]:
             print(__doc__)
             raise SystemExit(0)
         if "=" not in a:
-            raise SystemExit(f"agglom.bench: expected key=value, got {a!r} (keys: {', '.join(DEFAULTS)})")
+            raise SystemExit(f"bench: expected key=value, got {a!r} (keys: {', '.join(DEFAULTS)})")
         k, v = a.split("=", 1)
         if k not in DEFAULTS:
-            raise SystemExit(f"agglom.bench: unknown option {k!r} (keys: {', '.join(DEFAULTS)})")
+            raise SystemExit(f"bench: unknown option {k!r} (keys: {', '.join(DEFAULTS)})")
         d = DEFAULTS[k]
         opts[k] = v.lower() in ("1", "true", "yes", "on") if isinstance(d, bool) else type(d)(v)
     if opts["device"] not in ("cpu", "cuda") or opts["size"] not in ("demo", "realistic"):
-        raise SystemExit("agglom.bench: device=cpu|cuda, size=demo|realistic")
+        raise SystemExit("bench: device=cpu|cuda, size=demo|realistic")
     return opts
 
 
@@ -427,7 +427,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("agglom.bench: device=cuda but no CUDA device is visible")
+        raise SystemExit("bench: device=cuda but no CUDA device is visible")
     if device == "cpu":
         # agglom's engines pick CUDA when present; hide it so the cpu bench measures the cpu
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -441,7 +441,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     t_start = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="agglom-bench-")
     work = Path(tmp)
-    print(f"agglom.bench: device={device} size={opts['size']} quick={opts['quick']} steps={s['steps']} "
+    print(f"bench: device={device} size={opts['size']} quick={opts['quick']} steps={s['steps']} "
           f"batch={s['batch']} image={s['image_size']} torch threads={torch.get_num_threads()} work={work}", flush=True)
     root = work / "synth"
     t = time.perf_counter()
@@ -526,7 +526,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     if opts["out"]:
         Path(opts["out"]).write_text(json.dumps(report, indent=1, default=str))
     print("\n" + rows.table(), flush=True)
-    print(f"\nagglom.bench: {total:.0f}s; wrote {opts['out']}", flush=True)
+    print(f"\nbench: {total:.0f}s; wrote {opts['out']}", flush=True)
     if not opts["keep"]:
         import shutil
 
