@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
@@ -49,7 +50,7 @@ def trained_state(ckpt: Path, use_ema: bool = True, engine: str = "torch") -> Di
 def load_run_model(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bool = True) -> AgglomModel:
     """Rebuild the run's AgglomModel (student + heads + normalisers) and load its trained weights."""
     cfg = run_config(run_dir)
-    in_chans = 1 if cfg.data.grayscale == "keep" else 3
+    in_chans = input_channels(cfg.data.grayscale)
     model = AgglomModel(cfg, run_specs(run_dir), in_chans)
     state = trained_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir), use_ema, cfg.engine.name)
     model.load_state_dict(state, strict=True)

@@ -18,13 +18,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agglom.cache.codec import encode, grid_after_pool, pack, pool_spatial, stored_bytes
+from agglom.config.choices import input_channels
 
 MANIFEST_SCHEMA = "agglom.cache/2"
 
 
 def preprocessing_of(cfg: DictConfig) -> Dict[str, Any]:
     """Everything about the input that changes a teacher's output; a cache made under other values is stale."""
-    c = 1 if cfg.data.grayscale == "keep" else 3
+    c = input_channels(cfg.data.grayscale)
     return {"image_size": int(cfg.data.image_size), "grayscale": str(cfg.data.grayscale),
             "interpolation": str(cfg.data.get("interpolation", "bicubic")),
             "mean": [float(v) for v in list(cfg.student.mean)[:c]], "std": [float(v) for v in list(cfg.student.std)[:c]]}
@@ -80,7 +81,7 @@ def write_cache(cfg: DictConfig, teacher_names: Optional[List[str]] = None, out:
 
     splits = splits or [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split]
     names = teacher_names or [e.name for e in cfg.teachers]
-    c = 1 if cfg.data.grayscale == "keep" else 3
+    c = input_channels(cfg.data.grayscale)
     summary: Dict[str, Any] = {}
     states: List[Dict[str, Any]] = []
     for name in names:  # every teacher is built once; the images are then read once for all of them

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from agglom.config.choices import input_channels
+
 METHODS = ("kmeans", "per_class", "hierarchical")
 DEDUP_SPACES = ("raw", "center", "zscore")
 
@@ -280,7 +282,7 @@ def run_curate(a: Any) -> Dict[str, Any]:
         cfg = _loader_cfg(a, run_cfg, datasheet)
     else:
         cfg = _loader_cfg(a, None, datasheet)
-        c = 1 if cfg.data.grayscale == "keep" else 3
+        c = input_channels(cfg.data.grayscale)
         try:
             enc, info = teacher_encoder(a.teacher, list(cfg.student.mean)[:c], list(cfg.student.std)[:c],
                                         a.features, device)

@@ -88,14 +88,12 @@ class DeepSpeedEngine(Engine):
         return int(self.ds_config.get("gradient_accumulation_steps", max(1, int(self.cfg.optim.accum_steps))))
 
     def setup(self, model: nn.Module, param_groups: list, schedule: Callable[[int], float]) -> nn.Module:
-        o = self.cfg.optim
+        from agglom.train.optim import adamw
+
         model = model.to(self.device)
-        for g in param_groups:
-            g.setdefault("base_lr", o.lr)
-        self.base_lrs = [float(g["base_lr"]) for g in param_groups]
         # torch's AdamW (not FusedAdam/DeepSpeedCPUAdam): nothing to JIT-compile, identical maths to `torch`
-        self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2),
-                                           weight_decay=o.weight_decay, foreach=self.device.type == "cuda")
+        self.optimizer = adamw(param_groups, self.cfg.optim, self.device)
+        self.base_lrs = [float(g["base_lr"]) for g in param_groups]
         self.schedule = schedule
         self.ds_config = build_ds_config(self.cfg, self.device.type)
         self.engine, _, _, _ = self.deepspeed.initialize(model=model, optimizer=self.optimizer,

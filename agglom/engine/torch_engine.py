@@ -46,12 +46,10 @@ class TorchEngine(Engine):
         self.schedule: Callable[[int], float] = lambda s: 1.0
 
     def setup(self, model: nn.Module, param_groups: list, schedule: Callable[[int], float]) -> nn.Module:
-        o = self.cfg.optim
+        from agglom.train.optim import adamw
+
         self.model = model.to(self.device)
-        for g in param_groups:
-            g.setdefault("base_lr", o.lr)
-        self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
-                                           foreach=self.device.type == "cuda")
+        self.optimizer = adamw(param_groups, self.cfg.optim, self.device)
         self.schedule = schedule
         self.wrapped = model
         if self.info.distributed:

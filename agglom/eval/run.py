@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agglom.commands.evaluate import EvalArgs  # the command's schema (kept there: importing it needs no torch)
+from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
 
 
@@ -86,7 +87,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         cfg.data.image_size = args.image_size
     cfg.data.num_workers = args.num_workers
     cfg.data.sidecars = list(cfg.data.sidecars) + list(args.sidecars)
-    c = 1 if cfg.data.grayscale == "keep" else 3
+    c = input_channels(cfg.data.grayscale)
     mean, std = list(cfg.student.mean)[:c], list(cfg.student.std)[:c]
 
     encoders = {}

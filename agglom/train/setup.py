@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import DictConfig
 
+from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
 
 
@@ -15,7 +16,7 @@ def in_chans_of(cfg: DictConfig) -> int:
 
     if cfg.data.grayscale not in GRAYSCALE:
         raise ConfigError(f"data.grayscale must be one of {', '.join(GRAYSCALE)}, got {cfg.data.grayscale!r}")
-    return 1 if cfg.data.grayscale == "keep" else 3
+    return input_channels(cfg.data.grayscale)
 
 
 def group_indexer(cfg: DictConfig):
