@@ -228,13 +228,10 @@ def dedup_features(X: Any, space: str) -> Any:
 
 
 # --------------------------------------------------------------------------- the command
-def run_curate(a: Any) -> Dict[str, Any]:
-    import numpy as np
-
+def check_args(a: Any) -> None:
+    """Refuse bad arguments before anything is read (ConfigError: exit 2, naming the key)."""
     from agglom.config.load import ConfigError
-    from agglom.curate import cluster_report, near_duplicates
-    from agglom.curate.embed import FEATURE_KINDS, embed_splits, pick_device, run_encoder, teacher_encoder
-    from agglom.curate.sidecar import write_json_atomic, write_sidecar
+    from agglom.curate.embed import FEATURE_KINDS
 
     if bool(a.teacher) == bool(a.run):
         raise ConfigError("curate: give exactly one encoder: teacher=<card name|path> or run=<agglom run dir>")
@@ -251,15 +248,15 @@ def run_curate(a: Any) -> Dict[str, Any]:
     a.progress = progress_mode(a.progress)
     if a.progress not in ("auto", "on", "off"):
         raise ConfigError(f"progress must be auto|on|off, got {a.progress!r}")
-    from agglom.data.shards import data_home, shard_pattern
 
-    probe = _loader_cfg(a)
-    root = data_home(probe)  # data.root, or with shards= the folder the shards belong to (never a stray root)
-    sheet_path = root / "dataset.json"
-    datasheet = json.loads(sheet_path.read_text()) if sheet_path.is_file() else {}
+
+def resolve_splits(a: Any, probe: Any, sheet_path: Path, datasheet: Dict[str, Any]) -> tuple:
+    """(splits to curate, expected samples per split) from the arguments and the datasheet."""
+    from agglom.config.load import ConfigError
+
     if not datasheet and not a.shards:
-        raise ConfigError(f"root: no dataset.json under {root} (write one with `agglom data synth|pack`, or give "
-                          "shards= for web-style shards without one)")
+        raise ConfigError(f"root: no dataset.json under {sheet_path.parent} (write one with `agglom data synth|pack`, "
+                          "or give shards= for web-style shards without one)")
     splits = list(a.splits)
     if a.shards and "{split}" not in a.shards:  # one pattern, one split: what it names is the training split
         splits = [probe.data.train_split]
@@ -274,28 +271,34 @@ def run_curate(a: Any) -> Dict[str, Any]:
                               f"(it has {sorted(datasheet['splits'])})")
         splits = present
     totals = {s: int(datasheet["splits"][s]["samples"]) for s in splits} if datasheet.get("splits") else {}
-    device = pick_device(a.device)
+    return splits, totals
 
-    t0 = time.perf_counter()
+
+def encoder_of(a: Any, datasheet: Dict[str, Any], device: Any) -> tuple:
+    """(encoder fn, encoder info, loader config): a trained run's student, or a teacher card."""
+    from agglom.config.load import ConfigError
+    from agglom.curate.embed import run_encoder, teacher_encoder
+
     if a.run:
         enc, info, run_cfg = run_encoder(a.run, a.features, device)
-        cfg = _loader_cfg(a, run_cfg, datasheet)
-    else:
-        cfg = _loader_cfg(a, None, datasheet)
-        c = input_channels(cfg.data.grayscale)
-        try:
-            enc, info = teacher_encoder(a.teacher, list(cfg.student.mean)[:c], list(cfg.student.std)[:c],
-                                        a.features, device)
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            raise ConfigError(f"teacher: cannot build {a.teacher!r}: {e}") from e
-    emb = embed_splits(cfg, splits, enc, device, progress=a.progress, totals=totals)
-    t_embed = time.perf_counter() - t0
-    if len(emb) == 0:
-        where = shard_pattern(probe, splits[0]) or f"{root}/<split>/*.tar"
-        raise ConfigError(f"no usable samples in {where} (splits {splits})")
+        return enc, info, _loader_cfg(a, run_cfg, datasheet)
+    cfg = _loader_cfg(a, None, datasheet)
+    c = input_channels(cfg.data.grayscale)
+    try:
+        enc, info = teacher_encoder(a.teacher, list(cfg.student.mean)[:c], list(cfg.student.std)[:c], a.features,
+                                    device)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise ConfigError(f"teacher: cannot build {a.teacher!r}: {e}") from e
+    return enc, info, cfg
 
-    # near-duplicates: drop all but the first of each set from clustering
-    t1 = time.perf_counter()
+
+def dedup_and_cluster(a: Any, emb: Any) -> Dict[str, Any]:
+    """Drop near-duplicates (all but the first of each set) from clustering, cluster the rest; a removed row takes
+    the group of the kept row it duplicates (following chains)."""
+    import numpy as np
+
+    from agglom.curate import near_duplicates
+
     keep = np.ones(len(emb), dtype=bool)
     removed: List[str] = []
     dup_of: Dict[int, int] = {}
@@ -306,7 +309,7 @@ def run_curate(a: Any) -> Dict[str, Any]:
         keep[dups.remove_index] = False
         removed = [emb.keys[int(i)] for i in dups.remove_index]
         n_pairs = len(dups.pairs)
-        for i, j, _ in dups.pairs:  # a removed row j takes the group of the first kept row it duplicates
+        for i, j, _ in dups.pairs:
             if keep[i] and not keep[j] and j not in dup_of:
                 dup_of[j] = i
     kept_idx = np.flatnonzero(keep)
@@ -319,38 +322,75 @@ def run_curate(a: Any) -> Dict[str, Any]:
             i = dup_of.get(i)
         if i is not None:
             group[int(j)] = group[i]
-    t_cluster = time.perf_counter() - t1
+    return {"keep": keep, "removed": removed, "n_pairs": n_pairs, "work": work, "names": names_kept,
+            "details": details, "group": group}
 
-    # validation against true attributes, on the clustered samples
+
+def validation_of(a: Any, work: Any, names_kept: List[str]) -> tuple:
+    """NMI/ARI of the proxy groups against each true attribute, on the clustered samples; (scores, best, truth)."""
+    import numpy as np
+
+    from agglom.curate import cluster_report
+
     truth = _true_attrs(work, list(a.validate), a.attr)
     rep = cluster_report(names_kept, truth)
     validation = {s.attr: {"n": s.n, "n_missing": s.n_missing, "n_values": s.n_values,
                            "nmi": None if np.isnan(s.nmi) else s.nmi, "ari": None if np.isnan(s.ari) else s.ari}
                   for s in rep.scores}
     scored = [(n, v) for n, v in validation.items() if v["ari"] is not None and n != "label"]
-    best = max(scored, key=lambda t: t[1]["ari"]) if scored else None
+    return validation, max(scored, key=lambda t: t[1]["ari"]) if scored else None, truth
 
-    out = Path(a.out) if a.out else root / f"{a.attr}_groups.json"
-    values = {emb.keys[i]: g for i, g in sorted(group.items())}
-    sizes = dict(sorted(Counter(names_kept).items(), key=lambda t: (-t[1], t[0])))
-    meta = {"method": a.method, "k": int(a.k), "seed": int(a.seed), "splits": splits, "encoder": info,
-            "root": str(root.resolve()), "dedup_threshold": float(a.dedup_threshold), **details}
-    write_sidecar(out, a.attr, values, meta)
-    report = {
-        "schema": "agglom.curate_report/1", "attr": a.attr, "sidecar": str(out), "root": str(root),
-        "splits": splits, "encoder": info, "method": a.method, "params": {
+
+def build_report(a: Any, emb: Any, c: Dict[str, Any], ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """curate_report.json's content."""
+    validation, best, truth = validation_of(a, c["work"], c["names"])
+    group, splits = c["group"], ctx["splits"]
+    return {
+        "schema": "agglom.curate_report/1", "attr": a.attr, "sidecar": str(ctx["out"]), "root": str(ctx["root"]),
+        "splits": splits, "encoder": ctx["info"], "method": a.method, "params": {
             "k": int(a.k), "levels": list(a.levels), "n_resample": int(a.n_resample), "seed": int(a.seed),
-            "normalize": bool(a.normalize), "whiten": bool(a.whiten), "pca_dim": a.pca_dim, **details},
-        "dim": int(emb.X.shape[1]), "n_embedded": len(emb), "n_clustered": int(keep.sum()),
-        "n_assigned": len(values), "sizes": sizes,
+            "normalize": bool(a.normalize), "whiten": bool(a.whiten), "pca_dim": a.pca_dim, **c["details"]},
+        "dim": int(emb.X.shape[1]), "n_embedded": len(emb), "n_clustered": int(c["keep"].sum()),
+        "n_assigned": len(group), "sizes": dict(sorted(Counter(c["names"]).items(), key=lambda t: (-t[1], t[0]))),
         "sizes_by_split": {s: dict(Counter(group[i] for i in group if emb.splits[i] == s)) for s in splits},
         "validation": validation,
         "best_match": {"attr": best[0], **best[1]} if best else None,
-        "contingency": {n: _contingency(names_kept, v) for n, v in truth.items() if len(set(map(str, v))) <= 12},
-        "dedup": {"threshold": float(a.dedup_threshold), "space": a.dedup_space, "removed": removed,
-                  "pairs": n_pairs},
-        "seconds": {"embed": round(t_embed, 3), "cluster": round(t_cluster, 3)},
+        "contingency": {n: _contingency(c["names"], v) for n, v in truth.items() if len(set(map(str, v))) <= 12},
+        "dedup": {"threshold": float(a.dedup_threshold), "space": a.dedup_space, "removed": c["removed"],
+                  "pairs": c["n_pairs"]},
+        "seconds": ctx["seconds"],
     }
+
+
+def run_curate(a: Any) -> Dict[str, Any]:
+    """Embed -> deduplicate -> cluster -> sidecar + report (json + markdown beside the sidecar)."""
+    from agglom.config.load import ConfigError
+    from agglom.curate.embed import embed_splits, pick_device
+    from agglom.curate.sidecar import write_json_atomic, write_sidecar
+    from agglom.data.shards import data_home, shard_pattern
+
+    check_args(a)
+    probe = _loader_cfg(a)
+    root = data_home(probe)  # data.root, or with shards= the folder the shards belong to (never a stray root)
+    sheet_path = root / "dataset.json"
+    datasheet = json.loads(sheet_path.read_text()) if sheet_path.is_file() else {}
+    splits, totals = resolve_splits(a, probe, sheet_path, datasheet)
+    device = pick_device(a.device)
+    t0 = time.perf_counter()
+    enc, info, cfg = encoder_of(a, datasheet, device)
+    emb = embed_splits(cfg, splits, enc, device, progress=a.progress, totals=totals)
+    t_embed = time.perf_counter() - t0
+    if len(emb) == 0:
+        where = shard_pattern(probe, splits[0]) or f"{root}/<split>/*.tar"
+        raise ConfigError(f"no usable samples in {where} (splits {splits})")
+    t1 = time.perf_counter()
+    c = dedup_and_cluster(a, emb)
+    seconds = {"embed": round(t_embed, 3), "cluster": round(time.perf_counter() - t1, 3)}
+    out = Path(a.out) if a.out else root / f"{a.attr}_groups.json"
+    meta = {"method": a.method, "k": int(a.k), "seed": int(a.seed), "splits": splits, "encoder": info,
+            "root": str(root.resolve()), "dedup_threshold": float(a.dedup_threshold), **c["details"]}
+    write_sidecar(out, a.attr, {emb.keys[i]: g for i, g in sorted(c["group"].items())}, meta)
+    report = build_report(a, emb, c, {"splits": splits, "out": out, "root": root, "info": info, "seconds": seconds})
     write_json_atomic(out.parent / "curate_report.json", report)
     md = _render(report)
     tmp = out.parent / ".curate_report.md.tmp"
@@ -358,5 +398,3 @@ def run_curate(a: Any) -> Dict[str, Any]:
     tmp.replace(out.parent / "curate_report.md")
     report["markdown"] = md
     return report
-
-
