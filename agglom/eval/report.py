@@ -122,19 +122,8 @@ def _check_binary(r: Any, where: str, problems: List[str]) -> None:
                 problems.append(f"{where}.thresholds.{t}: missing {k}")
 
 
-def validate_report(d: Any) -> Dict[str, Any]:
-    """Check a report against ``agglom.eval/1``; returns it, or raises :class:`ReportError` listing problems."""
-    problems: List[str] = []
-    if not isinstance(d, Mapping):
-        raise ReportError(["report is not a dict"])
-    if d.get("schema") != SCHEMA:
-        problems.append(f"schema: expected {SCHEMA!r}, got {d.get('schema')!r}")
-    models = d.get("models")
-    if not isinstance(models, Mapping) or not models:
-        problems.append("models: expected a non-empty dict")
-        models = {}
-    if d.get("primary") not in models:
-        problems.append(f"primary: {d.get('primary')!r} is not one of the models")
+def _check_models(models: Mapping[str, Any], problems: List[str]) -> None:
+    """Each model's attribute results (binary, or multi-label with a macro summary) and label efficiency."""
     for name, m in models.items():
         if not isinstance(m, Mapping) or not isinstance(m.get("attributes"), Mapping):
             problems.append(f"models.{name}.attributes: expected a dict")
@@ -151,6 +140,40 @@ def validate_report(d: Any) -> Dict[str, Any]:
         le = m.get("label_efficiency")
         if le is not None and not (isinstance(le, Mapping) and isinstance(le.get("fractions"), Mapping)):
             problems.append(f"models.{name}.label_efficiency: expected {{'fractions': ...}}")
+
+
+def _check_zero_shot(zs: Any, problems: List[str]) -> None:
+    """The zero-shot section: prompts, and per model the teacher it went through and its attribute results."""
+    if not (isinstance(zs, Mapping) and isinstance(zs.get("models"), Mapping) and "prompts" in zs):
+        problems.append("zero_shot: expected {'prompts', 'scoring', 'models'}")
+        return
+    for name, m in zs["models"].items():
+        if not isinstance(m, Mapping) or not isinstance(m.get("attributes"), Mapping) or "via" not in m:
+            problems.append(f"zero_shot.models.{name}: expected {{'kind', 'via', 'attributes', ...}}")
+            continue
+        for attr, r in m["attributes"].items():
+            where = f"zero_shot.models.{name}.attributes.{attr}"
+            if isinstance(r, Mapping) and "labels" in r:
+                for lab, rr in r["labels"].items():
+                    _check_binary(rr, f"{where}.labels.{lab}", problems)
+            else:
+                _check_binary(r, where, problems)
+
+
+def validate_report(d: Any) -> Dict[str, Any]:
+    """Check a report against ``agglom.eval/1``; returns it, or raises :class:`ReportError` listing problems."""
+    problems: List[str] = []
+    if not isinstance(d, Mapping):
+        raise ReportError(["report is not a dict"])
+    if d.get("schema") != SCHEMA:
+        problems.append(f"schema: expected {SCHEMA!r}, got {d.get('schema')!r}")
+    models = d.get("models")
+    if not isinstance(models, Mapping) or not models:
+        problems.append("models: expected a non-empty dict")
+        models = {}
+    if d.get("primary") not in models:
+        problems.append(f"primary: {d.get('primary')!r} is not one of the models")
+    _check_models(models, problems)
     for key in ("fidelity", "fidelity_cosine"):
         fid = d.get(key)
         if fid is None:
@@ -162,22 +185,8 @@ def validate_report(d: Any) -> Dict[str, Any]:
             for t, s in per.items():
                 if not isinstance(s, Mapping) or "by_group" not in s or "gap" not in s:
                     problems.append(f"{key}.{attr}.{t}: expected a group_mean_summary dict")
-    zs = d.get("zero_shot")
-    if zs is not None:
-        if not (isinstance(zs, Mapping) and isinstance(zs.get("models"), Mapping) and "prompts" in zs):
-            problems.append("zero_shot: expected {'prompts', 'scoring', 'models'}")
-        else:
-            for name, m in zs["models"].items():
-                if not isinstance(m, Mapping) or not isinstance(m.get("attributes"), Mapping) or "via" not in m:
-                    problems.append(f"zero_shot.models.{name}: expected {{'kind', 'via', 'attributes', ...}}")
-                    continue
-                for attr, r in m["attributes"].items():
-                    where = f"zero_shot.models.{name}.attributes.{attr}"
-                    if isinstance(r, Mapping) and "labels" in r:
-                        for lab, rr in r["labels"].items():
-                            _check_binary(rr, f"{where}.labels.{lab}", problems)
-                    else:
-                        _check_binary(r, where, problems)
+    if d.get("zero_shot") is not None:
+        _check_zero_shot(d["zero_shot"], problems)
     comp = d.get("comparison")
     if comp is not None and not (isinstance(comp, Mapping) and "attributes" in comp and "levels_down" in comp):
         problems.append("comparison: expected a compare_predictions dict")
