@@ -42,7 +42,7 @@ test-fast: install ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff over the code + the size check (files <= 400 lines, functions <= 60: tools/size_check.py)
-	$(VENV)/bin/ruff check agglom teachers tests tools
+	$(VENV)/bin/ruff check agglom teachers tests tools benchmarks
 	$(PY) tools/size_check.py
 
 data: install ## generate the synthetic bias benchmark into data/synth
