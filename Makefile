@@ -41,8 +41,9 @@ test: install ## run the test suite (the CI command)
 test-fast: install ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## ruff over the code
-	$(VENV)/bin/ruff check agglom teachers tests
+lint: install ## ruff over the code + the size check (files <= 400 lines, functions <= 60: tools/size_check.py)
+	$(VENV)/bin/ruff check agglom teachers tests tools benchmarks
+	$(PY) tools/size_check.py
 
 data: install ## generate the synthetic bias benchmark into data/synth
 	$(VENV)/bin/agglom data synth out=data/synth force=true
@@ -60,10 +61,10 @@ sweep: install $(DEMO_DATA) ## lambda sweep + Pareto front: make sweep RECIPE=..
 	$(VENV)/bin/agglom sweep recipe=$(RECIPE) $(ARGS)
 
 bench: install ## benchmarks (ratios vs baselines measured in the same run); writes bench.json
-	$(PY) -m agglom.bench $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 bench-gpu: install ## the same benchmarks at realistic sizes on a GPU
-	$(PY) -m agglom.bench device=cuda size=realistic $(ARGS)
+	$(PY) -m benchmarks.bench device=cuda size=realistic $(ARGS)
 
 clean: ## remove runs/, data/ and caches (keeps .venv)
 	rm -rf runs data bench.json .pytest_cache

@@ -78,65 +78,58 @@ def _done(run_dir: Path, steps: int) -> bool:
     return p.is_file() and json.loads(p.read_text()).get("step") == steps
 
 
-def run_demo(a: Any) -> Dict[str, Any]:
-    from agglom.eval.fidelity import fidelity_headline
-    from agglom.eval.report import load_predictions
-    from agglom.eval.verdict import verdict
-
-    out, data = Path(a.out), Path(a.data)
-    t_all = time.perf_counter()
-    timings: Dict[str, float] = {}
-    n, steps, ft_steps, seeds, boot, rboot = a.n, a.steps, a.finetune_steps, a.seeds, a.bootstrap, a.report_bootstrap
+def _sizes(a: Any) -> Dict[str, int]:
+    """The run's sizes; ``quick`` caps them for a smoke run."""
+    z = {"n": a.n, "steps": a.steps, "ft_steps": a.finetune_steps, "seeds": a.seeds, "boot": a.bootstrap,
+         "rboot": a.report_bootstrap}
     if a.quick:
-        n, steps, ft_steps, seeds, boot, rboot = min(n, 600), min(steps, 12), min(ft_steps, 10), min(seeds, 2), \
-            min(boot, 30), min(rboot, 10)
+        caps = {"n": 600, "steps": 12, "ft_steps": 10, "seeds": 2, "boot": 30, "rboot": 10}
+        z = {k: min(v, caps[k]) for k, v in z.items()}
+    return z
 
-    t = _step("1/6 synthetic bias benchmark")
-    if (data / "dataset.json").is_file():
-        print(f"reusing {data} (delete it to regenerate)")
-        _run(["data", "info", str(data)])
-    else:
-        _run(["data", "synth", f"out={data}", f"n={n}", f"image_size={a.image_size}", *a.synth])
-    timings["data"] = time.perf_counter() - t
 
-    common = [f"data.root={data}", f"data.image_size={a.image_size}", f"data.batch_size={a.batch_size}",
-              f"data.num_workers={a.num_workers}", "groups.by=site"]
+def _teachers_phase(a: Any, z: Dict[str, int], common: List[str], out: Path) -> tuple:
+    """The two fine-tuned teachers (reused when exported), then every teacher's feature cache; (roster, tdir)."""
     tdir = out / "teachers"
-    t = _step("2/6 teachers: a general one (site B down-weighted) and a fairness-tuned one (group-balanced)")
     for name, extra in FT_TEACHERS.items():
         if (tdir / name / "card.yaml").is_file():
             print(f"reusing {tdir / name}")
             continue
+        ft = z["ft_steps"]
         _run(["finetune", "model=vit_small_patch16_224", f"model_args={FT_MODEL}", f"name={name}", f"out_dir={tdir}",
-              f"optim.steps={ft_steps}", f"optim.warmup_steps={max(1, ft_steps // 20)}", "val_interval=0",
-              f"log_interval={max(1, ft_steps // 4)}", *common, *extra])
+              f"optim.steps={ft}", f"optim.warmup_steps={max(1, ft // 20)}", "val_interval=0",
+              f"log_interval={max(1, ft // 4)}", *common, *extra])
     teachers = TINY + [str(tdir / name) for name in FT_TEACHERS]
     cache = out / "cache"
-    recipe = str(demo_recipe())
-    _run(["cache", f"recipe={recipe}", *common, "teachers=[" + ", ".join(f"{{name: {x}}}" for x in teachers) + "]",
-          f"cache.out={cache}"])
-    timings["teachers"] = time.perf_counter() - t
+    _run(["cache", f"recipe={demo_recipe()}", *common, "teachers=[" + ", ".join(f"{{name: {x}}}" for x in teachers)
+          + "]", f"cache.out={cache}"])
+    return "[" + ", ".join(f"{{name: {x}, cache: {cache}}}" for x in teachers) + "]", tdir
 
-    roster = "[" + ", ".join(f"{{name: {x}, cache: {cache}}}" for x in teachers) + "]"
+
+def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str) -> Dict[str, List[Path]]:
+    """An ERM and a fair student per seed (reused when finished)."""
     recipes = {"erm": ["objective.group=erm", "objective.lam=0"], "fair": list(a.fair)}
-    t = _step(f"3/6 agglomeration: {seeds} seed(s) x (ERM, fair: {' '.join(a.fair) or 'nothing'})")
     runs: Dict[str, List[Path]] = {"erm": [], "fair": []}
-    for s in range(seeds):
+    steps = z["steps"]
+    for s in range(z["seeds"]):
         for kind, extra in recipes.items():
             run = out / f"student-{kind}-s{s}"
             runs[kind].append(run)
             if _done(run, steps):
                 print(f"reusing {run}")
                 continue
-            _run(["train", f"recipe={recipe}", f"name={run.name}", f"out_dir={out}", f"teachers={roster}", f"seed={s}",
-                  f"data.seed={s}", f"student.model_args={STUDENT}", f"optim.steps={steps}",
+            _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={out}", f"teachers={roster}",
+                  f"seed={s}", f"data.seed={s}", f"student.model_args={STUDENT}", f"optim.steps={steps}",
                   f"optim.warmup_steps={max(1, steps // 10)}", f"log.interval={max(1, steps // 4)}",
                   f"log.checkpoint_interval={steps}", *common, *extra])
-    timings["train"] = time.perf_counter() - t
+    return runs
 
-    t = _step("4/6 evaluation: the same probe on every student and teacher; fair vs ERM, group by group")
-    ev = ["eval.features=adapters", f"eval.bootstrap={rboot}", "eval.label_fractions=[]", f"num_workers={a.num_workers}"]
-    for s in range(seeds):
+
+def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
+    """The same probe on every student (seed 0's ERM run also audits the teachers); fair against ERM."""
+    ev = ["eval.features=adapters", f"eval.bootstrap={z['rboot']}", "eval.label_fractions=[]",
+          f"num_workers={a.num_workers}"]
+    for s in range(z["seeds"]):
         for kind in ("erm", "fair"):
             run = runs[kind][s]
             if (run / "eval" / "report.json").is_file() and (kind == "erm" or (run / "eval" / ".compared").is_file()):
@@ -148,21 +141,54 @@ def run_demo(a: Any) -> Dict[str, Any]:
             _run(["eval", str(run), *ev, *extra])
             if kind == "fair":
                 (run / "eval" / ".compared").write_text("")
-    timings["eval"] = time.perf_counter() - t
 
+
+def _verdict_phase(z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, Any]:
+    """The verdict over seeds, from the predictions and reports the evaluation wrote."""
+    from agglom.eval.fidelity import fidelity_headline
+    from agglom.eval.report import load_predictions
+    from agglom.eval.verdict import verdict
+
+    seeds = range(z["seeds"])
+    preds = [{k: load_predictions(runs[k][s]) for k in ("erm", "fair")} for s in seeds]
+    reports = [{k: json.loads((runs[k][s] / "eval" / "report.json").read_text()) for k in ("erm", "fair")}
+               for s in seeds]
+    audited = [m for m in reports[0]["erm"]["models"] if m.startswith("teacher:")]  # the seed-0 ERM audit
+    teacher_preds = {Path(m.split(":", 1)[1]).name: load_predictions(runs["erm"][0], model=m) for m in audited}
+    fid = [{k: fidelity_headline((r[k].get("fidelity") or {}).get("site", {})) for k in r} for r in reports]
+    return verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=z["boot"])
+
+
+def run_demo(a: Any) -> Dict[str, Any]:
+    """The six phases, each reusing what an earlier (interrupted) demo already finished."""
+    out, data = Path(a.out), Path(a.data)
+    t_all = time.perf_counter()
+    timings: Dict[str, float] = {}
+    z = _sizes(a)
+    t = _step("1/6 synthetic bias benchmark")
+    if (data / "dataset.json").is_file():
+        print(f"reusing {data} (delete it to regenerate)")
+        _run(["data", "info", str(data)])
+    else:
+        _run(["data", "synth", f"out={data}", f"n={z['n']}", f"image_size={a.image_size}", *a.synth])
+    timings["data"] = time.perf_counter() - t
+    common = [f"data.root={data}", f"data.image_size={a.image_size}", f"data.batch_size={a.batch_size}",
+              f"data.num_workers={a.num_workers}", "groups.by=site"]
+    t = _step("2/6 teachers: a general one (site B down-weighted) and a fairness-tuned one (group-balanced)")
+    roster, tdir = _teachers_phase(a, z, common, out)
+    timings["teachers"] = time.perf_counter() - t
+    t = _step(f"3/6 agglomeration: {z['seeds']} seed(s) x (ERM, fair: {' '.join(a.fair) or 'nothing'})")
+    runs = _train_phase(a, z, common, out, roster)
+    timings["train"] = time.perf_counter() - t
+    t = _step("4/6 evaluation: the same probe on every student and teacher; fair vs ERM, group by group")
+    _eval_phase(a, z, runs)
+    timings["eval"] = time.perf_counter() - t
     t = _step("5/6 export: timm folder + adapter pack + model card")
     for kind in ("erm", "fair"):
         _run(["export", str(runs[kind][0]), f"out={runs[kind][0] / 'export'}"])
     timings["export"] = time.perf_counter() - t
-
     _step("6/6 verdict")
-    preds = [{k: load_predictions(runs[k][s]) for k in ("erm", "fair")} for s in range(seeds)]
-    reports = [{k: json.loads((runs[k][s] / "eval" / "report.json").read_text()) for k in ("erm", "fair")}
-               for s in range(seeds)]
-    audited = [m for m in reports[0]["erm"]["models"] if m.startswith("teacher:")]  # the seed-0 ERM audit
-    teacher_preds = {Path(m.split(":", 1)[1]).name: load_predictions(runs["erm"][0], model=m) for m in audited}
-    fid = [{k: fidelity_headline((r[k].get("fidelity") or {}).get("site", {})) for k in r} for r in reports]
-    v = verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=boot)
+    v = _verdict_phase(z, runs)
     timings["total"] = time.perf_counter() - t_all
     text = summary_markdown(a, v, runs, tdir, data, out, timings)
     (out / "summary.md").write_text(text)

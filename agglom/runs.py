@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
@@ -34,26 +35,24 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return root / pointer.read_text().strip()
 
 
-def trained_state(ckpt: Path, use_ema: bool = True) -> Dict[str, torch.Tensor]:
-    """The trainable module's fp32 state dict from a checkpoint of any engine (EMA weights when present)."""
+def trained_state(ckpt: Path, use_ema: bool = True, engine: str = "torch") -> Dict[str, torch.Tensor]:
+    """The trainable module's fp32 state dict from a checkpoint written by the ``engine`` strategy (the run's
+    ``engine.name``, which chooses how to consolidate it); the EMA weights when present."""
+    from agglom.engine import engine_class
     from teachers.safe_load import load_safetensors as load_file  # refuses a pickle named *.safetensors, by name
 
     if use_ema and (ckpt / "ema.safetensors").is_file():
         ema = load_file(ckpt / "ema.safetensors")
         return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-    if (ckpt / "model.safetensors").is_file():
-        return load_file(ckpt / "model.safetensors")
-    from agglom.engine.deepspeed_engine import consolidate_fp32  # a DeepSpeed checkpoint: consolidate first
-
-    return consolidate_fp32(ckpt)
+    return engine_class(engine).consolidate(ckpt)
 
 
 def load_run_model(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bool = True) -> AgglomModel:
     """Rebuild the run's AgglomModel (student + heads + normalisers) and load its trained weights."""
     cfg = run_config(run_dir)
-    in_chans = 1 if cfg.data.grayscale == "keep" else 3
+    in_chans = input_channels(cfg.data.grayscale)
     model = AgglomModel(cfg, run_specs(run_dir), in_chans)
-    state = trained_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir), use_ema)
+    state = trained_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir), use_ema, cfg.engine.name)
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -6,7 +6,7 @@ The loop calls `task(batch)`; the engine only ever sees `task.model` (the traina
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,11 +42,12 @@ def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
 
 class AgglomTask(nn.Module):
     def __init__(self, cfg: Any, specs: List[TeacherSpec], teachers: Dict[str, nn.Module], group_names: List[str],
-                 in_chans: int, auto_routing: Any = None) -> None:
+                 in_chans: int, auto_routing: Any = None, routing_info: Optional[Dict[str, Any]] = None) -> None:
         """``auto_routing``: ``[T, G]`` weights from the teacher audit (``objective.route_by_audit``), which explicit
-        ``objective.routing`` entries override."""
+        ``objective.routing`` entries override; ``routing_info``: the audit's record (written as routing.json)."""
         super().__init__()
         self.cfg = cfg
+        self.routing_info = routing_info
         self.specs = specs
         self.names = [s.name for s in specs]
         self.keys = metric_names(self.names)  # names in metrics.jsonl and logs
@@ -184,3 +185,42 @@ class AgglomTask(nn.Module):
     def tracked(self) -> Dict[str, float]:
         return {f"ema/{k}": float(v) for k, v in self.objective["tracker"].as_dict().items()}
 
+
+    # what the shared loop asks of a task (agglom.train.loop) ------------------------------------------------
+    def param_groups(self) -> List[dict]:
+        from agglom.train.optim import param_groups
+
+        return param_groups(self.model, self.cfg.optim.weight_decay)
+
+    def stateful(self) -> Dict[str, nn.Module]:
+        """Checkpointed beside the model: group weights, teacher balance, the per-group tracker."""
+        return {"objective": self.objective}
+
+    def prepare(self, fresh: bool) -> None:
+        """A fresh run fits the normalisers on a stats pass (the first data read; a resumed run restores them)."""
+        if fresh:
+            from agglom.train.setup import stats_batches
+
+            self.fit_normalisers(stats_batches(self.cfg))
+
+    def write_run_files(self, run_dir: Path) -> None:
+        """config.yaml, teachers.json, groups.json (+ routing.json) of a run that starts: written once per run."""
+        from agglom.train.setup import write_run_files
+
+        write_run_files(self.cfg, Path(run_dir), self.specs, self.group_names, self.routing_info)
+
+    def flops_per_sample(self, batch: Dict[str, Any]) -> float:
+        """Training FLOPs per sample: 3x the student+heads forward (fwd + bwd) + the online teachers' forwards."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        image = batch["image"][:2].to(self.device)
+        with FlopCounterMode(display=False) as counter:
+            with torch.no_grad():
+                self.model(image)
+        student = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            with torch.no_grad():
+                for s in self.specs:
+                    if not is_cached(self.teachers[s.name]):
+                        self.teachers[s.name](image)
+        return (3 * student + counter.get_total_flops()) / image.shape[0]

@@ -206,11 +206,8 @@ def _choice(d: Dict[str, Any], key: str, valid: Tuple[str, ...], src: str, allow
         raise CardError(f"bad value for field '{key}' in card {src}: {v!r}; valid values: {', '.join(valid)}")
 
 
-def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
-    """Validate a card mapping; every error names the field and lists what is valid."""
-    if not isinstance(data, dict):
-        raise CardError(f"card {source} must be a mapping of fields, got {type(data).__name__}")
-    data = dict(data)
+def _check_names(data: Dict[str, Any], source: str) -> None:
+    """Known fields only, the required ones present, a registered family, string-valued text fields."""
     for k in data:
         if k not in _CARD_FIELDS:
             raise _unknown("field", str(k), _CARD_FIELDS, source)
@@ -226,7 +223,10 @@ def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
     for k in ("name", "model", "licence", "provenance", "known_bias", "citation", "description"):
         if k in data and not isinstance(data[k], str):
             raise CardError(f"bad value for field '{k}' in card {source}: expected a string, got {data[k]!r}")
-    # input_size: int or [H, W]
+
+
+def _check_geometry(data: Dict[str, Any], source: str) -> None:
+    """input_size (an int or [H, W]) and mean/std (1 or 3 numbers, std positive), normalised in place."""
     size = data["input_size"]
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
@@ -244,6 +244,10 @@ def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
             if k == "std" and any(x <= 0 for x in v):
                 raise CardError(f"bad value for field 'std' in card {source}: {v!r}; must be positive")
             data[k] = tuple(float(x) for x in v)
+
+
+def _check_options(data: Dict[str, Any], source: str) -> None:
+    """model_args a mapping; the choice-valued fields among their values; seed an int, tiny a bool."""
     if "model_args" in data:
         if data["model_args"] is None:
             data["model_args"] = {}
@@ -254,12 +258,15 @@ def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
             _choice(data, key, valid, source)
     _choice(data, "summary", SUMMARY_KINDS, source, allow_none=True)
     _choice(data, "spatial", SPATIAL_KINDS, source, allow_none=True)
-    for k in ("seed",):
-        if k in data and (not isinstance(data[k], int) or isinstance(data[k], bool)):
-            raise CardError(f"bad value for field '{k}' in card {source}: expected an integer, got {data[k]!r}")
+    if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        raise CardError(f"bad value for field 'seed' in card {source}: expected an integer, got {data['seed']!r}")
     if "tiny" in data and not isinstance(data["tiny"], bool):
         raise CardError(f"bad value for field 'tiny' in card {source}: expected true/false")
-    w = data.get("weights") or {}
+
+
+def _weights_spec(w: Any, source: str) -> WeightsSpec:
+    """The weights field (a mapping, or the shorthand "none" / a path) as a checked WeightsSpec."""
+    w = w or {}
     if isinstance(w, str):  # shorthand: "none", or a path
         w = {"source": "none"} if w == "none" else {"source": "file", "path": w}
     if not isinstance(w, dict):
@@ -275,7 +282,18 @@ def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
         raise CardError(f"missing field 'weights.path' in card {source}: weights.source {w['source']} needs a path")
     if w["source"] == "tag" and not w.get("tag"):
         raise CardError(f"missing field 'weights.tag' in card {source}: weights.source tag needs a tag")
-    data["weights"] = WeightsSpec(**w)
+    return WeightsSpec(**w)
+
+
+def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
+    """Validate a card mapping; every error names the field and lists what is valid."""
+    if not isinstance(data, dict):
+        raise CardError(f"card {source} must be a mapping of fields, got {type(data).__name__}")
+    data = dict(data)
+    _check_names(data, source)
+    _check_geometry(data, source)
+    _check_options(data, source)
+    data["weights"] = _weights_spec(data.get("weights"), source)
     card = TeacherCard(**data, source_path=source if source != "<dict>" else None)
     from .registry import FAMILIES
 
@@ -293,86 +311,6 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data if data is not None else {}
 
 
-def card_from_export(folder: Union[str, Path]) -> TeacherCard:
-    """A card for an agglom export folder (timm local-dir layout: config.json + model.safetensors [+ card.yaml])."""
-    folder = Path(folder).resolve()
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise CardError(f"{folder} is not an agglom export folder: config.json is missing "
-                        "(expected config.json + model.safetensors, as written by timm save_for_hf)")
-    cfg = json.loads(cfg_path.read_text())
-    pcfg = cfg.get("pretrained_cfg", cfg)
-    size = pcfg.get("input_size", [3, 224, 224])
-    data: Dict[str, Any] = {
-        "name": folder.name,
-        "family": "agglom",
-        "model": cfg.get("architecture", ""),
-        "input_size": [int(size[-2]), int(size[-1])],
-        "mean": list(pcfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": list(pcfg.get("std", (0.229, 0.224, 0.225))),
-        "interpolation": pcfg.get("interpolation", "bicubic") if pcfg.get("interpolation") in INTERPOLATIONS
-        else "bicubic",
-        "licence": str(pcfg.get("license", "unknown")),
-        "description": str(pcfg.get("description", "")),
-    }
-    extra_path = _merge_folder_card(folder, data, "agglom", "an export folder")
-    data["model"] = data.get("model") or cfg.get("architecture", "")
-    data["weights"] = {"source": "folder", "path": str(folder)}
-    return card_from_dict(data, source=str(extra_path if extra_path.is_file() else folder))
-
-
-
-def _merge_folder_card(folder: Path, data: Dict[str, Any], family: str, kind: str) -> Path:
-    """Update ``data`` with the fields of an optional ``card.yaml`` beside a model folder (licence, provenance, ...);
-    its family, if given, must be the folder's, and its weights are the folder's. Returns the card.yaml path."""
-    extra_path = folder / "card.yaml"
-    if extra_path.is_file():
-        extra = _read_yaml(extra_path)
-        if not isinstance(extra, dict):
-            raise CardError(f"card {extra_path} must be a mapping of fields")
-        if extra.get("family", family) != family:
-            raise CardError(f"bad value for field 'family' in card {extra_path}: {kind} is '{family}'")
-        extra.pop("weights", None)
-        extra.pop("family", None)
-        data.update(extra)
-    return extra_path
-
-
-def card_from_hf_folder(folder: Union[str, Path]) -> TeacherCard:
-    """A card for a Hugging Face `save_pretrained` folder (config.json with a `model_type`): family
-    `transformers`, preprocessing from the folder's image processor (:mod:`teachers.hf_processor`), anything else
-    from an optional `card.yaml` beside it (licence, provenance, summary, ...)."""
-    from .hf_processor import PROCESSOR_FILE, processor_contract, read_processor
-
-    folder = Path(folder).resolve()
-    cfg = json.loads((folder / "config.json").read_text())
-    data: Dict[str, Any] = {"name": folder.name, "family": "transformers",
-                            "model": (cfg.get("architectures") or [cfg.get("model_type", "")])[0],
-                            "description": f"transformers save_pretrained folder ({cfg.get('model_type')})"}
-    pp = read_processor(folder)
-    if pp is not None:
-        try:
-            contract = processor_contract(pp)
-        except ValueError as e:
-            raise CardError(f"{folder / PROCESSOR_FILE}: {e}") from e
-        data.update({k: contract[k] for k in ("input_size", "mean", "std", "interpolation", "resize")})
-    extra_path = _merge_folder_card(folder, data, "transformers", "a save_pretrained folder")
-    if "input_size" not in data:
-        raise CardError(f"{folder} has no {PROCESSOR_FILE}: save the model's image processor beside it "
-                        "(processor.save_pretrained(folder)) or write a card.yaml there with input_size, mean and std")
-    data["weights"] = {"source": "folder", "path": str(folder)}
-    return card_from_dict(data, source=str(extra_path if extra_path.is_file() else folder))
-
-
-def _is_hf_folder(folder: Path) -> bool:
-    """A transformers save_pretrained folder (its config.json names a model_type), not a timm export."""
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and "model_type" in cfg and "pretrained_cfg" not in cfg
-
-
 def list_cards() -> List[str]:
     """Names of the cards shipped in teachers/cards/."""
     return sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
@@ -386,7 +324,9 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
     s = str(name_or_path)
     p = Path(s).expanduser()
     if p.is_dir():
-        return card_from_hf_folder(p) if _is_hf_folder(p) else card_from_export(p)
+        from .card_folders import card_from_export, card_from_hf_folder, is_hf_folder
+
+        return card_from_hf_folder(p) if is_hf_folder(p) else card_from_export(p)
     if p.suffix in (".yaml", ".yml") or os.sep in s:
         if not p.is_file():
             raise CardError(f"card file not found: {p}")
@@ -402,4 +342,4 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
 
 
 __all__ = ["TeacherCard", "WeightsSpec", "CardError", "MissingWeightsError", "WeightsUnavailableError", "load_card", "list_cards",
-           "card_from_dict", "card_from_export", "card_from_hf_folder", "weights_root", "CARDS_DIR"]
+           "card_from_dict", "weights_root", "CARDS_DIR"]

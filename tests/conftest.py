@@ -38,6 +38,29 @@ def tiny_args(out_dir, data_root, name: str = "t", steps: int = 12, **over) -> l
     return [f"{k}={v}" for k, v in args.items()]
 
 
+@pytest.fixture(scope="session")
+def make_tiny_args():
+    """:func:`tiny_args` itself, for fixtures wider than one test (tests take fixtures, never import conftest)."""
+    return tiny_args
+
+
+@pytest.fixture(scope="session")
+def tiny_student() -> str:
+    """The tiny student's ``model_args`` (a YAML mapping)."""
+    return TINY_STUDENT
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A TCP port free at the moment of asking, for a launcher's rendezvous (never a fixed number two runs of
+    the suite on one machine would share)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture()
 def tiny_train_args(tmp_path, synth_root):
     """`tiny_args` bound to this test's tmp_path and the synth fixture."""

@@ -1,9 +1,9 @@
-"""`python -m agglom.bench quick=true`: every section runs at toy size and bench.json holds the rows."""
+"""`python -m benchmarks.bench quick=true`: every section runs at toy size and bench.json holds the rows."""
 import json
 
 import pytest
 
-from agglom.bench import main, parse_args
+from benchmarks.bench import main, parse_args
 
 
 def test_bench_options_are_checked():

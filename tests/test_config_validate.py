@@ -132,7 +132,7 @@ def test_builtin_choices_match_the_registries(kind):
     (C.CURATE_FEATURES, "agglom.curate.embed", "FEATURE_KINDS"),
     (C.CACHE_DTYPES, "agglom.cache.codec", "DTYPES"),
     (C.ECE_BINNINGS, "agglom.eval.calibration", "ECE_BINNINGS"),
-    (C.CURATE_METHODS, "agglom.commands.curate", "METHODS"),
+    (C.CURATE_METHODS, "agglom.curate.run", "METHODS"),
 ])
 def test_closed_choices_match_the_code_that_acts_on_them(names, module, attr):
     assert set(names) == set(getattr(importlib.import_module(module), attr))

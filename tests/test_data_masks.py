@@ -84,8 +84,8 @@ def test_mask_round_trip_pack_shards_reader_with_flip_and_crop(tmp_path, source)
     masks = sheet["masks"]
     assert sum(v["samples"] for v in masks["splits"].values()) == 22
     assert sum(v["without_mask"] for v in masks["splits"].values()) == 2
-    for split, per in masks["by_attribute"]["site"].items():  # area per group = the mean foreground fraction
-        for site, cell in per.items():
+    for per in masks["by_attribute"]["site"].values():  # area per group = the mean foreground fraction
+        for cell in per.values():
             assert cell["samples"] >= 1 and 0 < cell["mean_area"] < 0.2
 
     cfg = _cfg(out)

@@ -26,8 +26,14 @@ from agglom.engine.launch import main as launch_main
 pytestmark = pytest.mark.deepspeed
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_accelerator(monkeypatch):
+    """DeepSpeed's CPU accelerator and the checkout's extension cache for each test here, undone after it (set at
+    collection time they would leak into every later test)."""
+    monkeypatch.setenv("DS_ACCELERATOR", os.environ.get("DS_ACCELERATOR", "cpu"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions")))
 
 
 def make_cfg(**over) -> object:
@@ -286,13 +292,13 @@ def test_bf16_zero2_runs():
 
 
 # ---------------------------------------------------------------------------------- the real launcher
-def test_deepspeed_launcher_two_ranks(tmp_path):
+def test_deepspeed_launcher_two_ranks(tmp_path, free_port):
     """`deepspeed --num_gpus 2` on CPU: both ranks train, save, load, and end with identical weights."""
     exe = Path(sys.executable).parent / "deepspeed"
     if not exe.is_file():
         pytest.skip("no deepspeed launcher in this environment")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    port = str(29500 + os.getpid() % 1000)
+    port = str(free_port)
     r = subprocess.run([str(exe), "--num_gpus", "2", "--master_port", port, str(ROOT / "tests" / "ds_worker.py"),
                         str(tmp_path), "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -13,8 +13,8 @@ from agglom.runs import load_run_model
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, synth_root):
-    from tests.conftest import tiny_args
+def trained_run(tmp_path_factory, synth_root, make_tiny_args):
+    tiny_args = make_tiny_args
 
     out = tmp_path_factory.mktemp("runs")
     args = tiny_args(out, synth_root, "exp", 4, **{"data.epoch_samples": 64, "heads.normaliser": "phis",

@@ -105,12 +105,12 @@ def test_teacher_source_and_refusals(synth, tmp_path, capsys):
 
 
 def test_group_metrics_undefined_and_worst_group():
-    from agglom.finetune.loop import Task, group_metrics
+    from agglom.eval.group_auc import group_auc_metrics
 
     logits = np.array([[2.0], [-1.0], [0.5], [1.0], [0.2], [3.0]])
     labels = np.array([1, 0, 1, 0, 1, 1])
     groups = np.array([0, 0, 0, 1, 1, 2])  # group 1 mis-ranked, group 2 (unknown) has one class
-    m = group_metrics(Task("binary", 1), logits, labels, groups, ["A", "B", "unknown"], [True, True, False])
+    m = group_auc_metrics("binary", logits, labels, groups, ["A", "B", "unknown"], [True, True, False])
     assert m["groups"]["A"]["auc"] == 1.0 and m["groups"]["B"]["auc"] == 0.0
     assert m["groups"]["unknown"]["auc"] is None  # one class: undefined, not 0
     assert m["worst_group"] == "B" and m["worst_group_auc"] == 0.0 and m["auc_gap"] == 1.0

@@ -9,7 +9,7 @@ from PIL import Image
 from agglom.cli import main
 
 
-def test_multilabel_csv_pack_train_eval(tmp_path):
+def test_multilabel_csv_pack_train_eval(tmp_path, tiny_student):
     rng = np.random.default_rng(0)
     rows = [["Path", "No Finding", "Effusion", "Sex", "Age"]]
     (tmp_path / "img").mkdir()
@@ -26,12 +26,10 @@ def test_multilabel_csv_pack_train_eval(tmp_path):
                  "label_cols=[No Finding,Effusion]", "attr_cols=[Sex,Age]", "stratify=[Sex]"]) == 0
     sheet = json.loads((data / "dataset.json").read_text())
     assert sheet["label"]["names"] == ["No Finding", "Effusion"] and sheet["samples"] == 90
-    from tests.conftest import TINY_STUDENT
-
     run = tmp_path / "runs"
     assert main(["train", "name=ml", f"out_dir={run}", f"data.root={data}", "data.image_size=32", "data.batch_size=16",
                  "data.num_workers=0", "data.epoch_samples=32", "teachers=[{name: tiny-clip}]",
-                 f"student.model_args={TINY_STUDENT}", "heads.stats_samples=16", "optim.steps=2",
+                 f"student.model_args={tiny_student}", "heads.stats_samples=16", "optim.steps=2",
                  "log.checkpoint_interval=2", "log.progress=off", "groups.by=Sex"]) == 0
     assert main(["eval", str(run / "ml"), "eval.bootstrap=0", "eval.label_fractions=[]", "num_workers=0"]) == 0
     ev = run / "ml" / "eval"

@@ -155,9 +155,9 @@ def test_bogus_key_via_console_script_exits_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tiny_train_args):
+def test_ddp_two_processes_on_cpu(tiny_train_args, free_port):
     args = tiny_train_args("ddp", steps=6, **{"data.epoch_samples": 64})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
            "-m", "agglom", "train", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr[-3000:]

@@ -205,9 +205,9 @@ def test_prompt_parsing():
 
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def clip_run(tmp_path_factory, synth_root):
+def clip_run(tmp_path_factory, synth_root, make_tiny_args):
     """A short run distilling the tiny open_clip and transformers SigLIP teachers, with prompts in its recipe."""
-    from tests.conftest import tiny_args
+    tiny_args = make_tiny_args
 
     out = tmp_path_factory.mktemp("zs")
     prompts = "{0: [a scan of a healthy organ, a normal organ], 1: [a scan of an organ with a lesion]}"

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from agglom.cache.codec import pool_spatial
+from agglom.config.choices import input_channels
 
 
 def check_cache(cfg: Any, out: Optional[str] = None, teacher_names: Optional[List[str]] = None, n: int = 128,
@@ -18,7 +19,7 @@ def check_cache(cfg: Any, out: Optional[str] = None, teacher_names: Optional[Lis
 
     split = split or cfg.data.train_split
     names = teacher_names or [e.name for e in cfg.teachers]
-    c = 1 if cfg.data.grayscale == "keep" else 3
+    c = input_channels(cfg.data.grayscale)
     result: Dict[str, Dict[str, float]] = {}
     for name in names:
         card = zoo.load_card(name)

@@ -28,6 +28,11 @@ EVAL_FEATURES = ("summary", "pooled", "adapters")
 THRESHOLD_METHODS = ("youden", "f1")
 ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
+
+
+def input_channels(grayscale: str) -> int:
+    """Channels of the student's input for ``data.grayscale``: 1 when grayscale is kept, else 3 (replicated)."""
+    return 1 if grayscale == "keep" else 3
 CURATE_METHODS = ("kmeans", "per_class", "hierarchical")
 CURATE_FEATURES = ("summary", "pooled", "both")
 DEDUP_SPACES = ("raw", "center", "zscore")

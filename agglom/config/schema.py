@@ -142,6 +142,7 @@ class EngineConfig:
     offload_params: bool = False
     ds_config: Optional[str] = None  # a DeepSpeed JSON that overrides the generated one
     backend: str = "auto"  # auto | nccl | gloo
+    device: str = "auto"  # torch engine: auto (cuda:<local rank> when there is a GPU, else cpu) | cpu | cuda[:i]
 
 
 @dataclass

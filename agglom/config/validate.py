@@ -10,9 +10,9 @@ It checks
 - relations between keys (``data.image_size`` divisible by the student's patch size, teacher entries, group
   specs, the swept key and its values) — :data:`CROSS_CHECKS`.
 
-A rule applies to any command whose schema has the key, so `train`, `sweep`, `cache`, `finetune`, `curate` and
-`eval` share it. The pass reads no file: whether data, teachers or a checkpoint exist is checked by the command's
-preflight (:mod:`agglom.train.preflight`). It imports no torch, to stay fast.
+A rule applies to any command whose schema has the key (`train`, `sweep`, `cache`, `finetune`, `curate`, `eval`).
+The pass reads no file (whether data, teachers or checkpoints exist is :mod:`agglom.train.preflight`'s job) and
+imports no torch, to stay fast.
 """
 from __future__ import annotations
 
@@ -158,11 +158,8 @@ RULES: Dict[str, Rule] = {
     "eval.probe_c": POSITIVE,
     "eval.threshold_method": one_of(C.THRESHOLD_METHODS),
     "eval.label_fractions": each(between(0, 1, lo_open=True)),
-    "eval.seeds": COUNT,
-    "eval.max_iter": COUNT,
-    "eval.dense_steps": COUNT,
-    "eval.dense_lr": POSITIVE,
-    "eval.dense_grid": NON_NEGATIVE,
+    "eval.seeds": COUNT, "eval.max_iter": COUNT,
+    "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "export.min_group_count": NON_NEGATIVE,
     # command-level keys (eval, curate, finetune, cache, teachers check)
     "batch_size": COUNT,

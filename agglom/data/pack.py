@@ -161,6 +161,21 @@ def _binary_value(v: str, uncertain: str, blank: str, converted: Counter) -> Opt
     return x
 
 
+def _row_label(r: Dict[str, Any], label_cols: List[str], names: Optional[List[str]], uncertain: str, blank: str,
+               converted: Counter) -> Any:
+    """One row's label: a class index (names or integers; -1 follows ``uncertain``), or a multi-label list; None
+    when the row is dropped by the label policy; ValueError when the cell is not a label."""
+    if len(label_cols) == 1:
+        v = (r.get(label_cols[0]) or "").strip()
+        if v == "":
+            raise ValueError("empty label")
+        if names is None and v == "-1":
+            return _binary_value(v, uncertain, "drop", converted)
+        return names.index(v) if names is not None else int(v)
+    label = [_binary_value(r.get(c) or "", uncertain, blank, converted) for c in label_cols]
+    return None if any(x is None for x in label) else label
+
+
 def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols: List[str], key_col: Optional[str],
                      split_col: Optional[str], skipped: Counter, uncertain: str = "zeros", blank: str = "zeros",
                      converted: Optional[Counter] = None,
@@ -199,18 +214,7 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
         rel = (r.get(path_col) or "").strip()
         p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         try:
-            if len(label_cols) == 1:
-                v = (r.get(label_cols[0]) or "").strip()
-                if v == "":
-                    raise ValueError("empty label")
-                if names is None and v == "-1":
-                    label: Any = _binary_value(v, uncertain, "drop", converted)
-                else:
-                    label = names.index(v) if names is not None else int(v)
-            else:
-                label = [_binary_value(r.get(c) or "", uncertain, blank, converted) for c in label_cols]
-                if any(x is None for x in label):
-                    label = None
+            label = _row_label(r, label_cols, names, uncertain, blank, converted)
             if label is None:
                 skipped["dropped_label"] += 1
                 continue
@@ -231,20 +235,10 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
     return recs, names
 
 
-def pack(cfg: Any) -> Dict[str, Any]:
-    """Pack per ``cfg`` (see :class:`agglom.commands.data.PackConfig`); returns the datasheet."""
+def _source_records(cfg: Any, skipped: Counter, converted: Counter) -> Tuple[List[Dict[str, Any]], Any, str]:
+    """(records, label names, source description) from ``src=`` (class subfolders) or ``csv=``."""
     from agglom.config.load import ConfigError
-    from agglom.data.splits import default_fractions, stratified_split
-    from agglom.data.writer import DatasetWriter, prepare_output
 
-    if bool(cfg.src) == bool(cfg.csv):
-        raise ConfigError("give exactly one source: src=FOLDER (class subfolders) or csv=FILE")
-    if not cfg.out:
-        raise ConfigError("out=DIR is required")
-    skipped: Counter = Counter()
-    converted: Counter = Counter()
-    dicom_notes: Counter = Counter()
-    names: Optional[List[str]]
     if cfg.src:
         src = Path(cfg.src)
         if not src.is_dir():
@@ -263,32 +257,80 @@ def pack(cfg: Any) -> Dict[str, Any]:
         source = f"csv {path.resolve()}"
     if not recs:
         raise ConfigError("no samples found in the source")
-    masks_found = None
-    if cfg.get("masks"):  # a masks folder mirroring the images' relative paths (or flat, by file stem)
-        from agglom.data.masks import find_mask
+    return recs, names, source
 
-        mdir = Path(cfg.masks)
-        if not mdir.is_dir():
-            raise ConfigError(f"masks={mdir} is not a folder")
-        if cfg.get("mask_col"):
-            raise ConfigError("give masks either as a CSV column (mask_col=) or as a folder (masks=), not both")
-        for r in recs:
-            found = find_mask(mdir, r["rel"])
-            if found is not None:
-                r["mask_path"] = found
-        masks_found = sum(1 for r in recs if "mask_path" in r)
+
+def _join_attrs(cfg: Any, keys: List[str], recs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Attributes from ``attrs_csv`` joined on file path, name or stem (or the key) into the records; the report."""
+    from agglom.data.join import join, read_table
+
+    table = read_table(Path(cfg.attrs_csv), cfg.attrs_on)
+    joined, join_report = join(zip(keys, [r["rel"] for r in recs]), table)
+    for key, r in zip(keys, recs):
+        r["attrs"].update(joined.get(key, {}))
+    print(f"agglom data pack: attributes from {cfg.attrs_csv} joined on {cfg.attrs_on!r}: "
+          f"{join_report['matched']} images matched, {join_report['samples_without_row']} without a row, "
+          f"{join_report['rows_without_sample']} rows without an image", flush=True)
+    return join_report
+
+
+def _find_masks(cfg: Any, recs: List[Dict[str, Any]]) -> int:
+    """Masks from the ``masks=`` folder (mirroring the images' relative paths, or flat by file stem) recorded as
+    ``rec["mask_path"]``; how many images have one."""
+    from agglom.config.load import ConfigError
+    from agglom.data.masks import find_mask
+
+    mdir = Path(cfg.masks)
+    if not mdir.is_dir():
+        raise ConfigError(f"masks={mdir} is not a folder")
+    if cfg.get("mask_col"):
+        raise ConfigError("give masks either as a CSV column (mask_col=) or as a folder (masks=), not both")
+    for r in recs:
+        found = find_mask(mdir, r["rel"])
+        if found is not None:
+            r["mask_path"] = found
+    return sum(1 for r in recs if "mask_path" in r)
+
+
+def _mask_of(r: Dict[str, Any], data: bytes, ext: str, problems: Counter) -> Tuple[Optional[bytes], Optional[float]]:
+    """The record's mask (bytes, area) or (None, None); a bad mask is counted in ``problems`` and the image is packed
+    without it."""
+    if "mask_path" not in r:
+        return None, None
+    try:
+        return load_mask(Path(r["mask_path"]), data, ext)
+    except SkipImage as e:
+        problems[e.reason] += 1
+        log.warning("pack: %s; packed without its mask", e)
+        return None, None
+
+
+def _masks_params(cfg: Any, recs: List[Dict[str, Any]], problems: Counter) -> Dict[str, Any]:
+    """The datasheet's ``params.masks_source`` (empty without a mask source)."""
+    if not (cfg.get("mask_col") or cfg.get("masks")):
+        return {}
+    return {"masks_source": {"column": cfg.get("mask_col"), "folder": cfg.get("masks"),
+                             "found": sum(1 for r in recs if "mask_path" in r), "dropped": dict(problems)}}
+
+
+def pack(cfg: Any) -> Dict[str, Any]:
+    """Pack per ``cfg`` (see :class:`agglom.commands.data.PackConfig`); returns the datasheet."""
+    from agglom.config.load import ConfigError
+    from agglom.data.splits import default_fractions, stratified_split
+    from agglom.data.writer import DatasetWriter, prepare_output
+
+    if bool(cfg.src) == bool(cfg.csv):
+        raise ConfigError("give exactly one source: src=FOLDER (class subfolders) or csv=FILE")
+    if not cfg.out:
+        raise ConfigError("out=DIR is required")
+    skipped: Counter = Counter()
+    converted: Counter = Counter()
+    dicom_notes: Counter = Counter()
+    recs, names, source = _source_records(cfg, skipped, converted)
     keys = _unique([r.get("key") or make_key(r["rel"]) for r in recs], [r["rel"] for r in recs])
-    join_report = None
-    if cfg.get("attrs_csv"):  # an attribute table joined on file path, name or stem (or the key)
-        from agglom.data.join import join, read_table
-
-        table = read_table(Path(cfg.attrs_csv), cfg.attrs_on)
-        joined, join_report = join(zip(keys, [r["rel"] for r in recs]), table)
-        for key, r in zip(keys, recs):
-            r["attrs"].update(joined.get(key, {}))
-        print(f"agglom data pack: attributes from {cfg.attrs_csv} joined on {cfg.attrs_on!r}: "
-              f"{join_report['matched']} images matched, {join_report['samples_without_row']} without a row, "
-              f"{join_report['rows_without_sample']} rows without an image", flush=True)
+    join_report = _join_attrs(cfg, keys, recs) if cfg.get("attrs_csv") else None
+    if cfg.get("masks"):
+        _find_masks(cfg, recs)
     if cfg.split_col:
         assign = {k: r["split"] for k, r in zip(keys, recs)}
     else:
@@ -309,13 +351,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
                 skipped[e.reason] += 1
                 log.warning("pack: %s; skipped", e)
                 continue
-            mask = area = None
-            if "mask_path" in r:
-                try:
-                    mask, area = load_mask(Path(r["mask_path"]), data, ext)
-                except SkipImage as e:  # the image is packed without its mask; counted in params.masks
-                    mask_problems[e.reason] += 1
-                    log.warning("pack: %s; packed without its mask", e)
+            mask, area = _mask_of(r, data, ext, mask_problems)
             w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]},
                     mask=mask, mask_area=area)
             written += 1
@@ -329,11 +365,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
                                 "labels_converted": dict(converted), "dicom_converted": dict(dicom_notes),
                                 **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
                                    if join_report else {}),
-                                **({"masks_source": {"column": cfg.get("mask_col"), "folder": cfg.get("masks"),
-                                                     "found": (masks_found if masks_found is not None else
-                                                               sum(1 for r in recs if "mask_path" in r)),
-                                                     "dropped": dict(mask_problems)}}
-                                   if cfg.get("mask_col") or cfg.get("masks") else {})},
+                                **_masks_params(cfg, recs, mask_problems)},
                         label=label, skipped=dict(skipped))
     return sheet
 

@@ -162,14 +162,18 @@ def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, wi
         organ = organ + f * (p.bias_strength * 0.5 + p.bias_strength * (organ - 0.5))
     img = 0.06 + mask * (organ - 0.06)
     img = np.clip(img, 0.0, 1.0)
-    site_b = s["site_b"][sl]
-    if site_b.any():  # another scanner: inverted polarity, blur, grain
+    _site_b_acquisition(p, img, s["site_b"][sl], grain)
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _site_b_acquisition(p: SynthParams, img: np.ndarray, site_b: np.ndarray, grain: np.ndarray) -> None:
+    """Site B's scanner, in place on its images: inverted polarity, blur, grain."""
+    if site_b.any():
         b = img[site_b]
         b = 1.0 - b
         b = ndimage.gaussian_filter(b, sigma=(0, p.site_blur, p.site_blur)) if p.site_blur > 0 else b
         b = b + p.site_grain * grain[site_b]
         img[site_b] = b
-    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def render(p: SynthParams, s: Optional[Dict[str, np.ndarray]] = None, with_bias: bool = True,
@@ -214,8 +218,8 @@ def split_design(p: SynthParams, val_frac: float, test_frac: float) -> str:
 def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 0.25, test_frac: float = 0.5,
                 shard_size: int = 1000, force: bool = False) -> Dict[str, Any]:
     """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet."""
-    from agglom.data.splits import default_fractions, stratified_split
     from agglom.data.masks import encode_mask
+    from agglom.data.splits import default_fractions, stratified_split
     from agglom.data.writer import DatasetWriter, prepare_output
 
     p.validate()

@@ -13,6 +13,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from agglom.config.choices import input_channels
+
 _INTERP = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
            "nearest": InterpolationMode.NEAREST}
 
@@ -39,7 +41,7 @@ def _channel_stats(values: Sequence[float], channels: int) -> List[float]:
 def data_config(cfg: Any) -> Dict[str, Any]:
     """timm-style data config (input_size, interpolation, mean, std, crop_pct) for the student's input."""
     data = cfg.data
-    channels = 1 if _get(data, "grayscale", "replicate") == "keep" else 3
+    channels = input_channels(_get(data, "grayscale", "replicate"))
     size = int(_get(data, "image_size", 64))
     student = _get(cfg, "student")
     mean = _get(student, "mean", [0.5, 0.5, 0.5])

@@ -89,6 +89,12 @@ class Engine:
     def unwrap(self) -> nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def consolidate(cls, directory: Path) -> Dict[str, torch.Tensor]:
+        """The model's fp32 state dict from a checkpoint folder this strategy's ``save`` wrote; needs no process
+        group, so a command that reads a run calls it on the class the run's ``engine.name`` names."""
+        raise NotImplementedError
+
     def current_lr(self) -> float:
         raise NotImplementedError
 
@@ -97,15 +103,18 @@ class Engine:
             torch.distributed.destroy_process_group()
 
 
-def build_engine(cfg: Any) -> Engine:
-    name = cfg.engine.name
+def engine_class(name: str) -> Type[Engine]:
+    """The strategy registered as ``name`` (imported only now: DeepSpeed is imported lazily)."""
     if name not in ENGINES:
         from agglom.config.load import ConfigError
 
         raise ConfigError(f"unknown engine.name {name!r}; known engines: {', '.join(sorted(ENGINES))}")
     module, attr = ENGINES[name].split(":")
-    cls: Type[Engine] = getattr(importlib.import_module(module), attr)
-    return cls(cfg)
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_engine(cfg: Any) -> Engine:
+    return engine_class(cfg.engine.name)(cfg)
 
 
 def share_cpu_threads(world_size: int) -> None:
@@ -118,8 +127,14 @@ def share_cpu_threads(world_size: int) -> None:
 
 
 def pick_device(info: DistInfo, want: Optional[str] = None) -> torch.device:
-    if want:
-        return torch.device(want)
+    """``want`` (engine.device: cpu, cuda, cuda:1) unless it is empty or auto; else cuda:<local rank> or cpu."""
+    if want and want != "auto":
+        try:
+            return torch.device(want)
+        except RuntimeError as e:
+            from agglom.config.load import ConfigError
+
+            raise ConfigError(f"engine.device: {want!r} is not a device (auto | cpu | cuda[:i]): {e}") from None
     if torch.cuda.is_available():
         return torch.device("cuda", info.local_rank % torch.cuda.device_count())
     return torch.device("cpu")

@@ -88,14 +88,12 @@ class DeepSpeedEngine(Engine):
         return int(self.ds_config.get("gradient_accumulation_steps", max(1, int(self.cfg.optim.accum_steps))))
 
     def setup(self, model: nn.Module, param_groups: list, schedule: Callable[[int], float]) -> nn.Module:
-        o = self.cfg.optim
+        from agglom.train.optim import adamw
+
         model = model.to(self.device)
-        for g in param_groups:
-            g.setdefault("base_lr", o.lr)
-        self.base_lrs = [float(g["base_lr"]) for g in param_groups]
         # torch's AdamW (not FusedAdam/DeepSpeedCPUAdam): nothing to JIT-compile, identical maths to `torch`
-        self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2),
-                                           weight_decay=o.weight_decay, foreach=self.device.type == "cuda")
+        self.optimizer = adamw(param_groups, self.cfg.optim, self.device)
+        self.base_lrs = [float(g["base_lr"]) for g in param_groups]
         self.schedule = schedule
         self.ds_config = build_ds_config(self.cfg, self.device.type)
         self.engine, _, _, _ = self.deepspeed.initialize(model=model, optimizer=self.optimizer,
@@ -200,7 +198,13 @@ class DeepSpeedEngine(Engine):
             self.base_lrs = [float(v) for v in saved["base_lrs"]]
         self._micro = 0
 
-    def consolidate_fp32(self, directory: Path) -> Dict[str, torch.Tensor]:
+    @classmethod
+    def consolidate(cls, directory: Path) -> Dict[str, torch.Tensor]:
+        """ZeRO partitions (or stage 0's module state) merged to one fp32 state dict."""
+        return consolidate_fp32(directory)
+
+    @classmethod
+    def consolidate_fp32(cls, directory: Path) -> Dict[str, torch.Tensor]:
         return consolidate_fp32(directory)
 
     # --------------------------------------------------------------------------------------------- misc

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ class TorchEngine(Engine):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.device = pick_device(self.info)
+        self.device = pick_device(self.info, str(cfg.engine.get("device", "auto")))
         self._owns_process_group = False
         if self.info.distributed and not torch.distributed.is_initialized():
             backend = cfg.engine.backend
@@ -46,12 +46,10 @@ class TorchEngine(Engine):
         self.schedule: Callable[[int], float] = lambda s: 1.0
 
     def setup(self, model: nn.Module, param_groups: list, schedule: Callable[[int], float]) -> nn.Module:
-        o = self.cfg.optim
+        from agglom.train.optim import adamw
+
         self.model = model.to(self.device)
-        for g in param_groups:
-            g.setdefault("base_lr", o.lr)
-        self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
-                                           foreach=self.device.type == "cuda")
+        self.optimizer = adamw(param_groups, self.cfg.optim, self.device)
         self.schedule = schedule
         self.wrapped = model
         if self.info.distributed:
@@ -104,6 +102,13 @@ class TorchEngine(Engine):
     def unwrap(self) -> nn.Module:
         assert self.model is not None
         return self.model
+
+    @classmethod
+    def consolidate(cls, directory: Path) -> Dict[str, torch.Tensor]:
+        """The model's state as saved: ``model.safetensors`` (already fp32, one file)."""
+        from teachers.safe_load import load_safetensors
+
+        return dict(load_safetensors(Path(directory) / "model.safetensors"))
 
     def close(self) -> None:
         """Destroy the process group only when this engine created it (another strategy may reuse its own)."""

@@ -20,7 +20,7 @@ def teacher_group_auc(cfg: Any, teachers: Mapping[str, Any], group_names: Sequen
     teacher's val AUC within each group (a multi-label task: the mean over labels)."""
     from agglom.data.readers import eval_loader
     from agglom.eval.extract import teacher_output
-    from agglom.eval.group_stats import _auc_fast
+    from agglom.eval.group_stats import rank_auc
     from agglom.eval.probe import fit_linear_probe
 
     names = list(teachers)
@@ -53,7 +53,7 @@ def teacher_group_auc(cfg: Any, teachers: Mapping[str, Any], group_names: Sequen
         row = []
         for gi in range(len(group_names)):
             m = gva == gi
-            vals = [_auc_fast(yva2[m, j], scores[m, j]) for j in range(yva2.shape[1])] if m.any() else []
+            vals = [rank_auc(yva2[m, j], scores[m, j]) for j in range(yva2.shape[1])] if m.any() else []
             vals = [v for v in vals if np.isfinite(v)]
             row.append(float(np.mean(vals)) if vals else None)
         auc.append(row)

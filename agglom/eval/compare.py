@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from agglom.eval.group_stats import _auc_fast, _stratified_indices
+from agglom.eval.group_stats import _stratified_indices, rank_auc
 from agglom.eval.intervals import bca_interval, jackknife_blocks
 
 __all__ = ["paired_group_deltas", "compare_predictions", "levelled_down_groups", "COMPARE_SCHEMA"]
@@ -27,8 +27,8 @@ UNKNOWN = "unknown"
 def _stats(y: np.ndarray, a: np.ndarray, b: np.ndarray, g: np.ndarray, names: Sequence[str],
            included: Sequence[str]) -> np.ndarray:
     """[AUC_a, AUC_b, worst_a, worst_b, gap_a, gap_b, AUC_g a/b for each group...] for one resample."""
-    ga = np.asarray([_auc_fast(y[g == n], a[g == n]) for n in names])
-    gb = np.asarray([_auc_fast(y[g == n], b[g == n]) for n in names])
+    ga = np.asarray([rank_auc(y[g == n], a[g == n]) for n in names])
+    gb = np.asarray([rank_auc(y[g == n], b[g == n]) for n in names])
     inc = np.asarray([n in included for n in names])
 
     def worst_gap(v: np.ndarray) -> tuple:
@@ -37,7 +37,7 @@ def _stats(y: np.ndarray, a: np.ndarray, b: np.ndarray, g: np.ndarray, names: Se
 
     wa, gapa = worst_gap(ga)
     wb, gapb = worst_gap(gb)
-    return np.concatenate([[_auc_fast(y, a), _auc_fast(y, b), wa, wb, gapa, gapb], ga, gb])
+    return np.concatenate([[rank_auc(y, a), rank_auc(y, b), wa, wb, gapa, gapb], ga, gb])
 
 
 def paired_group_deltas(y: Any, score_new: Any, score_ref: Any, groups: Any, *, n_boot: int = 200, ci: float = 0.95,

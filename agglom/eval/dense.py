@@ -23,7 +23,7 @@ FairSeg's ``es_dice`` = Dice / (1 + sum_g |Dice - Dice_g|), Dice being the mean 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch

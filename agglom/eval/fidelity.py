@@ -118,7 +118,7 @@ def functional_fidelity(teacher_train: np.ndarray, y_train: np.ndarray, teacher_
     """The teacher's own probe (fitted on its train features, threshold on val) scoring the teacher's and the
     student's test features. Returns, per attribute, group AUCs of both, their difference and the agreement of
     the two decisions (a :func:`~agglom.eval.metrics.group_mean_summary` of per-sample 0/1 agreement)."""
-    from agglom.eval.group_stats import _auc_fast
+    from agglom.eval.group_stats import rank_auc
     from agglom.eval.metrics import group_mean_summary
     from agglom.eval.probe import fit_linear_probe
 
@@ -132,7 +132,7 @@ def functional_fidelity(teacher_train: np.ndarray, y_train: np.ndarray, teacher_
     agree = ((s_teacher >= t) == (s_student >= t)).astype(float)
     out: Dict[str, Any] = {"threshold": float(t), "attributes": {}}
     def auc(score: np.ndarray, m: np.ndarray) -> Optional[float]:
-        v = _auc_fast(yte[m], score[m])
+        v = rank_auc(yte[m], score[m])
         return float(v) if np.isfinite(v) else None
 
     for attr, g in groups.items():

@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 from agglom.eval.calibration import ece
 
-__all__ = ["RATES", "THRESHOLD_METRICS", "es_auc", "bootstrap_cis"]
+__all__ = ["RATES", "THRESHOLD_METRICS", "es_auc", "rank_auc", "bootstrap_cis"]
 
 RATES = ("tpr", "fpr", "fnr", "tnr", "selection_rate")
 THRESHOLD_METRICS = (
@@ -120,7 +120,9 @@ def _fairlearn_base_stats(y, s, g, thresholds: Mapping[str, float], binnings: Se
     return stats
 
 
-def _auc_fast(y: np.ndarray, s: np.ndarray) -> float:
+def rank_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties averaged; equals ``roc_auc_score`` (NaN when one
+    class is absent)."""
     n1 = int(y.sum())
     n0 = y.size - n1
     if n1 == 0 or n0 == 0:
@@ -131,13 +133,13 @@ def _auc_fast(y: np.ndarray, s: np.ndarray) -> float:
 
 def _numpy_base_stats(y, s, g, names, thresholds: Mapping[str, float], binnings: Sequence[str]) -> Dict[tuple, float]:
     """The same base statistics as :func:`_fairlearn_base_stats`, vectorised numpy (bootstrap replicates)."""
-    stats: Dict[tuple, float] = {("auc",): _auc_fast(y, s)}
+    stats: Dict[tuple, float] = {("auc",): rank_auc(y, s)}
     for b in binnings:
         stats[("ece_overall", b)] = ece(y, s, b)
     masks = {grp: g == grp for grp in names}
     for grp, m in masks.items():
         yg, sg = y[m], s[m]
-        stats[("auc_g", grp)] = _auc_fast(yg, sg)
+        stats[("auc_g", grp)] = rank_auc(yg, sg)
         for b in binnings:
             stats[("ece", b, grp)] = ece(yg, sg, b)
         n = yg.size

@@ -45,7 +45,6 @@ from agglom.eval.group_stats import (
     _derive,
     _fairlearn_base_stats,
     _numpy_base_stats,  # noqa: F401  (re-exported: the tests compare it with _fairlearn_base_stats)
-    _spread,
     bootstrap_cis,
     es_auc,
 )
@@ -155,6 +154,74 @@ def _group_order(g: np.ndarray, unknown: str) -> List[str]:
     return names + ([unknown] if unknown in set(g.tolist()) else [])
 
 
+def _binary_inputs(y_true: Any, score: Any, groups: Any, ece_binnings: Sequence[str]) -> tuple:
+    """Labels, scores and group names as flat arrays, checked (binary labels, equal lengths, known binnings)."""
+    y = np.asarray(y_true).astype(int).reshape(-1)
+    s = np.asarray(score, dtype=float).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"y_true {y.shape} and score {s.shape} differ")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("y_true must be binary 0/1")
+    for b in ece_binnings:
+        if b not in ECE_BINNINGS:
+            raise ValueError(f"unknown ECE binning {b!r}")
+    return y, s, _as_groups(groups, y.size)
+
+
+def _binary_result(point: Dict[tuple, float], cis: Dict[tuple, Any], y: np.ndarray, g: np.ndarray,
+                   names: List[str], included: List[str], thr: Dict[str, float], binnings: List[str],
+                   boot: Dict[str, Any]) -> Dict[str, Any]:
+    """The documented result dict of :func:`binary_group_metrics` from point estimates and intervals."""
+
+    def M(key: tuple, **extra):
+        return _m(point[key], cis.get(key), **extra)
+
+    def argbest(vals: Dict[str, float], fn) -> Optional[str]:
+        fin = {k: v for k, v in vals.items() if np.isfinite(v)}
+        return fn(fin, key=fin.get) if fin else None
+
+    gauc = {n: point[("auc_g", n)] for n in included}
+    res: Dict[str, Any] = {
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "group_names": names,
+        "excluded_from_gaps": [n for n in names if n not in included],
+        "undefined_auc_groups": [n for n in names if not np.isfinite(point[("auc_g", n)])],
+        "auc": M(("auc",)),
+        "worst_group_auc": M(("worst_group_auc",), group=argbest(gauc, min)),
+        "best_group_auc": M(("best_group_auc",), group=argbest(gauc, max)),
+        "auc_gap": M(("auc_gap",)),
+        "es_auc": M(("es_auc",)),
+        "ece": {},
+        "groups": {},
+        "thresholds": {},
+        "bootstrap": boot,
+        "conventions": CONVENTIONS,
+    }
+    for b in binnings:
+        ge = {n: point[("ece", b, n)] for n in included}
+        res["ece"][b] = {
+            "overall": M(("ece_overall", b)),
+            "gap": M(("ece_gap", b)),
+            "worst_group": M(("ece_worst", b), group=argbest(ge, max)),
+        }
+    for n in names:
+        m = g == n
+        res["groups"][n] = {
+            "n": int(m.sum()),
+            "n_pos": int(y[m].sum()),
+            "auc": M(("auc_g", n)),
+            "ece": {b: M(("ece", b, n)) for b in binnings},
+        }
+    for tname, t in thr.items():
+        entry: Dict[str, Any] = {"threshold": float(t), "optimistic": tname == OPTIMISTIC_THRESHOLD}
+        for k in THRESHOLD_METRICS:
+            entry[k] = M(("thr", tname, k))
+        entry["by_group"] = {n: {r: _f(point[("rate", tname, r, n)]) for r in RATES} for n in names}
+        res["thresholds"][tname] = entry
+    return res
+
+
 # --------------------------------------------------------------------------- main entry points
 def binary_group_metrics(
     y_true: Any,
@@ -195,16 +262,7 @@ def binary_group_metrics(
                                "by_group": {g: {"tpr", "fpr", "fnr", "tnr", "selection_rate"}}}},
          "bootstrap": {"n_boot", "ci", "seed", "method"}, "conventions": {...}}
     """
-    y = np.asarray(y_true).astype(int).reshape(-1)
-    s = np.asarray(score, dtype=float).reshape(-1)
-    if y.shape != s.shape:
-        raise ValueError(f"y_true {y.shape} and score {s.shape} differ")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("y_true must be binary 0/1")
-    g = _as_groups(groups, y.size)
-    for b in ece_binnings:
-        if b not in ECE_BINNINGS:
-            raise ValueError(f"unknown ECE binning {b!r}")
+    y, s, g = _binary_inputs(y_true, score, groups, ece_binnings)
     thr: Dict[str, float] = dict(thresholds) if thresholds is not None else {THRESHOLD_FIXED: 0.5}
     if optimistic_f1:
         thr[OPTIMISTIC_THRESHOLD] = best_f1_threshold(y, s)
@@ -217,58 +275,9 @@ def binary_group_metrics(
     cis = bootstrap_cis(y, s, g, names, included, thr, binnings, list(point.keys()), n_boot=n_boot, ci=ci, seed=seed,
                         point=point)
 
-    def M(key: tuple, **extra):
-        return _m(point[key], cis.get(key), **extra)
-
-    def argbest(vals: Dict[str, float], fn) -> Optional[str]:
-        fin = {k: v for k, v in vals.items() if np.isfinite(v)}
-        return fn(fin, key=fin.get) if fin else None
-
-    gauc = {n: point[("auc_g", n)] for n in included}
-    res: Dict[str, Any] = {
-        "n": int(y.size),
-        "n_pos": int(y.sum()),
-        "group_names": names,
-        "excluded_from_gaps": [n for n in names if n not in included],
-        "undefined_auc_groups": [n for n in names if not np.isfinite(point[("auc_g", n)])],
-        "auc": M(("auc",)),
-        "worst_group_auc": M(("worst_group_auc",), group=argbest(gauc, min)),
-        "best_group_auc": M(("best_group_auc",), group=argbest(gauc, max)),
-        "auc_gap": M(("auc_gap",)),
-        "es_auc": M(("es_auc",)),
-        "ece": {},
-        "groups": {},
-        "thresholds": {},
-        "bootstrap": {
-            "n_boot": int(n_boot),
-            "ci": ci,
-            "seed": seed,
-            "method": f"stratified (group x label) bootstrap, {INTERVAL_METHOD}" if n_boot else "none",
-        },
-        "conventions": CONVENTIONS,
-    }
-    for b in binnings:
-        ge = {n: point[("ece", b, n)] for n in included}
-        res["ece"][b] = {
-            "overall": M(("ece_overall", b)),
-            "gap": M(("ece_gap", b)),
-            "worst_group": M(("ece_worst", b), group=argbest(ge, max)),
-        }
-    for n in names:
-        m = g == n
-        res["groups"][n] = {
-            "n": int(m.sum()),
-            "n_pos": int(y[m].sum()),
-            "auc": M(("auc_g", n)),
-            "ece": {b: M(("ece", b, n)) for b in binnings},
-        }
-    for tname, t in thr.items():
-        entry: Dict[str, Any] = {"threshold": float(t), "optimistic": tname == OPTIMISTIC_THRESHOLD}
-        for k in THRESHOLD_METRICS:
-            entry[k] = M(("thr", tname, k))
-        entry["by_group"] = {n: {r: _f(point[("rate", tname, r, n)]) for r in RATES} for n in names}
-        res["thresholds"][tname] = entry
-    return res
+    boot = {"n_boot": int(n_boot), "ci": ci, "seed": seed,
+            "method": f"stratified (group x label) bootstrap, {INTERVAL_METHOD}" if n_boot else "none"}
+    return _binary_result(point, cis, y, g, names, included, thr, binnings, boot)
 
 
 #: the summary metrics that a multi-label macro mean averages (path into a binary result)
@@ -346,64 +355,6 @@ def evaluate_attributes(
     return {name: fn(y, score, grp, **kwargs) for name, grp in attributes.items()}
 
 
-def group_mean_summary(
-    values: Any,
-    groups: Any,
-    *,
-    higher_is_better: bool = True,
-    exclude_unknown: bool = False,
-    unknown: str = UNKNOWN,
-    n_boot: int = 0,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> Dict[str, Any]:
-    """Group means of a per-sample quantity (e.g. student-teacher cosine fidelity), with worst group and gap.
-
-    Returns ``{"overall": M, "by_group": {g: M + {"n"}}, "worst_group": M + {"group"}, "gap": M,
-    "higher_is_better": bool, "excluded_from_gaps": [...]}`` (bootstrap: resampling within groups).
-    """
-    v = np.asarray(values, dtype=float).reshape(-1)
-    g = _as_groups(groups, v.size)
-    names = _group_order(g, unknown)
-    included = [n for n in names if not (exclude_unknown and n == unknown)]
-
-    def stats(vv, gg):
-        means = {n: float(vv[gg == n].mean()) if np.any(gg == n) else float("nan") for n in names}
-        inc = [means[n] for n in included]
-        fin = [x for x in inc if np.isfinite(x)]
-        worst = (min(fin) if higher_is_better else max(fin)) if fin else float("nan")
-        return float(vv.mean()), means, worst, _spread(inc)
-
-    overall, means, worst, gap = stats(v, g)
-    cis: Dict[str, tuple] = {}
-    if n_boot:
-        from agglom.eval.intervals import bca_interval, jackknife_blocks
-
-        rng = np.random.default_rng(seed)
-        strata = [np.flatnonzero(g == n) for n in names]
-
-        def row(idx: np.ndarray) -> List[float]:
-            o, mm, w, gp = stats(v[idx], g[idx])
-            return [o, w, gp] + [mm[n] for n in names]
-
-        reps = np.asarray([row(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
-                           for _ in range(n_boot)])
-        jack = np.asarray([row(idx) for idx in jackknife_blocks(strata, 20, seed + 1)])
-        points = [overall, worst, gap] + [means[n] for n in names]
-        for j, k in enumerate(["overall", "worst", "gap"] + [f"g:{n}" for n in names]):
-            cis[k] = bca_interval(points[j], reps[:, j], jack[:, j], ci)
-    inc_means = {n: means[n] for n in included if np.isfinite(means[n])}
-    wg = (min if higher_is_better else max)(inc_means, key=inc_means.get) if inc_means else None
-    return {
-        "overall": _m(overall, cis.get("overall")),
-        "by_group": {n: _m(means[n], cis.get(f"g:{n}"), n=int(np.sum(g == n))) for n in names},
-        "worst_group": _m(worst, cis.get("worst"), group=wg),
-        "gap": _m(gap, cis.get("gap")),
-        "higher_is_better": higher_is_better,
-        "excluded_from_gaps": [n for n in names if n not in included],
-    }
-
-
 def headline(result: Mapping[str, Any], threshold: Optional[str] = None, binning: str = "range10") -> Dict[str, Any]:
     """Flat scalars of a binary or multi-label result (multi-label: the macro mean)::
 
@@ -428,3 +379,7 @@ def headline(result: Mapping[str, Any], threshold: Optional[str] = None, binning
         out[k] = tr[k]["value"] if k in tr else None
     out["threshold"] = t
     return out
+
+
+# the group means of a per-sample quantity live beside, re-exported here (imported last: that module reads this one)
+from agglom.eval.group_means import group_mean_summary  # noqa: E402,F401

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agglom.commands.evaluate import EvalArgs  # the command's schema (kept there: importing it needs no torch)
+from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
 
 
@@ -64,12 +65,21 @@ def _teachers(names: List[str], cfg: Any, mean: List[float], std: List[float], d
     return out
 
 
-def run_evaluation(args: Any) -> Dict[str, Any]:
-    """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
-    plots; returns the report."""
+def _apply_data_overrides(cfg: Any, args: Any) -> None:
+    """Evaluate on another dataset / size / worker count than the run trained with, when asked."""
+    if args.data_root:
+        cfg.data.root = args.data_root
+        cfg.data.shards = None
+    if args.image_size:
+        cfg.data.image_size = args.image_size
+    cfg.data.num_workers = args.num_workers
+    cfg.data.sidecars = list(cfg.data.sidecars) + list(args.sidecars)
+
+
+def _encoders(args: Any, cfg: Any, model: Any, primary: str, device: torch.device) -> tuple:
+    """(encoders by model name, spatial encoders for the dense probe (``eval.dense``), audited teacher modules,
+    zero-shot plan or None, fidelity accumulator or None)."""
     from agglom.data.shards import dataset_datasheet
-    from agglom.dist import dist_info
-    from agglom.engine.base import pick_device
     from agglom.eval.extract import (
         LastOutput,
         student_encoder,
@@ -78,27 +88,9 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         teacher_spatial_encoder,
     )
     from agglom.eval.fidelity import FidelityAccumulator
-    from agglom.eval.protocol import collect_splits, fidelity_report, probe_model, reference_comparison, write_all
-    from agglom.train.setup import group_indexer
 
-    if not args.run and not args.teacher:
-        raise ConfigError("eval: give run=<run or export dir> and/or teacher=<card name>")
-    device = pick_device(dist_info(), args.device)
-    cfg, model, primary = _load_primary(args, device)
-    if args.data_root:
-        cfg.data.root = args.data_root
-        cfg.data.shards = None
-    if args.image_size:
-        cfg.data.image_size = args.image_size
-    cfg.data.num_workers = args.num_workers
-    cfg.data.sidecars = list(cfg.data.sidecars) + list(args.sidecars)
-    c = 1 if cfg.data.grayscale == "keep" else 3
+    c = input_channels(cfg.data.grayscale)
     mean, std = list(cfg.student.mean)[:c], list(cfg.student.std)[:c]
-
-    if args.eval.dense:  # masks in every split, checked before any work
-        from agglom.eval.dense_run import check_dense_data
-
-        check_dense_data(cfg)
     encoders = {}
     dense: Dict[str, Any] = {}  # model -> spatial encoder (eval.dense)
     if model is not None:
@@ -112,8 +104,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     if args.zero_shot:  # checked before any work: prompts, and which teachers have a usable text tower
         from agglom.eval.zero_shot_run import plan_zero_shot
 
-        zs_plan = plan_zero_shot(args, cfg, model, audit_names,
-                                 (dataset_datasheet(cfg) or {}).get("label") or {})
+        zs_plan = plan_zero_shot(args, cfg, model, audit_names, (dataset_datasheet(cfg) or {}).get("label") or {})
     teacher_mods = _teachers(audit_names, cfg, mean, std, device)
     for name, t in teacher_mods.items():
         outputs = LastOutput(t)  # the probe's and the dense probe's features from one teacher forward
@@ -126,14 +117,42 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         fid_teachers = {**{n: t for n, t in teacher_mods.items() if n in model.teacher_names},
                         **_teachers(missing, cfg, mean, std, device, required=False)}
         fid = FidelityAccumulator(model, fid_teachers)
+    return encoders, dense, teacher_mods, zs_plan, fid
+
+
+def _grouping(cfg: Any) -> Dict[str, Any]:
+    """How samples are grouped: the recipe's group specs (declared bins, intersections) as in training, or plain
+    attributes on another dataset without the run's attributes; the unknown group's role; the label names."""
+    from agglom.data.shards import dataset_datasheet
+    from agglom.train.setup import group_indexer
 
     specs = [s.name for s in cfg.groups.specs if s.name]
-    try:  # the recipe's group specs (declared bins, intersections) are evaluated as declared, like in training
+    try:
         indexer = group_indexer(cfg)
-    except ValueError:  # another dataset without the run's attributes: evaluate plain attributes only
+    except ValueError:
         indexer, specs = None, []
-    exclude_unknown = cfg.groups.unknown != "include"
-    label_names = ((dataset_datasheet(cfg) or {}).get("label") or {}).get("names")
+    return {"indexer": indexer, "specs": specs, "exclude_unknown": cfg.groups.unknown != "include",
+            "label_names": ((dataset_datasheet(cfg) or {}).get("label") or {}).get("names")}
+
+
+def run_evaluation(args: Any) -> Dict[str, Any]:
+    """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
+    plots; returns the report."""
+    from agglom.dist import dist_info
+    from agglom.engine.base import pick_device
+    from agglom.eval.protocol import collect_splits, fidelity_report, probe_model, reference_comparison, write_all
+
+    if not args.run and not args.teacher:
+        raise ConfigError("eval: give run=<run or export dir> and/or teacher=<card name>")
+    device = pick_device(dist_info(), args.device)
+    cfg, model, primary = _load_primary(args, device)
+    _apply_data_overrides(cfg, args)
+    if args.eval.dense:  # masks in every split, checked before any work
+        from agglom.eval.dense_run import check_dense_data
+
+        check_dense_data(cfg)
+    encoders, dense, teacher_mods, zs_plan, fid = _encoders(args, cfg, model, primary, device)
+    g = _grouping(cfg)
     attr_names = list(args.eval.attributes) or None
     results = {}
     with torch.no_grad():
@@ -141,29 +160,31 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
                                    dense_grid=int(args.eval.dense_grid))
         for name, splits in splits_of.items():
             results[name] = probe_model(name, "student" if name == primary and model is not None else "teacher",
-                                        splits, args.eval, attr_names, seed=args.seed, indexer=indexer, specs=specs,
-                                        exclude_unknown=exclude_unknown, label_names=label_names)
+                                        splits, args.eval, attr_names, seed=args.seed, indexer=g["indexer"],
+                                        specs=g["specs"], exclude_unknown=g["exclude_unknown"],
+                                        label_names=g["label_names"])
         extra: Dict[str, Any] = {}
         if fid is not None and fid.sq_err:
-            extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, indexer, specs, exclude_unknown)
+            extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, g["indexer"], g["specs"],
+                                    g["exclude_unknown"])
     dense_rows: List[Dict[str, Any]] = []
     if dense:
         from agglom.eval.dense_run import dense_report
 
         kinds = {n: ("student" if n == primary and model is not None else "teacher") for n in splits_of}
-        extra["dense"], dense_rows = dense_report(splits_of, kinds, args.eval, attr_names, args.seed, indexer, specs,
-                                                  exclude_unknown)
+        extra["dense"], dense_rows = dense_report(splits_of, kinds, args.eval, attr_names, args.seed, g["indexer"],
+                                                  g["specs"], g["exclude_unknown"])
     zs_rows: List[Dict[str, Any]] = []
     if zs_plan is not None:
         from agglom.eval.zero_shot_run import run_zero_shot
 
         with torch.no_grad():
             extra["zero_shot"], zs_rows = run_zero_shot(args, cfg, zs_plan, model, primary, teacher_mods, splits_of,
-                                                        device, attr_names, indexer, specs, exclude_unknown,
-                                                        label_names)
+                                                        device, attr_names, g["indexer"], g["specs"],
+                                                        g["exclude_unknown"], g["label_names"])
     if args.reference and model is not None:
         extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
-                                                   args.seed, exclude_unknown)
+                                                   args.seed, g["exclude_unknown"])
     primary_splits = splits_of.get(primary) or next(iter(splits_of.values()))
     extra["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
     out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else

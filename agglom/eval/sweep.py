@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from omegaconf import OmegaConf
 
@@ -66,7 +66,8 @@ def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot:
             "worst_group_delta": (r.get("worst_group_auc") or {}).get("delta")}
 
 
-def run_sweep(cfg: Any) -> Dict[str, Any]:
+def _sweep_plan(cfg: Any) -> tuple:
+    """(the recipe without its sweep section, the swept key, the objectives) — checked before anything trains."""
     sw = cfg.sweep
     base = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "sweep"])
     key = str(sw.key)
@@ -78,6 +79,56 @@ def run_sweep(cfg: Any) -> Dict[str, Any]:
         print("agglom sweep: objective.group=erm ignores λ; sweeping the 'excess' objective instead "
               "(choose with sweep.objectives=[...])", flush=True)
         objectives = ["excess"]
+    return base, key, objectives
+
+
+def _point(cfg: Any, objective: str, key: str, value: float, run_dir: Path, reference: Path,
+           attribute: str) -> Dict[str, Any]:
+    """One point of the front: its test utility and gap, validation worst group, and levelling down against the
+    reference (on validation, which selects, and on test, which reports)."""
+    sw = cfg.sweep
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    section = report["models"][report["primary"]]
+    if attribute not in section["attributes"]:
+        raise ConfigError(f"sweep.attribute {attribute!r} not in the report; attributes: "
+                          f"{sorted(section['attributes'])}")
+    h = headline(section["attributes"][attribute])
+    val = section.get("validation", {}).get(attribute, {})
+    p = {"name": run_dir.name, "objective": objective, "key": key, "value": value, "utility": h.get(sw.utility),
+         "gap": h.get(sw.gap), "worst_group": val.get("worst_group_auc"),
+         "test_worst_group_auc": h.get("worst_group_auc"), "run": str(run_dir), "reference": reference.name}
+    if key == "objective.lam":
+        p["lam"] = value
+    if run_dir != reference:
+        lv = _levelling(run_dir, reference, attribute, "val", int(cfg.eval.bootstrap))
+        lt = _levelling(run_dir, reference, attribute, "test", int(cfg.eval.bootstrap))
+        p.update(levels_down=lv["levels_down"], levelled_down_val=lv["levelled_down"],
+                 levelled_down_test=lt["levelled_down"], test_worst_group_delta=lt["worst_group_delta"])
+    else:
+        p.update(levels_down=False, levelled_down_val=[], levelled_down_test=[])
+    return p
+
+
+def _print_front(summary: Dict[str, Any], out_dir: Path) -> None:
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"\n{'point':<40} {'utility':>8} {'gap':>8} {'val worst':>10} pareto  levels down (val)")
+    for p in summary["points"]:
+        print(f"{p['name']:<40} {f(p.get('utility')):>8} {f(p.get('gap')):>8} {f(p.get('worst_group')):>10} "
+              f"{'*' if p.get('pareto') else ' ':^6}  {', '.join(p.get('levelled_down_val') or []) or '-'}")
+    sel = summary.get("selected")
+    print(f"hypervolume {summary.get('hypervolume')}; minimax-Pareto choice: {sel or 'none'}"
+          + (f" ({summary['warning']})" if summary.get("warning") else ""))
+    print(f"agglom sweep: {out_dir / 'front.json'}, {out_dir / 'front.png'}", flush=True)
+
+
+def run_sweep(cfg: Any) -> Dict[str, Any]:
+    """Train + evaluate every (objective, value) of the grid and the value-0 reference; write the front."""
+    from agglom.eval.plots import plot_front
+
+    sw = cfg.sweep
+    base, key, objectives = _sweep_plan(cfg)
     attribute = sw.attribute or cfg.groups.by
     out_dir = Path(cfg.out_dir) / f"{cfg.name}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,28 +145,7 @@ def run_sweep(cfg: Any) -> Dict[str, Any]:
         name = _point_name(cfg.name, objectives[0], key, 0.0)
         print(f"agglom sweep: reference {name} ({key} = 0)", flush=True)
         reference = _train_and_eval(cfg, base, name, {"objective.group": objectives[0], key: 0.0})
-    points: List[Dict[str, Any]] = []
-    for (objective, value), run_dir in runs.items():
-        report = json.loads((run_dir / "eval" / "report.json").read_text())
-        section = report["models"][report["primary"]]
-        if attribute not in section["attributes"]:
-            raise ConfigError(f"sweep.attribute {attribute!r} not in the report; attributes: "
-                              f"{sorted(section['attributes'])}")
-        h = headline(section["attributes"][attribute])
-        val = section.get("validation", {}).get(attribute, {})
-        p = {"name": run_dir.name, "objective": objective, "key": key, "value": value, "utility": h.get(sw.utility),
-             "gap": h.get(sw.gap), "worst_group": val.get("worst_group_auc"),
-             "test_worst_group_auc": h.get("worst_group_auc"), "run": str(run_dir), "reference": reference.name}
-        if key == "objective.lam":
-            p["lam"] = value
-        if run_dir != reference:
-            lv = _levelling(run_dir, reference, attribute, "val", int(cfg.eval.bootstrap))
-            lt = _levelling(run_dir, reference, attribute, "test", int(cfg.eval.bootstrap))
-            p.update(levels_down=lv["levels_down"], levelled_down_val=lv["levelled_down"],
-                     levelled_down_test=lt["levelled_down"], test_worst_group_delta=lt["worst_group_delta"])
-        else:
-            p.update(levels_down=False, levelled_down_val=[], levelled_down_test=[])
-        points.append(p)
+    points = [_point(cfg, o, key, v, run_dir, reference, attribute) for (o, v), run_dir in runs.items()]
     summary = front_summary(points, utility_name=f"{attribute}:{sw.utility}", gap_name=f"{attribute}:{sw.gap}")
     summary["selection_basis"] = ("validation worst-group AUC (MEDFAIR minimax-Pareto), excluding points that level "
                                   f"down against {reference.name} on validation")
@@ -123,19 +153,6 @@ def run_sweep(cfg: Any) -> Dict[str, Any]:
     if points and all(p["levels_down"] for p in points if p["run"] != str(reference)) and len(points) > 1:
         summary["warning"] = "every non-reference point levels down against the reference; the choice is one of them"
     (out_dir / "front.json").write_text(json.dumps(summary, indent=1, default=float))
-    from agglom.eval.plots import plot_front
-
     plot_front(summary, out_dir / "front.png", title=f"{cfg.name}: utility vs {attribute} gap ({key})")
-
-    def f(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    print(f"\n{'point':<40} {'utility':>8} {'gap':>8} {'val worst':>10} pareto  levels down (val)")
-    for p in summary["points"]:
-        print(f"{p['name']:<40} {f(p.get('utility')):>8} {f(p.get('gap')):>8} {f(p.get('worst_group')):>10} "
-              f"{'*' if p.get('pareto') else ' ':^6}  {', '.join(p.get('levelled_down_val') or []) or '-'}")
-    sel = summary.get("selected")
-    print(f"hypervolume {summary.get('hypervolume')}; minimax-Pareto choice: {sel or 'none'}"
-          + (f" ({summary['warning']})" if summary.get("warning") else ""))
-    print(f"agglom sweep: {out_dir / 'front.json'}, {out_dir / 'front.png'}", flush=True)
+    _print_front(summary, out_dir)
     return summary

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from agglom.eval.group_stats import _auc_fast, _stratified_indices
+from agglom.eval.group_stats import _stratified_indices, rank_auc
 from agglom.eval.intervals import bca_interval, jackknife_blocks
 
 __all__ = ["TARGETS", "verdict", "render_verdict"]
@@ -45,11 +45,11 @@ class _Scores:
 
 def _stats(y: np.ndarray, s: np.ndarray, g: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """[overall AUC, worst-group AUC, AUC gap, AUC per group ...]"""
-    per = np.asarray([_auc_fast(y[g == n], s[g == n]) for n in names])
+    per = np.asarray([rank_auc(y[g == n], s[g == n]) for n in names])
     d = per[np.isfinite(per)]
     worst = float(d.min()) if d.size else np.nan
     gap = float(d.max() - d.min()) if d.size >= 2 else np.nan
-    return np.concatenate([[_auc_fast(y, s), worst, gap], per])
+    return np.concatenate([[rank_auc(y, s), worst, gap], per])
 
 
 def _interval(point: float, reps: np.ndarray, jack: Optional[np.ndarray], ci: float = 0.95) -> Dict[str, Any]:

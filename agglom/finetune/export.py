@@ -150,4 +150,23 @@ def _q(result: Dict[str, Any]) -> Optional[Dict[str, float]]:
     return {n: float(q[i]) for i, n in enumerate(names) if bool(obj.parity_groups[i])}
 
 
-__all__ = ["export_encoder", "card_fields", "finetune_record", "metrics_line"]
+def summary_table(a: Any, result: Dict[str, Any], out: Any) -> str:
+    """The table `agglom finetune` prints: per-group validation AUC, worst group, gap, where the export is."""
+    final = result["final"]
+    obj = a.objective
+    lines = [f"agglom finetune {a.name}: objective {obj.group}, λ={obj.lam}, {a.optim.steps} steps in "
+             f"{result['seconds']['total']:.1f} s ({result['seconds']['train_steps_per_s']:.1f} steps/s), "
+             f"groups by {a.groups.by}", "",
+             f"| {'group':<12} | {'n':>6} | {'pos':>6} | {'AUC':>9} |", f"|{'-' * 14}|{'-' * 8}|{'-' * 8}|{'-' * 11}|",
+             f"| {'overall':<12} | {final['n']:>6} | {'':>6} | {_fmt(final['auc']):>9} |"]
+    for n, g in final["groups"].items():
+        pos = "" if g["positives"] is None else g["positives"]
+        lines.append(f"| {n:<12} | {g['n']:>6} | {pos:>6} | {_fmt(g['auc']):>9} |")
+    lines += ["", f"worst-group AUC: {_fmt(final['worst_group_auc'])} ({final['worst_group']}); "
+                  f"AUC gap (max - min, lower is better): {_fmt(final['auc_gap'])}",
+              f"export: {out}  (teacher: teachers=[{{name: {out}}}]; timm: "
+              f"timm.create_model('local-dir:{out}', pretrained=True))"]
+    return "\n".join(lines)
+
+
+__all__ = ["export_encoder", "card_fields", "finetune_record", "metrics_line", "summary_table"]

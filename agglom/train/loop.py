@@ -1,8 +1,21 @@
-"""`agglom train`: the loop, top to bottom.
+"""The one training loop, top to bottom, shared by every task (distillation, fine-tuning).
 
-build (engine, teachers, task, optimiser) -> resume or fit normalisers -> for each epoch of the resampled
-stream: task step -> engine backward/step -> log -> checkpoint. A resumed run restores the model, optimiser,
-objective state (group weights, teacher balance), EMA, RNG and data position, and so continues the same stream.
+A task is an ``nn.Module`` holding the trainable part in ``task.model`` (what the engine wraps) and returning
+``{"loss": scalar, **named terms}`` from ``task(batch)``; everything else is the loop's, so every task gets the
+same engine strategies (torch/DDP, DeepSpeed), atomic checkpoints and exact resume after kill -9.
+
+    start_run (resume point, config check) -> caller builds the task -> Loop.run():
+    setup (engine wraps task.model, EMA) -> task.prepare -> run files -> resume or fresh -> for each epoch of the
+    resampled stream: micro-steps (forward, non-finite guard, backward) -> optimiser step -> log -> hooks ->
+    checkpoint -> end (run.json)
+
+A resumed run restores the model, optimiser, the task's stateful modules (group weights, teacher balance), EMA,
+RNG and data position, and so continues the same stream.
+
+The task interface (duck-typed; :class:`agglom.task.AgglomTask` and :class:`agglom.finetune.task.FinetuneTask`):
+``model``, ``param_groups()``, ``attach(forward_model, device, autocast)``, ``stateful() -> {name: module}``,
+``prepare(fresh)`` (first data read, e.g. the normalisers' stats pass), ``write_run_files(run_dir)``,
+``flops_per_sample(batch)``, ``tracked() -> {name: float}``, ``train()``, ``__call__(batch)``.
 """
 from __future__ import annotations
 
@@ -10,28 +23,26 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from agglom.config.load import ConfigError, save_config, to_yaml
+from agglom.config.load import ConfigError
 from agglom.data.counts import SkipCounts
-from agglom.engine import build_engine
-from agglom.task import AgglomTask, is_cached, teacher_spec
 from agglom.train.checkpoint import CheckpointManager
 from agglom.train.ema import ModelEMA
 from agglom.train.logger import MetricLogger
-from agglom.train.optim import param_groups, warmup_cosine
-from agglom.train.preflight import checkpoint_of, preflight
-from agglom.train.rundir import check_resume, record_changes
-from agglom.train.runlock import RunLock
-from agglom.train.setup import build_teachers, group_names, in_chans_of, stats_batches
+from agglom.train.optim import warmup_cosine
+from agglom.train.preflight import checkpoint_of
+from agglom.train.rundir import SAFE_ON_RESUME, check_resume, record_changes
 
 
 def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs from one seed (the caller adds the rank)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -52,7 +63,7 @@ def rng_isolated(iterable: Any) -> Iterator[Any]:
         yield item
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+def resolve_resume(cfg: Any, run_dir: Path) -> Optional[Path]:
     """The checkpoint to resume: this run's latest (``resume=auto``), none (``never``) or the one ``resume=`` names."""
     if cfg.resume == "never":
         return None
@@ -64,6 +75,27 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     return path
 
 
+@dataclass
+class RunStart:
+    """Where a run starts: the checkpoint to resume (None: fresh), whether it is this run's own, and the safe
+    config changes to record. Decided before anything is built, so a refused resume costs nothing."""
+
+    resume_from: Optional[Path]
+    own_checkpoint: bool
+    changes: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fresh(self) -> bool:
+        return self.resume_from is None
+
+
+def start_run(cfg: Any, run_dir: Path, schema: Any = None, safe: Sequence[str] = SAFE_ON_RESUME) -> RunStart:
+    """Resolve ``cfg.resume`` against ``run_dir`` and refuse a resume whose ``schema`` keys changed (see rundir)."""
+    resume_from = resolve_resume(cfg, run_dir)
+    own = checkpoint_of(Path(run_dir) / "checkpoints") is not None
+    return RunStart(resume_from, own, check_resume(cfg, run_dir, resume_from, own, schema=schema, safe=safe))
+
+
 def data_counts(engine: Any, before: SkipCounts, loader: Any) -> SkipCounts:
     """Counts of the whole run so far: ``before`` (all ranks, earlier epochs or the resumed checkpoint) plus what
     every rank's current loader has yielded. Every rank calls this at the same step (checkpoints, epoch ends)."""
@@ -73,183 +105,231 @@ def data_counts(engine: Any, before: SkipCounts, loader: Any) -> SkipCounts:
     return out
 
 
-def write_run_files(cfg: DictConfig, run_dir: Path, specs: list, task: AgglomTask, routing: Optional[Dict]) -> None:
-    """config.yaml, teachers.json, groups.json (+ routing.json) of a run that starts: written once per run."""
-    save_config(cfg, run_dir / "config.yaml")
-    print(to_yaml(cfg), flush=True)
-    (run_dir / "teachers.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
-    (run_dir / "groups.json").write_text(json.dumps({"by": cfg.groups.by, "names": task.group_names}, indent=1))
-    if routing:
-        (run_dir / "routing.json").write_text(json.dumps(routing, indent=1))
-        print("agglom: routing from the teacher audit (val AUC -> weight): " + "; ".join(
-            f"{t}: " + ", ".join(f"{g} {a if a is None else round(a, 3)} -> {w:.2f}"
-                                 for g, a, w in zip(routing["groups"], au, ws))
-            for t, au, ws in zip(routing["teachers"], routing["auc"], routing["weights"])), flush=True)
+class LoopHooks:
+    """Where code outside the loop looks in without patching it: a benchmark's clock (``on_batch``), a task's
+    validation (``on_step``, after the step is logged and before it is checkpointed, so a resumed run repeats
+    exactly what an uninterrupted one did after the checkpoint)."""
+
+    def on_batch(self, batch: Dict[str, Any]) -> None:
+        """Called as each training batch arrives from the reader (every micro-batch)."""
+
+    def on_step(self, step: int, total: int, logger: MetricLogger) -> None:
+        """Called after optimiser step ``step`` (1-based) is logged."""
 
 
-def estimate_flops_per_sample(task: AgglomTask, batch: Dict[str, Any]) -> float:
-    """Training FLOPs per sample: 3x the student+heads forward (fwd + bwd) + the online teachers' forwards."""
-    from torch.utils.flop_counter import FlopCounterMode
+class Throughput:
+    """Samples per second and data-wait seconds between two logged steps (the throughput timer)."""
 
-    image = batch["image"][:2].to(task.device)
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            task.model(image)
-    student = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            for s in task.specs:
-                if not is_cached(task.teachers[s.name]):
-                    task.teachers[s.name](image)
-    return (3 * student + counter.get_total_flops()) / image.shape[0]
+    def __init__(self) -> None:
+        self.t_last = self.t_fetch = time.perf_counter()
+        self.data_s, self.samples = 0.0, 0
+
+    def waiting(self) -> None:
+        """The loop asks the reader for the next batch now."""
+        self.t_fetch = time.perf_counter()
+
+    def arrived(self) -> None:
+        self.data_s += time.perf_counter() - self.t_fetch
+
+    def count(self, n: int) -> None:
+        """``n`` samples went into the step being accumulated."""
+        self.samples += n
+
+    def lap(self) -> Dict[str, float]:
+        """Seconds, samples and data wait since the last lap; starts the next one."""
+        now = time.perf_counter()
+        out = {"seconds": now - self.t_last, "samples": self.samples, "data_s": self.data_s}
+        self.t_last, self.data_s, self.samples = now, 0.0, 0
+        return out
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train the recipe into ``<out_dir>/<name>``; checks data, teachers and paths first, then holds the run's lock
-    for the whole run (a second writer is refused, naming the holder)."""
-    preflight(cfg)  # on disk, before anything is built or written
-    engine = build_engine(cfg)
-    run_dir = Path(cfg.out_dir) / cfg.name
-    with RunLock(run_dir, engine):
-        return _train(cfg, engine, run_dir)
+class NonFiniteGuard:
+    """A non-finite loss (on any rank) drops the micro-batch's window, is logged, and stops the run after
+    ``max_bad`` in a row with a message that says what to do."""
+
+    def __init__(self, engine: Any, max_bad: int) -> None:
+        self.engine, self.max_bad, self.in_a_row = engine, int(max_bad), 0
+
+    def finite(self, loss: torch.Tensor, state: Dict[str, Any], logger: MetricLogger) -> bool:
+        if self.engine.all_reduce_min(float(torch.isfinite(loss).item())) >= 1:
+            return True
+        self.in_a_row += 1
+        state["bad_steps_total"] += 1
+        self.engine.zero_grad()
+        logger.event({"event": "nonfinite_loss", "step": state["step"], "in_a_row": self.in_a_row})
+        if self.in_a_row >= self.max_bad:
+            raise FloatingPointError(
+                f"{self.in_a_row} non-finite losses in a row at step {state['step']}: stopping. Lower optim.lr, "
+                f"check the data (agglom data info) or resume from the last checkpoint.")
+        return False
+
+    def stepped(self) -> None:
+        self.in_a_row = 0
 
 
-def _train(cfg: DictConfig, engine: Any, run_dir: Path) -> Path:
-    from agglom.data.readers import train_loader
+def new_state(engine: Any) -> Dict[str, Any]:
+    """What state.json carries besides tensors: position in the stream, counters, the run's device."""
+    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0, "train_seconds": 0.0, "bad_steps_total": 0,
+            "data": SkipCounts().to_json(), "flops_per_sample": None, "device": engine.device.type,
+            "world_size": engine.info.world_size}
 
-    info = engine.info
-    seed_everything(cfg.seed * 1000 + info.rank)
-    resume_from = resolve_resume(cfg, run_dir)
-    own_checkpoint = checkpoint_of(run_dir / "checkpoints") is not None
-    changes = check_resume(cfg, run_dir, resume_from, own_checkpoint)  # refuse before anything is built
 
-    # ---- build: teachers are frozen and live outside the trainable module ----
-    teachers = build_teachers(cfg, engine.device)
-    specs = [teacher_spec(e, teachers[e.name]) for e in cfg.teachers]
-    groups = group_names(cfg)
-    routing = None
-    if cfg.objective.route_by_audit > 0:  # teacher x group weights from a validation audit of the teachers
-        from agglom.eval.audit import audit_routing
+class Loop:
+    """One run of ``task`` under ``engine`` into ``run_dir``; :meth:`run` reads top to bottom."""
 
-        routing = audit_routing(cfg, teachers, groups, engine.device, run_dir)
-    task = AgglomTask(cfg, specs, teachers, groups, in_chans_of(cfg),
-                      auto_routing=torch.tensor(routing["weights"]) if routing else None)
-    ema = ModelEMA(task.model, cfg.optim.ema) if cfg.optim.ema > 0 else None
-    forward_model = engine.setup(task.model, param_groups(task.model, cfg.optim.weight_decay), warmup_cosine(cfg.optim))
-    if cfg.engine.compile:
-        forward_model = torch.compile(forward_model)
-    task.attach(forward_model, engine.device, engine.autocast())
-    if ema is not None:
-        ema.to(engine.device)
-    # everything built: only now are the run's files written — once, when the run starts (a resume keeps the
-    # config it started with and records allowed changes), so a launch that fails never touches a run's config
-    first = stats_batches(cfg) if resume_from is None else None  # reads the data: no usable sample fails here
-    if engine.is_main and not (resume_from is not None and own_checkpoint):
-        write_run_files(cfg, run_dir, specs, task, routing)
+    def __init__(self, cfg: DictConfig, engine: Any, run_dir: Path, task: Any, start: RunStart,
+                 hooks: Sequence[LoopHooks] = ()) -> None:
+        self.cfg, self.engine, self.run_dir, self.task, self.start = cfg, engine, Path(run_dir), task, start
+        self.hooks = list(hooks)
+        self.total, self.accum = int(cfg.optim.steps), max(1, int(cfg.optim.accum_steps))
+        self.state = new_state(engine)
+        self.ema: Optional[ModelEMA] = None
+        self.micro = 0
 
-    # ---- resume, or start fresh with a stats pass for the normalisers ----
-    ckpts = CheckpointManager(run_dir, cfg.log.keep, engine.is_main)
-    stateful = {"objective": task.objective}
-    if ema is not None:
-        stateful["ema"] = ema
-    state: Dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0, "train_seconds": 0.0,
-                             "bad_steps_total": 0, "data": SkipCounts().to_json(), "flops_per_sample": None,
-                             "device": engine.device.type, "world_size": info.world_size}
-    if resume_from is not None:
-        state.update(ckpts.load(resume_from, engine, stateful))
-        if engine.is_main:
-            print(f"agglom: resumed from {resume_from} at step {state['step']}", flush=True)
-    else:
-        task.fit_normalisers(first)
-    counts = SkipCounts.from_json(state.get("data") or state.get("skipped"))  # all ranks, up to the checkpoint
-    logger = MetricLogger(run_dir, cfg.log, cfg.optim.steps, engine.is_main, start_step=state["step"])
-    logger.event({"event": "resume" if resume_from else "start", "at_step": state["step"], "step": state["step"]})
-    if engine.is_main and changes:
-        record_changes(run_dir, changes, state["step"])
-        logger.event({"event": "config_change", "step": state["step"], "changes": changes})
+    def run(self) -> Dict[str, Any]:
+        """Set up, resume or start, run epochs until ``optim.steps``, write run.json; returns the final state."""
+        self.setup()
+        self.task.prepare(self.start.fresh)  # reads the data: no usable sample fails here, before files are written
+        if self.engine.is_main and not (self.start.resume_from is not None and self.start.own_checkpoint):
+            self.task.write_run_files(self.run_dir)
+        self.resume_or_start()
+        self.task.train()
+        while self.state["step"] < self.total:
+            self.epoch()
+        return self.finish()
 
-    # ---- the loop ----
-    total, accum = int(cfg.optim.steps), max(1, int(cfg.optim.accum_steps))
-    bad_in_row, micro = 0, 0
-    task.train()
-    t_last, t_data, n_since = time.perf_counter(), 0.0, 0
-    while state["step"] < total:
-        loader = train_loader(cfg, epoch=state["epoch"], skip_batches=state["batch_in_epoch"])
-        t_fetch = time.perf_counter()
-        finished_epoch = True
+    # ---- build: the engine wraps the trainable module; the frozen parts stay with the task ----
+    def setup(self) -> None:
+        cfg, task, engine = self.cfg, self.task, self.engine
+        if cfg.optim.ema > 0:
+            self.ema = ModelEMA(task.model, cfg.optim.ema)
+        forward_model = engine.setup(task.model, task.param_groups(), warmup_cosine(cfg.optim))
+        if cfg.engine.compile:
+            forward_model = torch.compile(forward_model)
+        task.attach(forward_model, engine.device, engine.autocast())
+        if self.ema is not None:
+            self.ema.to(engine.device)
+        self.stateful = dict(task.stateful())
+        if self.ema is not None:
+            self.stateful["ema"] = self.ema
+
+    def resume_or_start(self) -> None:
+        """Restore the checkpoint (model, optimiser, stateful modules, RNG, data position) or start at step 0."""
+        self.ckpts = CheckpointManager(self.run_dir, self.cfg.log.keep, self.engine.is_main)
+        start, state = self.start, self.state
+        if start.resume_from is not None:
+            state.update(self.ckpts.load(start.resume_from, self.engine, self.stateful))
+            if self.engine.is_main:
+                print(f"agglom: resumed from {start.resume_from} at step {state['step']}", flush=True)
+        self.counts = SkipCounts.from_json(state.get("data") or state.get("skipped"))  # all ranks, to the checkpoint
+        self.logger = MetricLogger(self.run_dir, self.cfg.log, self.total, self.engine.is_main, start_step=state["step"])
+        self.logger.event({"event": "start" if start.fresh else "resume", "at_step": state["step"], "step": state["step"]})
+        if self.engine.is_main and start.changes:
+            record_changes(self.run_dir, start.changes, state["step"])
+            self.logger.event({"event": "config_change", "step": state["step"], "changes": start.changes})
+        self.guard = NonFiniteGuard(self.engine, self.cfg.optim.max_bad_steps)
+        self.clock = Throughput()
+
+    # ---- one epoch of the resampled stream (resumed mid-epoch at the saved batch) ----
+    def epoch(self) -> None:
+        from agglom.data.readers import train_loader
+
+        state = self.state
+        loader = train_loader(self.cfg, epoch=state["epoch"], skip_batches=state["batch_in_epoch"])
+        finished, got_any = True, False
+        self.clock.waiting()
         for batch in rng_isolated(loader):
-            t_data += time.perf_counter() - t_fetch
-            if state["flops_per_sample"] is None:
-                state["flops_per_sample"] = estimate_flops_per_sample(task, batch)
-            terms = task(batch)
-            loss = terms["loss"]
-            state["batch_in_epoch"] += 1
-            if engine.all_reduce_min(float(torch.isfinite(loss).item())) < 1:
-                bad_in_row += 1
-                state["bad_steps_total"] += 1
-                engine.zero_grad()
-                micro = 0
-                logger.event({"event": "nonfinite_loss", "step": state["step"], "in_a_row": bad_in_row})
-                if bad_in_row >= cfg.optim.max_bad_steps:
-                    raise FloatingPointError(
-                        f"{bad_in_row} non-finite losses in a row at step {state['step']}: stopping. Lower optim.lr, "
-                        f"check the data (agglom data info) or resume from the last checkpoint.")
-                t_fetch = time.perf_counter()
-                continue
-            engine.backward(loss)
-            micro += 1
-            n_since += int(batch["image"].shape[0])
-            if micro < accum:
-                t_fetch = time.perf_counter()
-                continue
-            micro, bad_in_row = 0, 0
-            grad_norm = engine.step(state["step"])
-            if ema is not None:
-                ema.update(engine.unwrap())
-            state["step"] += 1
-            state["samples"] += n_since * info.world_size
-            now = time.perf_counter()
-            state["train_seconds"] += now - t_last
-            metrics = {k: v.detach() for k, v in terms.items()}
-            metrics.update(lr=engine.current_lr(), grad_norm=grad_norm, epoch=state["epoch"])
-            if state["step"] % cfg.log.interval == 0 or state["step"] == total:
-                metrics.update(task.tracked())
-                metrics.update(samples_per_s=n_since * info.world_size / max(now - t_last, 1e-9), data_s=t_data)
-            logger.step(state["step"], metrics, force=state["step"] == total)
-            t_last, t_data, n_since = now, 0.0, 0
-            if state["step"] % cfg.log.checkpoint_interval == 0 or state["step"] == total:
-                state["data"] = data_counts(engine, counts, loader).to_json()
-                ckpts.save(state["step"], engine, state, stateful)
-            if state["step"] >= total:
-                finished_epoch = False
+            got_any = True
+            for hook in self.hooks:
+                hook.on_batch(batch)
+            if self.micro_step(batch, loader) and state["step"] >= self.total:
+                finished = False
                 break
-            t_fetch = time.perf_counter()
+            self.clock.waiting()
+        if not got_any and state["batch_in_epoch"] == 0:
+            raise ConfigError(f"data: no training samples under {self.cfg.data.root} "
+                              f"(split {self.cfg.data.train_split!r}; skipped: {loader.stats.describe()})")
         # what this epoch's reading skipped, up to the last batch used (all ranks)
-        counts = data_counts(engine, counts, loader)
-        state["data"] = counts.to_json()
-        if counts:
-            logger.event({"event": "data", "step": state["step"], "epoch": state["epoch"], **counts.summary()})
-        if finished_epoch:
+        self.counts = data_counts(self.engine, self.counts, loader)
+        state["data"] = self.counts.to_json()
+        if self.counts:
+            self.logger.event({"event": "data", "step": state["step"], "epoch": state["epoch"], **self.counts.summary()})
+        if finished:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
 
-    data = counts.summary()
-    logger.event({"event": "end", "step": state["step"], "train_seconds": state["train_seconds"], **data})
-    logger.close()
-    if engine.is_main:
-        summary = {k: state[k] for k in ("step", "samples", "train_seconds", "flops_per_sample", "device",
-                                         "world_size", "bad_steps_total")}
-        summary.update(data)  # skipped (reason -> distinct samples/shards), noted (reason -> reads), examples
-        if summary["flops_per_sample"]:
-            summary["train_flops"] = summary["flops_per_sample"] * state["samples"]
-        (run_dir / "run.json").write_text(json.dumps(summary, indent=1))
-        if counts:
-            print(f"agglom: training data: {counts.describe()}", flush=True)
-        print(f"agglom: trained {state['step']} steps -> {run_dir}", flush=True)
-    engine.close()
-    return run_dir
+    def micro_step(self, batch: Dict[str, Any], loader: Any) -> bool:
+        """Forward + backward of one micro-batch (nanoGPT's inner loop); the optimiser steps once every
+        ``optim.accum_steps`` finite micro-batches. True when an optimiser step happened."""
+        state = self.state
+        self.clock.arrived()
+        if state["flops_per_sample"] is None:
+            state["flops_per_sample"] = self.task.flops_per_sample(batch)
+        terms = self.task(batch)
+        state["batch_in_epoch"] += 1
+        if not self.guard.finite(terms["loss"], state, self.logger):
+            self.micro = 0
+            return False
+        self.engine.backward(terms["loss"])
+        self.clock.count(int(batch["image"].shape[0]))
+        self.micro += 1
+        if self.micro < self.accum:
+            return False
+        self.micro = 0
+        self.guard.stepped()
+        self.optimiser_step(terms, loader)
+        return True
+
+    def optimiser_step(self, terms: Dict[str, torch.Tensor], loader: Any) -> None:
+        """Step (clip, lr schedule), EMA, log, hooks, checkpoint."""
+        state, engine = self.state, self.engine
+        grad_norm = engine.step(state["step"])
+        if self.ema is not None:
+            self.ema.update(engine.unwrap())
+        state["step"] += 1
+        lap = self.clock.lap()
+        state["samples"] += lap["samples"] * engine.info.world_size
+        state["train_seconds"] += lap["seconds"]
+        step, last = state["step"], state["step"] == self.total
+        metrics = {k: v.detach() for k, v in terms.items()}
+        metrics.update(lr=engine.current_lr(), grad_norm=grad_norm, epoch=state["epoch"])
+        if step % self.cfg.log.interval == 0 or last:
+            metrics.update(self.task.tracked())
+            metrics.update(samples_per_s=lap["samples"] * engine.info.world_size / max(lap["seconds"], 1e-9),
+                           data_s=lap["data_s"])
+        self.logger.step(step, metrics, force=last)
+        for hook in self.hooks:
+            hook.on_step(step, self.total, self.logger)
+        if step % self.cfg.log.checkpoint_interval == 0 or last:
+            state["data"] = data_counts(engine, self.counts, loader).to_json()
+            self.ckpts.save(step, engine, state, self.stateful)
+
+    # ---- the end: run.json and the data summary ----
+    def finish(self) -> Dict[str, Any]:
+        state, counts = self.state, self.counts
+        data = counts.summary()
+        self.logger.event({"event": "end", "step": state["step"], "train_seconds": state["train_seconds"], **data})
+        self.logger.close()
+        if self.engine.is_main:
+            summary = {k: state[k] for k in ("step", "samples", "train_seconds", "flops_per_sample", "device",
+                                             "world_size", "bad_steps_total")}
+            summary.update(data)  # skipped (reason -> distinct samples/shards), noted (reason -> reads), examples
+            if summary["flops_per_sample"]:
+                summary["train_flops"] = summary["flops_per_sample"] * state["samples"]
+            (self.run_dir / "run.json").write_text(json.dumps(summary, indent=1))
+            if counts:
+                print(f"agglom: training data: {counts.describe()}", flush=True)
+            print(f"agglom: trained {state['step']} steps -> {self.run_dir}", flush=True)
+        return state
 
 
 def final_losses(run_dir: Path) -> List[float]:
     recs = MetricLogger.read(Path(run_dir) / "metrics.jsonl")
     return [r["loss"] for r in recs if "loss" in r and r["loss"] is not None and not math.isnan(r["loss"])]
+
+
+def train(cfg: DictConfig, hooks: Sequence[LoopHooks] = ()) -> Path:
+    """``agglom train``: distil the recipe (see :mod:`agglom.train.distill`); kept here as the loop's entry point."""
+    from agglom.train.distill import train as distill
+
+    return distill(cfg, hooks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, List
 
+import torch
 from torch import nn
 
 _NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "dist_token", "mask_token")
@@ -19,6 +20,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
         else:
             decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(param_groups: List[dict], optim_cfg: Any, device: torch.device) -> torch.optim.AdamW:
+    """The one AdamW every engine builds: the recipe's lr, betas and weight decay over ``param_groups`` (each
+    group's ``base_lr``, default ``optim.lr``, is what the schedule scales); torch's implementation (nothing to
+    JIT-compile), ``foreach`` on GPU."""
+    for g in param_groups:
+        g.setdefault("base_lr", optim_cfg.lr)
+    return torch.optim.AdamW(param_groups, lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2),
+                             weight_decay=optim_cfg.weight_decay, foreach=device.type == "cuda")
 
 
 def warmup_cosine(optim_cfg: Any) -> Callable[[int], float]:

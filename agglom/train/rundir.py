@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,33 +40,36 @@ def _flat(node: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def recipe_view(cfg: Any) -> Dict[str, Any]:
-    """The training recipe's keys of ``cfg`` (any Recipe subclass), resolved, as dotted leaves."""
-    base = OmegaConf.structured(Recipe)
+def recipe_view(cfg: Any, schema: Any = None) -> Dict[str, Any]:
+    """The training recipe's keys of ``cfg`` (any Recipe subclass; or of another command's ``schema``, such as
+    finetune's), resolved, as dotted leaves."""
+    base = OmegaConf.structured(schema or Recipe)
     merged = OmegaConf.merge(base, {k: cfg[k] for k in base.keys() if k in cfg})
     return _flat(OmegaConf.to_container(merged, resolve=True))
 
 
-def config_diff(old: Any, new: Any) -> Dict[str, Tuple[Any, Any]]:
-    a, b = recipe_view(old), recipe_view(new)
+def config_diff(old: Any, new: Any, schema: Any = None) -> Dict[str, Tuple[Any, Any]]:
+    a, b = recipe_view(old, schema), recipe_view(new, schema)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def _safe(key: str) -> bool:
-    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_ON_RESUME)
+def _safe(key: str, safe: Sequence[str] = SAFE_ON_RESUME) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in safe)
 
 
-def saved_config(run_dir: Path) -> Optional[DictConfig]:
+def saved_config(run_dir: Path, schema: Any = None) -> Optional[DictConfig]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
     loaded = OmegaConf.load(path)
-    base = OmegaConf.structured(Recipe)
+    base = OmegaConf.structured(schema or Recipe)
     return OmegaConf.merge(base, {k: loaded[k] for k in loaded if k in base})
 
 
-def check_resume(cfg: Any, run_dir: Path, resume_from: Optional[Path], has_checkpoint: bool) -> Dict[str, Any]:
-    """Refuse what would overwrite or silently alter a run; returns the safe changes to record ({} if none)."""
+def check_resume(cfg: Any, run_dir: Path, resume_from: Optional[Path], has_checkpoint: bool, schema: Any = None,
+                 safe: Sequence[str] = SAFE_ON_RESUME) -> Dict[str, Any]:
+    """Refuse what would overwrite or silently alter a run; returns the safe changes to record ({} if none).
+    ``schema`` (default: the training Recipe) names the keys compared, ``safe`` those that may change."""
     run_dir = Path(run_dir)
     if has_checkpoint and resume_from is None:
         raise ConfigError(f"{run_dir} already holds a trained run (resume={cfg.resume}); resuming is the default "
@@ -76,18 +79,18 @@ def check_resume(cfg: Any, run_dir: Path, resume_from: Optional[Path], has_check
     if run_dir.resolve() not in Path(resume_from).resolve().parents:
         raise ConfigError(f"{run_dir} already holds a trained run; resume={cfg.resume} would continue another "
                           f"checkpoint into it. Give the continuation its own name=")
-    old = saved_config(run_dir)
+    old = saved_config(run_dir, schema)
     if old is None:
         return {}
-    diff = config_diff(old, cfg)
-    unsafe = {k: v for k, v in diff.items() if not _safe(k)}
+    diff = config_diff(old, cfg, schema)
+    unsafe = {k: v for k, v in diff.items() if not _safe(k, safe)}
     if unsafe:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(unsafe.items())[:8])
         more = f" (and {len(unsafe) - 8} more)" if len(unsafe) > 8 else ""
         raise ConfigError(f"{run_dir} was trained with other settings, so resuming it would not reproduce either "
                           f"run: {shown}{more}. Run the same command as before to resume it, or give this one its own "
                           f"name= (add resume={run_dir} to start from this run's last checkpoint). Only "
-                          f"{', '.join(SAFE_ON_RESUME)} may change on resume")
+                          f"{', '.join(safe)} may change on resume")
     return {k: [a, b] for k, (a, b) in diff.items()}
 
 

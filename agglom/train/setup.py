@@ -1,11 +1,13 @@
 """Building what the loop needs from the recipe: teachers, group names, input channels, stats batches."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
 
+from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
 
 
@@ -14,7 +16,7 @@ def in_chans_of(cfg: DictConfig) -> int:
 
     if cfg.data.grayscale not in GRAYSCALE:
         raise ConfigError(f"data.grayscale must be one of {', '.join(GRAYSCALE)}, got {cfg.data.grayscale!r}")
-    return 1 if cfg.data.grayscale == "keep" else 3
+    return input_channels(cfg.data.grayscale)
 
 
 def group_indexer(cfg: DictConfig):
@@ -90,3 +92,21 @@ def stats_batches(cfg: DictConfig) -> List[Dict[str, Any]]:
         raise ConfigError(f"data: no usable training sample in {where} (split {cfg.data.train_split!r}; "
                           f"skipped: {loader.stats.describe()})")
     return batches
+
+
+def write_run_files(cfg: DictConfig, run_dir: Path, specs: list, groups: List[str], routing: Optional[Dict]) -> None:
+    """config.yaml, teachers.json, groups.json (+ routing.json) of a distillation run that starts."""
+    import json
+
+    from agglom.config.load import save_config, to_yaml
+
+    save_config(cfg, run_dir / "config.yaml")
+    print(to_yaml(cfg), flush=True)
+    (run_dir / "teachers.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
+    (run_dir / "groups.json").write_text(json.dumps({"by": cfg.groups.by, "names": list(groups)}, indent=1))
+    if routing:
+        (run_dir / "routing.json").write_text(json.dumps(routing, indent=1))
+        print("agglom: routing from the teacher audit (val AUC -> weight): " + "; ".join(
+            f"{t}: " + ", ".join(f"{g} {a if a is None else round(a, 3)} -> {w:.2f}"
+                                 for g, a, w in zip(routing["groups"], au, ws))
+            for t, au, ws in zip(routing["teachers"], routing["auc"], routing["weights"])), flush=True)

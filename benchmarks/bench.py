@@ -1,4 +1,4 @@
-"""`python -m agglom.bench [device=cpu|cuda] [size=demo|realistic] [steps=N] [quick=true] [ds=true] [out=bench.json]`
+"""`python -m benchmarks.bench [device=cpu|cuda] [size=demo|realistic] [steps=N] [quick=true] [ds=true] [out=bench.json]`
 
 Benchmarks, each a ratio against a baseline measured in the same process (timings on shared machines are noisy;
 runs are interleaved and per-step times summarised by their median):
@@ -45,14 +45,14 @@ def parse_args(argv: Sequence[str]) -> Dict[str, Any]:
             print(__doc__)
             raise SystemExit(0)
         if "=" not in a:
-            raise SystemExit(f"agglom.bench: expected key=value, got {a!r} (keys: {', '.join(DEFAULTS)})")
+            raise SystemExit(f"bench: expected key=value, got {a!r} (keys: {', '.join(DEFAULTS)})")
         k, v = a.split("=", 1)
         if k not in DEFAULTS:
-            raise SystemExit(f"agglom.bench: unknown option {k!r} (keys: {', '.join(DEFAULTS)})")
+            raise SystemExit(f"bench: unknown option {k!r} (keys: {', '.join(DEFAULTS)})")
         d = DEFAULTS[k]
         opts[k] = v.lower() in ("1", "true", "yes", "on") if isinstance(d, bool) else type(d)(v)
     if opts["device"] not in ("cpu", "cuda") or opts["size"] not in ("demo", "realistic"):
-        raise SystemExit("agglom.bench: device=cpu|cuda, size=demo|realistic")
+        raise SystemExit("bench: device=cpu|cuda, size=demo|realistic")
     return opts
 
 
@@ -93,38 +93,17 @@ def _fmt(v: Any) -> str:
 
 
 class StepClock:
-    """Timestamps every batch the training loader yields (agglom's loop and the plain loop both read batches
-    through `agglom.data.readers.train_loader`): the time between two batches is one full step."""
+    """Timestamps every training batch as it arrives, through the loop's ``on_batch`` hook (the plain loop calls
+    the same hook itself): the time between two batches is one full step."""
 
     def __init__(self) -> None:
-        import agglom.data.readers as readers
-
-        self.readers, self.real = readers, readers.train_loader
         self.stamps: List[float] = []
 
-    def __enter__(self) -> "StepClock":
-        clock, real = self, self.real
+    def on_batch(self, batch: Any) -> None:
+        self.stamps.append(time.perf_counter())
 
-        class Timed:
-            def __init__(self, loader: Any) -> None:
-                self.loader = loader
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.loader, name)
-
-            def __len__(self) -> int:
-                return len(self.loader)
-
-            def __iter__(self):
-                for batch in self.loader:
-                    clock.stamps.append(time.perf_counter())
-                    yield batch
-
-        self.readers.train_loader = lambda *a, **k: Timed(real(*a, **k))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.readers.train_loader = self.real
+    def on_step(self, step: int, total: int, logger: Any) -> None:
+        pass
 
     def step_seconds(self, skip: int = 2) -> List[float]:
         """Per-step seconds, without the first `skip` (start-up: both workers' first batch, FLOP count)."""
@@ -322,8 +301,9 @@ def run_train(cfg) -> Dict[str, Any]:
     from agglom.train.loop import train
 
     shutil.rmtree(Path(cfg.out_dir) / cfg.name, ignore_errors=True)  # each timed round trains from scratch
-    with StepClock() as clock, quiet():
-        run_dir = train(cfg)
+    clock = StepClock()
+    with quiet():
+        run_dir = train(cfg, hooks=[clock])
     summary = json.loads((Path(run_dir) / "run.json").read_text())
     return {"step_s": clock.step_seconds(), "flops_per_sample": summary.get("flops_per_sample")}
 
@@ -332,7 +312,7 @@ def run_plain(cfg, device: str) -> Dict[str, Any]:
     """The minimal loop: the same task (AgglomTask's model + objective), teachers and loader, AdamW, clip."""
     import torch
 
-    import agglom.data.readers as readers
+    from agglom.data.readers import train_loader
     from agglom.task import AgglomTask, teacher_spec
     from agglom.train.loop import seed_everything
     from agglom.train.optim import param_groups
@@ -350,19 +330,20 @@ def run_plain(cfg, device: str) -> Dict[str, Any]:
     opt = torch.optim.AdamW(param_groups(task.model, cfg.optim.weight_decay), lr=cfg.optim.lr)
     task.train()
     steps, epoch = 0, 0
-    with StepClock() as clock:
-        while steps < cfg.optim.steps:
-            for batch in readers.train_loader(cfg, epoch=epoch):  # looked up here: the clock wraps it
-                loss = task(batch)["loss"]
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.optim.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                loss.item()
-                steps += 1
-                if steps >= cfg.optim.steps:
-                    break
-            epoch += 1
+    clock = StepClock()
+    while steps < cfg.optim.steps:
+        for batch in train_loader(cfg, epoch=epoch):
+            clock.on_batch(batch)
+            loss = task(batch)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.item()
+            steps += 1
+            if steps >= cfg.optim.steps:
+                break
+        epoch += 1
     return {"step_s": clock.step_seconds()}
 
 
@@ -446,7 +427,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("agglom.bench: device=cuda but no CUDA device is visible")
+        raise SystemExit("bench: device=cuda but no CUDA device is visible")
     if device == "cpu":
         # agglom's engines pick CUDA when present; hide it so the cpu bench measures the cpu
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -460,7 +441,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     t_start = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="agglom-bench-")
     work = Path(tmp)
-    print(f"agglom.bench: device={device} size={opts['size']} quick={opts['quick']} steps={s['steps']} "
+    print(f"bench: device={device} size={opts['size']} quick={opts['quick']} steps={s['steps']} "
           f"batch={s['batch']} image={s['image_size']} torch threads={torch.get_num_threads()} work={work}", flush=True)
     root = work / "synth"
     t = time.perf_counter()
@@ -545,7 +526,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     if opts["out"]:
         Path(opts["out"]).write_text(json.dumps(report, indent=1, default=str))
     print("\n" + rows.table(), flush=True)
-    print(f"\nagglom.bench: {total:.0f}s; wrote {opts['out']}", flush=True)
+    print(f"\nbench: {total:.0f}s; wrote {opts['out']}", flush=True)
     if not opts["keep"]:
         import shutil
 

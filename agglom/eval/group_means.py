@@ -1,0 +1,71 @@
+"""Group means of a per-sample quantity (fidelity, agreement) with the worst group, the gap and BCa intervals
+(resampling within groups); re-exported by :mod:`agglom.eval.metrics`, whose result conventions it follows."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from agglom.eval.group_stats import _spread
+
+__all__ = ["group_mean_summary"]
+
+
+def group_mean_summary(
+    values: Any,
+    groups: Any,
+    *,
+    higher_is_better: bool = True,
+    exclude_unknown: bool = False,
+    unknown: str = "unknown",
+    n_boot: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Group means of a per-sample quantity (e.g. student-teacher cosine fidelity), with worst group and gap.
+
+    Returns ``{"overall": M, "by_group": {g: M + {"n"}}, "worst_group": M + {"group"}, "gap": M,
+    "higher_is_better": bool, "excluded_from_gaps": [...]}`` (bootstrap: resampling within groups).
+    """
+    from agglom.eval.metrics import _as_groups, _group_order, _m
+
+    v = np.asarray(values, dtype=float).reshape(-1)
+    g = _as_groups(groups, v.size)
+    names = _group_order(g, unknown)
+    included = [n for n in names if not (exclude_unknown and n == unknown)]
+
+    def stats(vv, gg):
+        means = {n: float(vv[gg == n].mean()) if np.any(gg == n) else float("nan") for n in names}
+        inc = [means[n] for n in included]
+        fin = [x for x in inc if np.isfinite(x)]
+        worst = (min(fin) if higher_is_better else max(fin)) if fin else float("nan")
+        return float(vv.mean()), means, worst, _spread(inc)
+
+    overall, means, worst, gap = stats(v, g)
+    cis: Dict[str, tuple] = {}
+    if n_boot:
+        from agglom.eval.intervals import bca_interval, jackknife_blocks
+
+        rng = np.random.default_rng(seed)
+        strata = [np.flatnonzero(g == n) for n in names]
+
+        def row(idx: np.ndarray) -> List[float]:
+            o, mm, w, gp = stats(v[idx], g[idx])
+            return [o, w, gp] + [mm[n] for n in names]
+
+        reps = np.asarray([row(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
+                           for _ in range(n_boot)])
+        jack = np.asarray([row(idx) for idx in jackknife_blocks(strata, 20, seed + 1)])
+        points = [overall, worst, gap] + [means[n] for n in names]
+        for j, k in enumerate(["overall", "worst", "gap"] + [f"g:{n}" for n in names]):
+            cis[k] = bca_interval(points[j], reps[:, j], jack[:, j], ci)
+    inc_means = {n: means[n] for n in included if np.isfinite(means[n])}
+    wg = (min if higher_is_better else max)(inc_means, key=inc_means.get) if inc_means else None
+    return {
+        "overall": _m(overall, cis.get("overall")),
+        "by_group": {n: _m(means[n], cis.get(f"g:{n}"), n=int(np.sum(g == n))) for n in names},
+        "worst_group": _m(worst, cis.get("worst"), group=wg),
+        "gap": _m(gap, cis.get("gap")),
+        "higher_is_better": higher_is_better,
+        "excluded_from_gaps": [n for n in names if n not in included],
+    }
