@@ -1,4 +1,5 @@
-"""`agglom data synth | pack | info`: write the synthetic benchmark, pack images into shards, show a datasheet."""
+"""`agglom data synth | pack | info | join`: write the synthetic benchmark, pack images into shards, show a datasheet,
+join an attribute table onto existing shards."""
 from __future__ import annotations
 
 import time
@@ -99,31 +100,10 @@ def _run_pack(cfg: Any) -> int:
 
 
 def _run_join(cfg: Any) -> int:
-    from pathlib import Path
+    from agglom.data.join import join_onto_shards
 
-    from omegaconf import OmegaConf
-
-    from agglom.config.schema import Recipe
-    from agglom.data.join import join, read_table, shard_sources, write_attr_sidecar
-    from agglom.data.shards import data_home, shard_pattern
-
-    if not cfg.csv:
-        raise ConfigError("give csv=FILE (the attribute table) and on=COLUMN (what it is keyed by)")
-    rcfg = OmegaConf.structured(Recipe)
-    rcfg.data.root, rcfg.data.shards = cfg.root, cfg.shards
-    splits = [s for s in cfg.splits if shard_pattern(rcfg, s) or (Path(cfg.root) / s).is_dir()]
-    if cfg.shards and "{split}" not in cfg.shards:
-        splits = [rcfg.data.train_split]
-    if not splits:
-        raise ConfigError(f"no split folders {list(cfg.splits)} under {cfg.root} (or give shards=)")
-    table = read_table(Path(cfg.csv), cfg.on, list(cfg.attr_cols))
-    values, report = join(shard_sources(rcfg, splits), table, cfg.match)
-    if not values:
-        raise ConfigError(f"no sample matched a row of {cfg.csv} on {cfg.on!r} (match={cfg.match}); e.g. samples "
-                          f"{report['examples']['samples_without_row']}, rows {report['examples']['rows_without_sample']}")
-    out = Path(cfg.out) if cfg.out else data_home(rcfg) / f"{Path(cfg.csv).stem}_attrs.json"
-    write_attr_sidecar(out, values, {"csv": str(Path(cfg.csv).resolve()), "on": cfg.on, "match": cfg.match,
-                                     "splits": splits, **report})
+    out, report = join_onto_shards(cfg.root, cfg.shards, cfg.csv, cfg.on, cfg.match, list(cfg.attr_cols),
+                                   list(cfg.splits), cfg.out)
     print(f"agglom data join: {report['matched']} samples matched, {report['samples_without_row']} without a row, "
           f"{report['rows_without_sample']} rows without a sample -> {out}\n"
           f"  use it with data.sidecars=[{out}] (and groups.by=<attribute>)")

@@ -1,7 +1,6 @@
 """`agglom teachers list|show|check`: the teacher zoo's cards, their contracts, and a frozen-forward check."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -104,57 +103,30 @@ class CheckOptions:
 
 
 def run_check(cfg: Any) -> int:
-    import torch
+    from teachers.check import check_teacher
 
-    t = _zoo()
     card = _load(cfg.name)
     if cfg.channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
     try:
-        t0 = time.perf_counter()
-        teacher = t.build_teacher(card, list(cfg.mean), list(cfg.std), device=cfg.device)
-        build_s = time.perf_counter() - t0
+        r = check_teacher(card, cfg.mean, cfg.std, cfg.device, cfg.batch_size, cfg.image_size, cfg.channels,
+                          cfg.iters, cfg.seed)
     except _user_errors() as e:
         raise ConfigError(str(e)) from e
-    g = torch.Generator().manual_seed(int(cfg.seed))
-    x = torch.rand(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, generator=g)
-    mean = torch.tensor(list(cfg.mean)).view(1, -1, 1, 1)
-    std = torch.tensor(list(cfg.std)).view(1, -1, 1, 1)
-    x = ((x - mean) / std).to(cfg.device)
-    out = teacher(x)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(max(1, cfg.iters)):
-        out = teacher(x)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    rate = cfg.batch_size * max(1, cfg.iters) / (time.perf_counter() - t0)
-    grads = [n for n, p in teacher.named_parameters() if p.requires_grad]
-    teacher.train()
-    still_eval = not any(m.training for m in teacher.modules())
-    out2 = teacher(x)
-    same = torch.equal(out.summary, out2.summary) and torch.equal(out.spatial, out2.spatial)
-    finite = bool(torch.isfinite(out.summary).all() and torch.isfinite(out.spatial).all())
-    shapes_ok = (tuple(out.summary.shape) == (cfg.batch_size, teacher.summary_dim)
-                 and tuple(out.spatial.shape) == (cfg.batch_size, teacher.spatial_dim, *teacher.grid))
-    print(f"teacher {teacher.name} ({teacher.family}: {card.model}) on {cfg.device}, built in {build_s:.2f} s")
-    print(f"input         {tuple(x.shape)} -> {teacher.input_size[0]}x{teacher.input_size[1]} ({teacher.resize_policy})")
-    print(f"summary       {tuple(out.summary.shape)}  dim {teacher.summary_dim} ({teacher.summary_kind})")
-    print(f"spatial       {tuple(out.spatial.shape)}  dim {teacher.spatial_dim}, grid {teacher.grid[0]}x"
+    teacher, rate = r.teacher, r.samples_per_s
+    print(f"teacher {teacher.name} ({teacher.family}: {card.model}) on {cfg.device}, built in {r.build_s:.2f} s")
+    print(f"input         {r.batch_shape} -> {teacher.input_size[0]}x{teacher.input_size[1]} "
+          f"({teacher.resize_policy})")
+    print(f"summary       {tuple(r.summary.shape)}  dim {teacher.summary_dim} ({teacher.summary_kind})")
+    print(f"spatial       {tuple(r.spatial.shape)}  dim {teacher.spatial_dim}, grid {teacher.grid[0]}x"
           f"{teacher.grid[1]}, patch {teacher.patch_size[0]}x{teacher.patch_size[1]}")
     print(f"dtype         compute {str(teacher.dtype).replace('torch.', '')}, outputs "
-          f"{str(out.summary.dtype).replace('torch.', '')}")
+          f"{str(r.summary.dtype).replace('torch.', '')}")
     print(f"speed         {rate:.3g} samples/s (batch {cfg.batch_size}; "
           f"{1 / rate if rate > 0 else float('inf'):.3g} s per sample)")
-    checks = {
-        "shapes match the contract": shapes_ok,
-        "outputs finite": finite,
-        "no parameter requires grad": not grads,
-        "stays in eval after .train()": still_eval,
-        "output unchanged after .train()": same,
-    }
-    for k, ok in checks.items():
+    for k, ok in r.checks.items():
         print(f"{'ok  ' if ok else 'FAIL'}  {k}")
-    return 0 if all(checks.values()) else 1
+    return 0 if r.ok else 1
 
 
 list_cmd = Command(schema=ListOptions, run=run_list, help="list the teacher cards (family, model, weights, licence)")

@@ -110,4 +110,35 @@ def write_attr_sidecar(path: Path, values: Mapping[str, Mapping[str, Any]], meta
     tmp.replace(path)
 
 
-__all__ = ["read_table", "candidates", "join", "shard_sources", "write_attr_sidecar", "MATCHES"]
+
+def join_onto_shards(root: str, shards: Optional[str], table_csv: str, on: str, match: str = "auto",
+                     attr_cols: Sequence[str] = (), splits: Sequence[str] = ("train", "val", "test"),
+                     out: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
+    """`agglom data join`: the attribute table ``table_csv`` (keyed by column ``on``) matched onto the samples of existing
+    shards (``root/<split>/*.tar`` or the ``shards`` pattern) and written as a sidecar (default
+    ``<dataset folder>/<csv stem>_attrs.json``); returns (sidecar path, match report). No shard is rewritten."""
+    from omegaconf import OmegaConf
+
+    from agglom.config.load import ConfigError
+    from agglom.config.schema import Recipe
+    from agglom.data.shards import data_home, shard_pattern
+
+    if not table_csv:
+        raise ConfigError("give csv=FILE (the attribute table) and on=COLUMN (what it is keyed by)")
+    rcfg = OmegaConf.structured(Recipe)
+    rcfg.data.root, rcfg.data.shards = root, shards
+    found = [s for s in splits if shard_pattern(rcfg, s) or (Path(root) / s).is_dir()]
+    if shards and "{split}" not in shards:
+        found = [rcfg.data.train_split]
+    if not found:
+        raise ConfigError(f"no split folders {list(splits)} under {root} (or give shards=)")
+    values, report = join(shard_sources(rcfg, found), read_table(Path(table_csv), on, list(attr_cols)), match)
+    if not values:
+        raise ConfigError(f"no sample matched a row of {table_csv} on {on!r} (match={match}); e.g. samples "
+                          f"{report['examples']['samples_without_row']}, rows {report['examples']['rows_without_sample']}")
+    path = Path(out) if out else data_home(rcfg) / f"{Path(table_csv).stem}_attrs.json"
+    write_attr_sidecar(path, values, {"csv": str(Path(table_csv).resolve()), "on": on, "match": match, "splits": found,
+                                      **report})
+    return path, report
+
+__all__ = ["join_onto_shards", "read_table", "candidates", "join", "shard_sources", "write_attr_sidecar", "MATCHES"]
