@@ -14,28 +14,19 @@ and each skipped file is counted under its own reason:
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from agglom.data.pack import SkipImage, png_bytes
+
 DICOM_REASONS = ("dicom_unreadable", "dicom_no_pixels", "dicom_codec", "dicom_unsupported")
 DICOM_NOTES = ("multiframe_middle_frame", "palette_color_applied", "color_kept")
 
 
-class DicomSkip(Exception):
-    def __init__(self, reason: str, msg: str):
-        super().__init__(msg)
-        self.reason = reason
-
-
-def _png(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+class DicomSkip(SkipImage):
+    """A DICOM file that cannot be packed; ``reason`` is one of :data:`DICOM_REASONS`."""
 
 
 def _first(v: Any) -> Optional[float]:
@@ -84,12 +75,12 @@ def _grayscale(ds: Any, arr: np.ndarray) -> bytes:
     scaled = np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         scaled = 1.0 - scaled
-    return _png(np.round(scaled * 65535.0).astype(np.uint16))
+    return png_bytes(np.round(scaled * 65535.0).astype(np.uint16))
 
 
 def _rgb8(arr: np.ndarray) -> bytes:
     top = 65535.0 if arr.dtype.itemsize > 1 or arr.max() > 255 else 255.0
-    return _png(np.clip(np.round(arr.astype(np.float64) / top * 255.0), 0, 255).astype(np.uint8))
+    return png_bytes(np.clip(np.round(arr.astype(np.float64) / top * 255.0), 0, 255).astype(np.uint8))
 
 
 def dicom_to_png(path: Path) -> Tuple[bytes, List[str]]:

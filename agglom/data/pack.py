@@ -35,7 +35,8 @@ class SkipImage(Exception):
         self.reason = reason
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
+def png_bytes(arr: np.ndarray) -> bytes:
+    """An image array as PNG bytes (8- or 16-bit grey, RGB)."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -50,12 +51,9 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
         raise SkipImage("missing_file", f"{path}: no such file")
     suf = path.suffix.lower()
     if suf in (".dcm", ".dicom") or (suf == "" and _is_dicom(path)):
-        from agglom.data.dicom import DicomSkip, dicom_to_png
+        from agglom.data.dicom import dicom_to_png
 
-        try:
-            data, done = dicom_to_png(path)
-        except DicomSkip as e:
-            raise SkipImage(e.reason, str(e)) from e
+        data, done = dicom_to_png(path)  # a DicomSkip is a SkipImage with its own reason
         if notes is not None:
             notes.update(done)
         return data, "png"
@@ -75,7 +73,7 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
     except Exception as e:
         raise SkipImage("bad_image", f"{path}: cannot decode: {e}") from e
     if img.mode in ("I;16", "I;16B", "I;16L"):
-        return _png_bytes(np.asarray(img).astype(np.uint16)), "png"
+        return png_bytes(np.asarray(img).astype(np.uint16)), "png"
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
     buf = io.BytesIO()
