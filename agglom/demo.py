@@ -19,13 +19,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from agglom.cli import main as cli
 from agglom.config.load import ConfigError, load_config
 
 #: the fair student's recipe: what it adds to the ERM student's (chosen by measurement; see README, "Fairness")
 FAIR = ["objective.route_by_audit=1"]
+#: how the fair student is chosen (agglom.eval.selection.MODES; repeated here so `--help` imports no torch)
+SELECT_MODES = ("validation", "always")
 
 
 @dataclass
@@ -38,7 +40,8 @@ class DemoArgs:
     seeds: int = 3  # students per recipe (ERM and fair), one per seed
     steps: int = 600  # distillation steps per student
     finetune_steps: int = 800  # steps per fine-tuned teacher
-    fair: List[str] = field(default_factory=lambda: list(FAIR))  # the fair student's overrides (key=value)
+    fair: List[str] = field(default_factory=lambda: list(FAIR))  # the fair candidate recipe's overrides (key=value)
+    select: str = "validation"  # validation: keep the fair recipe only where it lifts the val worst group; always
     batch_size: int = 32
     num_workers: int = 2
     bootstrap: int = 500  # replicates of the verdict's paired bootstrap
@@ -106,6 +109,17 @@ def _teachers_phase(a: Any, z: Dict[str, int], common: List[str], out: Path) -> 
     return "[" + ", ".join(f"{{name: {x}, cache: {cache}}}" for x in teachers) + "]", tdir
 
 
+def fair_tag(fair: Sequence[str]) -> str:
+    """The fair students' run-folder tag: ``fair`` for the default recipe, ``fair-<hash>`` for any other, so that
+    another ``fair=[...]`` reuses the ERM students, teachers and caches of the same ``out=`` but never a fair
+    student trained with other settings."""
+    import hashlib
+
+    if list(fair) == FAIR:
+        return "fair"
+    return "fair-" + hashlib.sha1(" ".join(fair).encode()).hexdigest()[:8]
+
+
 def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str) -> Dict[str, List[Path]]:
     """An ERM and a fair student per seed (reused when finished)."""
     recipes = {"erm": ["objective.group=erm", "objective.lam=0"], "fair": list(a.fair)}
@@ -113,7 +127,7 @@ def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster
     steps = z["steps"]
     for s in range(z["seeds"]):
         for kind, extra in recipes.items():
-            run = out / f"student-{kind}-s{s}"
+            run = out / f"student-{kind if kind == 'erm' else fair_tag(a.fair)}-s{s}"
             runs[kind].append(run)
             if _done(run, steps):
                 print(f"reusing {run}")
@@ -143,20 +157,43 @@ def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
                 (run / "eval" / ".compared").write_text("")
 
 
-def _verdict_phase(z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, Any]:
-    """The verdict over seeds, from the predictions and reports the evaluation wrote."""
+def _verdict_inputs(z: Dict[str, int], runs: Dict[str, List[Path]], split: str) -> tuple:
+    """Per seed ``{"erm": preds, "fair": preds}`` on ``split``, and (test only) the audited teachers' predictions
+    and every student's fidelity headline."""
     from agglom.eval.fidelity import fidelity_headline
     from agglom.eval.report import load_predictions
-    from agglom.eval.verdict import verdict
 
     seeds = range(z["seeds"])
-    preds = [{k: load_predictions(runs[k][s]) for k in ("erm", "fair")} for s in seeds]
+    preds = [{k: load_predictions(runs[k][s], split=split) for k in ("erm", "fair")} for s in seeds]
+    if split != "test":
+        return preds, {}, None
     reports = [{k: json.loads((runs[k][s] / "eval" / "report.json").read_text()) for k in ("erm", "fair")}
                for s in seeds]
     audited = [m for m in reports[0]["erm"]["models"] if m.startswith("teacher:")]  # the seed-0 ERM audit
     teacher_preds = {Path(m.split(":", 1)[1]).name: load_predictions(runs["erm"][0], model=m) for m in audited}
     fid = [{k: fidelity_headline((r[k].get("fidelity") or {}).get("site", {})) for k in r} for r in reports]
-    return verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=z["boot"])
+    return preds, teacher_preds, fid
+
+
+def _verdict_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, Any]:
+    """The fair recipe chosen on validation (:mod:`agglom.eval.selection`), then the verdict over seeds on test
+    for the chosen student; where ERM was kept, what the candidate recipe would have done on test is reported too."""
+    from agglom.eval.selection import select_recipe
+    from agglom.eval.verdict import TARGETS, verdict
+
+    val, _, _ = _verdict_inputs(z, runs, "val")
+    sel = select_recipe({"fair": verdict(val, {}, "site", n_boot=z["boot"])}, mode=a.select,
+                        max_overall_cost=TARGETS["max_overall_cost"])
+    preds, teacher_preds, fid = _verdict_inputs(z, runs, "test")
+    if sel["chosen"] == "fair":
+        v = verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=z["boot"])
+    else:  # the chosen "fair" student is the ERM one: compare it with itself, and report the candidate apart
+        v = verdict([{"erm": p["erm"], "fair": p["erm"]} for p in preds], teacher_preds, "site",
+                    fidelity=[{"erm": f["erm"], "fair": f["erm"]} for f in fid], n_boot=z["boot"])
+        c = verdict(preds, {}, "site", fidelity=fid, n_boot=z["boot"])
+        v["candidate_on_test"] = {k: c[k] for k in ("fair_vs_erm", "levelled_down", "students", "checks")}
+    v["selection"] = sel
+    return v
 
 
 def run_demo(a: Any) -> Dict[str, Any]:
@@ -165,6 +202,8 @@ def run_demo(a: Any) -> Dict[str, Any]:
     t_all = time.perf_counter()
     timings: Dict[str, float] = {}
     z = _sizes(a)
+    if a.select not in SELECT_MODES:
+        raise ConfigError(f"select={a.select!r}: choose one of {', '.join(SELECT_MODES)}")
     t = _step("1/6 synthetic bias benchmark")
     if (data / "dataset.json").is_file():
         print(f"reusing {data} (delete it to regenerate)")
@@ -188,12 +227,17 @@ def run_demo(a: Any) -> Dict[str, Any]:
         _run(["export", str(runs[kind][0]), f"out={runs[kind][0] / 'export'}"])
     timings["export"] = time.perf_counter() - t
     _step("6/6 verdict")
-    v = _verdict_phase(z, runs)
+    v = _verdict_phase(a, z, runs)
     timings["total"] = time.perf_counter() - t_all
     text = summary_markdown(a, v, runs, tdir, data, out, timings)
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"timings_s": timings, "fair": list(a.fair), "verdict": v},
-                                                 indent=1, default=float))
+    if fair_tag(a.fair) != "fair":  # the default recipe's summary stays beside it
+        (out / f"summary-{fair_tag(a.fair)}.md").write_text(text)
+    blob = json.dumps({"timings_s": timings, "fair": list(a.fair), "select": a.select, "verdict": v}, indent=1,
+                      default=float)
+    (out / "summary.json").write_text(blob)
+    if fair_tag(a.fair) != "fair":
+        (out / f"summary-{fair_tag(a.fair)}.json").write_text(blob)
     print(text, flush=True)
     print(f"agglom demo: done in {timings['total']:.0f} s; summary in {out / 'summary.md'}")
     return {"timings": timings, "out": str(out), "verdict": v}
@@ -209,10 +253,11 @@ def summary_markdown(a: Any, v: Dict[str, Any], runs: Dict[str, List[Path]], tdi
              f"({', '.join(f'{k} {x:.0f} s' for k, x in timings.items() if k != 'total')}).", "",
              f"Students: a timm ViT distilled from five teachers (tiny CLIP, DINOv2, SAM with random weights; "
              f"`ft-general`, fine-tuned with site B down-weighted; `ft-fair`, fine-tuned group-balanced). ERM = λ = 0, "
-             f"natural sampling; fair = `{' '.join(a.fair)}`. Probe features: the student's adapter summaries "
+             f"natural sampling; fair = the recipe chosen on validation between ERM and `{' '.join(a.fair)}`. Probe features: the student's adapter summaries "
              "concatenated (RADIO's choice), each teacher's own summary embedding; a logistic probe on the train "
              "split, threshold on val, scored on test.", "",
-             "## Verdict", "", *render_verdict(v), ""]
+             *_selection_lines(a, v), "## Verdict (the chosen fair student against ERM, on test)", "",
+             *render_verdict(v), ""]
     if f:
         lines += ["## Fidelity (global-normalised R², mean over seeds; group values clipped to [0, 1])", "",
                   f"- ERM: mean {f['erm']['mean']:.3f}, worst per-teacher site gap {f['erm']['worst_gap']:.3f}",
@@ -222,9 +267,28 @@ def summary_markdown(a: Any, v: Dict[str, Any], runs: Dict[str, List[Path]], tdi
         r = runs[kind][0]
         lines.append(f"- {kind} student (seed 0): run `{r}`, report `{r / 'eval' / 'report.md'}`, export `{r / 'export'}` "
                      f"(timm: `timm.create_model('local-dir:{r / 'export'}', pretrained=True)`)")
-    lines += [f"- other seeds: `{out}/student-{{erm,fair}}-s<seed>`; teachers: `{tdir}`; the teacher audit is in the "
+    lines += [f"- other seeds: `{out}/student-{{erm,{fair_tag(a.fair)}}}-s<seed>`; teachers: `{tdir}`; the teacher audit is in the "
               "seed-0 ERM report", ""]
     return "\n".join(lines)
+
+
+def _selection_lines(a: Any, v: Mapping[str, Any]) -> List[str]:
+    """The validation choice of the fair recipe and, where ERM was kept, what the candidate did on test."""
+    from agglom.eval.selection import render_selection
+    from agglom.eval.verdict import fmt_delta
+
+    sel = v.get("selection")
+    if not sel:
+        return []
+    L = ["## The fair recipe, chosen on validation", "", *render_selection(sel, {"fair": " ".join(a.fair)}), ""]
+    c = v.get("candidate_on_test")
+    if c:
+        d = c["fair_vs_erm"]
+        L += [f"On test, the candidate `{' '.join(a.fair)}` (not chosen) would have given: Δ worst-group AUC "
+              f"{fmt_delta(d['worst'])}, Δ overall AUC {fmt_delta(d['auc'])}, " +
+              ", ".join(f"Δ AUC {g} {fmt_delta(d[f'g:{g}'])}" for g in v["groups"]) +
+              f"; groups worse beyond their interval: {', '.join(c['levelled_down']) or 'none'}.", ""]
+    return L
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

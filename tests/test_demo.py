@@ -34,7 +34,21 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert "| claim | holds | measured |" in summary and "fair − ERM" in summary and "timm.create_model" in summary
     verdict = json.loads((out / "summary.json").read_text())["verdict"]
     assert verdict["seeds"] == 2 and len(verdict["checks"]) >= 4 and all("holds" in c for c in verdict["checks"])
+    # the fair recipe was chosen on validation, and the verdict says which student it reports
+    sel = verdict["selection"]
+    assert sel["split"] == "val" and sel["chosen"] in ("erm", "fair") and sel["candidates"][0]["name"] == "fair"
+    assert "chosen on the validation split" in summary
+    assert ("candidate_on_test" in verdict) == (sel["chosen"] == "erm")
     assert "agglom demo: done" in proc.stdout
     # a second run reuses everything it finished
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout
+
+
+def test_another_fair_recipe_gets_its_own_student_folders():
+    from agglom.demo import FAIR, fair_tag
+
+    assert fair_tag(FAIR) == "fair"
+    other = fair_tag(["data.group_balanced=true"])
+    assert other.startswith("fair-") and other != fair_tag(["data.group_balance=0.5"])
+    assert other == fair_tag(["data.group_balanced=true"])  # stable: a second run reuses its students

@@ -18,7 +18,7 @@ import numpy as np
 from agglom.eval.group_stats import _stratified_indices, rank_auc
 from agglom.eval.intervals import bca_interval, jackknife_blocks
 
-__all__ = ["TARGETS", "verdict", "render_verdict"]
+__all__ = ["TARGETS", "verdict", "render_verdict", "fmt_delta"]
 
 #: the targets of the claims (issue: "Fairness that lifts the worst group without levelling down")
 TARGETS = {
@@ -238,8 +238,12 @@ def _fmt(d: Mapping[str, Any], spec: str) -> str:
     return s
 
 
-def _fmt_d(d: Mapping[str, Any]) -> str:
+def fmt_delta(d: Mapping[str, Any]) -> str:
+    """A difference with its interval, ``+0.0529 [+0.0377, +0.0702]``."""
     return _fmt(d, "+.4f")
+
+
+_fmt_d = fmt_delta
 
 
 def _fmt_v(d: Mapping[str, Any]) -> str:
