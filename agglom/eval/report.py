@@ -42,7 +42,7 @@ Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` 
       },
       "sam_prompts": {                                                                  # optional (eval.sam_prompts)
         "protocol": "...", "prompt": "box" | "point" | "box+point", "split", "mask_size", "samples",
-        "without_foreground", "teachers": {"<SAM teacher>": {"decoder", "embedding", "student_grid", "resampled", "n",
+        "without_foreground", "teachers": {"<SAM teacher>": {"decoder", "embedding", "adapter_grid", "resampled", "n",
           "embedding_cosine", "models": {"teacher:<t>" | "<student>": {"encoder", "attributes": {"<attribute>":
           <dense.dice_fairness result>}}}, "agreement": {"attributes": {"<attribute>": <dice_fairness result>}}}}
       },

@@ -52,7 +52,7 @@ def sam_markdown(section: Mapping[str, Any]) -> List[str]:
         teacher_key = f"teacher:{name}"
         student_key = next((k for k in models if k != teacher_key), None)
         L += [f"### SAM teacher `{name}` (decoder: {t.get('decoder')}; embedding {'x'.join(map(str, t.get('embedding', [])))}"
-              f", student grid {'x'.join(map(str, t.get('student_grid', [])))}"
+              f", adapter grid {'x'.join(map(str, t.get('adapter_grid', [])))}"
               f"{' resampled to it' if t.get('resampled') else ''}; {t.get('n')} samples; mean embedding cosine "
               f"student vs teacher {_num(t.get('embedding_cosine'))})", ""]
         for attr, agree in (t.get("agreement", {}).get("attributes") or {}).items():

@@ -12,14 +12,17 @@ SAM's embedding grid. Both go through segment-anything's ``SamPredictor.predict`
 post-processing, mask threshold 0) at the mask's size. Per sample: Dice/IoU of each encoder's mask against the
 ground truth, and the agreement Dice/IoU of the student-encoder mask against the teacher-encoder mask (IGNORE pixels
 left out; both empty scores 1); per attribute, :func:`agglom.eval.dense.dice_fairness` (per-group means with BCa
-intervals, Dice gap, worst group, equity-scaled Dice).
+intervals, Dice gap, worst group, equity-scaled Dice). ``adapter_grid`` is the grid the student's adapter predicts (the
+student's tokens already resampled to the teacher's grid in training, or a pooled feature cache's); ``resampled``:
+it differs from SAM's embedding grid and was resized to it bilinearly. ``embedding_cosine``: the mean per-position
+cosine between the two embeddings.
 
 Section shape (documented in :mod:`agglom.eval.report` too)::
 
     "sam_prompts": {
       "protocol": "...", "prompt": "box" | "point" | "box+point", "split": "test", "mask_size": [H, W],
       "teachers": {"<teacher>": {
-          "decoder": "<where its weights came from>", "embedding": [C, e, e], "student_grid": [h, w],
+          "decoder": "<where its weights came from>", "embedding": [C, e, e], "adapter_grid": [h, w],
           "resampled": bool, "n": int, "without_foreground": int, "embedding_cosine": float,
           "models": {"teacher:<teacher>" | "<student>": {"encoder": "teacher" | "student",
                                                          "attributes": {"<attribute>": <dice_fairness result>}}},
@@ -203,7 +206,7 @@ def _teacher_section(plan: SamPlan, name: str, spec: Any, r: Dict[str, List[Any]
     pe = plan.predictors[name].model.prompt_encoder
     e = [int(v) for v in pe.image_embedding_size]
     return {"decoder": plan.sources[name], "embedding": [int(spec.spatial_dim), *e],
-            "student_grid": [int(v) for v in spec.grid], "resampled": [int(v) for v in spec.grid] != e,
+            "adapter_grid": [int(v) for v in spec.grid], "resampled": [int(v) for v in spec.grid] != e,
             "n": len(r["key"]), "embedding_cosine": float(np.mean(r["embedding_cos"])) if r["key"] else None,
             "models": {f"teacher:{name}": {"encoder": "teacher", "attributes": fair("dice_teacher", "iou_teacher")},
                        primary: {"encoder": "student", "attributes": fair("dice_student", "iou_student")}},
