@@ -107,6 +107,10 @@ def plan_sam(args: Any, cfg: Any, model: Any, device: torch.device) -> SamPlan:
         except (zoo.CardError, zoo.MissingWeightsError, zoo.CheckpointFormatError, zoo.UnsafeCheckpointError,
                 OSError) as e:
             raise ConfigError(f"{KEY}: SAM teacher {name}: {str(e).splitlines()[0]}") from None
+        spec = next(s for s in model.specs if s.name == name)
+        if spec.digest and card.digest() != spec.digest:
+            print(f"agglom eval: SAM teacher {name}: its card or weights changed since training (card digest differs); "
+                  "the teacher side is today's card", flush=True)
         mean, std = [255.0 * v for v in card.norm_mean], [255.0 * v for v in card.norm_std]
         sam = assemble_student_sam(model, name, prompt, decoder, mean, std).to(device)
         plan.teachers[name], plan.predictors[name], plan.sources[name] = teacher, StudentSamPredictor(sam), source
