@@ -178,3 +178,45 @@ def test_eval_sam_prompts_refuses_before_any_work(synth_root, tmp_path, capsys):
                  f"out={tmp_path / 'ev'}", "num_workers=0"]) == 2
     assert "eval.sam_prompts=true: needs run=" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_pooled_adapter_grid_and_a_grayscale_student_still_give_sams_embedding():
+    """An adapter on a coarser grid than SAM's (a pooled feature cache: 4x4 for SAM's 8x8) is de-normalised and
+    resized bilinearly to SAM's grid; a one-channel student gets SAM's input back as luma, at its own size and
+    normalisation."""
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from agglom.config.schema import Recipe
+    from agglom.export.sam_predictor import StudentSamPredictor, assemble_student_sam, student_sam_embedding
+    from agglom.model import AgglomModel, TeacherSpec
+
+    cfg = OmegaConf.merge(OmegaConf.structured(Recipe), {
+        "data": {"image_size": 32, "grayscale": "keep"},
+        "student": {"model": "vit_small_patch16_224", "model_args": {"patch_size": 8, "embed_dim": 32, "depth": 1,
+                                                                     "num_heads": 2}, "mean": [0.4], "std": [0.3]}})
+    torch.manual_seed(0)
+    model = AgglomModel(cfg, [TeacherSpec("tiny-sam", 32, 32, (4, 4))], in_chans=1).eval()
+    norm = model.spatial_norms["tiny-sam"]
+    norm.fit(torch.randn(64, 32) * 3 + 1)  # a normaliser that is not the identity
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        emb = student_sam_embedding(model, "tiny-sam", x, (8, 8))
+        raw = model(x)["tiny-sam"]["spatial"]
+        own = norm.inverse(raw.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(raw.shape)
+    assert emb.shape == (2, 32, 8, 8)
+    assert torch.allclose(emb, F.interpolate(own, size=(8, 8), mode="bilinear", align_corners=False), atol=1e-5)
+
+    card = teachers.load_card("tiny-sam")
+    prompt, decoder = build_prompt_decoder(decoder_args(card))
+    sam = assemble_student_sam(model, "tiny-sam", prompt, decoder, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+    gray = (np.random.default_rng(2).random((64, 64)) * 255).astype(np.uint8)
+    sam_input = sam.preprocess(torch.as_tensor(np.repeat(gray[..., None], 3, -1)).permute(2, 0, 1)[None].float())
+    student_input = sam.image_encoder.to_student(sam_input)
+    expect = F.interpolate(torch.as_tensor(gray, dtype=torch.float32)[None, None] / 255.0, size=(32, 32),
+                           mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(student_input, (expect - 0.4) / 0.3, atol=1e-4)
+    predictor = StudentSamPredictor(sam)
+    predictor.set_image(gray)
+    masks, _, _ = predictor.predict(box=np.array([8.0, 8.0, 40.0, 30.0]), multimask_output=False)
+    assert predictor.features.shape == (1, 32, 8, 8) and masks.shape == (1, 64, 64)
