@@ -3,6 +3,8 @@
 spatial = the neck features [B, out_chans, img/16, img/16]; summary = their spatial mean. Preprocessing is SAM's:
 resize the long side to img_size, normalise with SAM's pixel mean/std, pad bottom/right with zeros.
 Model `image_encoder` builds `ImageEncoderViT(**model_args)` directly (tiny test encoders).
+`sam_prompt_decoder(card)` gives the card's own prompt encoder + mask decoder (from its full checkpoint, or seeded
+random init), which agglom's export packs so that a student can take the image encoder's place.
 """
 from __future__ import annotations
 
