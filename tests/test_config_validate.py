@@ -51,6 +51,8 @@ BAD_CONFIGS = [
     ("finetune", ["model=vit_small_patch16_224", "optim.lr=0"], "optim.lr=0.0: must be > 0"),
     ("curate", ["teacher=tiny-clip", "method=dbscan"], "method='dbscan': choose one of kmeans, per_class, hierarchical"),
     ("eval", ["run=nowhere", "eval.features=cls"], "eval.features='cls': choose one of summary, pooled, adapters"),
+    ("eval", ["run=nowhere", "eval.sam_prompt=circle"], "eval.sam_prompt='circle': choose one of box, point, box+point"),
+    ("eval", ["run=nowhere", "eval.sam_prompts=maybe"], "eval.sam_prompts"),
 ]
 
 

@@ -28,6 +28,7 @@ EVAL_FEATURES = ("summary", "pooled", "adapters")
 THRESHOLD_METHODS = ("youden", "f1")
 ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
+SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam_run derives from each mask
 
 
 def input_channels(grayscale: str) -> int:
@@ -66,6 +67,6 @@ def registry_names(kind: str) -> Tuple[str, ...]:
 
 
 __all__ = ["GRAYSCALE", "INTERPOLATION", "GRANULARITY", "TEACHER_BALANCE", "GROUP_SCOPE", "GROUPS_UNKNOWN",
-           "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES",
+           "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES", "SAM_PROMPTS",
            "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "REGISTRIES", "registry_names",
            "live_registry"]

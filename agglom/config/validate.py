@@ -158,7 +158,7 @@ RULES: Dict[str, Rule] = {
     "eval.probe_c": POSITIVE,
     "eval.threshold_method": one_of(C.THRESHOLD_METHODS),
     "eval.label_fractions": each(between(0, 1, lo_open=True)),
-    "eval.seeds": COUNT, "eval.max_iter": COUNT,
+    "eval.seeds": COUNT, "eval.max_iter": COUNT, "eval.sam_prompt": one_of(C.SAM_PROMPTS),  # SAM-decoder prompts
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "export.min_group_count": NON_NEGATIVE,
     # command-level keys (eval, curate, finetune, cache, teachers check)

@@ -232,6 +232,10 @@ def write_all(out_dir: Path, primary: str, results: Dict[str, Dict[str, Any]], e
             d, wg, gap = r["dice"]["value"], r["worst_group_dice"], r["dice_gap"]["value"]
             print(f"dense {name} / {attr}: Dice {_fmt(d)}, worst group {_fmt(wg['value'])} ({wg.get('group')}), "
                   f"gap {_fmt(gap)}", flush=True)
+    from agglom.eval.sam_report import sam_console
+
+    for line in sam_console(written.get("sam_prompts") or {}):
+        print(line, flush=True)
     print(f"agglom eval: {paths['md']}", flush=True)
     return report
 

@@ -40,6 +40,12 @@ Report schema ``"agglom.eval/2"`` (a plain dict; undefined numbers are ``None`` 
                                "n_test", "empty_masks": {"n", "with_prediction"},
                                "attributes": {"<attribute>": <dense.dice_fairness result>}}}
       },
+      "sam_prompts": {                                                                  # optional (eval.sam_prompts)
+        "protocol": "...", "prompt": "box" | "point" | "box+point", "split", "mask_size", "samples",
+        "without_foreground", "teachers": {"<SAM teacher>": {"decoder", "embedding", "adapter_grid", "resampled", "n",
+          "embedding_cosine", "models": {"teacher:<t>" | "<student>": {"encoder", "attributes": {"<attribute>":
+          <dense.dice_fairness result>}}}, "agreement": {"attributes": {"<attribute>": <dice_fairness result>}}}}
+      },
       "pareto": <pareto.front_summary result>,                                          # optional
       "data": {"train"|"val"|"test": {"samples": n read, "expected": n listed or null,   # optional: what the
                "skipped": {reason: n}, "noted": {reason: n}, "examples": {...}}},      # readers left out
@@ -53,7 +59,10 @@ student through its adapter for that teacher, the teacher itself through its own
 per-group metrics and intervals as ``models``) is an optional section of version 2: reports without it stay valid.
 So is ``dense`` (:mod:`agglom.eval.dense`: a linear 1x1 probe on each model's spatial features against the samples'
 segmentation masks; Dice and IoU overall and per group, Dice gap, worst group, std and skewness across groups and
-both equity-scaled Dice forms, with BCa intervals; per-sample Dice in ``dense_predictions.csv``).
+both equity-scaled Dice forms, with BCa intervals; per-sample Dice in ``dense_predictions.csv``). So is
+``sam_prompts`` (:mod:`agglom.eval.sam_run`: prompted segmentation through each SAM teacher's own decoder on the
+teacher's embedding and on the student's adapter output, per-group Dice of both and their agreement; per-sample
+numbers in ``sam_predictions.csv``).
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ import numpy as np
 
 from agglom.eval.metrics import nan_to_none
 from agglom.eval.report_md import data_markdown, render_markdown, summary_table  # noqa: F401 - re-exported
+from agglom.eval.sam_report import check_sam_section
 
 __all__ = [
     "SCHEMA",
@@ -217,6 +227,8 @@ def validate_report(d: Any) -> Dict[str, Any]:
         _check_zero_shot(d["zero_shot"], problems)
     if d.get("dense") is not None:
         _check_dense(d["dense"], problems)
+    if d.get("sam_prompts") is not None:
+        check_sam_section(d["sam_prompts"], problems)
     comp = d.get("comparison")
     if comp is not None and not (isinstance(comp, Mapping) and "attributes" in comp and "levels_down" in comp):
         problems.append("comparison: expected a compare_predictions dict")

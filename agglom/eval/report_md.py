@@ -8,6 +8,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from agglom.eval.metrics import headline, primary_threshold
+from agglom.eval.sam_report import sam_markdown
 
 __all__ = ["render_markdown", "data_markdown", "summary_table"]
 
@@ -96,6 +97,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         L += _zero_shot_markdown(report["zero_shot"])
     if report.get("dense"):
         L += dense_markdown(report["dense"])
+    if report.get("sam_prompts"):
+        L += sam_markdown(report["sam_prompts"])
     if report.get("comparison"):
         L += _comparison_markdown(report["comparison"])
     if len(models) > 1:

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from agglom.commands.evaluate import EvalArgs  # the command's schema (kept there: importing it needs no torch)
 from agglom.config.choices import input_channels
 from agglom.config.load import ConfigError
+from agglom.eval.sam_run import plan_sam, run_sam
 
 
 def _load_primary(args: Any, device: torch.device) -> tuple:
@@ -151,6 +152,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         from agglom.eval.dense_run import check_dense_data
 
         check_dense_data(cfg)
+    sam = plan_sam(args, cfg, model, device) if args.eval.sam_prompts else None  # SAM teachers + decoders, up front
     encoders, dense, teacher_mods, zs_plan, fid = _encoders(args, cfg, model, primary, device)
     g = _grouping(cfg)
     attr_names = list(args.eval.attributes) or None
@@ -182,6 +184,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
             extra["zero_shot"], zs_rows = run_zero_shot(args, cfg, zs_plan, model, primary, teacher_mods, splits_of,
                                                         device, attr_names, g["indexer"], g["specs"],
                                                         g["exclude_unknown"], g["label_names"])
+    sam_rows = run_sam(sam, extra, args, cfg, model, primary, device, g, attr_names, splits_of) if sam else []
     if args.reference and model is not None:
         extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
                                                    args.seed, g["exclude_unknown"])
@@ -191,7 +194,8 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
                                            Path("runs") / f"audit-{args.teacher}" / "eval")
     return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
                                                          "features": args.eval.features, "device": device.type},
-                     extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows})
+                     extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows,
+                                 "sam_predictions.csv": sam_rows})
 
 
 __all__ = ["EvalArgs", "run_evaluation"]

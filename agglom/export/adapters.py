@@ -9,6 +9,10 @@ carries that teacher's text tower under `text/<teacher>/` (:mod:`teachers.text`:
 listed in `adapters.json` as ``"text_towers": {teacher: {"path", "card_digest"} | {"unavailable": why}}``, and the
 recipe's zero-shot prompts (``"zero_shot_prompts"``): with them the student classifies from prompts
 (`agglom eval run=<export> zero_shot=...`) on a machine that has neither the teacher's card nor its weights.
+
+For every SAM-family teacher it carries SAM's own prompt encoder + mask decoder under ``sam/<teacher>/``, listed as
+``"sam_decoders"`` (:mod:`agglom.export.sam_pack`), so the student replaces SAM's image encoder
+(:mod:`agglom.export.sam_predictor`).
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from agglom.config.schema import Recipe
+from agglom.export.sam_pack import pack_sam_decoder
 from agglom.model import AgglomModel, TeacherSpec
 from agglom.model.agglomerator import module_key
 from teachers.safe_load import load_safetensors
 
-ADAPTER_SCHEMA = "agglom.adapters/1"  # text_towers and zero_shot_prompts are optional keys: older packs lack them
+ADAPTER_SCHEMA = "agglom.adapters/1"  # text_towers, zero_shot_prompts, sam_decoders: optional keys older packs lack
 
 
 def pack_text_tower(spec: TeacherSpec, out: Path) -> Optional[Dict[str, Any]]:
@@ -57,6 +62,7 @@ def write_adapter_pack(model: AgglomModel, cfg: Any, out: Path) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("student.")}
     save_file(state, str(out / "adapters.safetensors"))
     towers = {s.name: info for s in model.specs if s.summary and (info := pack_text_tower(s, out)) is not None}
+    sams = {s.name: info for s in model.specs if s.spatial and (info := pack_sam_decoder(s, out)) is not None}
     meta = {
         "schema": ADAPTER_SCHEMA,
         "teachers": [s.to_dict() for s in model.specs],
@@ -68,6 +74,7 @@ def write_adapter_pack(model: AgglomModel, cfg: Any, out: Path) -> None:
         },
         "text_towers": towers,
         "zero_shot_prompts": OmegaConf.to_container(cfg.eval.zero_shot_prompts, resolve=True),
+        "sam_decoders": sams,
     }
     (out / "adapters.json").write_text(json.dumps(meta, indent=1))
 

@@ -3,11 +3,13 @@
 spatial = the neck features [B, out_chans, img/16, img/16]; summary = their spatial mean. Preprocessing is SAM's:
 resize the long side to img_size, normalise with SAM's pixel mean/std, pad bottom/right with zeros.
 Model `image_encoder` builds `ImageEncoderViT(**model_args)` directly (tiny test encoders).
+`sam_prompt_decoder(card)` gives the card's own prompt encoder + mask decoder (from its full checkpoint, or seeded
+random init), which agglom's export packs so that a student can take the image encoder's place.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 from ..base import Teacher, grid_of, load_into, to_pair
 from ..cards import CardError, TeacherCard
 from ..registry import register_family
-from ..safe_load import load_state_dict
+from ..safe_load import CheckpointFormatError, load_state_dict
 
 REGISTRY_MODELS = ("vit_b", "vit_l", "vit_h", "default")
 CUSTOM_MODELS = ("image_encoder", "ImageEncoderViT")
@@ -82,3 +84,62 @@ class SamTeacher(Teacher):
     def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         spatial = self.model(x)
         return spatial.mean(dim=(2, 3)), spatial
+
+
+# --------------------------------------------------------------------------- the prompt encoder + mask decoder
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+
+
+def decoder_args(card: TeacherCard) -> Dict[str, Any]:
+    """segment-anything's prompt encoder + mask decoder configuration for a SAM card: the registry's own for
+    vit_b/l/h (256 channels, a 64x64 embedding at 1024 px, `build_sam._build_sam`); for a custom encoder the same
+    recipe at its neck width (transformer MLP 8x the width, IoU head as wide as it), so a tiny card gets a tiny,
+    real decoder."""
+    args = dict(card.model_args or {})
+    registry = card.model in REGISTRY_MODELS
+    dim = 256 if registry else int(args.get("out_chans", 256))
+    patch = 16 if registry else int(args.get("patch_size", 16))
+    img = int(card.input_size[0])
+    heads = next(h for h in (8, 4, 2, 1) if (dim // 2) % h == 0)  # the decoder's attention halves the width
+    return {"embed_dim": dim, "image_size": img, "image_embedding_size": img // patch, "mask_in_chans": 16,
+            "num_multimask_outputs": 3, "transformer_depth": 2, "transformer_mlp_dim": 8 * dim,
+            "transformer_num_heads": heads, "iou_head_depth": 3, "iou_head_hidden_dim": dim}
+
+
+def build_prompt_decoder(args: Dict[str, Any]) -> Tuple[nn.Module, nn.Module]:
+    """``(PromptEncoder, MaskDecoder)`` of segment-anything, built from :func:`decoder_args`' dict."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    e, img = int(args["image_embedding_size"]), int(args["image_size"])
+    prompt = PromptEncoder(embed_dim=int(args["embed_dim"]), image_embedding_size=(e, e), input_image_size=(img, img),
+                           mask_in_chans=int(args["mask_in_chans"]))
+    transformer = TwoWayTransformer(depth=int(args["transformer_depth"]), embedding_dim=int(args["embed_dim"]),
+                                    mlp_dim=int(args["transformer_mlp_dim"]),
+                                    num_heads=int(args["transformer_num_heads"]))
+    decoder = MaskDecoder(num_multimask_outputs=int(args["num_multimask_outputs"]), transformer=transformer,
+                          transformer_dim=int(args["embed_dim"]), iou_head_depth=int(args["iou_head_depth"]),
+                          iou_head_hidden_dim=int(args["iou_head_hidden_dim"]))
+    return prompt.eval(), decoder.eval()
+
+
+def sam_prompt_decoder(card: TeacherCard, load_weights: bool = True) -> Tuple[nn.Module, nn.Module, str]:
+    """``(prompt encoder, mask decoder, source)`` of a SAM card: the weights of its checkpoint file (read through
+    :func:`teachers.safe_load.load_state_dict`: safetensors, or a pickle of tensors only), or for a card without
+    weights a random init seeded by the card (the same card always gives the same decoder). An encoder-only
+    checkpoint holds no decoder: :class:`CheckpointFormatError` says so."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(card.seed) + 1)  # not the encoder's draws: building a decoder never changes them
+        prompt, decoder = build_prompt_decoder(decoder_args(card))
+    if not (load_weights and card.weights.source == "file"):
+        return prompt, decoder, f"random init (card seed {int(card.seed)})"
+    path = card.require_weights()
+    sd = load_state_dict(path)
+    parts = {p: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)} for p in DECODER_PREFIXES}
+    if not all(parts.values()):
+        raise CheckpointFormatError(f"{path} holds no SAM prompt encoder / mask decoder (keys prompt_encoder.*, "
+                                    "mask_decoder.*): it is an image-encoder-only checkpoint. The SAM-encoder swap "
+                                    "needs the full segment-anything checkpoint (e.g. sam_vit_b_01ec64.pth, "
+                                    "medsam_vit_b.pth)")
+    load_into(prompt, parts["prompt_encoder."], f"SAM prompt encoder of {card.name}", source=str(path))
+    load_into(decoder, parts["mask_decoder."], f"SAM mask decoder of {card.name}", source=str(path))
+    return prompt, decoder, f"checkpoint {path.name}"
