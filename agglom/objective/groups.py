@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 
+from agglom.config.access import cfg_get
 from agglom.registry import Registry
 
 Terms = Dict[str, torch.Tensor]
@@ -74,14 +75,6 @@ def describe_group_objectives() -> str:
     """The choices with their one-line notes (what `--help` shows for objective.group)."""
     return " | ".join(name + (f" ({GROUP_OBJECTIVES[name].note})" if GROUP_OBJECTIVES[name].note else "")
                       for name in list_group_objectives())
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 class GroupObjective(nn.Module):
@@ -299,13 +292,13 @@ def build_group_objective(cfg_objective: Any, num_groups: int, unknown_index: Op
     ``reference``: per-group reference losses (None entries: no reference for that group) for ``excess`` and
     ``groupdro``.
     """
-    name = str(_get(cfg_objective, "group", "erm"))
+    name = str(cfg_get(cfg_objective, "group", "erm"))
     return GROUP_OBJECTIVES.get(name)(
         num_groups=int(num_groups),
         unknown_index=unknown_index,
         exclude_unknown=exclude_unknown,
-        lam=float(_get(cfg_objective, "lam", 0.0)),
-        eta=float(_get(cfg_objective, "groupdro_eta", 0.01)),
-        size_adjust=float(_get(cfg_objective, "groupdro_size_adjust", 0.0)),
+        lam=float(cfg_get(cfg_objective, "lam", 0.0)),
+        eta=float(cfg_get(cfg_objective, "groupdro_eta", 0.01)),
+        size_adjust=float(cfg_get(cfg_objective, "groupdro_size_adjust", 0.0)),
         reference=reference,
     )
