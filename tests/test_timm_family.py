@@ -51,3 +51,8 @@ def test_vit_tokens_equal_forward_features_by_hand(vit, summary):
         want = _by_hand(t, x)
     assert got[1].shape == (2, t.spatial_dim, *t.grid)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # in the tokens' channels-last layout, which the hand reshape gave every shipped card (prefix tokens): the
+    # downstream reductions, and so the trained numbers, depend on it
+    assert got[1].is_contiguous(memory_format=torch.channels_last)
+    if t.num_prefix_tokens:
+        assert got[1].stride()[1:] == want[1].stride()[1:]

@@ -103,6 +103,9 @@ class TimmTeacher(Teacher):
     def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.token_model:  # timm splits off the prefix tokens and lays the patch tokens out as the grid
             feats, (spatial,) = self.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW")
+            # channels-last: the tokens' own layout, which a view of them had before forward_intermediates; the
+            # downstream reductions, and so the trained numbers, depend on it
+            spatial = spatial.contiguous(memory_format=torch.channels_last)
             if tuple(spatial.shape[-2:]) != tuple(self.grid):
                 raise RuntimeError(f"teacher '{self.name}': a {tuple(spatial.shape[-2:])} token grid, not the "
                                    f"card's {self.grid[0]}x{self.grid[1]}")
