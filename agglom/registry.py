@@ -5,7 +5,8 @@ The same rules everywhere:
 - ``add(name, obj)`` (or ``@registry.register(name)`` on a class) adds a name; registering a name again with
   the *same* object is a no-op (a module imported twice), with a *different* object a :class:`DuplicateNameError`
   naming both — a plugin never replaces a built-in silently;
-- ``get(name)`` of an unknown name is a ``ConfigError`` (exit 2) naming the config key and the choices;
+- ``lookup(name)`` of an unknown name is a ``ConfigError`` (exit 2) naming the config key and the choices
+  (``get`` stays the mapping's: None when absent);
 - the registry reads like a mapping (``name in HEADS``, ``HEADS[name]``, ``sorted(HEADS)``), so
   :mod:`agglom.config.choices` lists the live names in ``--help`` and in the load-time check.
 
@@ -59,7 +60,7 @@ class Registry(Mapping[str, T], Generic[T]):
         where = f"{self.key}: " if self.key else ""
         return f"{where}unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self._items))}"
 
-    def get(self, name: str) -> T:  # type: ignore[override]
+    def lookup(self, name: str) -> T:
         """The object registered as ``name``; an unknown name is a ConfigError (exit 2)."""
         if name not in self._items:
             from agglom.config.load import ConfigError

@@ -46,7 +46,7 @@ class Registry(Mapping[str, T], Generic[T]):
         where = f"{self.key}: " if self.key else ""
         return f"{where}unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self._items))}"
 
-    def get(self, name: str) -> T:  # type: ignore[override]
+    def lookup(self, name: str) -> T:
         if name not in self._items:
             raise KeyError(self.unknown(name))
         return self._items[name]
@@ -96,7 +96,7 @@ def ensure_families() -> Registry[type]:
 
 def get_family(name: str) -> Type:
     ensure_families()
-    return FAMILIES.get(name)
+    return FAMILIES.lookup(name)
 
 
 __all__ = ["FAMILIES", "Registry", "DuplicateNameError", "register_family", "ensure_families", "get_family"]

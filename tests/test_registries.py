@@ -64,12 +64,12 @@ def test_a_new_name_is_added_and_an_unknown_one_names_the_choices(kind):
     plugin = type("Plugin", (builtin,), {}) if isinstance(builtin, type) else "tests.plugin:Engine"
     register("plugin-under-test", plugin)
     try:
-        assert registry.get("plugin-under-test") is plugin and "plugin-under-test" in sorted(registry)
+        assert registry.lookup("plugin-under-test") is plugin and "plugin-under-test" in sorted(registry)
     finally:
         registry.unregister("plugin-under-test")
-    assert "plugin-under-test" not in registry
+    assert "plugin-under-test" not in registry and registry.get("plugin-under-test") is None  # a mapping's get
     with pytest.raises(unknown_error) as e:
-        registry.get("nope")
+        registry.lookup("nope")
     msg = str(e.value)
     assert f"unknown {kind} 'nope'; choose one of " in msg and name in msg, msg
 

@@ -108,7 +108,7 @@ class Engine:
 
 def engine_class(name: str) -> Type[Engine]:
     """The strategy registered as ``name`` (imported only now: DeepSpeed is imported lazily)."""
-    module, attr = ENGINES.get(name).split(":")
+    module, attr = ENGINES.lookup(name).split(":")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -17,7 +17,7 @@ def register_head(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
 
 
 def build_head(name: str, in_dim: int, out_dim: int, hidden: int = 0) -> nn.Module:
-    return HEADS.get(name)(in_dim, out_dim, hidden or 2 * in_dim)
+    return HEADS.lookup(name)(in_dim, out_dim, hidden or 2 * in_dim)
 
 
 class Head(nn.Module):

@@ -22,7 +22,7 @@ def register_normaliser(name: str) -> Callable[[Type["Normaliser"]], Type["Norma
 
 
 def build_normaliser(name: str, dim: int, momentum: float = 0.01) -> "Normaliser":
-    return NORMALISERS.get(name)(dim, momentum)
+    return NORMALISERS.lookup(name)(dim, momentum)
 
 
 class Normaliser(nn.Module):

@@ -293,7 +293,7 @@ def build_group_objective(cfg_objective: Any, num_groups: int, unknown_index: Op
     ``groupdro``.
     """
     name = str(cfg_get(cfg_objective, "group", "erm"))
-    return GROUP_OBJECTIVES.get(name)(
+    return GROUP_OBJECTIVES.lookup(name)(
         num_groups=int(num_groups),
         unknown_index=unknown_index,
         exclude_unknown=exclude_unknown,
