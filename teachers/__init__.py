@@ -30,6 +30,9 @@ from .text import TextTower, TextTowerUnavailable, build_text_tower, has_text_to
 
 ensure_families()
 
+# the errors a user fixes (a card, a weights file, hub access, a checkpoint): commands report them without a traceback
+USER_ERRORS = (CardError, MissingWeightsError, WeightsUnavailableError, UnsafeCheckpointError, CheckpointFormatError)
+
 
 def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (0.5,),
                   input_std: Sequence[float] = (0.5,), device: Any = "cpu") -> Teacher:
@@ -67,5 +70,5 @@ def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:
 __all__ = ["Teacher", "TeacherOutput", "TeacherCard", "WeightsSpec", "FAMILIES", "register_family", "load_card",
            "list_cards", "card_from_dict", "build_teacher", "describe_teacher", "load_state_dict", "weights_root",
            "CardError", "MissingWeightsError", "WeightsUnavailableError", "UnsafeCheckpointError",
-           "CheckpointFormatError", "TextTower", "TextTowerUnavailable", "build_text_tower", "has_text_tower",
+           "CheckpointFormatError", "USER_ERRORS", "TextTower", "TextTowerUnavailable", "build_text_tower", "has_text_tower",
            "load_text_tower"]

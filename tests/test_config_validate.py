@@ -141,13 +141,13 @@ def test_closed_choices_match_the_code_that_acts_on_them(names, module, attr):
 
 
 def test_a_registered_plugin_is_accepted_once_its_registry_is_loaded():
-    from agglom.model.heads import HEADS, MLPHead
+    from agglom.model.heads import HEADS, MLPHead, register_head
 
-    HEADS["mlp2"] = MLPHead
+    register_head("mlp2")(MLPHead)
     try:
         assert load_config(Recipe, ["heads.summary=mlp2"]).heads.summary == "mlp2"
     finally:
-        del HEADS["mlp2"]
+        HEADS.unregister("mlp2")
     with pytest.raises(ConfigError, match="choose one of attn, mlp, resmlp"):
         load_config(Recipe, ["heads.summary=mlp2"])
 

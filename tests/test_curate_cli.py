@@ -79,9 +79,9 @@ def test_dedup_lists_planted_duplicates(curated):
     assert sorted(report["dedup"]["removed"]) == sorted(planted)
     assert report["n_clustered"] == 600
     # a removed copy takes the group of the sample it duplicates
-    from agglom.curate.sidecar import load_sidecar
+    from agglom.data.sidecars import load_sidecars
 
-    table = load_sidecar(out)
+    table = load_sidecars([out])
     for k in planted:
         assert table[k]["proxy"] == table[k[len("dup-"):]]["proxy"]
 
@@ -90,13 +90,14 @@ def test_sidecar_round_trips_into_the_data_layer(curated):
     from omegaconf import OmegaConf
 
     from agglom.config.schema import Recipe
-    from agglom.curate.sidecar import SIDECAR_SCHEMA, load_sidecar
+    from agglom.curate.sidecar import SIDECAR_SCHEMA
     from agglom.data.readers import eval_loader
+    from agglom.data.sidecars import load_sidecars
 
     root, planted, out = curated
     raw = json.loads(out.read_text())
     assert raw["schema"] == SIDECAR_SCHEMA and raw["attr"] == "proxy" and set(raw["groups"]) == {"c0", "c1"}
-    table = load_sidecar(out)
+    table = load_sidecars([out])
     cfg = OmegaConf.structured(Recipe)
     cfg.data.root = str(root)
     cfg.data.num_workers = 0

@@ -149,7 +149,7 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
 
 
 def test_pack_refuses_overwrite_and_bad_args(tmp_path, capsys):
-    from agglom.commands.data import PackConfig
+    from agglom.data.args import PackConfig
     from agglom.data.pack import pack
 
     src = tmp_path / "src"

@@ -3,6 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from agglom.config.load import ConfigError
 from agglom.config.schema import Recipe
 from agglom.model import HEADS, NORMALISERS, AgglomModel, TeacherSpec, build_head, build_normaliser
 from agglom.model.agglomerator import to_grid
@@ -56,7 +57,7 @@ def test_student_is_stock_timm_with_our_preprocessing():
 
 
 def test_unknown_head_lists_known():
-    with pytest.raises(ValueError, match="known heads: attn, mlp, resmlp"):
+    with pytest.raises(ConfigError, match="heads: unknown head 'nope'; choose one of attn, mlp, resmlp"):
         build_head("nope", 4, 4)
 
 

@@ -40,11 +40,11 @@ DEDUP_SPACES = ("raw", "center", "zscore")
 RESUME_WORDS = ("auto", "never")
 JOIN_MATCHES = ("auto", "key", "path", "name", "stem")
 
-# registry kind -> (module, attribute: a dict keyed by name or a function returning names, built-in names)
+# registry kind -> (module, its agglom.registry.Registry, built-in names)
 REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "head": ("agglom.model.heads", "HEADS", ("attn", "mlp", "resmlp")),
     "normaliser": ("agglom.model.normalisers", "NORMALISERS", ("none", "phis", "zscore")),
-    "group objective": ("agglom.objective.groups", "list_group_objectives",
+    "group objective": ("agglom.objective.groups", "GROUP_OBJECTIVES",
                         ("balanced", "erm", "excess", "gap", "groupdro", "variance")),
     "engine": ("agglom.engine.base", "ENGINES", ("deepspeed", "torch")),
 }
@@ -53,8 +53,7 @@ REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
 def live_registry(kind: str) -> Tuple[str, ...]:
     """The names the registry of ``kind`` holds, importing its module (torch) if needed."""
     module, attr, _ = REGISTRIES[kind]
-    obj = getattr(importlib.import_module(module), attr)
-    return tuple(sorted(obj() if callable(obj) else obj))
+    return tuple(sorted(getattr(importlib.import_module(module), attr)))
 
 
 def registry_names(kind: str) -> Tuple[str, ...]:

@@ -1,5 +1,5 @@
 """The body of `agglom curate`: embed, deduplicate, cluster into proxy groups, score against true attributes,
-write the sidecar and the report (see :mod:`agglom.commands.curate` for the arguments).
+write the sidecar and the report (see :mod:`agglom.config.curate_args` for the arguments).
 
 Embeds every sample of the chosen split(s) once, optionally drops near-duplicates, clusters into proxy groups,
 writes a sidecar (``agglom.sidecar/1``, keyed by sample key) that ``data.sidecars=[<path>]`` turns into

@@ -10,20 +10,11 @@ import itertools
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from agglom.config.access import cfg_get
+
 UNKNOWN = "unknown"
 NO_GROUPS = "none"  # groups.by=none: every sample in one group
 ALL = "all"
-
-
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if node is None:
-        return default
-    if isinstance(node, Mapping):
-        return node.get(key, default)
-    try:
-        return getattr(node, key, default)
-    except Exception:  # omegaconf missing values
-        return default
 
 
 def fmt_value(v: Any) -> str:
@@ -149,7 +140,7 @@ class GroupIndexer:
         self.datasheet = datasheet
         self._decl: Dict[str, Any] = {}
         for s in specs or []:
-            name = _get(s, "name") or _get(s, "attr") or "|".join(_get(s, "attrs") or [])
+            name = cfg_get(s, "name") or cfg_get(s, "attr") or "|".join(cfg_get(s, "attrs") or [])
             if not name:
                 raise ValueError("a group spec needs a name, an attr or attrs")
             self._decl[str(name)] = s
@@ -172,10 +163,10 @@ class GroupIndexer:
         elif decl is None:
             spec = _AttrSpec(name, name, self._values_for(name, None))
         else:
-            attr = _get(decl, "attr")
-            attrs = list(_get(decl, "attrs") or [])
-            bins = list(_get(decl, "bins") or [])
-            values = [str(v) for v in (_get(decl, "values") or [])]
+            attr = cfg_get(decl, "attr")
+            attrs = list(cfg_get(decl, "attrs") or [])
+            bins = list(cfg_get(decl, "bins") or [])
+            values = [str(v) for v in (cfg_get(decl, "values") or [])]
             if attrs:
                 if attr or bins:
                     raise ValueError(f"group spec {name!r}: give either attr (with optional bins) or attrs, not both")
@@ -251,19 +242,7 @@ def group_labels(name: str, attrs_list: Sequence[Mapping[str, Any]], specs: Sequ
     return [gi.index(a) for a in attrs_list]
 
 
-def from_config(cfg: Any, datasheet: Optional[Mapping[str, Any]] = None, by: Optional[str] = None) -> GroupIndexer:
-    """The indexer for ``cfg.groups`` (``by`` overrides ``cfg.groups.by``); user errors become ConfigError."""
-    from agglom.config.load import ConfigError
-
-    groups = _get(cfg, "groups")
-    try:
-        return GroupIndexer(list(_get(groups, "specs") or []), by=by or _get(groups, "by", "site"), datasheet=datasheet)
-    except ValueError as e:
-        raise ConfigError(f"groups: {e}") from e
-
-
-__all__ = ["GroupIndexer", "UNKNOWN", "fmt_value", "bin_names", "group_names", "group_labels", "datasheet_values",
-           "from_config"]
+__all__ = ["GroupIndexer", "UNKNOWN", "fmt_value", "bin_names", "group_names", "group_labels", "datasheet_values"]
 
 
 def parse_value(v: str) -> Any:

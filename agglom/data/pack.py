@@ -312,7 +312,7 @@ def _masks_params(cfg: Any, recs: List[Dict[str, Any]], problems: Counter) -> Di
 
 
 def pack(cfg: Any) -> Dict[str, Any]:
-    """Pack per ``cfg`` (see :class:`agglom.commands.data.PackConfig`); returns the datasheet."""
+    """Pack per ``cfg`` (see :class:`agglom.data.args.PackConfig`); returns the datasheet."""
     from agglom.config.load import ConfigError
     from agglom.data.splits import default_fractions, stratified_split
     from agglom.data.writer import DatasetWriter, prepare_output

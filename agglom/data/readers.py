@@ -31,6 +31,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from agglom.config.access import cfg_get
 from agglom.data.counts import DATA_COUNTS, NOTE_REASONS, SKIP_REASONS, SkipCounts
 from agglom.data.groups import GroupIndexer
 from agglom.data.pipeline import collate, load_image, load_mask, parse, transform
@@ -71,26 +72,18 @@ class _Counter(SkipCounts):
 
 
 # --------------------------------------------------------------------------- shards, group indexer
-def _cfg_get(node: Any, key: str, default: Any = None) -> Any:
-    try:
-        v = node.get(key, default) if hasattr(node, "get") else getattr(node, key, default)
-    except Exception:
-        return default
-    return default if v is None else v
-
-
 def group_indexer(cfg: Any, datasheet: Optional[Mapping[str, Any]] = None, by: Optional[str] = None) -> GroupIndexer:
     """The GroupIndexer for cfg.groups over the dataset's datasheet (+ sidecars); ConfigError if unresolvable."""
     from agglom.config.load import ConfigError
 
     if datasheet is None:
-        datasheet = datasheet_with_sidecars(dataset_datasheet(cfg), load_sidecars(list(cfg.data.sidecars)))
-    groups = _cfg_get(cfg, "groups")
+        datasheet = datasheet_with_sidecars(dataset_datasheet(cfg), load_sidecars(list(cfg.data.sidecars or [])))
+    groups = cfg_get(cfg, "groups")
     try:
-        return GroupIndexer(list(_cfg_get(groups, "specs", [])), by=by or _cfg_get(groups, "by", "site"),
+        return GroupIndexer(list(cfg_get(groups, "specs", [])), by=by or cfg_get(groups, "by", "site"),
                             datasheet=datasheet)
     except ValueError as e:
-        raise ConfigError(f"groups.by={by or _cfg_get(groups, 'by', 'site')!r}: {e}") from e
+        raise ConfigError(f"groups.by={by or cfg_get(groups, 'by', 'site')!r}: {e}") from e
 
 
 def _shuffle(src: Iterator[Dict[str, Any]], bufsize: int, rng: random.Random) -> Iterator[Dict[str, Any]]:
@@ -354,7 +347,7 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = 
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, seed=int(data.seed), epoch=int(epoch),
                  num_batches=nb, skip_batches=int(skip_batches), shuffle_buffer=int(data.shuffle_buffer),
                  accept=acceptance(cfg, indexer, sheet, sidecars), label_len=_label_len(sheet),
-                 min_side=int(_cfg_get(data, "min_image_side", 1)), masks=masks)
+                 min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks)
     return Loader(ds, data.num_workers, f"train[epoch {epoch}]", indexer, sheet, num_batches=nb - skip_batches,
                   missing=missing_shards(cfg, data.train_split))
 
@@ -375,7 +368,7 @@ def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None, whole: b
     urls = shard_urls(cfg, split)
     ds = _Stream(urls, False, int(batch_size or data.batch_size), build_transform(cfg, train=False),
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, label_len=_label_len(sheet),
-                 min_side=int(_cfg_get(data, "min_image_side", 1)), masks=masks)
+                 min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks)
     expected = None
     if d.world_size == 1 and shard_pattern(cfg, split) is None:
         expected = ((sheet or {}).get("splits", {}).get(split) or {}).get("samples")

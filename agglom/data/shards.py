@@ -23,6 +23,7 @@ import braceexpand
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
+from agglom.config.access import cfg_get
 from agglom.data.counts import SkipCounts
 
 _GLOB = re.compile(r"[*?\[]")
@@ -33,19 +34,11 @@ def _remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
-def _cfg_get(node: Any, key: str, default: Any = None) -> Any:
-    try:
-        v = node.get(key, default) if hasattr(node, "get") else getattr(node, key, default)
-    except Exception:  # noqa: BLE001 - a config without the key
-        return default
-    return default if v is None else v
-
-
 def shard_pattern(cfg: Any, split: str) -> Optional[str]:
     """``data.shards`` with ``{split}`` filled in, when it applies to ``split`` (a pattern without ``{split}``
     is the training split's only); None: the folder layout ``<data.root>/<split>/*.tar``."""
     data = cfg.data
-    pattern = _cfg_get(data, "shards")
+    pattern = cfg_get(data, "shards")
     if pattern and ("{split}" in pattern or split == data.train_split):
         return pattern.replace("{split}", split)
     return None
@@ -56,7 +49,7 @@ def data_home(cfg: Any) -> Path:
     the folder above the split folders (the pattern before ``{split}``), else the shards' folder or, when that has
     no ``dataset.json`` but its parent does (``<root>/<split>/x.tar``), the parent — never ``data.root``, so a stray
     ``data/synth`` in the working directory cannot lend its datasheet to other shards."""
-    pattern = _cfg_get(cfg.data, "shards")
+    pattern = cfg_get(cfg.data, "shards")
     if not pattern or _remote(pattern):
         return Path(cfg.data.root)
     split_dirs = "{split}" in pattern
@@ -110,7 +103,7 @@ def shard_urls(cfg: Any, split: str) -> List[str]:
     from agglom.config.load import ConfigError
 
     present, missing = resolve_shards(cfg, split)
-    if missing and not _cfg_get(cfg.data, "allow_missing_shards", False):
+    if missing and not cfg_get(cfg.data, "allow_missing_shards", False):
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
         raise ConfigError(f"data.shards={shard_pattern(cfg, split)!r}: {len(missing)} of {len(missing) + len(present)} "
                           f"shard files do not exist: {shown}. Fix the pattern, or set data.allow_missing_shards=true "

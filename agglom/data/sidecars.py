@@ -3,7 +3,7 @@
 Sidecars (``cfg.data.sidecars``) add or override attributes by sample key without rewriting the tars, e.g. the
 proxy groups that `agglom curate` writes (:mod:`agglom.curate.sidecar`). They live here, apart from the
 WebDataset streams of :mod:`agglom.data.readers` (which re-exports both functions), because they are plain file
-parsing, used on their own too (the group indexer of training setup, :mod:`agglom.train.setup`):
+parsing, used on their own too (:func:`agglom.data.readers.group_indexer` over a datasheet with sidecars):
 
 - :func:`load_sidecars` reads JSON/CSV sidecar files into ``key -> {attr: value}``;
 - :func:`datasheet_with_sidecars` lists the sidecar attributes' values in a copy of the datasheet, so a

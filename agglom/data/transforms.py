@@ -13,18 +13,11 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from agglom.config.access import cfg_get
 from agglom.config.choices import input_channels
 
 _INTERP = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
            "nearest": InterpolationMode.NEAREST}
-
-
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if node is None:
-        return default
-    if isinstance(node, dict):
-        return node.get(key, default)
-    return getattr(node, key, default)
 
 
 def _channel_stats(values: Sequence[float], channels: int) -> List[float]:
@@ -41,12 +34,12 @@ def _channel_stats(values: Sequence[float], channels: int) -> List[float]:
 def data_config(cfg: Any) -> Dict[str, Any]:
     """timm-style data config (input_size, interpolation, mean, std, crop_pct) for the student's input."""
     data = cfg.data
-    channels = input_channels(_get(data, "grayscale", "replicate"))
-    size = int(_get(data, "image_size", 64))
-    student = _get(cfg, "student")
-    mean = _get(student, "mean", [0.5, 0.5, 0.5])
-    std = _get(student, "std", [0.5, 0.5, 0.5])
-    return {"input_size": (channels, size, size), "interpolation": str(_get(data, "interpolation", "bicubic")),
+    channels = input_channels(cfg_get(data, "grayscale", "replicate"))
+    size = int(cfg_get(data, "image_size", 64))
+    student = cfg_get(cfg, "student")
+    mean = cfg_get(student, "mean", [0.5, 0.5, 0.5])
+    std = cfg_get(student, "std", [0.5, 0.5, 0.5])
+    return {"input_size": (channels, size, size), "interpolation": str(cfg_get(data, "interpolation", "bicubic")),
             "mean": tuple(_channel_stats(list(mean), channels)), "std": tuple(_channel_stats(list(std), channels)),
             "crop_pct": 1.0, "crop_mode": "center"}
 
@@ -64,12 +57,12 @@ class ImageTransform:
         self.std = torch.tensor(dcfg["std"], dtype=torch.float32).view(-1, 1, 1)
         self.train = bool(train)
         a = augment
-        self.hflip = float(_get(a, "hflip", 0.0)) if train else 0.0
-        self.scale_min = float(_get(a, "scale_min", 1.0)) if train else 1.0
-        self.ratio_jitter = float(_get(a, "ratio_jitter", 0.0)) if train else 0.0
-        self.brightness = float(_get(a, "brightness", 0.0)) if train else 0.0
-        self.contrast = float(_get(a, "contrast", 0.0)) if train else 0.0
-        self.rotate = float(_get(a, "rotate", 0.0)) if train else 0.0
+        self.hflip = float(cfg_get(a, "hflip", 0.0)) if train else 0.0
+        self.scale_min = float(cfg_get(a, "scale_min", 1.0)) if train else 1.0
+        self.ratio_jitter = float(cfg_get(a, "ratio_jitter", 0.0)) if train else 0.0
+        self.brightness = float(cfg_get(a, "brightness", 0.0)) if train else 0.0
+        self.contrast = float(cfg_get(a, "contrast", 0.0)) if train else 0.0
+        self.rotate = float(cfg_get(a, "rotate", 0.0)) if train else 0.0
 
     def _rand(self, g: Optional[torch.Generator]) -> float:
         return float(torch.rand((), generator=g))
@@ -138,7 +131,7 @@ class ImageTransform:
 
 def build_transform(cfg: Any, train: bool = False) -> ImageTransform:
     """The reader's transform: eval/caching = deterministic resize + normalise; train adds cfg.data.augment."""
-    return ImageTransform(data_config(cfg), _get(cfg.data, "augment"), train=train)
+    return ImageTransform(data_config(cfg), cfg_get(cfg.data, "augment"), train=train)
 
 
 def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

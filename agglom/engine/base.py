@@ -9,15 +9,18 @@ import torch
 from torch import nn
 
 from agglom.dist import DistInfo, dist_info
+from agglom.registry import Registry
 
-ENGINES: Dict[str, str] = {
+# name -> "module:Class", imported only when chosen (DeepSpeed is imported lazily)
+ENGINES: Registry[str] = Registry("engine", key="engine.name", builtins={
     "torch": "agglom.engine.torch_engine:TorchEngine",
     "deepspeed": "agglom.engine.deepspeed_engine:DeepSpeedEngine",
-}
+})
 
 
 def register_engine(name: str, target: str) -> None:
-    ENGINES[name] = target
+    """Make the :class:`Engine` subclass at ``target`` (``"module:Class"``) available as ``engine.name: <name>``."""
+    ENGINES.add(name, target)
 
 
 class Engine:
@@ -105,11 +108,7 @@ class Engine:
 
 def engine_class(name: str) -> Type[Engine]:
     """The strategy registered as ``name`` (imported only now: DeepSpeed is imported lazily)."""
-    if name not in ENGINES:
-        from agglom.config.load import ConfigError
-
-        raise ConfigError(f"unknown engine.name {name!r}; known engines: {', '.join(sorted(ENGINES))}")
-    module, attr = ENGINES[name].split(":")
+    module, attr = ENGINES.lookup(name).split(":")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -20,11 +20,12 @@ the strategy always builds torch's AdamW from the recipe's param groups and appl
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -43,17 +44,6 @@ def accelerator_type() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
-    """A new dict: `override` merged into `base` recursively (dicts merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def use_bf16(precision: str, device_type: str) -> bool:
@@ -114,5 +104,6 @@ def build_ds_config(cfg: Any, device_type: Optional[str] = None) -> Dict[str, An
         "wall_clock_breakdown": False,
     }
     if e.ds_config:
-        config = deep_merge(config, read_override(e.ds_config))
+        # dicts merge recursively, everything else (lists too) is replaced by the file's value
+        config = OmegaConf.to_container(OmegaConf.merge(config, read_override(e.ds_config)), resolve=False)
     return config

@@ -124,8 +124,8 @@ def _encoders(args: Any, cfg: Any, model: Any, primary: str, device: torch.devic
 def _grouping(cfg: Any) -> Dict[str, Any]:
     """How samples are grouped: the recipe's group specs (declared bins, intersections) as in training, or plain
     attributes on another dataset without the run's attributes; the unknown group's role; the label names."""
+    from agglom.data.readers import group_indexer
     from agglom.data.shards import dataset_datasheet
-    from agglom.train.setup import group_indexer
 
     specs = [s.name for s in cfg.groups.specs if s.name]
     try:

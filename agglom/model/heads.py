@@ -1,28 +1,23 @@
 """Adapter heads (registry): map student tokens to one teacher's summary or spatial features."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Type
+from typing import Callable, Type
 
 import torch
 from torch import nn
 
-HEADS: Dict[str, Type[nn.Module]] = {}
+from agglom.registry import Registry
+
+HEADS: Registry[Type[nn.Module]] = Registry("head", key="heads")
 
 
 def register_head(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    def deco(cls: Type[nn.Module]) -> Type[nn.Module]:
-        HEADS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: the head class is ``heads.summary: <name>`` / ``heads.spatial: <name>``."""
+    return HEADS.register(name)
 
 
 def build_head(name: str, in_dim: int, out_dim: int, hidden: int = 0) -> nn.Module:
-    if name not in HEADS:
-        from agglom.config.load import ConfigError
-
-        raise ConfigError(f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}")
-    return HEADS[name](in_dim, out_dim, hidden or 2 * in_dim)
+    return HEADS.lookup(name)(in_dim, out_dim, hidden or 2 * in_dim)
 
 
 class Head(nn.Module):

@@ -6,28 +6,23 @@ are comparable and a shared component does not dominate cosine fidelity. All wor
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Type
+from typing import Callable, Type
 
 import torch
 from torch import nn
 
-NORMALISERS: Dict[str, Type["Normaliser"]] = {}
+from agglom.registry import Registry
+
+NORMALISERS: Registry[Type["Normaliser"]] = Registry("normaliser", key="heads.normaliser")
 
 
 def register_normaliser(name: str) -> Callable[[Type["Normaliser"]], Type["Normaliser"]]:
-    def deco(cls: Type["Normaliser"]) -> Type["Normaliser"]:
-        NORMALISERS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: the normaliser class is ``heads.normaliser: <name>``."""
+    return NORMALISERS.register(name)
 
 
 def build_normaliser(name: str, dim: int, momentum: float = 0.01) -> "Normaliser":
-    if name not in NORMALISERS:
-        from agglom.config.load import ConfigError
-
-        raise ConfigError(f"unknown normaliser {name!r}; known: {', '.join(sorted(NORMALISERS))}")
-    return NORMALISERS[name](dim, momentum)
+    return NORMALISERS.lookup(name)(dim, momentum)
 
 
 class Normaliser(nn.Module):

@@ -1,5 +1,6 @@
 """Objectives: per-sample × per-teacher losses, teacher and group aggregation (ARCHITECTURE.md)."""
 from agglom.objective.groups import (
+    GROUP_OBJECTIVES,
     GroupObjective,
     build_group_objective,
     list_group_objectives,
@@ -14,6 +15,7 @@ __all__ = [
     "apply_routing",
     "build_group_objective",
     "build_routing",
+    "GROUP_OBJECTIVES",
     "list_group_objectives",
     "register_group_objective",
 ]

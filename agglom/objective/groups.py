@@ -48,18 +48,19 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 
+from agglom.config.access import cfg_get
+from agglom.registry import Registry
+
 Terms = Dict[str, torch.Tensor]
 
-_REGISTRY: Dict[str, Type["GroupObjective"]] = {}
+GROUP_OBJECTIVES: Registry[Type["GroupObjective"]] = Registry("group objective", key="objective.group")
 
 
 def register_group_objective(name: str) -> Callable[[Type["GroupObjective"]], Type["GroupObjective"]]:
     """Class decorator: make a :class:`GroupObjective` subclass available as ``objective.group: <name>``."""
 
     def deco(cls: Type["GroupObjective"]) -> Type["GroupObjective"]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"group objective {name!r} is already registered")
-        _REGISTRY[name] = cls
+        GROUP_OBJECTIVES.add(name, cls)
         cls.name = name
         return cls
 
@@ -67,21 +68,13 @@ def register_group_objective(name: str) -> Callable[[Type["GroupObjective"]], Ty
 
 
 def list_group_objectives() -> list:
-    return sorted(_REGISTRY)
+    return sorted(GROUP_OBJECTIVES)
 
 
 def describe_group_objectives() -> str:
     """The choices with their one-line notes (what `--help` shows for objective.group)."""
-    return " | ".join(name + (f" ({_REGISTRY[name].note})" if _REGISTRY[name].note else "")
+    return " | ".join(name + (f" ({GROUP_OBJECTIVES[name].note})" if GROUP_OBJECTIVES[name].note else "")
                       for name in list_group_objectives())
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 class GroupObjective(nn.Module):
@@ -299,18 +292,13 @@ def build_group_objective(cfg_objective: Any, num_groups: int, unknown_index: Op
     ``reference``: per-group reference losses (None entries: no reference for that group) for ``excess`` and
     ``groupdro``.
     """
-    name = str(_get(cfg_objective, "group", "erm"))
-    if name not in _REGISTRY:
-        from agglom.config.load import ConfigError
-
-        raise ConfigError(f"objective.group: unknown group objective {name!r}; "
-                          f"choose one of {', '.join(list_group_objectives())}")
-    return _REGISTRY[name](
+    name = str(cfg_get(cfg_objective, "group", "erm"))
+    return GROUP_OBJECTIVES.lookup(name)(
         num_groups=int(num_groups),
         unknown_index=unknown_index,
         exclude_unknown=exclude_unknown,
-        lam=float(_get(cfg_objective, "lam", 0.0)),
-        eta=float(_get(cfg_objective, "groupdro_eta", 0.01)),
-        size_adjust=float(_get(cfg_objective, "groupdro_size_adjust", 0.0)),
+        lam=float(cfg_get(cfg_objective, "lam", 0.0)),
+        eta=float(cfg_get(cfg_objective, "groupdro_eta", 0.01)),
+        size_adjust=float(cfg_get(cfg_objective, "groupdro_size_adjust", 0.0)),
         reference=reference,
     )

@@ -19,17 +19,10 @@ def in_chans_of(cfg: DictConfig) -> int:
     return input_channels(cfg.data.grayscale)
 
 
-def group_indexer(cfg: DictConfig):
-    """The same indexer the readers use (datasheet + proxy-group sidecars), so group ids agree."""
-    from agglom.data.readers import datasheet_with_sidecars, load_sidecars
-    from agglom.data.readers import group_indexer as reader_indexer
-    from agglom.data.shards import dataset_datasheet
-
-    sheet = datasheet_with_sidecars(dataset_datasheet(cfg), load_sidecars(list(cfg.data.sidecars or [])))
-    return reader_indexer(cfg, sheet)
-
-
 def group_names(cfg: DictConfig) -> List[str]:
+    """The run's group names: :func:`agglom.data.readers.group_indexer` (datasheet + sidecars), as the readers."""
+    from agglom.data.readers import group_indexer
+
     return list(group_indexer(cfg).names)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..base import Teacher, grid_of, load_into, to_pair
@@ -24,16 +25,6 @@ from ..safe_load import load_state_dict
 FOLDER_CONFIG = "open_clip_config.json"
 FOLDER_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",
                   "pytorch_model.bin")
-
-
-def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def register_open_clip_config(name: str, cfg: Dict[str, Any]) -> None:
@@ -71,7 +62,7 @@ def model_config(card: TeacherCard) -> Dict[str, Any]:
             raise CardError(f"bad value for field 'model' in card {card.source_path or card.name}: {name!r} is not "
                             "an open_clip model (open_clip.list_models()); a custom tower needs model_args with "
                             "embed_dim and vision_cfg")
-    cfg = _deep_merge(cfg, args)
+    cfg = OmegaConf.to_container(OmegaConf.merge(cfg, args), resolve=False)  # dicts merge, the rest replaces
     if ":" not in name:
         register_open_clip_config(name, cfg)
     return cfg

@@ -73,7 +73,8 @@ def create_timm(card: TeacherCard, load_weights: bool) -> nn.Module:
 
 @register_family("timm")
 class TimmTeacher(Teacher):
-    """timm ViT: forward_features tokens; prefix (class + register) tokens dropped from the spatial map."""
+    """timm ViT: the last block's normed tokens from ``forward_intermediates`` (prefix tokens split off, patches as
+    an NCHW grid); a CNN: ``forward_features``' map."""
 
     default_summary = "cls"
     summary_kinds = ("cls", "mean", "pooled")
@@ -82,6 +83,8 @@ class TimmTeacher(Teacher):
     def build_model(self, card: TeacherCard, load_weights: bool) -> nn.Module:
         model = create_timm(card, load_weights)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        # ViT family: class/register tokens + patch tokens, read through timm's forward_intermediates
+        self.token_model = hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_intermediates")
         if self.summary_kind == "cls" and self.num_prefix_tokens == 0:
             raise CardError(f"teacher '{card.name}': summary 'cls' needs a prefix token, but {card.model} has none; "
                             "use summary: mean")
@@ -98,24 +101,23 @@ class TimmTeacher(Teacher):
         return model
 
     def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.token_model:  # timm splits off the prefix tokens and lays the patch tokens out as the grid
+            feats, (spatial,) = self.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW")
+            # channels-last: the tokens' own layout, which a view of them had before forward_intermediates; the
+            # downstream reductions, and so the trained numbers, depend on it
+            spatial = spatial.contiguous(memory_format=torch.channels_last)
+            if tuple(spatial.shape[-2:]) != tuple(self.grid):
+                raise RuntimeError(f"teacher '{self.name}': a {tuple(spatial.shape[-2:])} token grid, not the "
+                                   f"card's {self.grid[0]}x{self.grid[1]}")
+            if self.summary_kind == "cls":
+                return feats[:, 0], spatial
+            if self.summary_kind == "mean":
+                return feats[:, self.num_prefix_tokens:].mean(1), spatial
+            return self.model.forward_head(feats, pre_logits=True), spatial
         feats = self.model.forward_features(x)
-        if feats.ndim == 4:  # NCHW (CNN)
-            spatial = feats
-            tokens = feats.flatten(2).transpose(1, 2)
-            summary = self.model.forward_head(feats, pre_logits=True) if self.summary_kind == "pooled" \
-                else tokens.mean(1)
-            return summary, spatial
-        npt = self.num_prefix_tokens
-        patches = feats[:, npt:]
-        b, n, c = patches.shape
-        h, w = self.grid
-        if n != h * w:
-            raise RuntimeError(f"teacher '{self.name}': {n} patch tokens do not fill the grid {h}x{w}")
-        spatial = patches.transpose(1, 2).reshape(b, c, h, w)
-        if self.summary_kind == "cls":
-            summary = feats[:, 0]
-        elif self.summary_kind == "mean":
-            summary = patches.mean(1)
-        else:
-            summary = self.model.forward_head(feats, pre_logits=True)
-        return summary, spatial
+        if feats.ndim != 4:
+            raise RuntimeError(f"teacher '{self.name}': timm model {type(self.model).__name__} gives tokens but no "
+                               "forward_intermediates (prefix tokens unknown); use a ViT-family or a CNN model")
+        summary = self.model.forward_head(feats, pre_logits=True) if self.summary_kind == "pooled" \
+            else feats.flatten(2).transpose(1, 2).mean(1)  # NCHW (CNN): the map is the spatial output
+        return summary, feats

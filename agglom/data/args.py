@@ -1,0 +1,68 @@
+"""The options of `agglom data synth | pack | info | join` (torch-free: `agglom --help` and a bad value stay fast).
+
+The commands (:mod:`agglom.commands.data`) parse these and call :mod:`agglom.data.run`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from agglom.data.synth import SynthParams
+
+
+@dataclass
+class SynthConfig(SynthParams):
+    """The generator's parameters (agglom.data.synth.SynthParams) plus where and how to write them."""
+
+    out: str = "data/synth"
+    twin: bool = False  # also write <out>/twin: same subjects without the bias effect
+    val_frac: float = 0.25
+    test_frac: float = 0.5  # large: a few hundred test samples of the rare site, so group AUCs can be told apart
+    shard_size: int = 1000
+    force: bool = False
+
+
+@dataclass
+class PackConfig:
+    out: str = ""
+    src: Optional[str] = None  # image folder: one subfolder per class
+    csv: Optional[str] = None  # CSV with a path column, label column(s), attribute columns
+    path_col: str = "path"
+    label_cols: List[str] = field(default_factory=lambda: ["label"])  # several = multi-label (each binary)
+    uncertain: str = "zeros"  # a -1 (uncertain) label: zeros | ones | drop (CheXpert's U-Zeros / U-Ones)
+    blank: str = "zeros"  # an empty cell in a multi-label column (not mentioned): zeros | drop
+    attr_cols: List[str] = field(default_factory=list)  # empty = every other column
+    key_col: Optional[str] = None
+    split_col: Optional[str] = None  # take splits from this column instead of drawing them
+    stratify: List[str] = field(default_factory=list)  # attributes stratified with the label
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    seed: int = 0
+    shard_size: int = 1000
+    name: str = ""
+    source: str = ""
+    licence: str = "unknown"
+    force: bool = False
+    attrs_csv: Optional[str] = None  # an attribute table joined onto the images (e.g. a folder pack's demographics)
+    attrs_on: str = "file"  # its column matched against each image's path (relative to src), name or stem
+    mask_col: Optional[str] = None  # CSV column holding each image's segmentation mask file (blank: no mask)
+    masks: Optional[str] = None  # a folder of masks: <masks>/<image path relative to src/CSV, suffix .png>, or by stem
+
+
+@dataclass
+class JoinConfig:
+    """`agglom data join`: an attribute CSV -> a sidecar for existing shards (no shard is rewritten)."""
+
+    root: str = "data/synth"  # the dataset folder (or give shards=)
+    shards: Optional[str] = None  # a brace pattern / glob instead of root/<split>/*.tar
+    csv: str = ""  # the attribute table
+    on: str = "key"  # its column holding the sample key, or the source file's path, name or stem
+    match: str = "auto"  # auto (key, then path, name, stem) | key | path | name | stem
+    attr_cols: List[str] = field(default_factory=list)  # default: every other column
+    splits: List[str] = field(default_factory=lambda: ["train", "val", "test"])
+    out: Optional[str] = None  # default <dataset folder>/<csv stem>_attrs.json
+
+
+@dataclass
+class InfoConfig:
+    root: str = "data/synth"
