@@ -184,7 +184,7 @@ def _verdict_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> Di
 
     val, _, _ = _verdict_inputs(z, runs, "val")
     sel = select_recipe({"fair": verdict(val, {}, "site", n_boot=z["boot"])}, mode=a.select,
-                        max_overall_cost=TARGETS["max_overall_cost"])
+                        max_overall_cost=TARGETS["max_overall_cost"], min_lift=TARGETS["worst_group_lift"] / 2)
     preds, teacher_preds, fid = _verdict_inputs(z, runs, "test")
     if sel["chosen"] == "fair":
         v = verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=z["boot"])

@@ -11,8 +11,10 @@ The rule is MEDFAIR's minimax choice restricted to candidates that pass the leve
 
 1. a candidate under which some group's seed-mean validation AUC fell beyond its interval is out (levels down);
 2. so is one whose overall validation AUC fell by more than the allowed utility cost;
-3. of the rest, the one with the highest seed-mean validation worst-group AUC is chosen — ERM itself is always a
-   candidate (Δ = 0), so a recipe is chosen only when its validation worst-group AUC is above ERM's.
+3. so is one that raises the seed-mean validation worst-group AUC by less than ``min_lift`` (default 0.01, half
+   the lift the demo's verdict asks for): a lift inside the noise of a few seeds is no reason to change recipe
+   (on a held-out variant, +0.0005 on validation came with −0.010 on test);
+4. of the rest, the one with the highest seed-mean validation worst-group AUC is chosen; with none left, ERM.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ __all__ = ["MODES", "select_recipe", "render_selection"]
 MODES = ("validation", "always")
 
 
-def _candidate_row(name: str, v: Mapping[str, Any], max_cost: float) -> Dict[str, Any]:
+def _candidate_row(name: str, v: Mapping[str, Any], max_cost: float, min_lift: float) -> Dict[str, Any]:
     d = v["fair_vs_erm"]
     worst, auc = d["worst"], d["auc"]
     why: List[str] = []
@@ -34,15 +36,15 @@ def _candidate_row(name: str, v: Mapping[str, Any], max_cost: float) -> Dict[str
         why.append(f"levels down {', '.join(v['levelled_down'])} on validation")
     if auc["value"] is not None and auc["value"] < -max_cost:
         why.append(f"overall validation AUC cost {-auc['value']:.4f} > {max_cost:.2f}")
-    if worst["value"] is None or worst["value"] <= 0:
-        why.append("does not raise the validation worst-group AUC above ERM's")
+    if worst["value"] is None or worst["value"] < min_lift:
+        why.append(f"raises the validation worst-group AUC by less than {min_lift:.3f}")
     return {"name": name, "eligible": not why, "why_not": why, "delta_worst_group_auc": worst,
             "delta_overall_auc": auc, "delta_groups": {g: d[f"g:{g}"] for g in v["groups"]},
             "levelled_down": list(v["levelled_down"]), "worst_group_auc": v["students"]["fair"]["worst"]["value"]}
 
 
 def select_recipe(validation: Mapping[str, Mapping[str, Any]], *, mode: str = "validation",
-                  max_overall_cost: float = 0.01) -> Dict[str, Any]:
+                  max_overall_cost: float = 0.01, min_lift: float = 0.01) -> Dict[str, Any]:
     """The recipe to report as the fair student.
 
     ``validation``: ``{candidate: verdict}`` where each verdict is :func:`agglom.eval.verdict.verdict` of the
@@ -52,9 +54,10 @@ def select_recipe(validation: Mapping[str, Mapping[str, Any]], *, mode: str = "v
         raise ValueError(f"selection mode {mode!r}: choose one of {', '.join(MODES)}")
     if not validation:
         raise ValueError("select_recipe: no candidate")
-    rows = [_candidate_row(n, v, max_overall_cost) for n, v in validation.items()]
+    rows = [_candidate_row(n, v, max_overall_cost, min_lift) for n, v in validation.items()]
     erm_worst = next(iter(validation.values()))["students"]["erm"]["worst"]["value"]
-    out: Dict[str, Any] = {"mode": mode, "split": "val", "max_overall_cost": max_overall_cost, "candidates": rows,
+    out: Dict[str, Any] = {"mode": mode, "split": "val", "max_overall_cost": max_overall_cost,
+                           "min_lift": min_lift, "candidates": rows,
                            "erm_worst_group_auc": erm_worst}
     if mode == "always":
         out.update(chosen=rows[0]["name"], reason="selection off (select=always): the candidate recipe is used "
@@ -62,8 +65,8 @@ def select_recipe(validation: Mapping[str, Mapping[str, Any]], *, mode: str = "v
         return out
     ok = [r for r in rows if r["eligible"]]
     if not ok:
-        out.update(chosen="erm", reason="no candidate recipe lifts the validation worst-group AUC without levelling "
-                                        "down or costing utility; the ERM student is kept (" +
+        out.update(chosen="erm", reason="no candidate recipe passes the validation rule (a worthwhile lift of the "
+                                        "worst group, no levelling down, a small utility cost); the ERM student is kept (" +
                                         "; ".join(f"{r['name']}: {', '.join(r['why_not'])}" for r in rows) + ")")
         return out
     best = max(ok, key=lambda r: r["delta_worst_group_auc"]["value"])
