@@ -28,6 +28,7 @@ EVAL_FEATURES = ("summary", "pooled", "adapters")
 THRESHOLD_METHODS = ("youden", "f1")
 ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
+FINETUNE_METHODS = ("full", "lora")
 
 
 def input_channels(grayscale: str) -> int:

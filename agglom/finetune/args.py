@@ -43,6 +43,19 @@ class FinetuneOptim:
 
 
 @dataclass
+class FinetuneMethod:
+    """What is trained: every encoder weight (full) or low-rank adapters on the attention projections (lora, with
+    peft; merged into the encoder before export). The linear head is trained either way."""
+
+    method: str = "full"  # full | lora
+    lora_rank: int = 8  # r: the adapters' rank
+    lora_alpha: float = 16.0  # scaling alpha / r
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_targets: List[str] = field(default_factory=list)  # module-name suffixes; empty: the family's attention
+    # q/k/v/proj linears (agglom.finetune.lora.DEFAULT_TARGETS)
+
+
+@dataclass
 class FinetuneArgs:
     name: str = "finetune"
     out_dir: str = "runs"
@@ -53,12 +66,14 @@ class FinetuneArgs:
     model: Optional[str] = None  # a timm model name (+ model_args)
     model_args: Dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False  # timm pretrained weights for model= (needs them cached offline)
-    teacher: Optional[str] = None  # a teacher card (family timm or agglom) by name or path: a trainable copy
+    teacher: Optional[str] = None  # a teacher card of any family (open_clip, sam, transformers, timm, agglom) by
+    # name, YAML path or export folder: a trainable copy of its image encoder, built by the family's own loader
     init: Optional[str] = None  # an agglom export / timm save_for_hf folder
     data: FinetuneData = field(default_factory=FinetuneData)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     objective: FinetuneObjective = field(default_factory=FinetuneObjective)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    finetune: FinetuneMethod = field(default_factory=FinetuneMethod)  # full | lora (rank, alpha, dropout, targets)
     engine: EngineConfig = field(default_factory=EngineConfig)  # torch (single/DDP) | deepspeed, as for train
     resume: str = "auto"  # auto (the run dir's last checkpoint) | never | PATH to a checkpoint
     run_dir: Optional[str] = None  # config, metrics.jsonl, checkpoints/; default <out>.run beside the export
