@@ -12,6 +12,18 @@ from typing import Any, Dict, List, Optional
 from agglom.config.schema import DataConfig, EngineConfig, GroupsConfig
 
 
+def _teacher_help() -> str:
+    """The shipped card names, read from teachers/cards/ without importing the zoo (which needs torch)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("teachers")
+    where = [Path(p) / "cards" for p in (spec.submodule_search_locations or [])] if spec else []
+    names = sorted(f.stem for d in where for f in d.glob("*.yaml"))
+    return ("a teacher card of any family (open_clip, sam, transformers, timm, agglom): " + " | ".join(names)
+            + " | a card .yaml path | an export folder")
+
+
 @dataclass
 class FinetuneData(DataConfig):
     image_size: Optional[int] = None  # None: the card's input size (teacher/init), model_args.img_size or 64
@@ -66,8 +78,8 @@ class FinetuneArgs:
     model: Optional[str] = None  # a timm model name (+ model_args)
     model_args: Dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False  # timm pretrained weights for model= (needs them cached offline)
-    teacher: Optional[str] = None  # a teacher card of any family (open_clip, sam, transformers, timm, agglom) by
-    # name, YAML path or export folder: a trainable copy of its image encoder, built by the family's own loader
+    teacher: Optional[str] = field(default=None, metadata={"help": _teacher_help})  # a card of any family by name,
+    # YAML path or export folder: a trainable copy of its image encoder, built by the family's own loader
     init: Optional[str] = None  # an agglom export / timm save_for_hf folder
     data: FinetuneData = field(default_factory=FinetuneData)
     groups: GroupsConfig = field(default_factory=GroupsConfig)

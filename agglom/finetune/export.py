@@ -39,7 +39,7 @@ def method_line(enc: Encoder) -> str:
     if enc.lora is None:
         return f"full fine-tuning{counts}"
     lo = enc.lora
-    return (f"LoRA (peft) rank {lo.rank}, alpha {lo.alpha:g}, dropout {lo.dropout:g} on "
+    return (f"LoRA rank {lo.rank}, alpha {lo.alpha:g}, dropout {lo.dropout:g} on "
             f"{', '.join(lo.target_modules)} ({lo.adapted} modules){counts}, merged into the weights")
 
 
