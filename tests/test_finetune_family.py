@@ -51,6 +51,7 @@ def _checkpoint(out):
     return load_safetensors(checkpoint_of(out.with_name(out.name + ".run")) / "model.safetensors")
 
 
+@pytest.mark.slow  # the module's four fine-tunes take ~1 min together
 @pytest.mark.parametrize("card,method", CASES)
 def test_export_is_a_teacher_of_the_family(exports, card, method, capsys):
     import teachers
@@ -80,6 +81,7 @@ def test_export_is_a_teacher_of_the_family(exports, card, method, capsys):
     assert not any("lora_" in k or "base_layer" in k or k.startswith("head.") for k in keys)  # a plain encoder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card,method", CASES)
 def test_recipe_trains_with_the_export(exports, synth, tmp_path, card, method):
     out = exports[card, method]
@@ -99,6 +101,7 @@ def _base_key(key):
     return key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card", ["tiny-clip", "tiny-sam"])
 def test_lora_trains_adapters_only(exports, card):
     import teachers
@@ -116,6 +119,7 @@ def test_lora_trains_adapters_only(exports, card):
     assert any(not torch.equal(full[f"encoder.model.{k}"], base[k]) for k in base)  # full fine-tuning moves the base
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card", ["tiny-clip", "tiny-sam"])
 def test_merged_export_equals_unmerged_adapters(exports, card):
     import teachers
@@ -168,3 +172,39 @@ def test_bad_method_refused(synth, tmp_path, capsys, bad, word):
     err = capsys.readouterr().err
     assert word in err.replace(", ", " | ") or word in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("card", ["tiny-clip", "tiny-sam", "tiny-hf-dinov2"])
+def test_lora_step_moves_adapters_and_head_only_and_merges_exactly(card, tmp_path):
+    """Without the CLI (fast): one optimiser step over the task's param groups changes only lora_* weights and the
+    head; merging gives the family's plain module with the same outputs."""
+    from agglom.config.load import load_config
+    from agglom.finetune.args import FinetuneArgs
+    from agglom.finetune.lora import merge
+    from agglom.finetune.model import build_encoder
+    from agglom.finetune.task import Classifier
+
+    a = load_config(FinetuneArgs, [f"teacher={card}", "finetune.method=lora", "finetune.lora_rank=2",
+                                   f"data.root={tmp_path}"])
+    enc = build_encoder(a)
+    clf = Classifier(enc, 1, seed=0)
+    before = {k: v.detach().clone() for k, v in clf.state_dict().items()}
+    trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    opt = torch.optim.AdamW([p for p in clf.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.randn(4, 3, enc.image_size, enc.image_size)
+    for _ in range(2):  # B starts at zero: the second step moves A as well
+        opt.zero_grad()
+        clf(x).square().mean().backward()
+        opt.step()
+    after = clf.state_dict()
+    for k, v in before.items():
+        moved = not torch.equal(v, after[k])
+        assert moved == ("lora_" in k or k.startswith("head.")), k
+    clf.eval()
+    with torch.no_grad():
+        unmerged = clf(x)
+        merged_module = merge(enc.lora)
+        assert not any("lora_" in k or "base_layer" in k or "parametrizations" in k
+                       for k in merged_module.state_dict())
+        torch.testing.assert_close(clf(x), unmerged, atol=1e-5, rtol=1e-4)
