@@ -18,7 +18,9 @@ from agglom.finetune.args import FinetuneArgs
 def _run(cfg: Any) -> int:
     from agglom.finetune.run import run_finetune
 
-    print(run_finetune(cfg)["table"])
+    result = run_finetune(cfg)
+    if "table" in result:  # rank 0 exports and reports; other DDP ranks only train
+        print(result["table"])
     return 0
 
 

@@ -11,7 +11,7 @@ timm and agglom cards keep their original path (:mod:`agglom.finetune.model`: a 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -63,4 +63,22 @@ def build_trainable(card: Any, mean: Tuple[float, ...], std: Tuple[float, ...], 
     return enc
 
 
-__all__ = ["FAMILY_PATH", "trainable_class", "check_supported", "build_trainable"]
+def freeze_unused(enc: nn.Module, image_size: int) -> List[str]:
+    """Freeze the parameters the summary does not depend on (found by one backward pass on a blank batch, in
+    eval mode and a forked RNG, so nothing else changes): e.g. DINOv2's mask token, SigLIP's logit scale/bias, a
+    projection the card's summary skips. They would not train anyway, and DDP wants a gradient for every
+    trainable parameter. Returns their names."""
+    was = enc.training
+    enc.eval()
+    with torch.random.fork_rng(devices=[]):
+        enc(torch.zeros(1, 3, int(image_size), int(image_size))).float().sum().backward()
+    unused = [n for n, p in enc.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in enc.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    enc.train(was)
+    return unused
+
+
+__all__ = ["FAMILY_PATH", "trainable_class", "check_supported", "build_trainable", "freeze_unused"]

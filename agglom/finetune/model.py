@@ -160,13 +160,14 @@ def _card_encoder(a: Any) -> Encoder:
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise ConfigError(f"{what}: cannot load {ref!r}: {e}") from e
     if card.family in FAMILY_PATH:
-        from agglom.finetune.family import build_trainable
+        from agglom.finetune.family import build_trainable, freeze_unused
 
         size = _card_size(card, data.image_size, what)
         mean = three(data.mean if data.mean else card.norm_mean, "data.mean")
         std = three(data.std if data.std else card.norm_std, "data.std")
         interp = card.interpolation if card.interpolation in ("bicubic", "bilinear") else "bicubic"
         model = build_trainable(card, mean, std, what)
+        freeze_unused(model, size)
         return Encoder(model, _source(card, what), size, mean, std, interp, base_card=card, family_path=True)
     model, size, card = _from_card(card, data.image_size, what)
     model.train()
