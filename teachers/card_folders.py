@@ -1,4 +1,6 @@
-"""Cards for folders: an agglom export (timm local-dir layout) and a transformers ``save_pretrained`` folder.
+"""Cards for folders: an agglom export (timm local-dir layout), a transformers ``save_pretrained`` folder, and a
+card folder (a complete ``card.yaml`` whose weights lie beside it, named ``./...``: `agglom finetune`'s open_clip
+and SAM exports).
 
 Each reads what the folder says about itself (timm's ``pretrained_cfg``; the image processor), then an optional
 ``card.yaml`` beside it (licence, provenance, summary, ...), and validates the result with
@@ -96,4 +98,24 @@ def is_hf_folder(folder: Path) -> bool:
     return isinstance(cfg, dict) and "model_type" in cfg and "pretrained_cfg" not in cfg
 
 
-__all__ = ["card_from_export", "card_from_hf_folder", "is_hf_folder"]
+def is_card_folder(folder: Path) -> bool:
+    """A folder whose ``card.yaml`` is the whole card: no config.json (neither a timm export nor a transformers
+    folder), a family named in the card."""
+    path = folder / "card.yaml"
+    if (folder / "config.json").is_file() or not path.is_file():
+        return False
+    try:
+        data = _read_yaml(path)
+    except CardError:
+        return True  # let card_from_card_folder report the YAML error
+    return isinstance(data, dict) and bool(data.get("family"))
+
+
+def card_from_card_folder(folder: Union[str, Path]) -> TeacherCard:
+    """The card in ``folder/card.yaml``; its ``./`` weight paths resolve inside the folder, so the folder can be
+    moved or copied whole."""
+    path = Path(folder).resolve() / "card.yaml"
+    return card_from_dict(_read_yaml(path), source=str(path))
+
+
+__all__ = ["card_from_export", "card_from_hf_folder", "is_hf_folder", "is_card_folder", "card_from_card_folder"]

@@ -1,7 +1,8 @@
 """Teacher cards: what a teacher is, where its weights come from, how it sees an image, and its documentation.
 
-A card is a YAML file in `teachers/cards/` (or anywhere, by path), or an agglom export folder (timm `local-dir`
-layout + optional `card.yaml`). Weight files named by a relative path are looked up under `$AGGLOM_WEIGHTS`
+A card is a YAML file in `teachers/cards/` (or anywhere, by path), an agglom export folder (timm `local-dir`
+layout + optional `card.yaml`), a transformers `save_pretrained` folder, or a card folder (a complete `card.yaml`
+whose weights lie beside it: what `agglom finetune` exports for open_clip and SAM cards). Weight files named by a relative path are looked up under `$AGGLOM_WEIGHTS`
 (default `~/.cache/agglom/weights`).
 """
 from __future__ import annotations
@@ -93,6 +94,9 @@ class TeacherCard:
     known_bias: str = ""
     citation: str = ""
     description: str = ""
+    # what `agglom finetune` did to a base card (method full|lora, rank, alpha, target_modules, steps, objective,
+    # base card/family/digest); documentation, not part of the contract (the weights' identity is)
+    finetune: Dict[str, Any] = field(default_factory=dict)
     source_path: Optional[str] = field(default=None, repr=False, compare=False)  # where the card was read
 
     # ------------------------------------------------------------------ derived
@@ -260,6 +264,11 @@ def _check_options(data: Dict[str, Any], source: str) -> None:
     _choice(data, "spatial", SPATIAL_KINDS, source, allow_none=True)
     if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
         raise CardError(f"bad value for field 'seed' in card {source}: expected an integer, got {data['seed']!r}")
+    if "finetune" in data:
+        if data["finetune"] is None:
+            data["finetune"] = {}
+        if not isinstance(data["finetune"], dict):
+            raise CardError(f"bad value for field 'finetune' in card {source}: expected a mapping")
     if "tiny" in data and not isinstance(data["tiny"], bool):
         raise CardError(f"bad value for field 'tiny' in card {source}: expected true/false")
 
@@ -324,8 +333,16 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
     s = str(name_or_path)
     p = Path(s).expanduser()
     if p.is_dir():
-        from .card_folders import card_from_export, card_from_hf_folder, is_hf_folder
+        from .card_folders import (
+            card_from_card_folder,
+            card_from_export,
+            card_from_hf_folder,
+            is_card_folder,
+            is_hf_folder,
+        )
 
+        if is_card_folder(p):
+            return card_from_card_folder(p)
         return card_from_hf_folder(p) if is_hf_folder(p) else card_from_export(p)
     if p.suffix in (".yaml", ".yml") or os.sep in s:
         if not p.is_file():
@@ -337,7 +354,8 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
         close = difflib.get_close_matches(s, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise CardError(f"unknown teacher card '{s}'{hint}; available cards: {', '.join(names)} "
-                        "(or give a card .yaml path, an agglom export folder or a transformers save_pretrained folder)")
+                        "(or give a card .yaml path, an agglom export folder, a card folder or a transformers save_pretrained "
+                        "folder)")
     return card_from_dict(_read_yaml(path), source=str(path))
 
 

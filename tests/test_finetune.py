@@ -98,8 +98,8 @@ def test_teacher_source_and_refusals(synth, tmp_path, capsys):
     assert code == 0
     rec = json.loads((out / "finetune.json").read_text())
     assert rec["base"]["card"] == "tiny-dinov2" and rec["preprocessing"]["image_size"] == 56
-    assert main(["finetune", f"data.root={synth}", "teacher=tiny-clip", "optim.steps=1"]) == 2
-    assert "open_clip" in capsys.readouterr().err
+    assert main(["finetune", f"data.root={synth}", "teacher=tiny-clipp", "optim.steps=1"]) == 2
+    assert "did you mean 'tiny-clip'" in capsys.readouterr().err
     assert main(["finetune", f"data.root={synth}"]) == 2  # no encoder
     assert main(["finetune", f"data.root={synth}", "model=vit_tiny_patch16_224", "objective.group=nope"]) == 2
 

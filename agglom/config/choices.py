@@ -29,6 +29,7 @@ THRESHOLD_METHODS = ("youden", "f1")
 ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
 SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam_run derives from each mask
+FINETUNE_METHODS = ("full", "lora")
 
 
 def input_channels(grayscale: str) -> int:

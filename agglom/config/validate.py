@@ -90,12 +90,10 @@ RULES: Dict[str, Rule] = {
     "out_dir": NON_EMPTY,
     "data.root": NON_EMPTY,
     "data.train_split": NON_EMPTY, "data.val_split": NON_EMPTY, "data.test_split": NON_EMPTY,
-    "data.image_size": COUNT,
-    "data.min_image_side": COUNT,
+    "data.image_size": COUNT, "data.min_image_side": COUNT,
     "data.grayscale": one_of(C.GRAYSCALE),
     "data.interpolation": one_of(C.INTERPOLATION),
-    "data.batch_size": COUNT,
-    "data.num_workers": NON_NEGATIVE,
+    "data.batch_size": COUNT, "data.num_workers": NON_NEGATIVE,
     "data.epoch_samples": COUNT,
     "data.shuffle_buffer": COUNT,
     "data.group_balance": PROBABILITY,
@@ -180,6 +178,8 @@ RULES: Dict[str, Rule] = {
     "cache.batch_size": COUNT,
     "cache.device": DEVICE,
     "cache.n": COUNT,
+    "finetune.method": one_of(C.FINETUNE_METHODS), "finetune.lora_rank": COUNT, "finetune.lora_alpha": POSITIVE,
+    "finetune.lora_dropout": between(0, 1, hi_open=True), "finetune.lora_targets": each(NON_EMPTY),
 }
 
 # keys whose choices are on/off: YAML 1.1 reads a bare on/off as a boolean, which a str field stores as 'True'

@@ -12,6 +12,18 @@ from typing import Any, Dict, List, Optional
 from agglom.config.schema import DataConfig, EngineConfig, GroupsConfig
 
 
+def _teacher_help() -> str:
+    """The shipped card names, read from teachers/cards/ without importing the zoo (which needs torch)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("teachers")
+    where = [Path(p) / "cards" for p in (spec.submodule_search_locations or [])] if spec else []
+    names = sorted(f.stem for d in where for f in d.glob("*.yaml"))
+    return ("a teacher card of any family (open_clip, sam, transformers, timm, agglom): " + " | ".join(names)
+            + " | a card .yaml path | an export folder")
+
+
 @dataclass
 class FinetuneData(DataConfig):
     image_size: Optional[int] = None  # None: the card's input size (teacher/init), model_args.img_size or 64
@@ -43,6 +55,19 @@ class FinetuneOptim:
 
 
 @dataclass
+class FinetuneMethod:
+    """What is trained: every encoder weight (full) or low-rank adapters on the attention projections (lora, with
+    peft; merged into the encoder before export). The linear head is trained either way."""
+
+    method: str = "full"  # full | lora
+    lora_rank: int = 8  # r: the adapters' rank
+    lora_alpha: float = 16.0  # scaling alpha / r
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_targets: List[str] = field(default_factory=list)  # module-name suffixes; empty: the family's attention
+    # q/k/v/proj linears (agglom.finetune.lora.DEFAULT_TARGETS)
+
+
+@dataclass
 class FinetuneArgs:
     name: str = "finetune"
     out_dir: str = "runs"
@@ -53,12 +78,14 @@ class FinetuneArgs:
     model: Optional[str] = None  # a timm model name (+ model_args)
     model_args: Dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False  # timm pretrained weights for model= (needs them cached offline)
-    teacher: Optional[str] = None  # a teacher card (family timm or agglom) by name or path: a trainable copy
+    teacher: Optional[str] = field(default=None, metadata={"help": _teacher_help})  # a card of any family by name,
+    # YAML path or export folder: a trainable copy of its image encoder, built by the family's own loader
     init: Optional[str] = None  # an agglom export / timm save_for_hf folder
     data: FinetuneData = field(default_factory=FinetuneData)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     objective: FinetuneObjective = field(default_factory=FinetuneObjective)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    finetune: FinetuneMethod = field(default_factory=FinetuneMethod)  # full | lora (rank, alpha, dropout, targets)
     engine: EngineConfig = field(default_factory=EngineConfig)  # torch (single/DDP) | deepspeed, as for train
     resume: str = "auto"  # auto (the run dir's last checkpoint) | never | PATH to a checkpoint
     run_dir: Optional[str] = None  # config, metrics.jsonl, checkpoints/; default <out>.run beside the export

@@ -32,8 +32,34 @@ def metrics_line(final: Dict[str, Any]) -> str:
             f"{_fmt(final.get('worst_group_auc'))} ({final.get('worst_group')})")
 
 
-def card_fields(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, Any]:
-    """card.yaml content: family agglom + documentation (objective, λ, steps, per-group metrics)."""
+def method_line(enc: Encoder) -> str:
+    """How the encoder was trained, for the card's description."""
+    n = enc.params
+    counts = f" ({n['trainable']:,} of {n['total']:,} encoder parameters trained)" if n else ""
+    if enc.lora is None:
+        return f"full fine-tuning{counts}"
+    lo = enc.lora
+    return (f"LoRA rank {lo.rank}, alpha {lo.alpha:g}, dropout {lo.dropout:g} on "
+            f"{', '.join(lo.target_modules)} ({lo.adapted} modules){counts}, merged into the weights")
+
+
+def card_finetune(a: Any, enc: Encoder) -> Dict[str, Any]:
+    """The card's ``finetune`` record: method (full|lora) with rank/alpha/target modules, steps, objective, the
+    base card — what a report needs to compare the fairness effect of LoRA against full fine-tuning."""
+    src = enc.source
+    rec: Dict[str, Any] = {"method": "lora" if enc.lora is not None else "full"}
+    if enc.lora is not None:
+        rec.update(enc.lora.record())
+    rec.update({"steps": int(a.optim.steps), "objective": str(a.objective.group), "lam": float(a.objective.lam),
+                "groups_by": str(a.groups.by), "trainable_params": enc.params.get("trainable"),
+                "total_params": enc.params.get("total"),
+                "base_card": src.get("card") or f"timm {src.get('model')}", "base_family": enc.family,
+                "base_digest": src.get("digest")})
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def card_docs(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, str]:
+    """licence, provenance, known_bias and description of an export (objective, λ, steps, per-group metrics)."""
     sheet = result.get("datasheet") or {}
     obj = a.objective
     src = enc.source
@@ -52,8 +78,10 @@ def card_fields(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, Any]:
     desc = (f"Encoder fine-tuned by `agglom finetune` from {base}: supervised {result['task'].kind} "
             f"classification with a linear head (dropped on export), objective {obj.group}{lam}{dro} over groups "
             f"'{a.groups.by}', {a.optim.steps} steps (lr {a.optim.lr}, batch {a.data.batch_size}, "
-            f"{a.data.image_size or enc.image_size} px, seed {a.seed}). Validation ({a.data.val_split}): "
-            f"{metrics_line(final)}.")
+            f"{a.data.image_size or enc.image_size} px, seed {a.seed}), {method_line(enc)}. Validation "
+            f"({a.data.val_split}): {metrics_line(final)}.")
+    if enc.family_path and src.get("family") in ("open_clip", "transformers"):
+        desc += " Image encoder only: the base's text tower is not carried (fine-tuning moved the image space)."
     if a.description:
         desc = f"{a.description} {desc}"
     prov = f"fine-tuned on {data_name} at {Path(str(a.data.root)).resolve()} ({data_src})"
@@ -62,12 +90,17 @@ def card_fields(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, Any]:
     bias = (f"per-group validation AUC by {a.groups.by}: "
             + ", ".join(f"{n} {_fmt(g['auc'])}" for n, g in final.get("groups", {}).items())
             + f"; worst group {final.get('worst_group')} (AUC gap {_fmt(final.get('auc_gap'))})")
+    return {"licence": licence, "provenance": prov, "known_bias": bias, "description": desc}
+
+
+def card_fields(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, Any]:
+    """card.yaml content of a timm export: family agglom + documentation + the finetune record."""
     return {
         "name": str(a.name), "family": "agglom",
         "summary": enc.summary_kind, "spatial": "patch",
         "interpolation": enc.interpolation,
         "tiny": bool(getattr(enc.base_card, "tiny", False)),
-        "licence": licence, "provenance": prov, "known_bias": bias, "description": desc,
+        **card_docs(a, enc, result), "finetune": card_finetune(a, enc),
     }
 
 
@@ -129,6 +162,7 @@ def finetune_record(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, A
         "preprocessing": {"image_size": int(enc.image_size), "mean": list(enc.mean), "std": list(enc.std),
                           "interpolation": enc.interpolation},
         "summary": enc.summary_kind,
+        "method": card_finetune(a, enc),
         "steps": int(a.optim.steps),
         "samples_seen": result["samples_seen"],
         "seconds": result["seconds"],
@@ -150,13 +184,22 @@ def _q(result: Dict[str, Any]) -> Optional[Dict[str, float]]:
     return {n: float(q[i]) for i, n in enumerate(names) if bool(obj.parity_groups[i])}
 
 
+def _export_line(result: Dict[str, Any], out: Any) -> str:
+    fam = result.get("family", "timm")
+    where = {"open_clip": "open_clip image tower: open_clip_config.json + open_clip_model.safetensors",
+             "sam": "SAM image encoder: model.safetensors",
+             "transformers": f"transformers: from_pretrained('{out}')"}.get(
+        fam, f"timm: timm.create_model('local-dir:{out}', pretrained=True)")
+    return f"export: {out}  (teacher: teachers=[{{name: {out}}}]; {where})"
+
+
 def summary_table(a: Any, result: Dict[str, Any], out: Any) -> str:
     """The table `agglom finetune` prints: per-group validation AUC, worst group, gap, where the export is."""
     final = result["final"]
     obj = a.objective
     lines = [f"agglom finetune {a.name}: objective {obj.group}, λ={obj.lam}, {a.optim.steps} steps in "
              f"{result['seconds']['total']:.1f} s ({result['seconds']['train_steps_per_s']:.1f} steps/s), "
-             f"groups by {a.groups.by}", "",
+             f"groups by {a.groups.by}; {result.get('method', 'full')}", "",
              f"| {'group':<12} | {'n':>6} | {'pos':>6} | {'AUC':>9} |", f"|{'-' * 14}|{'-' * 8}|{'-' * 8}|{'-' * 11}|",
              f"| {'overall':<12} | {final['n']:>6} | {'':>6} | {_fmt(final['auc']):>9} |"]
     for n, g in final["groups"].items():
@@ -164,9 +207,8 @@ def summary_table(a: Any, result: Dict[str, Any], out: Any) -> str:
         lines.append(f"| {n:<12} | {g['n']:>6} | {pos:>6} | {_fmt(g['auc']):>9} |")
     lines += ["", f"worst-group AUC: {_fmt(final['worst_group_auc'])} ({final['worst_group']}); "
                   f"AUC gap (max - min, lower is better): {_fmt(final['auc_gap'])}",
-              f"export: {out}  (teacher: teachers=[{{name: {out}}}]; timm: "
-              f"timm.create_model('local-dir:{out}', pretrained=True))"]
+              _export_line(result, out)]
     return "\n".join(lines)
 
 
-__all__ = ["export_encoder", "card_fields", "finetune_record", "metrics_line", "summary_table"]
+__all__ = ["export_encoder", "card_fields", "card_docs", "card_finetune", "method_line", "finetune_record", "metrics_line", "summary_table"]

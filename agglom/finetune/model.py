@@ -1,16 +1,21 @@
-"""The encoder to fine-tune: a fresh timm model, a trainable copy of a timm/agglom teacher, or an export folder.
+"""The encoder to fine-tune: a fresh timm model, a trainable copy of a teacher card of any family, or an export.
 
-Supported sources (all end as a plain timm model, so the result exports as a timm ``local-dir`` folder):
+Supported sources:
 
 * ``model=<timm name>`` (+ ``model_args``): ``timm.create_model(name, num_classes=0, img_size=..., **model_args)``;
-* ``teacher=<card>`` for cards of family ``timm`` or ``agglom`` (the card's timm model with its weights, loaded
-  through the zoo's safe loader; position embeddings are resampled when ``data.image_size`` differs from the
-  card's input size). ``open_clip`` and ``sam`` cards are refused: their towers are not timm models and would
-  not export as timm folders;
+* ``teacher=<card>`` of family ``timm`` or ``agglom``: the card's timm model with its weights, loaded through the
+  zoo's safe loader (position embeddings are resampled when ``data.image_size`` differs from the card's input
+  size); exported as a timm ``local-dir`` folder (family ``agglom``);
+* ``teacher=<card>`` of family ``open_clip``, ``sam`` or ``transformers``: the family's own teacher, made trainable
+  (:mod:`agglom.finetune.family`), preprocessing included; exported in the family's own format
+  (:mod:`agglom.finetune.family_export`);
 * ``init=<folder>``: an agglom export / any timm ``save_for_hf`` folder (``config.json`` + ``model.safetensors``).
 
-The feature the linear head reads — and the summary the exported card declares — is the CLS token for models
-with prefix tokens (``summary: cls``) and timm's pooled pre-logits otherwise (``summary: pooled``).
+For timm models the feature the linear head reads — and the summary the exported card declares — is the CLS
+token for models with prefix tokens (``summary: cls``) and timm's pooled pre-logits otherwise (``summary:
+pooled``); for the other families it is the card's summary (open_clip ``embed``, SAM ``pooled``, ...).
+
+``finetune.method=lora`` then injects peft adapters into the encoder (:mod:`agglom.finetune.lora`).
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import torch
 from torch import nn
 
 from agglom.config.load import ConfigError
+from agglom.finetune.family import FAMILY_PATH
 
-SUPPORTED_FAMILIES = ("timm", "agglom")
+SUPPORTED_FAMILIES = ("timm", "agglom")  # built as plain timm models (FAMILY_PATH: as trainable teachers)
 
 
 @dataclass
@@ -36,9 +42,23 @@ class Encoder:
     std: Tuple[float, ...]
     interpolation: str = "bicubic"
     base_card: Optional[Any] = field(default=None, repr=False)  # teachers.TeacherCard when built from one
+    family_path: bool = False  # model is a trainable teacher (open_clip/sam/transformers), not a timm model
+    lora: Optional[Any] = field(default=None, repr=False)  # agglom.finetune.lora.LoraInfo with method=lora
+    params: Dict[str, int] = field(default_factory=dict)  # trainable/total encoder parameters (set when built)
+
+    @property
+    def family(self) -> str:
+        return str(self.source.get("family") or "timm")
+
+    @property
+    def adapted(self) -> nn.Module:
+        """The module LoRA adapts and the export saves: the family's own model, or the timm model."""
+        return self.model.model if self.family_path else self.model
 
     @property
     def summary_kind(self) -> str:
+        if self.family_path:
+            return str(self.model.summary_kind)
         return "cls" if int(getattr(self.model, "num_prefix_tokens", 0)) > 0 and self.is_vit else "pooled"
 
     @property
@@ -47,6 +67,8 @@ class Encoder:
 
     @property
     def width(self) -> int:
+        if self.family_path:
+            return int(self.model.summary_dim)
         return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features) \
             if self.summary_kind == "pooled" else int(self.model.num_features)
 
@@ -68,13 +90,20 @@ def features(enc: Encoder, x: torch.Tensor) -> torch.Tensor:
     return enc.model.forward_head(feats, pre_logits=True)
 
 
+def _card_size(card: Any, image_size: Optional[int], what: str) -> int:
+    h, w = card.input_size
+    if not image_size and h != w:
+        raise ConfigError(f"{what}: card {card.name!r} has a non-square input size {card.input_size}; "
+                          "set data.image_size")
+    return int(image_size) if image_size else int(h)
+
+
 def _from_card(card: Any, image_size: Optional[int], what: str) -> Tuple[nn.Module, int, Any]:
     from teachers.families.timm_vit import create_timm
 
     if card.family not in SUPPORTED_FAMILIES:
         raise ConfigError(f"{what}: card {card.name!r} is of family {card.family!r}; finetune supports "
-                          f"{' and '.join(SUPPORTED_FAMILIES)} cards (timm models). open_clip and sam towers are "
-                          "not timm models and would not export as a timm folder")
+                          f"{', '.join(SUPPORTED_FAMILIES + FAMILY_PATH)} cards")
     h, w = card.input_size
     size = int(image_size) if image_size else int(h)
     if not image_size and h != w:
@@ -89,35 +118,39 @@ def _from_card(card: Any, image_size: Optional[int], what: str) -> Tuple[nn.Modu
     return model, size, card
 
 
-def build_encoder(a: Any) -> Encoder:
-    """From the finetune args (``model`` | ``teacher`` | ``init``); seeded by ``a.seed``."""
-    given = [k for k in ("model", "teacher", "init") if getattr(a, k)]
-    if len(given) != 1:
-        raise ConfigError("finetune: give exactly one of model=<timm name>, teacher=<card name|path> or "
-                          f"init=<export folder> (got {', '.join(given) or 'none'})")
-    torch.manual_seed(int(a.seed))
-    data = a.data
-    if a.model:
-        import timm
+def _timm_encoder(a: Any) -> Encoder:
+    """``model=<timm name>``: a fresh timm model (random or timm-pretrained weights)."""
+    import timm
 
-        args = dict(a.model_args or {})
-        size = int(data.image_size or args.get("img_size") or 64)
-        args.setdefault("img_size", size)
-        args.setdefault("in_chans", 3)
-        try:
-            model = timm.create_model(str(a.model), pretrained=bool(a.pretrained), num_classes=0, **args)
-        except RuntimeError as e:
-            if "Unknown model" in str(e):
-                raise ConfigError(f"model: unknown timm model {a.model!r} (timm.list_models() lists them)") from e
-            raise
-        except TypeError as e:
-            raise ConfigError(f"model_args: {e}") from e
-        mean = three(data.mean if data.mean else (0.5, 0.5, 0.5), "data.mean")
-        std = three(data.std if data.std else (0.5, 0.5, 0.5), "data.std")
-        return Encoder(model, {"kind": "model", "model": str(a.model), "model_args": dict(a.model_args or {}),
-                               "pretrained": bool(a.pretrained)}, size, mean, std)
+    data = a.data
+    args = dict(a.model_args or {})
+    size = int(data.image_size or args.get("img_size") or 64)
+    args.setdefault("img_size", size)
+    args.setdefault("in_chans", 3)
+    try:
+        model = timm.create_model(str(a.model), pretrained=bool(a.pretrained), num_classes=0, **args)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ConfigError(f"model: unknown timm model {a.model!r} (timm.list_models() lists them)") from e
+        raise
+    except TypeError as e:
+        raise ConfigError(f"model_args: {e}") from e
+    mean = three(data.mean if data.mean else (0.5, 0.5, 0.5), "data.mean")
+    std = three(data.std if data.std else (0.5, 0.5, 0.5), "data.std")
+    return Encoder(model, {"kind": "model", "model": str(a.model), "model_args": dict(a.model_args or {}),
+                           "pretrained": bool(a.pretrained)}, size, mean, std)
+
+
+def _source(card: Any, what: str) -> Dict[str, Any]:
+    return {"kind": what, "card": card.name, "family": card.family, "model": card.model,
+            "digest": card.digest(), "licence": card.licence, "provenance": card.provenance}
+
+
+def _card_encoder(a: Any) -> Encoder:
+    """``teacher=<card>`` / ``init=<folder>``: a trainable copy of the card's encoder."""
     import teachers as zoo
 
+    data = a.data
     what = "teacher" if a.teacher else "init"
     ref = a.teacher or a.init
     if a.init and not (Path(a.init) / "config.json").is_file():
@@ -126,6 +159,16 @@ def build_encoder(a: Any) -> Encoder:
         card = zoo.load_card(ref)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise ConfigError(f"{what}: cannot load {ref!r}: {e}") from e
+    if card.family in FAMILY_PATH:
+        from agglom.finetune.family import build_trainable, freeze_unused
+
+        size = _card_size(card, data.image_size, what)
+        mean = three(data.mean if data.mean else card.norm_mean, "data.mean")
+        std = three(data.std if data.std else card.norm_std, "data.std")
+        interp = card.interpolation if card.interpolation in ("bicubic", "bilinear") else "bicubic"
+        model = build_trainable(card, mean, std, what)
+        freeze_unused(model, size)
+        return Encoder(model, _source(card, what), size, mean, std, interp, base_card=card, family_path=True)
     model, size, card = _from_card(card, data.image_size, what)
     model.train()
     for p in model.parameters():
@@ -133,9 +176,25 @@ def build_encoder(a: Any) -> Encoder:
     mean = three(data.mean if data.mean else card.norm_mean, "data.mean")
     std = three(data.std if data.std else card.norm_std, "data.std")
     interp = card.interpolation if card.interpolation in ("bicubic", "bilinear") else "bicubic"
-    src = {"kind": what, "card": card.name, "family": card.family, "model": card.model,
-           "digest": card.digest(), "licence": card.licence, "provenance": card.provenance}
-    return Encoder(model, src, size, mean, std, interp, base_card=card)
+    return Encoder(model, _source(card, what), size, mean, std, interp, base_card=card)
 
 
-__all__ = ["Encoder", "build_encoder", "features", "SUPPORTED_FAMILIES"]
+def build_encoder(a: Any) -> Encoder:
+    """From the finetune args (``model`` | ``teacher`` | ``init``); seeded by ``a.seed``; with
+    ``finetune.method=lora`` the adapters are injected (base weights frozen)."""
+    from agglom.finetune.lora import apply_lora, count_params
+
+    given = [k for k in ("model", "teacher", "init") if getattr(a, k)]
+    if len(given) != 1:
+        raise ConfigError("finetune: give exactly one of model=<timm name>, teacher=<card name|path> or "
+                          f"init=<export folder> (got {', '.join(given) or 'none'})")
+    torch.manual_seed(int(a.seed))
+    enc = _timm_encoder(a) if a.model else _card_encoder(a)
+    method = getattr(a, "finetune", None)
+    if method is not None and method.method == "lora":
+        enc.lora = apply_lora(enc.adapted, enc.family, method)
+    enc.params = count_params(enc.adapted)
+    return enc
+
+
+__all__ = ["Encoder", "build_encoder", "features", "SUPPORTED_FAMILIES", "FAMILY_PATH"]

@@ -116,7 +116,9 @@ def read_history(run_dir: Path) -> tuple:
 def train_and_export(a: Any, enc: Encoder, out: Path, run_dir: Path) -> Dict[str, Any]:
     """Run the loop under the engine (with the run's lock), then export from the final checkpoint (rank 0)."""
     from agglom.engine import build_engine
-    from agglom.finetune.export import export_encoder
+    from agglom.finetune.export import export_encoder, method_line
+    from agglom.finetune.family_export import export_family
+    from agglom.finetune.lora import merge
     from agglom.finetune.task import Validation
     from agglom.train.loop import Loop, start_run
     from agglom.train.preflight import checkpoint_of
@@ -124,6 +126,8 @@ def train_and_export(a: Any, enc: Encoder, out: Path, run_dir: Path) -> Dict[str
 
     t0 = time.perf_counter()
     cfg = loop_cfg(a, enc)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"finetune {a.name}: {enc.family} encoder, {method_line(enc)}", flush=True)
     engine = build_engine(cfg)
     with RunLock(run_dir, engine):
         start = start_run(a, run_dir, schema=OmegaConf.get_type(a), safe=SAFE_ON_RESUME)
@@ -134,8 +138,12 @@ def train_and_export(a: Any, enc: Encoder, out: Path, run_dir: Path) -> Dict[str
         if engine.is_main:
             weights = engine.consolidate(checkpoint_of(run_dir / "checkpoints"))
             enc.model.load_state_dict({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")})
+            if enc.lora is not None:  # fold the adapters into the base weights: the export is a plain encoder
+                merge(enc.lora)
             result = collect(a, task, state, run_dir, val, time.perf_counter() - t0)
-            result["out"] = export_encoder(a, enc, result, out, force=bool(a.force))
+            result.update(family=enc.family, method=method_line(enc), params=dict(enc.params))
+            write = export_family if enc.family_path else export_encoder
+            result["out"] = write(a, enc, result, out, force=bool(a.force))
         engine.close()
     return result
 

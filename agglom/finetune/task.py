@@ -61,19 +61,23 @@ def per_sample_loss(task: Task, logits: torch.Tensor, label: torch.Tensor) -> to
 
 
 class Classifier(nn.Module):
-    """The trainable module the engine wraps: the timm encoder and a linear head on its summary (CLS token, or
-    pooled pre-logits); the head is dropped on export."""
+    """The trainable module the engine wraps: the encoder and a linear head on its summary (a timm model's CLS
+    token or pooled pre-logits; a trainable teacher's own summary: open_clip embed, SAM pooled neck, ...); the
+    head is dropped on export."""
 
     def __init__(self, enc: Encoder, outputs: int, seed: int) -> None:
         super().__init__()
         self.encoder = enc.model.train()
         self.summary_kind = enc.summary_kind
+        self.family_path = bool(enc.family_path)
         torch.manual_seed(int(seed))  # the head's initial weights depend on the seed alone
         self.head = nn.Linear(enc.width, outputs)
         nn.init.zeros_(self.head.bias)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.family_path:  # the teacher's preprocessing + features: its summary
+            return self.head(self.encoder(x))
         feats = self.encoder.forward_features(x)
         summary = feats[:, 0] if self.summary_kind == "cls" else self.encoder.forward_head(feats, pre_logits=True)
         return self.head(summary)
