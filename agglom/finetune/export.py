@@ -104,8 +104,9 @@ def card_fields(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def export_encoder(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, force: bool = True) -> Path:
-    out = Path(out)
+def staging_dir(out: Path, force: bool) -> Path:
+    """The temporary folder an export is written into before :func:`publish` renames it into place (a crash never
+    leaves a half-written teacher at ``out``); refuses an existing ``out`` without ``force``."""
     if out.exists() and not force:
         from agglom.config.load import ConfigError
 
@@ -113,6 +114,24 @@ def export_encoder(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, forc
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
+def publish(tmp: Path, out: Path, card: Dict[str, Any], record: Dict[str, Any]) -> Path:
+    """Write card.yaml and finetune.json into the staged folder, then rename it to ``out`` (replacing it)."""
+    (tmp / "card.yaml").write_text(f"# teacher card for this export (family {card['family']}): "
+                                   "teachers.load_card(<this folder>)\n"
+                                   + yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
+    (tmp / "finetune.json").write_text(json.dumps(record, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def export_encoder(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, force: bool = True) -> Path:
+    out = Path(out)
+    tmp = staging_dir(out, force)
     model = enc.model.cpu().eval()
     size = int(enc.image_size)
     pcfg = {"mean": list(enc.mean), "std": list(enc.std), "input_size": [3, size, size],
@@ -123,14 +142,7 @@ def export_encoder(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, forc
                             data_config={"mean": list(enc.mean), "std": list(enc.std), "input_size": (3, size, size),
                                          "interpolation": enc.interpolation, "crop_pct": 1.0})
     _clean_config(tmp / "config.json", pcfg)
-    card = card_fields(a, enc, result)
-    (tmp / "card.yaml").write_text("# teacher card for this export (family agglom): teachers.load_card(<this folder>)\n"
-                                   + yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
-    (tmp / "finetune.json").write_text(json.dumps(finetune_record(a, enc, result), indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return publish(tmp, out, card_fields(a, enc, result), finetune_record(a, enc, result))
 
 
 def _clean_config(path: Path, pcfg: Dict[str, Any]) -> None:

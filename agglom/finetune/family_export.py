@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
-import yaml
 from torch import nn
 
 from agglom.finetune.model import Encoder
@@ -110,26 +108,14 @@ def family_card(a: Any, enc: Encoder, result: Dict[str, Any], weights: Dict[str,
 
 def export_family(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, force: bool = True) -> Path:
     """Write the folder (to a temporary name, then renamed into place) and return it."""
-    from agglom.config.load import ConfigError
-    from agglom.finetune.export import finetune_record
+    from agglom.finetune.export import finetune_record, publish, staging_dir
 
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"out: {out} exists; pass force=true to replace it")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out, force)
+    tmp.mkdir()
     enc.model.cpu().eval()
     weights = WRITERS[enc.family](enc, tmp)
-    card = family_card(a, enc, result, weights)
-    (tmp / "card.yaml").write_text(f"# teacher card for this export (family {card['family']}): "
-                                   "teachers.load_card(<this folder>)\n"
-                                   + yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
-    (tmp / "finetune.json").write_text(json.dumps(finetune_record(a, enc, result), indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return publish(tmp, out, family_card(a, enc, result, weights), finetune_record(a, enc, result))
 
 
 __all__ = ["export_family", "family_card", "WRITERS"]
