@@ -143,19 +143,44 @@ def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster
 def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
     """The same probe on every student (seed 0's ERM run also audits the teachers); fair against ERM."""
     ev = ["eval.features=adapters", f"eval.bootstrap={z['rboot']}", "eval.label_fractions=[]",
-          f"num_workers={a.num_workers}"]
+          f"num_workers={a.num_workers}", "eval.dense=true"]
     for s in range(z["seeds"]):
         for kind in ("erm", "fair"):
             run = runs[kind][s]
-            if (run / "eval" / "report.json").is_file() and (kind == "erm" or (run / "eval" / ".compared").is_file()):
+            audit = kind == "erm" and s == 0
+            if _evaluated(run, audit) and (kind == "erm" or (run / "eval" / ".compared").is_file()):
                 print(f"reusing {run / 'eval'}")
                 continue
-            extra = ["audit=true"] if (kind == "erm" and s == 0) else []
+            extra = ["audit=true", "eval.sam_prompts=true"] if audit else []
             if kind == "fair":
                 extra.append(f"reference={runs['erm'][s]}")
             _run(["eval", str(run), *ev, *extra])
             if kind == "fair":
                 (run / "eval" / ".compared").write_text("")
+
+
+def _evaluated(run: Path, audit: bool) -> bool:
+    """The run's report exists and holds what the demo reads (the dense section; the SAM-decoder one when audited)."""
+    p = run / "eval" / "report.json"
+    if not p.is_file():
+        return False
+    r = json.loads(p.read_text())
+    return "dense" in r and (not audit or "sam_prompts" in r)
+
+
+def _dense_phase(z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, Any]:
+    """Dense probe Dice of every student (over seeds) and audited teacher (seed-0 ERM audit), paired on test."""
+    from agglom.eval.dense_verdict import dense_verdict, load_dense_rows
+
+    def models(run: Path) -> Dict[str, str]:
+        return {m: s["kind"] for m, s in json.loads((run / "eval" / "report.json").read_text())["dense"]["models"]
+                .items()}
+
+    students = {k: [load_dense_rows(r, next(m for m, kd in models(r).items() if kd == "student")) for r in runs[k]]
+                for k in ("erm", "fair")}
+    teachers = {Path(m.split(":", 1)[1]).name: load_dense_rows(runs["erm"][0], m)
+                for m, kd in models(runs["erm"][0]).items() if kd != "student"}
+    return dense_verdict(students, teachers, "site", n_boot=z["boot"])
 
 
 def _verdict_inputs(z: Dict[str, int], runs: Dict[str, List[Path]], split: str) -> tuple:
@@ -194,6 +219,7 @@ def _verdict_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> Di
         c = verdict(preds, {}, "site", fidelity=fid, n_boot=z["boot"])
         v["candidate_on_test"] = {k: c[k] for k in ("fair_vs_erm", "levelled_down", "students", "checks")}
     v["selection"] = sel
+    v["dense"] = _dense_phase(z, runs)
     return v
 
 
@@ -263,6 +289,15 @@ def summary_markdown(a: Any, v: Dict[str, Any], runs: Dict[str, List[Path]], tdi
         lines += ["## Fidelity (global-normalised R², mean over seeds; group values clipped to [0, 1])", "",
                   f"- ERM: mean {f['erm']['mean']:.3f}, worst per-teacher site gap {f['erm']['worst_gap']:.3f}",
                   f"- fair: mean {f['fair']['mean']:.3f}, worst per-teacher site gap {f['fair']['worst_gap']:.3f}", ""]
+    if v.get("dense"):
+        from agglom.eval.dense_verdict import render_dense_verdict
+        from agglom.eval.sam_report import sam_markdown
+
+        lines += ["## Segmentation: dense probe Dice per group (students and teachers)", "",
+                  *render_dense_verdict(v["dense"]), ""]
+        sam = json.loads((runs["erm"][0] / "eval" / "report.json").read_text()).get("sam_prompts")
+        if sam:  # the seed-0 ERM student in place of SAM's image encoder
+            lines += [*sam_markdown(sam), ""]
     lines += ["## Where everything is", ""]
     for kind in ("erm", "fair"):
         r = runs[kind][0]

@@ -40,6 +40,11 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert sel["split"] == "val" and sel["chosen"] in ("erm", "fair") and sel["candidates"][0]["name"] == "fair"
     assert "chosen on the validation split" in summary
     assert ("candidate_on_test" in verdict) == (sel["chosen"] == "erm")
+    dense = verdict["dense"]  # per-group Dice of every student (over seeds) and teacher, and the Dice check
+    assert {"erm", "fair", "teacher:tiny-sam", "teacher:ft-fair"} <= set(dense["models"]) and "holds" in dense["check"]
+    assert dense["seeds"] == {"erm": 2, "fair": 2} and set(dense["groups"]) == {"A", "B"}
+    assert "dense probe Dice per group" in summary and "The student as SAM's image encoder" in summary
+    assert "sam_prompts" in audit and list((out / "student-erm-s0" / "eval").glob("sam_dice_*_site.png"))
     assert "agglom demo: done" in proc.stdout
     # a second run reuses everything it finished
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)

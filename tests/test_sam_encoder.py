@@ -171,6 +171,8 @@ def test_eval_sam_prompts_reports_per_group_dice_through_the_cli(sam_run, tmp_pa
             assert lo <= r["groups"][g]["dice"]["value"] <= hi
     assert "The student as SAM's image encoder" in (out / "report.md").read_text()
     assert "SAM decoder" in capsys.readouterr().out
+    plot = out / f"sam_dice_{Path(name).name}_site.png"
+    assert plot.is_file() and plot.stat().st_size > 1000  # the per-group prompted Dice figure
 
 
 def test_eval_sam_prompts_refuses_before_any_work(synth_root, tmp_path, capsys):

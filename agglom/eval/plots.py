@@ -194,6 +194,24 @@ def plot_group_dice(models: Mapping[str, Mapping[str, Any]], attr: str, path: st
     return _save(fig, path)
 
 
+def _sam_plots(teacher: str, section: Mapping[str, Any], out: Path) -> Sequence[str]:
+    """Per attribute, the prompted Dice of SAM's decoder on the teacher's and on the student's embedding, and their
+    agreement, by group (the ``sam_prompts`` section of one SAM teacher)."""
+    models = {("teacher encoder" if m.get("encoder") == "teacher" else f"student encoder ({n})"): m
+              for n, m in (section.get("models") or {}).items()}
+    models["agreement (student vs teacher masks)"] = section.get("agreement") or {}
+    attrs: list = []
+    for m in models.values():
+        attrs += [a for a in (m.get("attributes") or {}) if a not in attrs]
+    paths = []
+    for attr in attrs:
+        have = {n: m for n, m in models.items() if attr in (m.get("attributes") or {})}
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"sam_dice_{Path(teacher).name}_{attr}")
+        paths.append(plot_group_dice(have, attr, out / f"{stem}.png",
+                                     f"SAM decoder of {Path(teacher).name}: prompted Dice by {attr} (95% CI)"))
+    return paths
+
+
 def plot_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> Sequence[str]:
     """All figures a report dict allows: group AUC per model x attribute (x label), fidelity heatmap per
     attribute, the front. (Calibration curves need raw scores: call :func:`plot_calibration` directly.)"""
@@ -217,6 +235,8 @@ def plot_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> Sequen
         have = {n: m for n, m in dense.items() if attr in m.get("attributes", {})}
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"dense_dice_{attr}")
         paths.append(plot_group_dice(have, attr, out / f"{stem}.png"))
+    for name, t in ((report.get("sam_prompts") or {}).get("teachers") or {}).items():
+        paths += _sam_plots(name, t, out)
     if report.get("pareto"):
         paths.append(plot_front(report["pareto"], out / "front.png"))
     return paths
