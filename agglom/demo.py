@@ -27,6 +27,9 @@ from agglom.config.load import ConfigError, load_config
 #: the fair candidate's recipe: what it adds to the ERM student's (chosen by measurement over 3 seeds; README,
 #: "Fairness"): group-balanced sampling with the normalisers kept at the natural distribution's statistics
 FAIR = ["data.group_balanced=true", "heads.zscore_momentum=0"]
+#: in a ``fair=[...]`` override, stands for the same seed's ERM student's run dir (``objective.reference=@erm``:
+#: the one-sided objectives hold every group to its loss under ERM)
+ERM_RUN = "@erm"
 #: how the fair student is chosen (agglom.eval.selection.MODES; repeated here so `--help` imports no torch)
 SELECT_MODES = ("validation", "always")
 
@@ -41,7 +44,7 @@ class DemoArgs:
     seeds: int = 3  # students per recipe (ERM and fair), one per seed
     steps: int = 600  # distillation steps per student
     finetune_steps: int = 800  # steps per fine-tuned teacher
-    fair: List[str] = field(default_factory=lambda: list(FAIR))  # the fair candidate recipe's overrides (key=value)
+    fair: List[str] = field(default_factory=lambda: list(FAIR))  # the fair candidate's overrides (@erm: its ERM run)
     select: str = "validation"  # validation: keep the fair recipe only where it lifts the val worst group; always
     batch_size: int = 32
     num_workers: int = 2
@@ -121,6 +124,11 @@ def fair_tag(fair: Sequence[str]) -> str:
     return "fair-" + hashlib.sha1(" ".join(fair).encode()).hexdigest()[:8]
 
 
+def with_erm_run(overrides: Sequence[str], erm_run: Path) -> List[str]:
+    """``overrides`` with :data:`ERM_RUN` replaced by the seed's ERM run dir (``objective.reference=@erm``)."""
+    return [x.replace(ERM_RUN, str(erm_run)) for x in overrides]
+
+
 def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str) -> Dict[str, List[Path]]:
     """An ERM and a fair student per seed (reused when finished)."""
     recipes = {"erm": ["objective.group=erm", "objective.lam=0"], "fair": list(a.fair)}
@@ -133,6 +141,7 @@ def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster
             if _done(run, steps):
                 print(f"reusing {run}")
                 continue
+            extra = with_erm_run(extra, runs["erm"][s])  # the seed's ERM student is trained first
             _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={out}", f"teachers={roster}",
                   f"seed={s}", f"data.seed={s}", f"student.model_args={STUDENT}", f"optim.steps={steps}",
                   f"optim.warmup_steps={max(1, steps // 10)}", f"log.interval={max(1, steps // 4)}",

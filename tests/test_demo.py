@@ -58,3 +58,10 @@ def test_another_fair_recipe_gets_its_own_student_folders():
     other = fair_tag(["data.group_balanced=true"])
     assert other.startswith("fair-") and other != fair_tag(["data.group_balance=0.5"])
     assert other == fair_tag(["data.group_balanced=true"])  # stable: a second run reuses its students
+
+
+def test_at_erm_stands_for_the_seeds_erm_run(tmp_path):
+    from agglom.demo import with_erm_run
+
+    assert with_erm_run(["objective.reference=@erm", "objective.lam=1"], tmp_path / "student-erm-s2") == [
+        f"objective.reference={tmp_path / 'student-erm-s2'}", "objective.lam=1"]
