@@ -47,6 +47,7 @@ BAD_CONFIGS = [
     ("train", ["data.batch_size=many"], "bad value for 'data.batch_size'"),
     ("sweep", ["sweep.lams=[0,-1]"], "objective.lam must be >= 0; [-1.0] is not"),
     ("sweep", ["sweep.key=objective.lamm"], "sweep.key='objective.lamm': not a key of the recipe"),
+    ("sweep", ["sweep.utility=dise"], "sweep.utility='dise': choose one of auc, worst_group_auc"),
     ("cache", ["cache.dtype=bf16"], "cache.dtype='bf16': choose one of fp16, int8, fp32"),
     ("finetune", ["model=vit_small_patch16_224", "optim.lr=0"], "optim.lr=0.0: must be > 0"),
     ("curate", ["teacher=tiny-clip", "method=dbscan"], "method='dbscan': choose one of kmeans, per_class, hierarchical"),
@@ -135,9 +136,17 @@ def test_builtin_choices_match_the_registries(kind):
     (C.CACHE_DTYPES, "agglom.cache.codec", "DTYPES"),
     (C.ECE_BINNINGS, "agglom.eval.calibration", "ECE_BINNINGS"),
     (C.CURATE_METHODS, "agglom.curate.run", "METHODS"),
+    (C.SWEEP_DENSE, "agglom.eval.dense", "STAT_KEYS"),
 ])
 def test_closed_choices_match_the_code_that_acts_on_them(names, module, attr):
     assert set(names) == set(getattr(importlib.import_module(module), attr))
+
+
+def test_sweep_classification_metrics_are_the_headlines_keys():
+    from agglom.eval.group_stats import THRESHOLD_METRICS
+    from agglom.eval.metrics import MACRO_KEYS
+
+    assert set(C.SWEEP_CLASSIFICATION) == {*MACRO_KEYS, "ece_gap", *THRESHOLD_METRICS}
 
 
 def test_a_registered_plugin_is_accepted_once_its_registry_is_loaded():

@@ -99,6 +99,14 @@ def test_two_point_sweep_draws_the_front(tiny_train_args, tmp_path):
     # resumable: a second call redoes nothing and gives the same front
     assert main(sweep) == 0
     assert json.loads((out / "front.json").read_text())["points"] == front["points"]
+    # a dense utility: the same trained points, re-evaluated with the dense probe; the front's axes are Dice
+    assert main([*sweep, "sweep.utility=dice", "sweep.gap=dice_gap", "eval.dense_steps=5"]) == 0
+    dense = json.loads((out / "front.json").read_text())
+    for p in dense["points"]:
+        rep = json.loads((tmp_path / "runs" / p["name"] / "eval" / "report.json").read_text())
+        site = rep["dense"]["models"][rep["primary"]]["attributes"]["site"]
+        assert p["utility"] == site["dice"]["value"] and p["gap"] == site["dice_gap"]["value"]
+    assert dense["utility_name"] == "site:dice" and "Dice statistics" in dense["selection_basis"]
 
 
 def test_eval_uses_the_recipes_group_specs_and_excludes_unknown_from_gaps(tmp_path, synth_root, tiny_student):

@@ -14,8 +14,8 @@ class SweepConfig:
     key: str = "objective.lam"  # the knob swept: objective.lam | data.group_balance | objective.route_by_audit | ...
     objectives: List[str] = field(default_factory=list)  # default: the recipe's objective.group
     attribute: Optional[str] = None  # the attribute whose gap is traded off (default: groups.by)
-    utility: str = "auc"  # headline metric for utility
-    gap: str = "auc_gap"  # headline metric for the gap (lower is better)
+    utility: str = "auc"  # headline metric for utility; a dense one (dice, ...) runs the dense probe (eval.dense)
+    gap: str = "auc_gap"  # headline metric for the gap (lower is better): auc_gap, ..., or dense: dice_gap, dice_std
     audit: bool = False  # also audit the teachers in each point's report
 
 

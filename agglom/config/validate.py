@@ -159,6 +159,8 @@ RULES: Dict[str, Rule] = {
     "eval.seeds": COUNT, "eval.max_iter": COUNT, "eval.sam_prompt": one_of(C.SAM_PROMPTS),  # SAM-decoder prompts
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "export.min_group_count": NON_NEGATIVE,
+    "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
+    "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
     # command-level keys (eval, curate, finetune, cache, teachers check)
     "batch_size": COUNT,
     "num_workers": NON_NEGATIVE,

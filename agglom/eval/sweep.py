@@ -45,13 +45,37 @@ def _train_and_eval(cfg: Any, base: Any, name: str, overrides: Dict[str, Any]) -
     point = OmegaConf.merge(base, {"name": name}, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     if not _done(run_dir, int(cfg.optim.steps)):
         train(point)
-    if not (run_dir / "eval" / "report.json").is_file():
+    report = run_dir / "eval" / "report.json"
+    dense = _dense_sweep(cfg)
+    if not report.is_file() or (dense and "dense" not in json.loads(report.read_text())):
         args = OmegaConf.structured(EvalArgs)
         args.run = str(run_dir)
         args.audit = bool(cfg.sweep.audit)
         args.eval = cfg.eval
+        if dense:
+            args.eval.dense = True
         run_evaluation(args)
     return run_dir
+
+
+def _dense_sweep(cfg: Any) -> bool:
+    """Whether the front's utility or gap is a dense (segmentation) statistic: then every point runs the dense probe."""
+    from agglom.config.choices import SWEEP_DENSE
+
+    return cfg.sweep.utility in SWEEP_DENSE or cfg.sweep.gap in SWEEP_DENSE
+
+
+def _metric(report: Dict[str, Any], attribute: str, name: str) -> Any:
+    """The primary model's ``name`` on test: a dense Dice statistic from the dense section, else the headline."""
+    from agglom.config.choices import SWEEP_DENSE
+
+    if name in SWEEP_DENSE:
+        model = (report.get("dense") or {}).get("models", {}).get(report["primary"])
+        if model is None or attribute not in model.get("attributes", {}):
+            raise ConfigError(f"sweep: {name!r} is a dense statistic but {report['primary']}'s report has no dense "
+                              f"result for {attribute!r} (the data needs masks: `agglom data pack mask_col=|masks=`)")
+        return model["attributes"][attribute][name]["value"]
+    return headline(report["models"][report["primary"]]["attributes"][attribute]).get(name)
 
 
 def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot: int) -> Dict[str, Any]:
@@ -94,8 +118,9 @@ def _point(cfg: Any, objective: str, key: str, value: float, run_dir: Path, refe
                           f"{sorted(section['attributes'])}")
     h = headline(section["attributes"][attribute])
     val = section.get("validation", {}).get(attribute, {})
-    p = {"name": run_dir.name, "objective": objective, "key": key, "value": value, "utility": h.get(sw.utility),
-         "gap": h.get(sw.gap), "worst_group": val.get("worst_group_auc"),
+    p = {"name": run_dir.name, "objective": objective, "key": key, "value": value,
+         "utility": _metric(report, attribute, sw.utility), "gap": _metric(report, attribute, sw.gap),
+         "worst_group": val.get("worst_group_auc"),
          "test_worst_group_auc": h.get("worst_group_auc"), "run": str(run_dir), "reference": reference.name}
     if key == "objective.lam":
         p["lam"] = value
@@ -149,6 +174,9 @@ def run_sweep(cfg: Any) -> Dict[str, Any]:
     summary = front_summary(points, utility_name=f"{attribute}:{sw.utility}", gap_name=f"{attribute}:{sw.gap}")
     summary["selection_basis"] = ("validation worst-group AUC (MEDFAIR minimax-Pareto), excluding points that level "
                                   f"down against {reference.name} on validation")
+    if _dense_sweep(cfg):
+        summary["selection_basis"] += ("; the front's dense axes are test-split Dice statistics, shown, not used to "
+                                       "choose (the dense probe keeps no per-group validation scores)")
     summary["reference"] = {"name": reference.name, "key": key}
     if points and all(p["levels_down"] for p in points if p["run"] != str(reference)) and len(points) > 1:
         summary["warning"] = "every non-reference point levels down against the reference; the choice is one of them"
