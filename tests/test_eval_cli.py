@@ -184,6 +184,7 @@ def test_eval_dense_section_for_the_student_and_each_teacher(small_run, tmp_path
     assert abs(site["groups"]["A"]["dice"]["value"] - site["groups"]["B"]["dice"]["value"]) == pytest.approx(
         site["dice_gap"]["value"], abs=1e-12)
     assert (out / "dense_dice_site.png").is_file()
+    assert (out / "dense_overlays.png").is_file() and (out / "dense_overlays.png").stat().st_size > 1000
     assert "Dense probe: segmentation Dice per group" in (out / "report.md").read_text()
     assert "dense ev / site: Dice" in capsys.readouterr().out
 

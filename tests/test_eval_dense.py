@@ -103,3 +103,13 @@ def test_spatial_maps_above_the_grid_cap_are_average_pooled():
     p = pool_to(x, 4)
     assert p.shape == (2, 3, 4, 4)
     assert p[1, 2, 0, 0] == x[1, 2, :2, :2].mean()
+
+
+def test_overlay_samples_are_the_first_with_foreground_per_group():
+    from agglom.eval.dense_run import overlay_indices
+
+    masks = np.zeros((6, 4, 4), np.int16)
+    masks[[1, 2, 3, 5], 1, 1] = 1  # 0 and 4 have no foreground
+    groups = np.array(["B", "A", "B", "A", "A", "A"])
+    assert overlay_indices(masks, groups, per_group=1).tolist() == [1, 2]  # A first (sorted), then B
+    assert overlay_indices(masks, groups, per_group=3).tolist() == [1, 3, 5, 2]

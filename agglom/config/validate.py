@@ -101,8 +101,7 @@ RULES: Dict[str, Rule] = {
     "data.augment.hflip": PROBABILITY,
     "data.augment.scale_min": between(0, 1, lo_open=True),
     "data.augment.ratio_jitter": NON_NEGATIVE,
-    "data.augment.brightness": PROBABILITY,
-    "data.augment.contrast": PROBABILITY,
+    "data.augment.brightness": PROBABILITY, "data.augment.contrast": PROBABILITY,
     "data.augment.rotate": between(0, 180),
     "groups.by": NON_EMPTY,
     "groups.unknown": one_of(C.GROUPS_UNKNOWN),
@@ -159,8 +158,7 @@ RULES: Dict[str, Rule] = {
     "eval.seeds": COUNT, "eval.max_iter": COUNT, "eval.sam_prompt": one_of(C.SAM_PROMPTS),  # SAM-decoder prompts
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "export.min_group_count": NON_NEGATIVE,
-    "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
-    "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
+    "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE), "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
     # command-level keys (eval, curate, finetune, cache, teachers check)
     "batch_size": COUNT,
     "num_workers": NON_NEGATIVE,

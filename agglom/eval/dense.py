@@ -260,7 +260,7 @@ def fit_and_score(train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, n
                   seed: int = 0) -> Dict[str, Any]:
     """Fit the probe on ``train = (features [N, C, h, w], masks [N, H, W])`` (masked samples only), choose the
     threshold on ``val``, and score ``test``: ``{"threshold", "val_curve", "dice", "iou", "pred_area", "n_train",
-    "losses"}`` with per-test-sample Dice, IoU and predicted area at the threshold (every test sample; the caller
+    "losses", "probe"}`` with per-test-sample Dice, IoU and predicted area at the threshold (every test sample; the caller
     picks which to report)."""
     f_tr, m_tr = train
     keep = has_mask(m_tr)
@@ -272,7 +272,7 @@ def fit_and_score(train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, n
     losses = probe.fit(f_tr, m_tr, steps=steps, lr=lr)
     t, curve = choose_threshold(overlap(probe, val[0], val[1], THRESHOLDS)["dice"], val[1])
     res = {k: v[:, 0] for k, v in overlap(probe, test[0], test[1], [t]).items()}
-    return {"threshold": t, "val_curve": curve, **res, "n_train": int(keep.sum()), "losses": losses}
+    return {"threshold": t, "val_curve": curve, **res, "n_train": int(keep.sum()), "losses": losses, "probe": probe}
 
 
 __all__ = ["dice_iou", "dice_stats", "dice_fairness", "DenseProbe", "fit_and_score", "choose_threshold", "overlap",

@@ -40,9 +40,22 @@ def check_dense_data(cfg: Any) -> None:
                           "(its datasheet's 'masks' section); pack masks with `agglom data pack mask_col=|masks=`")
 
 
+#: test samples drawn in the overlay figure per group of the first attribute
+OVERLAY_PER_GROUP = 3
+
+
+def overlay_indices(masks: np.ndarray, groups: np.ndarray, per_group: int = OVERLAY_PER_GROUP) -> np.ndarray:
+    """The first ``per_group`` test samples with foreground of each group (sorted group names): the same samples
+    for every model, so the figure compares models on one lesion per row."""
+    fg = has_foreground(masks)
+    return np.asarray([i for g in sorted(set(map(str, groups))) for i in
+                       np.flatnonzero(fg & (np.asarray(groups).astype(str) == g))[:per_group]], dtype=int)
+
+
 def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any, attr_names: Optional[List[str]],
                    seed: int, indexer: Any, specs: Sequence[str],
-                   exclude_unknown: bool) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+                   exclude_unknown: bool, overlay_attribute: Optional[str] = None,
+                   ) -> Tuple[Dict[str, Any], List[Dict[str, Any]], Dict[str, Any]]:
     from agglom.config.load import ConfigError
 
     tr, va, te = splits["train"], splits["val"], splits["test"]
@@ -75,22 +88,33 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
                      "dice": float(res["dice"][i]), "iou": float(res["iou"][i]), "true_area": float(true_area[i]),
                      "pred_area": float(res["pred_area"][i]), "threshold": float(res["threshold"]),
                      **{a: g[i] for a, g in groups.items()}})
-    return section, rows
+    overlay: Dict[str, Any] = {}
+    if groups:
+        attr = overlay_attribute if overlay_attribute in groups else next(iter(groups))
+        idx = overlay_indices(te.masks, groups[attr])
+        pred = res["probe"].predict(te.spatial[idx], tuple(te.masks.shape[-2:])) >= res["threshold"]
+        overlay = {"attribute": attr, "keys": [te.keys[i] for i in idx], "groups": [str(groups[attr][i]) for i in idx],
+                   "masks": te.masks[idx], "pred": pred, "dice": res["dice"][idx]}
+    return section, rows, overlay
 
 
 def dense_report(splits_of: Dict[str, Dict[str, SplitFeatures]], kinds: Dict[str, str], ev: Any,
                  attr_names: Optional[List[str]], seed: int, indexer: Any, specs: Sequence[str],
-                 exclude_unknown: bool) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    """``(section, rows)`` for every model whose splits carry spatial features (``kinds``: model -> kind)."""
+                 exclude_unknown: bool, overlay_attribute: Optional[str] = None,
+                 ) -> Tuple[Dict[str, Any], List[Dict[str, Any]], Dict[str, Any]]:
+    """``(section, rows, overlays)`` for every model whose splits carry spatial features (``kinds``: model ->
+    kind); ``overlays``: ``{model: {"keys", "groups", "masks", "pred", "dice"}}`` of the same few test samples, for
+    :func:`agglom.eval.plots.plot_dense_overlays`, grouped by ``overlay_attribute`` (default: the first)."""
     models: Dict[str, Any] = {}
     rows: List[Dict[str, Any]] = []
+    overlays: Dict[str, Any] = {}
     first = None
     for name, splits in splits_of.items():
         if splits["train"].spatial is None:
             continue
         first = first or splits
-        models[name], r = _model_section(name, kinds.get(name, "teacher"), splits, ev, attr_names, seed, indexer,
-                                         specs, exclude_unknown)
+        models[name], r, overlays[name] = _model_section(name, kinds.get(name, "teacher"), splits, ev, attr_names,
+                                                         seed, indexer, specs, exclude_unknown, overlay_attribute)
         rows += r
     masks: Dict[str, Any] = {}
     size: List[int] = []
@@ -99,7 +123,7 @@ def dense_report(splits_of: Dict[str, Dict[str, SplitFeatures]], kinds: Dict[str
             masks[role] = {"samples": len(sf.keys), "masked": int(has_mask(sf.masks).sum()),
                            "with_foreground": int(has_foreground(sf.masks).sum())}
         size = [int(v) for v in first["train"].masks.shape[-2:]]
-    return {"protocol": PROTOCOL, "mask_size": size, "masks": masks, "models": models}, rows
+    return {"protocol": PROTOCOL, "mask_size": size, "masks": masks, "models": models}, rows, overlays
 
 
-__all__ = ["dense_report", "check_dense_data"]
+__all__ = ["dense_report", "check_dense_data", "overlay_indices", "OVERLAY_PER_GROUP"]

@@ -194,6 +194,36 @@ def plot_group_dice(models: Mapping[str, Mapping[str, Any]], attr: str, path: st
     return _save(fig, path)
 
 
+def plot_dense_overlays(overlays: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> str:
+    """A grid: one row per test sample (a few per group, the same for every model), the ground-truth mask, then each
+    model's dense-probe mask at its threshold coloured against it — white: both, red: predicted only (false
+    positive), blue: missed (false negative) — with the sample's Dice. (The eval keeps no image pixels.)"""
+    names = [n for n, o in overlays.items() if o]
+    first = overlays[names[0]]
+    rows, cols = len(first["keys"]), 1 + len(names)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for r in range(rows):
+        gt = np.asarray(first["masks"][r]) > 0
+        axes[r, 0].imshow(gt, cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(f"{first['attribute']}={first['groups'][r]}", fontsize=7)
+        for c, n in enumerate(names, start=1):
+            pred = np.asarray(overlays[n]["pred"][r]).astype(bool)
+            rgb = np.zeros((*gt.shape, 3))
+            rgb[gt & pred] = (1.0, 1.0, 1.0)
+            rgb[pred & ~gt] = (0.9, 0.2, 0.2)
+            rgb[gt & ~pred] = (0.2, 0.4, 1.0)
+            axes[r, c].imshow(rgb)
+            axes[r, c].set_xlabel(f"Dice {float(overlays[n]['dice'][r]):.2f}", fontsize=6, labelpad=1)
+    for c, n in enumerate(["ground truth", *names]):
+        axes[0, c].set_title(n.replace("teacher:", "")[-18:], fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "dense probe masks on test lesions (white: hit, red: false positive, blue: missed)",
+                 fontsize=8)
+    return _save(fig, path)
+
+
 def _sam_plots(teacher: str, section: Mapping[str, Any], out: Path) -> Sequence[str]:
     """Per attribute, the prompted Dice of SAM's decoder on the teacher's and on the student's embedding, and their
     agreement, by group (the ``sam_prompts`` section of one SAM teacher)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -136,6 +136,17 @@ def _grouping(cfg: Any) -> Dict[str, Any]:
             "label_names": ((dataset_datasheet(cfg) or {}).get("label") or {}).get("names")}
 
 
+def _run_dense(splits_of: Dict[str, Any], primary: str, model: Any, args: Any, cfg: Any, g: Dict[str, Any],
+               attr_names: Optional[List[str]], extra: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """Put the dense section into ``extra``; return the rows of dense_predictions.csv and the overlay masks."""
+    from agglom.eval.dense_run import dense_report
+
+    kinds = {n: ("student" if n == primary and model is not None else "teacher") for n in splits_of}
+    extra["dense"], rows, overlays = dense_report(splits_of, kinds, args.eval, attr_names, args.seed, g["indexer"],
+                                                  g["specs"], g["exclude_unknown"], overlay_attribute=cfg.groups.by)
+    return rows, overlays
+
+
 def run_evaluation(args: Any) -> Dict[str, Any]:
     """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
     plots; returns the report."""
@@ -169,13 +180,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         if fid is not None and fid.sq_err:
             extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, g["indexer"], g["specs"],
                                     g["exclude_unknown"])
-    dense_rows: List[Dict[str, Any]] = []
-    if dense:
-        from agglom.eval.dense_run import dense_report
-
-        kinds = {n: ("student" if n == primary and model is not None else "teacher") for n in splits_of}
-        extra["dense"], dense_rows = dense_report(splits_of, kinds, args.eval, attr_names, args.seed, g["indexer"],
-                                                  g["specs"], g["exclude_unknown"])
+    dense_rows, overlays = _run_dense(splits_of, primary, model, args, cfg, g, attr_names, extra) if dense else ([], {})
     zs_rows: List[Dict[str, Any]] = []
     if zs_plan is not None:
         from agglom.eval.zero_shot_run import run_zero_shot
@@ -192,10 +197,15 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     extra["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
     out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
                                            Path("runs") / f"audit-{args.teacher}" / "eval")
-    return write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
-                                                         "features": args.eval.features, "device": device.type},
-                     extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows,
-                                 "sam_predictions.csv": sam_rows})
+    report = write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
+                                                           "features": args.eval.features, "device": device.type},
+                       extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows,
+                                   "sam_predictions.csv": sam_rows})
+    if any(overlays.values()):
+        from agglom.eval.plots import plot_dense_overlays
+
+        plot_dense_overlays(overlays, out / "dense_overlays.png")
+    return report
 
 
 __all__ = ["EvalArgs", "run_evaluation"]
