@@ -54,6 +54,7 @@ BAD_CONFIGS = [
     ("eval", ["run=nowhere", "eval.features=cls"], "eval.features='cls': choose one of summary, pooled, adapters"),
     ("eval", ["run=nowhere", "eval.sam_prompt=circle"], "eval.sam_prompt='circle': choose one of box, point, box+point"),
     ("eval", ["run=nowhere", "eval.sam_prompts=maybe"], "eval.sam_prompts"),
+    ("eval", ["run=nowhere", "eval.dense_head=unet"], "eval.dense_head='unet': choose one of linear, conv"),
 ]
 
 
@@ -137,6 +138,7 @@ def test_builtin_choices_match_the_registries(kind):
     (C.ECE_BINNINGS, "agglom.eval.calibration", "ECE_BINNINGS"),
     (C.CURATE_METHODS, "agglom.curate.run", "METHODS"),
     (C.SWEEP_DENSE, "agglom.eval.dense", "STAT_KEYS"),
+    (C.DENSE_HEADS, "agglom.eval.dense", "DENSE_HEADS"),
 ])
 def test_closed_choices_match_the_code_that_acts_on_them(names, module, attr):
     assert set(names) == set(getattr(importlib.import_module(module), attr))

@@ -113,3 +113,20 @@ def test_overlay_samples_are_the_first_with_foreground_per_group():
     groups = np.array(["B", "A", "B", "A", "A", "A"])
     assert overlay_indices(masks, groups, per_group=1).tolist() == [1, 2]  # A first (sorted), then B
     assert overlay_indices(masks, groups, per_group=3).tolist() == [1, 3, 5, 2]
+
+
+def _shifted(n, rng):
+    """Foreground where the *right-hand neighbour's* feature is high: a 1x1 probe cannot see it, a 3x3 head can."""
+    f = rng.normal(size=(n, 2, 8, 8)).astype(np.float32)
+    m = np.zeros((n, 8, 8), np.int16)
+    m[:, :, :-1] = f[:, 0, :, 1:] > 1.0
+    return f, m
+
+
+@pytest.mark.parametrize("head,lo,hi", [("linear", 0.0, 0.5), ("conv", 0.9, 1.0)])
+def test_the_conv_head_sees_neighbours_the_linear_probe_cannot(head, lo, hi):
+    rng = np.random.default_rng(1)
+    test = _shifted(64, rng)
+    res = fit_and_score(_shifted(256, rng), _shifted(64, rng), test, steps=400, lr=0.02, seed=0, head=head)
+    fg = has_foreground(test[1])
+    assert lo <= res["dice"][fg].mean() <= hi

@@ -30,6 +30,7 @@ ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
 SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam_run derives from each mask
 FINETUNE_METHODS = ("full", "lora")
+DENSE_HEADS = ("linear", "conv")  # eval.dense_head (agglom.eval.dense)
 #: sweep.utility / sweep.gap: the classification headline (agglom.eval.metrics.headline) or the dense probe's Dice
 #: statistics (agglom.eval.dense.STAT_KEYS; the point then runs `eval.dense=true`); a test keeps them in sync
 SWEEP_CLASSIFICATION = ("auc", "worst_group_auc", "auc_gap", "es_auc", "ece_gap", "dpd", "eod_worst_case", "eod_mean",
@@ -74,5 +75,5 @@ def registry_names(kind: str) -> Tuple[str, ...]:
 
 __all__ = ["GRAYSCALE", "INTERPOLATION", "GRANULARITY", "TEACHER_BALANCE", "GROUP_SCOPE", "GROUPS_UNKNOWN",
            "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES", "SAM_PROMPTS",
-           "SWEEP_CLASSIFICATION", "SWEEP_DENSE", "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "REGISTRIES", "registry_names",
+           "SWEEP_CLASSIFICATION", "SWEEP_DENSE", "DENSE_HEADS", "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "REGISTRIES", "registry_names",
            "live_registry"]

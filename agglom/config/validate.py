@@ -144,8 +144,7 @@ RULES: Dict[str, Rule] = {
     "optim.grad_clip": NON_NEGATIVE,
     "optim.ema": between(0, 1, hi_open=True),
     "optim.max_bad_steps": COUNT,
-    "log.interval": COUNT,
-    "log.progress": one_of(C.PROGRESS),
+    "log.interval": COUNT, "log.progress": one_of(C.PROGRESS),
     "log.checkpoint_interval": COUNT,
     "log.keep": COUNT,
     "eval.features": one_of(C.EVAL_FEATURES),
@@ -157,6 +156,7 @@ RULES: Dict[str, Rule] = {
     "eval.label_fractions": each(between(0, 1, lo_open=True)),
     "eval.seeds": COUNT, "eval.max_iter": COUNT, "eval.sam_prompt": one_of(C.SAM_PROMPTS),  # SAM-decoder prompts
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
+    "eval.dense_head": one_of(C.DENSE_HEADS),
     "export.min_group_count": NON_NEGATIVE,
     "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE), "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
     # command-level keys (eval, curate, finetune, cache, teachers check)

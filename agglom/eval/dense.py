@@ -141,16 +141,36 @@ def dice_fairness(dice: Any, iou: Any, groups: Any, *, exclude_unknown: bool = T
 
 
 # --------------------------------------------------------------------------- the probe
-class DenseProbe:
-    """A linear 1x1 probe: standardise channels (train statistics), one linear map to a foreground logit per
-    feature vector, bilinear upsampling to the mask size. ``fit`` trains it; ``predict`` gives probabilities."""
+#: ``eval.dense_head``: ``linear`` — one 1x1 map (the probe protocol); ``conv`` — a small head, a 3x3 conv to
+#: CONV_HIDDEN channels, GELU, a 1x1 map (it sees each cell's neighbours: what a linear probe cannot)
+DENSE_HEADS = ("linear", "conv")
+CONV_HIDDEN = 32
 
-    def __init__(self, channels: int, mean: torch.Tensor, std: torch.Tensor, seed: int = 0):
+
+def _head(kind: str, channels: int, gen: torch.Generator) -> torch.nn.Module:
+    """The probe's map from standardised features to a foreground logit, initialised from ``gen`` alone."""
+    if kind not in DENSE_HEADS:
+        raise ValueError(f"dense head {kind!r}: choose one of {', '.join(DENSE_HEADS)}")
+    last = torch.nn.Conv2d(channels if kind == "linear" else CONV_HIDDEN, 1, kernel_size=1)
+    layers = [last] if kind == "linear" else [torch.nn.Conv2d(channels, CONV_HIDDEN, 3, padding=1), torch.nn.GELU(),
+                                              last]
+    with torch.no_grad():
+        for m in layers:
+            if isinstance(m, torch.nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0.0, 0.01 if m is last else (2.0 / fan_in) ** 0.5, generator=gen)
+                m.bias.zero_()
+    return torch.nn.Sequential(*layers)
+
+
+class DenseProbe:
+    """A dense probe: standardise channels (train statistics), map each feature vector (``linear``, 1x1) or each
+    3x3 neighbourhood (``conv``) to a foreground logit, upsample bilinearly to the mask size. ``fit`` trains it;
+    ``predict`` gives probabilities."""
+
+    def __init__(self, channels: int, mean: torch.Tensor, std: torch.Tensor, seed: int = 0, head: str = "linear"):
         gen = torch.Generator().manual_seed(int(seed))
-        self.conv = torch.nn.Conv2d(channels, 1, kernel_size=1)
-        with torch.no_grad():
-            self.conv.weight.normal_(0.0, 0.01, generator=gen)
-            self.conv.bias.zero_()
+        self.conv = _head(head, channels, gen)
         self.mean, self.std, self.gen = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), gen
         self.threshold = 0.5
 
@@ -257,7 +277,7 @@ def choose_threshold(dice: np.ndarray, masks: np.ndarray) -> Tuple[float, Dict[s
 
 def fit_and_score(train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, np.ndarray],
                   test: Tuple[np.ndarray, np.ndarray], steps: int = 300, lr: float = 0.01,
-                  seed: int = 0) -> Dict[str, Any]:
+                  seed: int = 0, head: str = "linear") -> Dict[str, Any]:
     """Fit the probe on ``train = (features [N, C, h, w], masks [N, H, W])`` (masked samples only), choose the
     threshold on ``val``, and score ``test``: ``{"threshold", "val_curve", "dice", "iou", "pred_area", "n_train",
     "losses", "probe"}`` with per-test-sample Dice, IoU and predicted area at the threshold (every test sample; the caller
@@ -268,12 +288,12 @@ def fit_and_score(train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, n
         raise ValueError("no training sample has a mask")
     f_tr, m_tr = f_tr[keep], m_tr[keep]
     mean, std = channel_stats(f_tr)
-    probe = DenseProbe(f_tr.shape[1], mean, std, seed=seed)
+    probe = DenseProbe(f_tr.shape[1], mean, std, seed=seed, head=head)
     losses = probe.fit(f_tr, m_tr, steps=steps, lr=lr)
     t, curve = choose_threshold(overlap(probe, val[0], val[1], THRESHOLDS)["dice"], val[1])
     res = {k: v[:, 0] for k, v in overlap(probe, test[0], test[1], [t]).items()}
     return {"threshold": t, "val_curve": curve, **res, "n_train": int(keep.sum()), "losses": losses, "probe": probe}
 
 
-__all__ = ["dice_iou", "dice_stats", "dice_fairness", "DenseProbe", "fit_and_score", "choose_threshold", "overlap",
+__all__ = ["DENSE_HEADS", "dice_iou", "dice_stats", "dice_fairness", "DenseProbe", "fit_and_score", "choose_threshold", "overlap",
            "has_mask", "has_foreground", "THRESHOLDS", "STAT_KEYS", "PROTOCOL"]

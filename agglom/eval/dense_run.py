@@ -63,7 +63,7 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
         raise ValueError(f"{name}: no spatial features were extracted")
     try:
         res = fit_and_score((tr.spatial, tr.masks), (va.spatial, va.masks), (te.spatial, te.masks),
-                            steps=int(ev.dense_steps), lr=float(ev.dense_lr), seed=seed)
+                            steps=int(ev.dense_steps), lr=float(ev.dense_lr), seed=seed, head=str(ev.dense_head))
     except ValueError as e:
         raise ConfigError(f"eval.dense: {name}: {e}") from e
     masked, fg = has_mask(te.masks), has_foreground(te.masks)
@@ -72,7 +72,7 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
                                    n_boot=int(ev.bootstrap), seed=seed) for a, g in groups.items()}
     empty = masked & ~fg
     any_pred = res["pred_area"] > 0
-    section = {"kind": kind, "features": "patch tokens" if kind == "student" else "spatial map",
+    section = {"kind": kind, "features": "patch tokens" if kind == "student" else "spatial map", "head": ev.dense_head,
                "feature_dim": int(tr.spatial.shape[1]), "grid": [int(v) for v in tr.spatial.shape[-2:]],
                "max_grid": int(ev.dense_grid),
                "threshold": res["threshold"], "val_dice": res["val_curve"].get(f"{res['threshold']:g}"),

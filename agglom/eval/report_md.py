@@ -253,7 +253,8 @@ def dense_markdown(dense: Mapping[str, Any]) -> List[str]:
                  "std", "skewness", "threshold"], rows)
     for name, m in dense.get("models", {}).items():
         em = m.get("empty_masks", {})
-        L += [f"### Dense groups: `{name}` ({m.get('features')}, {m.get('feature_dim')} channels on a "
+        L += [f"### Dense groups: `{name}` ({m.get('head', 'linear')} head on {m.get('features')}, "
+              f"{m.get('feature_dim')} channels on a "
               f"{'x'.join(map(str, m.get('grid', [])))} grid; threshold {_num(m.get('threshold'), 2)}, validation Dice "
               f"{_num(m.get('val_dice'))}; {em.get('n', 0)} test masks without foreground, "
               f"{_num(em.get('with_prediction'))} of them with a predicted pixel)", ""]
