@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
+from agglom.export.input_sizes import card_rows, input_sizes
 from agglom.runs import run_summary
 
 
@@ -151,6 +152,7 @@ def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_c
         f"Preprocessing: input {tuple(pc.get('input_size', ()))}, mean {tuple(pc.get('mean', ()))}, "
         f"std {tuple(pc.get('std', ()))}. Per-teacher heads are in `adapters.safetensors` "
         "(`agglom.export.load_adapter_pack`).", "",
+        "## Input sizes", "", *card_rows(input_sizes(student, cfg, report)), "",
         "## Teachers", "", *_teacher_rows(model), "",
         "Teacher licences bind what you may do with this student: check each before use.", "",
         "## Training data", "", *_data_rows(datasheet, min_group_count, cfg.data.train_split),

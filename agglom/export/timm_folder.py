@@ -14,6 +14,7 @@ import timm
 
 from agglom.config.load import ConfigError
 from agglom.export.adapters import write_adapter_pack
+from agglom.export.input_sizes import input_sizes, record_in_config
 from agglom.export.model_card import write_model_card
 from agglom.runs import latest_checkpoint, load_run_model, run_config
 
@@ -38,6 +39,9 @@ def export_run(run_dir: Path, out_dir: Optional[Path] = None, use_ema: bool = Tr
     timm.models.save_for_hf(student, str(tmp), model_config={"pretrained_cfg": pcfg},
                             model_args=dict(getattr(student, "agglom_model_args", {})), safe_serialization=True)
     _clean_config(tmp / "config.json")
+    report_path = run_dir / "eval" / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    record_in_config(tmp / "config.json", input_sizes(student, cfg, report))  # the sizes timm may feed it
     write_adapter_pack(model, cfg, tmp)
     (tmp / "agglom.json").write_text(json.dumps({"schema": EXPORT_SCHEMA, "run": str(run_dir.resolve()),
                                                  "checkpoint": ckpt.name, "ema": use_ema}, indent=1))
