@@ -72,3 +72,112 @@ def test_fixed_size_student_is_recorded_as_fixed(tmp_path, synth_root, make_tiny
     info = input_sizes(student, cfg)
     assert info["dynamic_img_size"] is False and info["trained_sizes"] == [32]
     assert card_rows(info)[0].startswith("Fixed input size: 32 px")
+
+
+def _tiny_student(dynamic: bool):
+    from omegaconf import OmegaConf
+
+    from agglom.model.student import build_student
+
+    args = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "dynamic_img_size": dynamic}
+    return build_student(OmegaConf.create({"model": "vit_small_patch16_224", "pretrained": False, "checkpoint": None,
+                                           "model_args": args, "mean": [0.5] * 3, "std": [0.5] * 3}), 32, 3, 0)
+
+
+def test_switch_flag_fires_on_a_crafted_curve_and_not_on_smooth_ones():
+    from agglom.eval.resolution import eval_sizes, find_switches
+
+    sizes = [16, 32, 64, 128]
+    sw = find_switches(sizes, [0.90, 0.91, 0.90, 0.55], tol=0.02, jump=3.0)  # falls off a cliff at 128 px
+    assert [(s["from"], s["to"]) for s in sw] == [(64, 128)] and sw[0]["change"] == pytest.approx(-0.35)
+    assert find_switches(sizes, [0.55, 0.90, 0.91, 0.90]) != []  # a jump up is a change of character too
+    assert find_switches(sizes, [0.80, 0.85, 0.88, 0.90]) == []  # smooth
+    assert find_switches(sizes, [0.60, 0.75, 0.90, 0.75]) == []  # smooth degradation away from the best size
+    assert find_switches(sizes, [0.900, 0.905, 0.899, 0.902]) == []  # flat: changes below tol are noise
+    assert find_switches([16, 32], [0.9, 0.1]) == []  # two sizes: nothing to compare with
+    # per octave: a change over two octaves counts half per octave
+    assert find_switches([16, 32, 64, 256], [0.90, 0.88, 0.86, 0.80]) == []
+    assert eval_sizes(32, [0.5, 1, 2], 8) == [16, 32, 64] and eval_sizes(64, [0.3, 1, 1.01], 16) == [16, 64]
+
+
+def test_validated_range_is_contiguous_around_the_training_size():
+    from agglom.eval.resolution import resolution_section, validated_range
+
+    sizes = [16, 32, 64]
+    single = resolution_section(32, [0.5, 1, 2], sizes, 64, {"t/summary": [0.6, 0.9, 0.55]}, [0.7, 0.8, 0.7],
+                                {"site": [0.6, 0.7, 0.6]})
+    assert single["switches"] == [] and single["validated_range"] == [32, 32]
+    assert single["within_tol"]["fidelity:t/summary"] == [False, True, False]
+    multi = resolution_section(32, [0.5, 1, 2], sizes, 64, {"t/summary": [0.89, 0.9, 0.895], "t/spatial": [0.5, 0.5,
+                                                                                                             None]},
+                               [0.8, 0.8, 0.8], {})
+    assert multi["validated_range"] == [16, 64] and multi["switches"] == []
+    # a nearly constant teacher output (R² far below 0) counts as 0 everywhere: it neither flags nor fails a size
+    flat = resolution_section(32, [0.5, 1, 2], sizes, 64, {"t/summary": [-42.0, -40.0, -41.0]}, [0.8] * 3, {})
+    assert flat["switches"] == [] and flat["validated_range"] == [16, 64]
+    # probe curves are reported, not flagged, when fidelity curves exist
+    noisy = resolution_section(32, [0.5, 1, 2, 4], [16, 32, 64, 128], 128, {"t/summary": [0.9] * 4},
+                               [0.8, 0.8, 0.8, 0.5], {"site": [0.8, 0.4, 0.8, 0.8]})
+    assert noisy["switches"] == [] and noisy["validated_range"] == [16, 128]
+    # out of tolerance at the training size: no range; a switch cuts the range even within tolerance
+    assert validated_range(sizes, {"a": [0.9, 0.5, 0.9]}, 32, 0.02) is None
+    assert validated_range(sizes, {"a": [0.9, 0.9, 0.9]}, 32, 0.02, [{"from": 32, "to": 64}]) == [16, 32]
+    # no fidelity curve: the probe AUC decides
+    probe_only = resolution_section(32, [0.5, 1, 2], sizes, 64, {}, [0.5, 0.8, 0.79], {})
+    assert probe_only["validated_range"] == [32, 64]
+
+
+def test_resolution_eval_refuses_a_fixed_size_student():
+    from types import SimpleNamespace
+
+    from agglom.config.load import ConfigError
+    from agglom.eval.resolution_run import check_resolution_eval
+
+    with pytest.raises(ConfigError, match="eval.resolutions.*dynamic_img_size"):
+        check_resolution_eval(SimpleNamespace(student=_tiny_student(False)), [0.5, 1, 2])
+    check_resolution_eval(SimpleNamespace(student=_tiny_student(True)), [0.5, 1, 2])
+
+
+def test_bad_resolution_values_exit_2_naming_the_key(dyn_run, capsys):
+    assert main(["eval", str(dyn_run), "eval.resolutions=[0.5,-1]"]) == 2
+    assert "eval.resolutions" in capsys.readouterr().err
+
+
+def test_eval_writes_the_resolution_section_and_the_card_states_the_range(dyn_run, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", str(dyn_run), "eval.resolutions=[0.5,1,2]", "eval.bootstrap=0", "eval.label_fractions=[]",
+                 "num_workers=0", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    sec = report["resolution"]
+    assert sec["sizes"] == [16, 32, 64] and sec["base"] == 32 and sec["read_at"] == 64
+    assert set(sec["fidelity"]) == {"tiny-clip/summary", "tiny-clip/spatial", "tiny-dinov2/summary",
+                                    "tiny-dinov2/spatial"}
+    assert all(len(v) == 3 for v in sec["fidelity"].values()) and len(sec["probe"]["auc"]) == 3
+    assert all(v is not None and 0 <= v <= 1 for v in sec["probe"]["auc"])
+    assert "site" in sec["probe"]["worst_group_auc"] and "rule" in sec
+    assert (out / "resolution.png").is_file() and "## Resolution" in (out / "report.md").read_text()
+    # the fidelity at the training size differs from the other sizes: the curve measures the student, not the teacher
+    clip = sec["fidelity"]["tiny-clip/spatial"]
+    assert len(set(round(v, 6) for v in clip)) == 3
+    # the export states what the run's report measured
+    (dyn_run / "eval").mkdir(exist_ok=True)
+    (dyn_run / "eval" / "report.json").write_text((out / "report.json").read_text())
+    export = tmp_path / "export"
+    assert main(["export", str(dyn_run), f"out={export}"]) == 0
+    recorded = json.loads((export / "config.json").read_text())["agglom_input_sizes"]
+    assert recorded["evaluated_sizes"] == [16, 32, 64] and recorded["validated_range"] == sec["validated_range"]
+    assert "Validated range:" in (export / "README.md").read_text()
+    (dyn_run / "eval" / "report.json").unlink()
+
+
+def test_resolution_curve_at_the_read_size_matches_the_main_fidelity(dyn_run, tmp_path):
+    """Read at the training size (no multiple above 1), the 1x point is the main evaluation's own fidelity."""
+    out = tmp_path / "eval"
+    assert main(["eval", str(dyn_run), "eval.resolutions=[0.5,1]", "eval.bootstrap=0", "eval.label_fractions=[]",
+                 "num_workers=0", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    sec = report["resolution"]
+    assert sec["read_at"] == 32 and sec["sizes"] == [16, 32]
+    attr = next(iter(report["fidelity"]))
+    for key, vals in sec["fidelity"].items():
+        assert vals[1] == pytest.approx(report["fidelity"][attr][key]["overall"]["value"], abs=1e-9)

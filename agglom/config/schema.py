@@ -33,7 +33,11 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    image_size: int = 64
+    image_size: int = 64  # the size the reader reads (teachers resize from it to their own input size)
+    # multi-resolution training: the student's input size is drawn per optimiser step from these (px, multiples of
+    # the patch size, <= image_size) as a pure function of (seed, step) (agglom.train.multires); empty = image_size
+    resolutions: List[int] = field(default_factory=list)
+    scale_batch: bool = True  # with resolutions: use fewer samples at larger sizes (tokens per step ~ constant)
     min_image_side: int = 4  # an image with a side under this many pixels is skipped (too_small), not upscaled
     grayscale: str = "replicate"  # replicate (to 3 channels) | keep (1 channel)
     interpolation: str = "bicubic"  # resize/crop interpolation: bicubic | bilinear
@@ -198,6 +202,11 @@ class EvalConfig:
     # the teacher's encoder vs the student's SAM adapter in its place, prompts from each test mask; needs run=
     sam_prompts: bool = False
     sam_prompt: str = "box"  # box (around the mask) | point (its centre) | box+point
+    # the mode-switch test (agglom.eval.resolution): fidelity and the probe at these multiples of the training size
+    # (e.g. [0.5, 1, 2]; each rounded to the patch size), a `resolution` section, resolution.png; empty: off
+    resolutions: List[float] = field(default_factory=list)
+    resolution_tol: float = 0.02  # fidelity within this of its best size counts as validated; smaller jumps are noise
+    resolution_jump: float = 3.0  # a switch: an adjacent change this many times the median per-octave change elsewhere
 
 
 @dataclass

@@ -91,11 +91,10 @@ RULES: Dict[str, Rule] = {
     "data.root": NON_EMPTY,
     "data.train_split": NON_EMPTY, "data.val_split": NON_EMPTY, "data.test_split": NON_EMPTY,
     "data.image_size": COUNT, "data.min_image_side": COUNT,
-    "data.grayscale": one_of(C.GRAYSCALE),
-    "data.interpolation": one_of(C.INTERPOLATION),
+    "data.grayscale": one_of(C.GRAYSCALE), "data.interpolation": one_of(C.INTERPOLATION),
     "data.batch_size": COUNT, "data.num_workers": NON_NEGATIVE,
-    "data.epoch_samples": COUNT,
-    "data.shuffle_buffer": COUNT,
+    "data.epoch_samples": COUNT, "data.shuffle_buffer": COUNT,
+    "data.resolutions": each(COUNT),  # multi-resolution training; the patch and the read size: _check_resolutions
     "data.group_balance": PROBABILITY,
     "data.group_weights": each(NON_NEGATIVE),
     "data.augment.hflip": PROBABILITY,
@@ -110,13 +109,10 @@ RULES: Dict[str, Rule] = {
     "heads.summary": one_of(_registry("head")),
     "heads.spatial": one_of(_registry("head")),
     "heads.normaliser": one_of(_registry("normaliser")),
-    "heads.hidden": NON_NEGATIVE,
-    "heads.stats_samples": COUNT,
+    "heads.hidden": NON_NEGATIVE, "heads.stats_samples": COUNT,
     "heads.zscore_momentum": PROBABILITY,
-    "objective.summary_weight": NON_NEGATIVE,
-    "objective.spatial_weight": NON_NEGATIVE,
-    "objective.summary_cos": PROBABILITY,
-    "objective.spatial_cos": PROBABILITY,
+    "objective.summary_weight": NON_NEGATIVE, "objective.spatial_weight": NON_NEGATIVE,
+    "objective.summary_cos": PROBABILITY, "objective.spatial_cos": PROBABILITY,
     "objective.smooth_l1_beta": POSITIVE,
     "objective.granularity": one_of(C.GRANULARITY),
     "objective.teacher_balance": one_of(C.TEACHER_BALANCE),
@@ -145,8 +141,7 @@ RULES: Dict[str, Rule] = {
     "optim.ema": between(0, 1, hi_open=True),
     "optim.max_bad_steps": COUNT,
     "log.interval": COUNT, "log.progress": one_of(C.PROGRESS),
-    "log.checkpoint_interval": COUNT,
-    "log.keep": COUNT,
+    "log.checkpoint_interval": COUNT, "log.keep": COUNT,
     "eval.features": one_of(C.EVAL_FEATURES),
     "eval.bootstrap": NON_NEGATIVE,
     "eval.ece_binnings": Rule(lambda v: all(b in C.ECE_BINNINGS for b in v),
@@ -157,6 +152,7 @@ RULES: Dict[str, Rule] = {
     "eval.seeds": COUNT, "eval.max_iter": COUNT, "eval.sam_prompt": one_of(C.SAM_PROMPTS),  # SAM-decoder prompts
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "eval.dense_head": one_of(C.DENSE_HEADS),
+    "eval.resolutions": each(POSITIVE), "eval.resolution_tol": NON_NEGATIVE, "eval.resolution_jump": at_least(1),
     "export.min_group_count": NON_NEGATIVE,
     "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE), "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
     # command-level keys (eval, curate, finetune, cache, teachers check)
@@ -166,16 +162,14 @@ RULES: Dict[str, Rule] = {
     "device": DEVICE,
     "progress": one_of(C.PROGRESS),
     "threads": NON_NEGATIVE,
-    "val_interval": NON_NEGATIVE,
-    "log_interval": COUNT,
+    "val_interval": NON_NEGATIVE, "log_interval": COUNT,
     "method": one_of(C.CURATE_METHODS),
     "features": one_of(C.CURATE_FEATURES),
     "dedup_space": one_of(C.DEDUP_SPACES),
     "k": COUNT,
     "match": one_of(C.JOIN_MATCHES),
     "cache.dtype": one_of(C.CACHE_DTYPES),
-    "cache.pool": COUNT,
-    "cache.batch_size": COUNT,
+    "cache.pool": COUNT, "cache.batch_size": COUNT,
     "cache.device": DEVICE,
     "cache.n": COUNT,
     "finetune.method": one_of(C.FINETUNE_METHODS), "finetune.lora_rank": COUNT, "finetune.lora_alpha": POSITIVE,
@@ -361,9 +355,15 @@ def _check_no_groups(cfg: Any) -> List[str]:
     return out
 
 
+def _check_resolutions(cfg: Any) -> List[str]:
+    from agglom.config.resolution_checks import check_resolutions  # kept apart: this module is at its size limit
+
+    return check_resolutions(cfg)
+
+
 CROSS_CHECKS: List[Callable[[Any], List[str]]] = [
     _check_patch, _check_teachers, _check_group_specs, _check_stats, _check_group_weights, _check_name, _check_sweep,
-    _check_no_groups,
+    _check_no_groups, _check_resolutions,
 ]
 
 

@@ -269,4 +269,8 @@ def plot_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> Sequen
         paths += _sam_plots(name, t, out)
     if report.get("pareto"):
         paths.append(plot_front(report["pareto"], out / "front.png"))
+    if report.get("resolution"):
+        from agglom.eval.resolution import plot_resolution
+
+        paths.append(plot_resolution(report["resolution"], out / "resolution.png"))
     return paths

@@ -101,6 +101,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         L += sam_markdown(report["sam_prompts"])
     if report.get("comparison"):
         L += _comparison_markdown(report["comparison"])
+    if report.get("resolution"):
+        from agglom.eval.resolution import resolution_markdown
+
+        L += resolution_markdown(report["resolution"])
     if len(models) > 1:
         L += ["## Teacher audit: same probe protocol on every model", "", "```", summary_table(report), "```", ""]
     if report.get("pareto"):

@@ -147,6 +147,20 @@ def _run_dense(splits_of: Dict[str, Any], primary: str, model: Any, args: Any, c
     return rows, overlays
 
 
+def _check_upfront(args: Any, cfg: Any, model: Any, device: torch.device) -> Any:
+    """What the optional sections need, checked before any work: masks in every split (``eval.dense``), a
+    dynamic-size student (``eval.resolutions``); returns the SAM plan (teachers + decoders) or None."""
+    if args.eval.dense:
+        from agglom.eval.dense_run import check_dense_data
+
+        check_dense_data(cfg)
+    if args.eval.resolutions:
+        from agglom.eval.resolution_run import check_resolution_eval
+
+        check_resolution_eval(model, list(args.eval.resolutions))
+    return plan_sam(args, cfg, model, device) if args.eval.sam_prompts else None
+
+
 def run_evaluation(args: Any) -> Dict[str, Any]:
     """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
     plots; returns the report."""
@@ -159,11 +173,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
     device = pick_device(dist_info(), args.device)
     cfg, model, primary = _load_primary(args, device)
     _apply_data_overrides(cfg, args)
-    if args.eval.dense:  # masks in every split, checked before any work
-        from agglom.eval.dense_run import check_dense_data
-
-        check_dense_data(cfg)
-    sam = plan_sam(args, cfg, model, device) if args.eval.sam_prompts else None  # SAM teachers + decoders, up front
+    sam = _check_upfront(args, cfg, model, device)
     encoders, dense, teacher_mods, zs_plan, fid = _encoders(args, cfg, model, primary, device)
     g = _grouping(cfg)
     attr_names = list(args.eval.attributes) or None
@@ -180,6 +190,11 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
         if fid is not None and fid.sq_err:
             extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, g["indexer"], g["specs"],
                                     g["exclude_unknown"])
+    if args.eval.resolutions:  # the mode-switch test: the student at other input sizes (agglom.eval.resolution_run)
+        from agglom.eval.resolution_run import resolution_report
+
+        extra["resolution"] = resolution_report(args, cfg, model, fid.teachers if fid is not None else {}, device, g,
+                                                attr_names)
     dense_rows, overlays = _run_dense(splits_of, primary, model, args, cfg, g, attr_names, extra) if dense else ([], {})
     zs_rows: List[Dict[str, Any]] = []
     if zs_plan is not None:

@@ -57,3 +57,14 @@ def student_tokens(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, tor
     grid = model.patch_embed.dynamic_feat_size(x.shape[-2:]) if getattr(model, "dynamic_img_size", False) \
         else tuple(model.patch_embed.grid_size)
     return feats[:, :p], feats[:, p:], (int(grid[0]), int(grid[1]))
+
+
+def resize_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A student-normalised batch [B, C, H, W] at ``size`` x ``size`` (antialiased bilinear; unchanged when it is).
+
+    The one rule for feeding the student another size than the reader's, in training (``data.resolutions``) and in
+    the resolution evaluation (``eval.resolutions``), so both see the same pixels for the same size."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
