@@ -13,6 +13,7 @@ from torch import nn
 
 from agglom.model import AgglomModel, TeacherSpec
 from agglom.model.agglomerator import module_key
+from agglom.model.student import resize_input
 from agglom.objective.groups import build_group_objective
 from agglom.objective.losses import distillation_losses
 from agglom.objective.routing import apply_routing, build_routing
@@ -133,8 +134,9 @@ class AgglomTask(nn.Module):
         group = batch["group"].to(self.device, non_blocking=True)
         with torch.no_grad():
             targets = self.targets(batch, image, update_norms=self.training)
+        student_image = resize_input(image, batch["student_size"]) if "student_size" in batch else image
         with self.autocast:
-            preds = self.forward_model(image)
+            preds = self.forward_model(student_image)
         loss_bt, _ = distillation_losses(preds, targets, self.names, self.cfg.objective)
         balance = self.objective["balance"]
         mask = balance.mask(loss_bt.shape[0], loss_bt.device)
@@ -156,7 +158,16 @@ class AgglomTask(nn.Module):
         if self.training:
             self.objective["tracker"].update(loss_bt.detach(), mask, group)
         terms = {"loss": loss, **self._named(group_terms), **teacher_terms}
+        if "student_size" in batch:  # logged per step, so a run's resolution schedule can be read back
+            terms["input_size"] = torch.tensor(float(batch["student_size"]))
         return terms
+
+    def step_batch(self, batch: Dict[str, Any], step: int) -> Dict[str, Any]:
+        """The loop's hook before each micro-batch: under ``data.resolutions`` the step's student size and sample
+        count, a pure function of (seed, step) (:mod:`agglom.train.multires`); else the batch unchanged."""
+        from agglom.train.multires import step_batch
+
+        return step_batch(self.cfg, batch, step)
 
     def _named(self, terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """`group/3` -> `group/<name>` (and GroupDRO's `q/3`), so logs read by group name."""
@@ -216,7 +227,7 @@ class AgglomTask(nn.Module):
         image = batch["image"][:2].to(self.device)
         with FlopCounterMode(display=False) as counter:
             with torch.no_grad():
-                self.model(image)
+                self.model(resize_input(image, batch["student_size"]) if "student_size" in batch else image)
         student = counter.get_total_flops()
         with FlopCounterMode(display=False) as counter:
             with torch.no_grad():

@@ -263,6 +263,8 @@ class Loop:
         ``optim.accum_steps`` finite micro-batches. True when an optimiser step happened."""
         state = self.state
         self.clock.arrived()
+        if hasattr(self.task, "step_batch"):  # e.g. the step's input size (data.resolutions): a function of the step
+            batch = self.task.step_batch(batch, state["step"])
         if state["flops_per_sample"] is None:
             state["flops_per_sample"] = self.task.flops_per_sample(batch)
         terms = self.task(batch)
