@@ -19,6 +19,7 @@ from agglom.objective.losses import distillation_losses
 from agglom.objective.routing import apply_routing, build_routing
 from agglom.objective.teacher_balance import TeacherBalance
 from agglom.objective.tracking import GroupTeacherTracker
+from agglom.train import multires
 
 Targets = Dict[str, Dict[str, torch.Tensor]]
 
@@ -165,9 +166,7 @@ class AgglomTask(nn.Module):
     def step_batch(self, batch: Dict[str, Any], step: int) -> Dict[str, Any]:
         """The loop's hook before each micro-batch: under ``data.resolutions`` the step's student size and sample
         count, a pure function of (seed, step) (:mod:`agglom.train.multires`); else the batch unchanged."""
-        from agglom.train.multires import step_batch
-
-        return step_batch(self.cfg, batch, step)
+        return multires.step_batch(self.cfg, batch, step)
 
     def _named(self, terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """`group/3` -> `group/<name>` (and GroupDRO's `q/3`), so logs read by group name."""

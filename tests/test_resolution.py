@@ -143,11 +143,16 @@ def test_bad_resolution_values_exit_2_naming_the_key(dyn_run, capsys):
     assert "eval.resolutions" in capsys.readouterr().err
 
 
+def _eval_resolutions(run, out, multiples: str) -> dict:
+    """``agglom eval run eval.resolutions=<multiples>`` (no bootstrap, no label fractions) -> its report.json."""
+    assert main(["eval", str(run), f"eval.resolutions={multiples}", "eval.bootstrap=0", "eval.label_fractions=[]",
+                 "num_workers=0", f"out={out}"]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
 def test_eval_writes_the_resolution_section_and_the_card_states_the_range(dyn_run, tmp_path):
     out = tmp_path / "eval"
-    assert main(["eval", str(dyn_run), "eval.resolutions=[0.5,1,2]", "eval.bootstrap=0", "eval.label_fractions=[]",
-                 "num_workers=0", f"out={out}"]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = _eval_resolutions(dyn_run, out, "[0.5,1,2]")
     sec = report["resolution"]
     assert sec["sizes"] == [16, 32, 64] and sec["base"] == 32 and sec["read_at"] == 64
     assert set(sec["fidelity"]) == {"tiny-clip/summary", "tiny-clip/spatial", "tiny-dinov2/summary",
@@ -173,9 +178,7 @@ def test_eval_writes_the_resolution_section_and_the_card_states_the_range(dyn_ru
 def test_resolution_curve_at_the_read_size_matches_the_main_fidelity(dyn_run, tmp_path):
     """Read at the training size (no multiple above 1), the 1x point is the main evaluation's own fidelity."""
     out = tmp_path / "eval"
-    assert main(["eval", str(dyn_run), "eval.resolutions=[0.5,1]", "eval.bootstrap=0", "eval.label_fractions=[]",
-                 "num_workers=0", f"out={out}"]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = _eval_resolutions(dyn_run, out, "[0.5,1]")
     sec = report["resolution"]
     assert sec["read_at"] == 32 and sec["sizes"] == [16, 32]
     attr = next(iter(report["fidelity"]))
