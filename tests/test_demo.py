@@ -26,6 +26,7 @@ def test_reduced_demo_end_to_end(tmp_path):
                 assert rep["comparison"]["reference"] == f"student-erm-s{s}"
         cfg = (out / f"student-fair-s{s}" / "config.yaml").read_text()
         assert "group_balanced: true" in cfg and "zscore_momentum: 0.0" in cfg  # the default fair candidate
+        assert "group: excess" in cfg and f"student-erm-s{s}" in cfg  # held to the seed's ERM losses
     for kind in ("erm", "fair"):
         exp = out / f"student-{kind}-s0" / "export"
         assert (exp / "config.json").is_file() and (exp / "README.md").is_file()
@@ -65,3 +66,15 @@ def test_at_erm_stands_for_the_seeds_erm_run(tmp_path):
 
     assert with_erm_run(["objective.reference=@erm", "objective.lam=1"], tmp_path / "student-erm-s2") == [
         f"objective.reference={tmp_path / 'student-erm-s2'}", "objective.lam=1"]
+
+
+def test_a_finished_student_is_reused_only_with_the_settings_asked(tmp_path):
+    from omegaconf import OmegaConf
+
+    from agglom.demo import recipe_mismatch
+
+    OmegaConf.save(OmegaConf.create({"data": {"group_balanced": True}, "objective": {"group": "excess", "lam": 1.0}}),
+                   tmp_path / "config.yaml")
+    assert recipe_mismatch(tmp_path, ["data.group_balanced=true", "objective.lam=1"]) == []
+    bad = recipe_mismatch(tmp_path, ["objective.group=erm", "objective.lam=1", "heads.zscore_momentum=0"])
+    assert bad == ["objective.group: saved 'excess', asked 'erm'", "heads.zscore_momentum: saved None, asked 0"]
