@@ -47,6 +47,7 @@ class PackConfig:
     attrs_on: str = "file"  # its column matched against each image's path (relative to src), name or stem
     mask_col: Optional[str] = None  # CSV column holding each image's segmentation mask file (blank: no mask)
     masks: Optional[str] = None  # a folder of masks: <masks>/<image path relative to src/CSV, suffix .png>, or by stem
+    max_side: int = 0  # shrink images whose longer side exceeds this (px; 16-bit stays 16-bit; masks follow); 0 = keep
 
 
 @dataclass

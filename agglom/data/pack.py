@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from agglom.data.decode import DecodeError, decode_array
+from agglom.data.downsize import downsize_image, downsize_mask
 from agglom.data.groups import fmt_value, parse_value
 
 log = logging.getLogger("agglom.data.pack")
@@ -338,8 +339,10 @@ def pack(cfg: Any) -> Dict[str, Any]:
             assign = stratified_split(keys, strata, default_fractions(cfg.val_frac, cfg.test_frac), seed=cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+    if int(cfg.max_side) < 0:
+        raise ConfigError(f"max_side={cfg.max_side}: give a size >= 1 in pixels, or 0 to keep every image's size")
     root = prepare_output(cfg.out, cfg.force)
-    written = 0
+    written = downsized = 0
     mask_problems: Counter = Counter()
     with DatasetWriter(root, shard_size=cfg.shard_size, prepare=False) as w:
         for key, r in zip(keys, recs):
@@ -349,7 +352,11 @@ def pack(cfg: Any) -> Dict[str, Any]:
                 skipped[e.reason] += 1
                 log.warning("pack: %s; skipped", e)
                 continue
-            mask, area = _mask_of(r, data, ext, mask_problems)
+            mask, area = _mask_of(r, data, ext, mask_problems)  # checked against the source's size
+            data, ext, size = downsize_image(data, ext, int(cfg.max_side))
+            if size is not None:
+                downsized += 1
+                mask = downsize_mask(mask, size) if mask is not None else None
             w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]},
                     mask=mask, mask_area=area)
             written += 1
@@ -359,7 +366,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
         sheet = w.close(name=cfg.name or Path(cfg.out).name, source=cfg.source or source, licence=cfg.licence,
                         params={"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
                                 "stratify": list(cfg.stratify), "split_col": cfg.split_col,
-                                "shard_size": cfg.shard_size, "uncertain": cfg.uncertain, "blank": cfg.blank,
+                                "shard_size": cfg.shard_size, "max_side": int(cfg.max_side), "downsized": downsized, "uncertain": cfg.uncertain, "blank": cfg.blank,
                                 "labels_converted": dict(converted), "dicom_converted": dict(dicom_notes),
                                 **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
                                    if join_report else {}),
