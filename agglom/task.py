@@ -20,6 +20,7 @@ from agglom.objective.routing import apply_routing, build_routing
 from agglom.objective.teacher_balance import TeacherBalance
 from agglom.objective.tracking import GroupTeacherTracker
 from agglom.train import multires
+from agglom.train.phases import PhaseTimer
 
 Targets = Dict[str, Dict[str, torch.Tensor]]
 
@@ -125,9 +126,23 @@ class AgglomTask(nn.Module):
         return {"summary": torch.cat([o.summary for o in parts]), "spatial": torch.cat([o.spatial for o in parts])}
 
     def targets(self, batch: Dict[str, Any], image: torch.Tensor, update_norms: bool) -> Targets:
+        """Normalised teacher targets; the raw features are the ``teachers`` phase, the normalisers ``heads_loss``."""
         raw = self.raw_targets(batch, image)
+        self.phases.mark("teachers")
         model = self.model
-        return {n: model.normalise_targets(n, raw[n].get("summary"), raw[n].get("spatial"), update_norms) for n in raw}
+        out = {n: model.normalise_targets(n, raw[n].get("summary"), raw[n].get("spatial"), update_norms) for n in raw}
+        self.phases.mark("heads_loss")
+        return out
+
+    @property
+    def phases(self) -> PhaseTimer:
+        """The step's phase timer (:mod:`agglom.train.phases`), shared with the model (which marks ``student``);
+        disabled unless the loop sets one (``log.phases``)."""
+        return self.model.phases
+
+    @phases.setter
+    def phases(self, timer: PhaseTimer) -> None:
+        self.model.phases = timer
 
     # the step -------------------------------------------------------------------------------------------------
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -161,6 +176,7 @@ class AgglomTask(nn.Module):
         terms = {"loss": loss, **self._named(group_terms), **teacher_terms}
         if "student_size" in batch:  # logged per step, so a run's resolution schedule can be read back
             terms["input_size"] = torch.tensor(float(batch["student_size"]))
+        self.phases.mark("heads_loss")  # since the model's "student" mark: heads, losses, objective
         return terms
 
     def step_batch(self, batch: Dict[str, Any], step: int) -> Dict[str, Any]:

@@ -13,7 +13,8 @@ d) DeepSpeed ZeRO-2 vs the torch strategy, step time (cached teachers, same batc
 e) peak RSS of the training runs;
 f) cache bytes per sample per teacher (fp16, int8, int8 + 2x2 pooling) vs bf16 full maps, with cosines vs online;
 g) estimated FLOP utilisation: training FLOPs/sample x samples/s over the measured GEMM rate (fp32 2048^2 on
-   the CPU; bf16 8192^2 on a GPU, where training runs bf16).
+   the CPU; bf16 8192^2 on a GPU, where training runs bf16);
+h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py).
 
 Everything lives in a temporary folder (synthetic data, caches, temporary teacher cards, runs).
 """
@@ -434,6 +435,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
     from agglom.data.synth import SynthParams, write_synth
+    from benchmarks.phases import bench_phases
 
     s = sizes(opts)
     realistic = opts["size"] == "realistic"
@@ -486,6 +488,8 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
             util = fps * rate / gemm
             rows.add("g", f"FLOP utilisation, training ({k} teachers)", fps * rate / 1e9, gemm / 1e9, "GFLOP/s",
                      "", None, ratio=util, flops_per_sample=fps)
+
+    bench_phases(rows, root, work, s, teachers, cache_dir, realistic)  # (h) where the step's time goes
 
     # (b') teachers whose forward dominates (the demo's tiny teachers cost less than the student)
     if s["wide"]:

@@ -20,11 +20,16 @@ def test_bench_quick_smoke(tmp_path, capsys):
     assert main(["quick=true", f"out={out}"]) == 0
     report = json.loads(out.read_text())
     sections = {r["section"] for r in report["rows"]}
-    assert sections == set("abcdefg")
+    assert sections == set("abcdefgh")
     for r in report["rows"]:
         if r["section"] in "abcd":
             assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r
     f = [r for r in report["rows"] if r["section"] == "f"]
     assert len(f) == 9 and all(r["summary_cos"] > 0.99 for r in f)
+    for mode in ("online", "cached"):  # (h): the six phases cover the step
+        h = [r for r in report["rows"] if r["section"] == "h" and f"({mode}" in r["metric"]]
+        parts = [r for r in h if not r["metric"].startswith("phase sum")]
+        assert len(parts) == 6 and all(r["value"] >= 0 and r["unit"] == "of step" for r in parts), h
+        assert 0.9 <= sum(r["value"] for r in parts) <= 1.1, h
     printed = capsys.readouterr().out
     assert "metric" in printed and "ratio" in printed and "met" in printed

@@ -171,6 +171,9 @@ class LogConfig:
     progress: str = "auto"  # auto (on a TTY) | on | off
     checkpoint_interval: int = 100
     keep: int = 2
+    phases: bool = field(default=False, metadata={
+        "help": "log phase_s/<phase>: seconds per step in data, teachers, student, heads_loss, backward, optimiser "
+                "(syncs the GPU at each phase boundary, so a little slower)"})
 
 
 # --------------------------------------------------------------------------- eval + export

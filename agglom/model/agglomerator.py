@@ -15,6 +15,7 @@ from torch import nn
 from agglom.model.heads import build_head
 from agglom.model.normalisers import build_normaliser
 from agglom.model.student import build_student, student_tokens
+from agglom.train.phases import OFF, PhaseTimer
 
 
 @dataclass
@@ -62,6 +63,8 @@ def to_grid(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
 
 
 class AgglomModel(nn.Module):
+    phases: PhaseTimer = OFF  # the step's phase timer; the training loop sets its own (log.phases)
+
     def __init__(self, cfg: Any, specs: List[TeacherSpec], in_chans: int, student: Optional[nn.Module] = None) -> None:
         """`student`: an already-built timm model (e.g. loaded from an export) instead of a new one."""
         super().__init__()
@@ -91,6 +94,7 @@ class AgglomModel(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
         """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
         prefix, patches, grid = student_tokens(self.student, x)
+        self.phases.mark("student")  # a no-op unless the loop's log.phases timer is set (agglom.train.phases)
         out: Dict[str, Dict[str, torch.Tensor]] = {}
         for s in self.specs:
             pred: Dict[str, torch.Tensor] = {}

@@ -15,7 +15,8 @@ RNG and data position, and so continues the same stream.
 The task interface (duck-typed; :class:`agglom.task.AgglomTask` and :class:`agglom.finetune.task.FinetuneTask`):
 ``model``, ``param_groups()``, ``attach(forward_model, device, autocast)``, ``stateful() -> {name: module}``,
 ``prepare(fresh)`` (first data read, e.g. the normalisers' stats pass), ``write_run_files(run_dir)``,
-``flops_per_sample(batch)``, ``tracked() -> {name: float}``, ``train()``, ``__call__(batch)``.
+``flops_per_sample(batch)``, ``tracked() -> {name: float}``, ``train()``, ``__call__(batch)``; the loop sets
+``task.phases`` (its :class:`agglom.train.phases.PhaseTimer`, enabled by ``log.phases``) for the task to mark.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from agglom.train.checkpoint import CheckpointManager
 from agglom.train.ema import ModelEMA
 from agglom.train.logger import MetricLogger
 from agglom.train.optim import warmup_cosine
+from agglom.train.phases import PhaseTimer
 from agglom.train.preflight import checkpoint_of
 from agglom.train.rundir import SAFE_ON_RESUME, check_resume, record_changes
 
@@ -128,8 +130,11 @@ class Throughput:
         """The loop asks the reader for the next batch now."""
         self.t_fetch = time.perf_counter()
 
-    def arrived(self) -> None:
-        self.data_s += time.perf_counter() - self.t_fetch
+    def arrived(self) -> float:
+        """The batch is here; returns the seconds waited for it."""
+        wait = time.perf_counter() - self.t_fetch
+        self.data_s += wait
+        return wait
 
     def count(self, n: int) -> None:
         """``n`` samples went into the step being accumulated."""
@@ -185,6 +190,7 @@ class Loop:
         self.state = new_state(engine)
         self.ema: Optional[ModelEMA] = None
         self.micro = 0
+        self.phases = PhaseTimer(False)
 
     def run(self) -> Dict[str, Any]:
         """Set up, resume or start, run epochs until ``optim.steps``, write run.json; returns the final state."""
@@ -207,6 +213,9 @@ class Loop:
         if cfg.engine.compile:
             forward_model = torch.compile(forward_model)
         task.attach(forward_model, engine.device, engine.autocast())
+        # log.phases: the per-phase step timer, shared with the task (which marks teachers/student/heads_loss)
+        self.phases = PhaseTimer(bool(cfg.log.get("phases", False)), engine.device)
+        task.phases = self.phases
         if self.ema is not None:
             self.ema.to(engine.device)
         self.stateful = dict(task.stateful())
@@ -262,17 +271,20 @@ class Loop:
         """Forward + backward of one micro-batch (nanoGPT's inner loop); the optimiser steps once every
         ``optim.accum_steps`` finite micro-batches. True when an optimiser step happened."""
         state = self.state
-        self.clock.arrived()
+        self.phases.add("data", self.clock.arrived())
         if hasattr(self.task, "step_batch"):  # e.g. the step's input size (data.resolutions): a function of the step
             batch = self.task.step_batch(batch, state["step"])
         if state["flops_per_sample"] is None:
             state["flops_per_sample"] = self.task.flops_per_sample(batch)
+        self.phases.start()  # the step-size and FLOP-count hooks above are charged to no phase
         terms = self.task(batch)
         state["batch_in_epoch"] += 1
         if not self.guard.finite(terms["loss"], state, self.logger):
             self.micro = 0
             return False
+        self.phases.mark("heads_loss")  # the non-finite check's host sync
         self.engine.backward(terms["loss"])
+        self.phases.mark("backward")
         self.clock.count(int(batch["image"].shape[0]))
         self.micro += 1
         if self.micro < self.accum:
@@ -288,6 +300,8 @@ class Loop:
         grad_norm = engine.step(state["step"])
         if self.ema is not None:
             self.ema.update(engine.unwrap())
+        self.phases.mark("optimiser")
+        self.phases.stepped()
         state["step"] += 1
         lap = self.clock.lap()
         state["samples"] += lap["samples"] * engine.info.world_size
@@ -299,6 +313,8 @@ class Loop:
             metrics.update(self.task.tracked())
             metrics.update(samples_per_s=lap["samples"] * engine.info.world_size / max(lap["seconds"], 1e-9),
                            data_s=lap["data_s"])
+            if self.phases.enabled:
+                metrics.update(self.phases.lap())  # phase_s/<name>: seconds per step since the last log
         self.logger.step(step, metrics, force=last)
         for hook in self.hooks:
             hook.on_step(step, self.total, self.logger)
