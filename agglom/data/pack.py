@@ -312,6 +312,13 @@ def _masks_params(cfg: Any, recs: List[Dict[str, Any]], problems: Counter) -> Di
                              "found": sum(1 for r in recs if "mask_path" in r), "dropped": dict(problems)}}
 
 
+def _check_max_side(max_side: int) -> None:
+    from agglom.config.load import ConfigError
+
+    if int(max_side) < 0:
+        raise ConfigError(f"max_side={max_side}: give a size >= 1 in pixels, or 0 to keep every image's size")
+
+
 def pack(cfg: Any) -> Dict[str, Any]:
     """Pack per ``cfg`` (see :class:`agglom.data.args.PackConfig`); returns the datasheet."""
     from agglom.config.load import ConfigError
@@ -339,8 +346,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
             assign = stratified_split(keys, strata, default_fractions(cfg.val_frac, cfg.test_frac), seed=cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-    if int(cfg.max_side) < 0:
-        raise ConfigError(f"max_side={cfg.max_side}: give a size >= 1 in pixels, or 0 to keep every image's size")
+    _check_max_side(cfg.max_side)
     root = prepare_output(cfg.out, cfg.force)
     written = downsized = 0
     mask_problems: Counter = Counter()
