@@ -56,8 +56,9 @@ def _native_array(data: bytes, ext: str) -> np.ndarray:
     img.load()
     if img.mode.startswith("I;16"):
         return np.asarray(img).astype(np.uint16)
-    if img.mode == "I":  # 16-bit PNGs often open as 32-bit "I"; the bit depth says what they hold
-        return np.asarray(img).astype(np.uint16 if int(np.asarray(img).max(initial=0)) <= 65535 else np.int32)
+    if img.mode == "I":  # 16-bit PNGs often open as 32-bit "I"; the values say what they hold
+        arr = np.asarray(img)
+        return arr.astype(np.uint16 if int(arr.max(initial=0)) <= 65535 else np.int32)
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
     return np.asarray(img)
@@ -74,9 +75,23 @@ def _encode(arr: np.ndarray, ext: str) -> Tuple[bytes, str]:
     return png_bytes(arr), "png"
 
 
+def _header_size(data: bytes, ext: str) -> Optional[Tuple[int, int]]:
+    """(h, w) from the file header alone (no pixel decode), or None where the format needs a full read (npy)."""
+    if ext == "npy":
+        return None
+    from PIL import Image
+
+    w, h = Image.open(io.BytesIO(data)).size  # lazy: reads the header only
+    return h, w
+
+
 def downsize_image(data: bytes, ext: str, max_side: int) -> Tuple[bytes, str, Optional[Tuple[int, int]]]:
-    """(bytes, ext, new (h, w) or None): the image shrunk to ``max_side`` when larger, else returned untouched."""
+    """(bytes, ext, new (h, w) or None): the image shrunk to ``max_side`` when larger, else returned untouched
+    (decided from the header, so an image that fits is not decoded again)."""
     if max_side <= 0:
+        return data, ext, None
+    head = _header_size(data, ext)
+    if head is not None and target_size(*head, max_side) is None:
         return data, ext, None
     try:
         arr = _native_array(data, ext)
