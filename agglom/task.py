@@ -165,7 +165,8 @@ class AgglomTask(nn.Module):
                 per_teacher.append(l_t)
                 parts.append(t_terms)
             loss = balance.combine(torch.stack(per_teacher), mask.sum(0) > 0)
-            group_terms = {k: torch.stack([p[k] for p in parts if k in p]).mean() for k in set().union(*parts)}
+            # a group absent for one teacher (teacher drop) is NaN there: the mean over the teachers that saw it
+            group_terms = {k: torch.stack([p[k] for p in parts if k in p]).nanmean() for k in set().union(*parts)}
             teacher_terms = {f"teacher/{n}": p["utility"] for n, p in zip(self.keys, parts)}
         else:
             # across teachers first, then groups on the combined per-sample loss

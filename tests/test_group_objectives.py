@@ -48,9 +48,10 @@ def test_balanced_equals_mean_of_group_means_by_hand():
     out, terms = obj(loss, group)
     assert out.item() == pytest.approx((2.0 + 2.0 + 2.875) / 3)
     assert terms["utility"].item() == pytest.approx(loss.mean().item())
-    assert set(k for k in terms if k.startswith("group/")) == {"group/0", "group/1", "group/2"}
+    assert set(k for k in terms if k.startswith("group/")) == {"group/0", "group/1", "group/2", "group/3"}
     assert terms["group/2"].item() == pytest.approx(2.875)
-    assert all(torch.isfinite(v).all() for v in terms.values())
+    assert torch.isnan(terms["group/3"])  # absent from the batch: NaN (null in metrics.jsonl), not a made-up 0
+    assert all(torch.isfinite(v).all() for k, v in terms.items() if k != "group/3")
 
 
 @pytest.mark.parametrize("name", ["variance", "gap"])

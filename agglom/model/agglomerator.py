@@ -148,10 +148,10 @@ class AgglomModel(nn.Module):
             out["summary"] = norm(summary.float())
         if spatial is not None and module_key(name) in self.spatial_norms:
             norm = self.spatial_norms[module_key(name)]
-            tokens = spatial.float().flatten(2).transpose(1, 2)  # [B, hw, C]
+            spatial = spatial.float()  # [B, C, h, w], normalised over C in place of layout (no transposes)
             if update:
-                norm.update(tokens)
-            out["spatial"] = norm(tokens).transpose(1, 2).reshape(spatial.shape)
+                norm.update_spatial(spatial)
+            out["spatial"] = norm.forward_spatial(spatial)
         return out
 
     def denormalise(self, name: str, pred: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -160,8 +160,6 @@ class AgglomModel(nn.Module):
         if "summary" in pred:
             out["summary"] = self.summary_norms[module_key(name)].inverse(pred["summary"].float())
         if "spatial" in pred:
-            sp = pred["spatial"].float()
-            tok = self.spatial_norms[module_key(name)].inverse(sp.flatten(2).transpose(1, 2))
-            out["spatial"] = tok.transpose(1, 2).reshape(sp.shape)
+            out["spatial"] = self.spatial_norms[module_key(name)].inverse_spatial(pred["spatial"].float())
         return out
 

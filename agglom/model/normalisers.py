@@ -1,7 +1,12 @@
 """Per-teacher feature normalisers (registry): modules with buffers, saved with the run, invertible.
 
 Targets are normalised before the loss so teachers of very different scales (SAM necks vs CLIP embeddings)
-are comparable and a shared component does not dominate cosine fidelity. All work on channel-last [..., C].
+are comparable and a shared component does not dominate cosine fidelity. ``forward``/``inverse``/``update`` work on
+channel-last ``[..., C]``; ``*_spatial`` work on a teacher's dense map ``[B, C, h, w]`` as it comes, without the
+transposes to and from channel-last (ZScore broadcasts over the channel axis, PHIS multiplies from the left).
+
+No host sync in the step: whether a normaliser is fitted is a buffer (saved with the run), but once it is known to
+be fitted a Python flag remembers it, so ``update`` does not read the buffer back from the device every step.
 """
 from __future__ import annotations
 
@@ -32,6 +37,18 @@ class Normaliser(nn.Module):
         super().__init__()
         self.dim, self.momentum = dim, momentum
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._known_fitted = False  # host-side cache of `fitted` once it is True (never a stale True)
+
+    def is_fitted(self) -> bool:
+        """Whether `fit` has run (here or in the run this state was loaded from); reads the buffer back from the
+        device only until it is first seen True."""
+        if not self._known_fitted:
+            self._known_fitted = bool(self.fitted)
+        return self._known_fitted
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # loaded state may be unfitted: ask the buffer again
+        self._known_fitted = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def fit(self, x: torch.Tensor) -> None:  # x: [N, C]
         self.fitted.fill_(True)
@@ -45,10 +62,26 @@ class Normaliser(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y
 
+    def update_spatial(self, x: torch.Tensor) -> None:
+        """`update` from a dense map ``[B, C, h, w]`` (its tokens are the samples)."""
+        self.update(x.flatten(2).transpose(1, 2))
+
+    def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` on ``[B, C, h, w]``, returning ``[B, C, h, w]``."""
+        return self(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+
+    def inverse_spatial(self, y: torch.Tensor) -> torch.Tensor:
+        """`inverse` on ``[B, C, h, w]``, returning ``[B, C, h, w]``."""
+        return self.inverse(y.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(y.shape)
+
 
 @register_normaliser("none")
 class Identity(Normaliser):
-    pass
+    def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def inverse_spatial(self, y: torch.Tensor) -> torch.Tensor:
+        return y
 
 
 @register_normaliser("zscore")
@@ -70,17 +103,37 @@ class ZScore(Normaliser):
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, self.dim).float()
-        if not bool(self.fitted):
+        if not self.is_fitted():
             return self.fit(x)
-        m = self.momentum
-        self.mean.lerp_(x.mean(0), m)
-        self.var.lerp_(x.var(0, unbiased=False), m)
+        if self.momentum:
+            self._blend(x.mean(0), x.var(0, unbiased=False))
+
+    @torch.no_grad()
+    def update_spatial(self, x: torch.Tensor) -> None:
+        if not self.is_fitted():
+            return self.fit(x.flatten(2).transpose(1, 2))
+        if self.momentum:
+            var, mean = torch.var_mean(x.float(), dim=(0, *range(2, x.dim())), correction=0)
+            self._blend(mean, var)
+
+    def _blend(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        self.mean.lerp_(mean, self.momentum)
+        self.var.lerp_(var, self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / torch.sqrt(self.var + 1e-6)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y * torch.sqrt(self.var + 1e-6) + self.mean
+
+    # the same element-wise maths broadcast over the channel axis: equal, bit for bit, to the channel-last path
+    def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, self.dim) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / torch.sqrt(self.var + 1e-6).view(shape)
+
+    def inverse_spatial(self, y: torch.Tensor) -> torch.Tensor:
+        shape = (1, self.dim) + (1,) * (y.dim() - 2)
+        return y * torch.sqrt(self.var + 1e-6).view(shape) + self.mean.view(shape)
 
 
 def _mixing_matrix(dim: int, seed: int = 0) -> torch.Tensor:
@@ -122,11 +175,24 @@ class PHIS(Normaliser):
         self.fitted.fill_(True)
 
     def update(self, x: torch.Tensor) -> None:
-        if not bool(self.fitted):
+        if not self.is_fitted():
             self.fit(x)
+
+    def update_spatial(self, x: torch.Tensor) -> None:
+        if not self.is_fitted():
+            self.fit(x.flatten(2).transpose(1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) @ self.rotation.T) / self.scale
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return (y * self.scale) @ self.rotation + self.mean
+
+    def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        # rot @ (x - mean) per token, on [B, C, N]: one batched matmul from the left, no transposes
+        flat = x.flatten(2) - self.mean.view(1, -1, 1)
+        return (torch.matmul(self.rotation, flat) / self.scale).reshape(x.shape)
+
+    def inverse_spatial(self, y: torch.Tensor) -> torch.Tensor:
+        flat = torch.matmul(self.rotation.T, y.flatten(2) * self.scale) + self.mean.view(1, -1, 1)
+        return flat.reshape(y.shape)

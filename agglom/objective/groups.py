@@ -118,11 +118,12 @@ class GroupObjective(nn.Module):
                      weight: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-group means [G] (0 where absent), per-group weight sums [G], presence mask [G]."""
         g = group.long().reshape(-1)
-        if g.device.type == "cpu" and g.numel() and (int(g.min()) < 0 or int(g.max()) >= self.num_groups):
-            raise ValueError(f"group indices must lie in [0, {self.num_groups}); got "
-                             f"min {int(g.min())}, max {int(g.max())}")
         w = torch.ones_like(loss) if weight is None else weight.to(loss.dtype).reshape(-1)
-        sums = loss.new_zeros(self.num_groups).index_add(0, g, loss * w)
+        try:  # index_add checks the range itself (on CPU; a device assert on GPU): no host sync to check first
+            sums = loss.new_zeros(self.num_groups).index_add(0, g, loss * w)
+        except IndexError:
+            raise ValueError(f"group indices must lie in [0, {self.num_groups}); got "
+                             f"min {int(g.min())}, max {int(g.max())}") from None
         counts = loss.new_zeros(self.num_groups).index_add(0, g, w)
         present = counts > 0
         means = sums / counts.clamp_min(torch.finfo(loss.dtype).tiny)
@@ -141,8 +142,10 @@ class GroupObjective(nn.Module):
         parity_mask = present & self.parity_groups.to(present.device)
         total, parity = self.aggregate(utility, means, counts, parity_mask, group)
         terms: Terms = {"utility": utility.detach(), "parity": parity.detach()}
-        for idx in torch.nonzero(present).flatten().tolist():
-            terms[f"group/{idx}"] = means[idx].detach()
+        # every group's mean loss, NaN where the batch has none (logged as null): which groups a batch holds is
+        # known only on the device, and asking would stall the step on a host sync
+        shown = torch.where(present, means.detach(), torch.full_like(means, float("nan")))
+        terms.update({f"group/{idx}": shown[idx] for idx in range(self.num_groups)})
         terms.update(self.extra_terms())
         return total, terms
 
@@ -171,9 +174,7 @@ class Balanced(GroupObjective):
     def aggregate(self, utility, means, counts, parity_mask, group):
         m = parity_mask.to(means.dtype)
         n = m.sum()
-        if not bool(n > 0):
-            return utility, torch.zeros_like(utility)
-        loss = (means * m).sum() / n
+        loss = torch.where(n > 0, (means * m).sum() / n.clamp_min(1), utility)  # no parity group: the utility
         return loss, loss - utility
 
 
@@ -185,9 +186,7 @@ class Variance(GroupObjective):
 
     def aggregate(self, utility, means, counts, parity_mask, group):
         m = parity_mask.to(means.dtype)
-        n = m.sum()
-        if not bool(n > 0):
-            return utility, torch.zeros_like(utility)
+        n = m.sum().clamp_min(1)  # no parity group present: m is all 0, so the penalty is 0
         mu = (means * m).sum() / n
         var = (((means - mu) ** 2) * m).sum() / n
         penalty = self.lam * var
@@ -202,10 +201,11 @@ class Gap(GroupObjective):
     note = "symmetric: can level down"
 
     def aggregate(self, utility, means, counts, parity_mask, group):
-        if not bool(parity_mask.any()):
-            return utility, torch.zeros_like(utility)
-        vals = means[parity_mask]
-        penalty = self.lam * (vals.max() - vals.min())
+        inf = torch.full_like(means, float("inf"))
+        hi = torch.where(parity_mask, means, -inf).max()
+        lo = torch.where(parity_mask, means, inf).min()
+        spread = torch.where(parity_mask.any(), hi - lo, torch.zeros_like(utility))  # no parity group: 0
+        penalty = self.lam * spread
         loss = utility if self.lam == 0 else utility + penalty
         return loss, penalty
 
@@ -217,10 +217,10 @@ class Excess(GroupObjective):
     note = "one-sided: pushes only groups above their reference"
 
     def aggregate(self, utility, means, counts, parity_mask, group):
-        if not bool(parity_mask.any()) or self.lam == 0:
+        if self.lam == 0:
             return utility, torch.zeros_like(utility)
         m = parity_mask.to(means.dtype)
-        n = m.sum()
+        n = m.sum().clamp_min(1)  # no parity group present: every term below is masked to 0
         mean_of_groups = ((means * m).sum() / n).detach()
         ref = self.reference.to(device=means.device, dtype=means.dtype)
         ref = torch.where(torch.isnan(ref), mean_of_groups.expand_as(ref), ref)
@@ -246,16 +246,20 @@ class GroupDRO(GroupObjective):
         self.register_buffer("q", q / q.sum())
         self.register_buffer("counts", torch.zeros(num_groups, dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # from the constructor arguments, kept on the host so the step never reads them back from the device
+        self._parity_indices = [i for i in range(num_groups) if bool(self.parity_groups[i])]
+        self._any_allowed = bool(self._parity_indices)
 
     def aggregate(self, utility, means, counts, parity_mask, group):
-        if not bool(parity_mask.any()):
-            return utility, torch.zeros_like(utility)
+        # without a host sync: a batch with no parity group leaves q, counts and steps as they were (each update
+        # is gated by `any_parity` on the device) and its loss is the utility
+        any_parity = parity_mask.any()
         if self.training:
             with torch.no_grad():
                 n = self.counts.new_zeros(self.num_groups).index_add(
                     0, group.long().reshape(-1).to(self.counts.device),
                     torch.ones(group.numel(), dtype=self.counts.dtype, device=self.counts.device))
-                self.counts.add_(n)
+                self.counts.add_(n * any_parity.to(self.counts.device))
                 adj = means.detach().to(torch.float32)
                 ref = self.reference.to(adj.device)
                 adj = adj - torch.where(torch.isnan(ref), torch.zeros_like(ref), ref)
@@ -264,18 +268,20 @@ class GroupDRO(GroupObjective):
                 # q_g <- q_g exp(η adj_g) for present parity groups, in log space for stability; normalise
                 logq = self.q.clamp_min(torch.finfo(torch.float32).tiny).log()
                 logq = torch.where(parity_mask, logq + self.eta * adj, logq)
-                allowed = self.parity_groups.to(logq.device)
-                logq = torch.where(allowed, logq, torch.full_like(logq, float("-inf")))
-                if not bool(allowed.any()):
+                if self._any_allowed:
+                    allowed = self.parity_groups.to(logq.device)
+                    logq = torch.where(allowed, logq, torch.full_like(logq, float("-inf")))
+                else:
                     logq = torch.zeros_like(logq)
-                self.q.copy_(torch.softmax(logq, dim=0))
-                self.steps.add_(1)
+                self.q.copy_(torch.where(any_parity, torch.softmax(logq, dim=0), self.q))
+                self.steps.add_(any_parity.long())
         qp = self.q.to(means.dtype) * parity_mask.to(means.dtype)
         loss = (qp * means).sum() / qp.sum().clamp_min(torch.finfo(means.dtype).tiny)
+        loss = torch.where(any_parity, loss, utility)
         return loss, loss - utility
 
     def extra_terms(self) -> Terms:
-        return {f"q/{i}": self.q[i].detach() for i in range(self.num_groups) if bool(self.parity_groups[i])}
+        return {f"q/{i}": self.q[i].detach() for i in self._parity_indices}
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eta={self.eta}, size_adjust={self.size_adjust}"

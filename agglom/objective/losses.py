@@ -32,6 +32,8 @@ def spatial_loss(pred: torch.Tensor, target: torch.Tensor, cos_weight: float, be
     elif granularity != "token":
         raise ValueError(f"objective.granularity must be 'token' or 'image', got {granularity!r}")
     cos = 1.0 - F.cosine_similarity(p, t, dim=1, eps=1e-6)  # [B, N]
+    if cos_weight == 1.0:  # cosine only: the smooth-L1 term would be computed to be multiplied by 0
+        return cos.mean(-1)
     l1 = F.smooth_l1_loss(p, t, beta=beta, reduction="none").mean(1)  # [B, N]
     return (cos_weight * cos + (1.0 - cos_weight) * l1).mean(-1)
 

@@ -30,6 +30,11 @@ class TeacherBalance(nn.Module):
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("running", torch.ones(len(teacher_names)))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        self._known_seen = False  # host-side cache of `seen` once True: the step does not read the buffer back
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # a loaded state may not have seen a batch yet
+        self._known_seen = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def mask(self, batch_size: int, device: torch.device) -> torch.Tensor:
         m = torch.ones(batch_size, len(self.teacher_names), device=device)
@@ -45,10 +50,12 @@ class TeacherBalance(nn.Module):
             return torch.ones_like(self.running)
         with torch.no_grad():
             if self.training:
-                if not bool(self.seen):
+                if not (self._known_seen or bool(self.seen)):
                     self.running.copy_(cur)
                     self.seen.fill_(True)
+                    self._known_seen = True
                 else:
+                    self._known_seen = True
                     self.running.lerp_(cur, self.momentum)
         return self.running.clamp_min(1e-6)
 
