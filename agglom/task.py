@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from agglom.cache.reader import WorkerCacheRead, cached_from_batch
+from agglom.config.access import cfg_get
 from agglom.model import AgglomModel, TeacherSpec
 from agglom.model.agglomerator import module_key
 from agglom.model.student import resize_input
@@ -111,12 +113,21 @@ class AgglomTask(nn.Module):
         for s in self.specs:
             source = self.teachers[s.name]
             if is_cached(source):
-                t = {k: v.to(self.device, non_blocking=True) for k, v in source.lookup(batch["key"]).items()}
+                read = cached_from_batch(batch, s.name) or source.lookup(batch["key"])  # the workers' read, if any
+                t = {k: v.to(self.device, non_blocking=True) for k, v in read.items()}
             else:
                 t = self._online(self.teachers[s.name], image, self.chunk[s.name])
             # clone outside inference mode: the loss keeps targets for backward
             out[s.name] = {k: v.float().clone() for k, v in t.items()}
         return out
+
+    def worker_reads(self) -> Optional[WorkerCacheRead]:
+        """What the training reader's workers should attach to each batch: the cached teachers' features
+        (``data.cache_in_workers``, default on), so the step does not wait on the cache's disk reads."""
+        cached = {s.name: self.teachers[s.name] for s in self.specs if is_cached(self.teachers[s.name])}
+        if not cached or not bool(cfg_get(self.cfg.data, "cache_in_workers", True)):
+            return None
+        return WorkerCacheRead(cached)
 
     @staticmethod
     def _online(teacher: nn.Module, image: torch.Tensor, chunk: int) -> Dict[str, torch.Tensor]:

@@ -169,6 +169,47 @@ def test_mixed_cached_and_online_training(caches, tiny_train_args, monkeypatch):
     assert ((got["spatial"] - want.spatial).abs() <= scale / 127 + 1e-6).all()  # int8 per-channel step
 
 
+def test_cached_features_read_in_the_workers_equal_the_main_process_read(caches, tiny_train_args):
+    """data.cache_in_workers: the two data workers attach the cached features to each batch; the targets (and so a
+    whole training run) are the same as when the main process reads them."""
+    from itertools import islice
+
+    from agglom.config.load import load_config
+    from agglom.config.schema import Recipe
+    from agglom.data.readers import train_loader
+    from agglom.task import AgglomTask, teacher_spec
+    from agglom.train.logger import MetricLogger
+    from agglom.train.setup import build_teachers, group_names
+
+    d = caches["fp16"]
+    both = f"[{{name: tiny-clip, cache: {d}}}, {{name: tiny-sam, cache: {d}}}]"
+    runs = {}
+    for flag in ("true", "false"):
+        args = tiny_train_args(f"workers-{flag}", steps=4, **{"teachers": both, "data.num_workers": 2,
+                                                             "data.cache_in_workers": flag, "log.interval": 1})
+        assert main(["train", *args]) == 0
+        runs[flag] = [r["loss"] for r in MetricLogger.read(Path(dict(a.split("=", 1) for a in args)["out_dir"])
+                                                            / f"workers-{flag}" / "metrics.jsonl") if "loss" in r]
+    assert len(runs["true"]) == 4 and runs["true"] == runs["false"]
+
+    cfg = load_config(Recipe, args)
+    teachers = build_teachers(cfg, torch.device("cpu"))
+    task = AgglomTask(cfg, [teacher_spec(e, teachers[e.name]) for e in cfg.teachers], teachers, group_names(cfg), 3)
+    assert task.worker_reads() is None  # data.cache_in_workers=false (the last run's recipe)
+    cfg.data.cache_in_workers = True
+    attach = task.worker_reads()
+    assert sorted(attach.teachers) == ["tiny-clip", "tiny-sam"]
+    main_read = list(islice(train_loader(cfg), 3))
+    worker_read = list(islice(train_loader(cfg, attach=attach), 3))
+    for a, b in zip(main_read, worker_read):
+        assert a["key"] == b["key"] and not any(k.startswith("cached/") for k in a)
+        assert b["cached/tiny-sam/spatial"].shape[0] == len(b["key"])
+        ta, tb = task.raw_targets(a, a["image"]), task.raw_targets(b, b["image"])
+        for name in ("tiny-clip", "tiny-sam"):
+            for kind in ("summary", "spatial"):
+                assert torch.equal(ta[name][kind], tb[name][kind]), (name, kind)
+
+
 def test_missing_key_and_uncovered_split_fail_clearly(caches, tiny_train_args, tmp_path, capsys):
     from agglom.cache import CacheKeyError, open_cache
     from agglom.config.load import load_config

@@ -5,7 +5,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -132,3 +132,35 @@ class CachedTeacher:
         d = dict(self.__dict__)
         d["_files"] = {}
         return d
+
+
+#: batch keys under which :class:`WorkerCacheRead` puts a cached teacher's features: ``cached/<teacher>/summary``
+CACHED_PREFIX = "cached/"
+
+
+class WorkerCacheRead:
+    """Reads the cached teachers' features inside the data workers, so they arrive with the batch (off the training
+    step's critical path) as ``cached/<teacher>/{summary,spatial}`` tensors; picklable (file handles are opened per
+    worker). A key the cache lacks leaves the batch without that teacher's entries: the main process then reads it
+    and raises the clear :class:`CacheKeyError` there rather than as a worker traceback."""
+
+    def __init__(self, teachers: Dict[str, CachedTeacher]) -> None:
+        self.teachers = dict(teachers)
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        for name, teacher in self.teachers.items():
+            try:
+                feats = teacher.lookup(batch["key"])
+            except CacheKeyError:
+                continue
+            for kind, value in feats.items():
+                batch[f"{CACHED_PREFIX}{name}/{kind}"] = value
+        return batch
+
+
+def cached_from_batch(batch: Dict[str, Any], name: str) -> Optional[Dict[str, torch.Tensor]]:
+    """The features :class:`WorkerCacheRead` attached to ``batch`` for teacher ``name`` (None if it did not)."""
+    key = f"{CACHED_PREFIX}{name}/summary"
+    if key not in batch:
+        return None
+    return {"summary": batch[key], "spatial": batch[f"{CACHED_PREFIX}{name}/spatial"]}

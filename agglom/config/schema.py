@@ -43,6 +43,7 @@ class DataConfig:
     interpolation: str = "bicubic"  # resize/crop interpolation: bicubic | bilinear
     batch_size: int = 32
     num_workers: int = 2
+    cache_in_workers: bool = True  # cached teachers' features are read in the data workers, with the batch
     epoch_samples: int = 2048  # bounded epoch length of the resampled training stream
     shuffle_buffer: int = 1000
     seed: int = 0

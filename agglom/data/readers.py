@@ -107,7 +107,7 @@ class _Stream(IterableDataset):
                  indexer: GroupIndexer, sidecars: Mapping[str, Mapping[str, Any]], rank: int, world: int,
                  seed: int = 0, epoch: int = 0, num_batches: int = 0, skip_batches: int = 0,
                  shuffle_buffer: int = 1000, accept: Optional[List[float]] = None, label_len: Optional[int] = None,
-                 min_side: int = 1, masks: bool = False):
+                 min_side: int = 1, masks: bool = False, attach: Optional[Any] = None):
         super().__init__()
         self.urls, self.train, self.batch_size = list(urls), train, int(batch_size)
         self.transform, self.grayscale, self.indexer, self.sidecars = transform, grayscale, indexer, sidecars
@@ -115,6 +115,7 @@ class _Stream(IterableDataset):
         self.num_batches, self.skip_batches, self.shuffle_buffer = num_batches, skip_batches, shuffle_buffer
         self.accept, self.label_len, self.min_side = accept, label_len, int(min_side)
         self.masks = bool(masks)  # read each sample's mask.png (IGNORE where none) and batch it as "mask"
+        self.attach = attach  # called on each batch in the worker (e.g. cached teacher features)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         wi = get_worker_info()
@@ -183,7 +184,8 @@ class _Stream(IterableDataset):
                     out = [(r, transform(r, im, self.transform, counter, g)) for r, im in zip(recs, imgs)]
                     kept = [(r, im) for r, im in out if im is not None]
                     if kept:
-                        yield collate([r for r, _ in kept], [im for _, im in kept], self.masks)
+                        batch = collate([r for r, _ in kept], [im for _, im in kept], self.masks)
+                        yield batch if self.attach is None else self.attach(batch)
                 else:
                     counter.take()  # a resumed reader drops what the run counted before its checkpoint
                 b += 1
@@ -326,11 +328,13 @@ def _context(cfg: Any) -> Tuple[Optional[Dict[str, Any]], Dict[str, Dict[str, An
     return sheet, sidecars, group_indexer(cfg, sheet)
 
 
-def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = False) -> Loader:
+def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = False,
+                 attach: Optional[Any] = None) -> Loader:
     """Resampled, shuffled training batches: ``cfg.data.epoch_samples`` per epoch over all ranks (whole batches
     per rank), deterministic given (data.seed, epoch, rank, worker); ``skip_batches`` resumes mid-epoch.
     ``masks``: batches also hold ``"mask"`` (long [B, H, W], the augmentation's geometry applied; IGNORE where a
-    sample has none); the images and their augmentation are the same either way."""
+    sample has none); the images and their augmentation are the same either way. ``attach``: a picklable callable
+    each batch goes through in its worker (the task's :class:`~agglom.cache.reader.WorkerCacheRead`)."""
     from agglom.config.load import ConfigError
 
     d = dist_info()
@@ -347,7 +351,7 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = 
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, seed=int(data.seed), epoch=int(epoch),
                  num_batches=nb, skip_batches=int(skip_batches), shuffle_buffer=int(data.shuffle_buffer),
                  accept=acceptance(cfg, indexer, sheet, sidecars), label_len=_label_len(sheet),
-                 min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks)
+                 min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks, attach=attach)
     return Loader(ds, data.num_workers, f"train[epoch {epoch}]", indexer, sheet, num_batches=nb - skip_batches,
                   missing=missing_shards(cfg, data.train_split))
 

@@ -244,7 +244,8 @@ class Loop:
         from agglom.data.readers import train_loader
 
         state = self.state
-        loader = train_loader(self.cfg, epoch=state["epoch"], skip_batches=state["batch_in_epoch"])
+        attach = self.task.worker_reads() if hasattr(self.task, "worker_reads") else None
+        loader = train_loader(self.cfg, epoch=state["epoch"], skip_batches=state["batch_in_epoch"], attach=attach)
         finished, got_any = True, False
         self.clock.waiting()
         for batch in rng_isolated(loader):
