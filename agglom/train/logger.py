@@ -64,9 +64,10 @@ class MetricLogger:
             return
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{_clean(metrics.get('loss', float('nan'))) or float('nan'):.4f}")
         if step % self.interval and not force:
-            return
+            return  # nothing is read back from the device between log steps
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{_clean(metrics.get('loss', float('nan'))) or float('nan'):.4f}")
         rec = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
