@@ -25,11 +25,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
 def adamw(param_groups: List[dict], optim_cfg: Any, device: torch.device) -> torch.optim.AdamW:
     """The one AdamW every engine builds: the recipe's lr, betas and weight decay over ``param_groups`` (each
     group's ``base_lr``, default ``optim.lr``, is what the schedule scales); torch's implementation (nothing to
-    JIT-compile), ``foreach`` on GPU."""
+    JIT-compile). Its fused kernel where torch has one for the parameters (CPU and CUDA, float parameters): one
+    kernel over all tensors instead of a dozen element-wise ops per tensor, which on the demo's student makes the
+    optimiser step several times faster on CPU (`make bench`, section h); else ``foreach`` on GPU."""
     for g in param_groups:
         g.setdefault("base_lr", optim_cfg.lr)
-    return torch.optim.AdamW(param_groups, lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2),
-                             weight_decay=optim_cfg.weight_decay, foreach=device.type == "cuda")
+    kw = dict(lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2), weight_decay=optim_cfg.weight_decay)
+    if _fusable(param_groups, device):
+        return torch.optim.AdamW(param_groups, fused=True, **kw)
+    return torch.optim.AdamW(param_groups, foreach=device.type == "cuda", **kw)
+
+
+def _fusable(param_groups: List[dict], device: torch.device) -> bool:
+    """Whether torch's fused AdamW takes these parameters: all on one CPU or CUDA device, floating point."""
+    params = [p for g in param_groups for p in g["params"]]
+    kinds = {(p.device.type, p.dtype) for p in params}
+    fused_dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    return bool(params) and all(d in ("cpu", "cuda") and t in fused_dtypes for d, t in kinds) \
+        and len({p.device for p in params}) == 1
 
 
 def warmup_cosine(optim_cfg: Any) -> Callable[[int], float]:
