@@ -187,7 +187,7 @@ class AgglomTask(nn.Module):
             self.objective["tracker"].update(loss_bt.detach(), mask, group)
         terms = {"loss": loss, **self._named(group_terms), **teacher_terms}
         if "student_size" in batch:  # logged per step, so a run's resolution schedule can be read back
-            terms["input_size"] = torch.tensor(float(batch["student_size"]))
+            terms["input_size"] = torch.tensor(float(student_image.shape[-1]))  # what the student was fed
         self.phases.mark("heads_loss")  # since the model's "student" mark: heads, losses, objective
         return terms
 

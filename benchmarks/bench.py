@@ -14,7 +14,10 @@ e) peak RSS of the training runs;
 f) cache bytes per sample per teacher (fp16, int8, int8 + 2x2 pooling) vs bf16 full maps, with cosines vs online;
 g) estimated FLOP utilisation: training FLOPs/sample x samples/s over the measured GEMM rate (fp32 2048^2 on
    the CPU; bf16 8192^2 on a GPU, where training runs bf16);
-h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py).
+h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py);
+i) high resolution (benchmarks/highres.py): peak RSS of the reader over 1024-px vs 256-px 16-bit shards (packed
+   with `agglom data pack max_side=N`, read in a fresh process), and a 1024-px SAM card through the feature cache
+   on the CPU, seconds per image.
 
 Everything lives in a temporary folder (synthetic data, caches, temporary teacher cards, runs).
 """
@@ -435,6 +438,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
     from agglom.data.synth import SynthParams, write_synth
+    from benchmarks.highres import bench_highres
     from benchmarks.phases import bench_phases
 
     s = sizes(opts)
@@ -522,6 +526,8 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
 
     # (f) cache bytes and fidelity
     bench_bytes(rows, cfg_on, teachers, work / "bytes", device)
+
+    bench_highres(rows, work, cards, opts["quick"])  # (i) high-resolution shards' memory, SAM at 1024 px
 
     total = time.perf_counter() - t_start
     report = {"options": opts, "sizes": s, "device": device, "torch_threads": torch.get_num_threads(),

@@ -20,7 +20,7 @@ def test_bench_quick_smoke(tmp_path, capsys):
     assert main(["quick=true", f"out={out}"]) == 0
     report = json.loads(out.read_text())
     sections = {r["section"] for r in report["rows"]}
-    assert sections == set("abcdefgh")
+    assert sections == set("abcdefghi")
     for r in report["rows"]:
         if r["section"] in "abcd":
             assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r
@@ -31,5 +31,34 @@ def test_bench_quick_smoke(tmp_path, capsys):
         parts = [r for r in h if not r["metric"].startswith("phase sum")]
         assert len(parts) == 6 and all(r["value"] >= 0 and r["unit"] == "of step" for r in parts), h
         assert 0.9 <= sum(r["value"] for r in parts) <= 1.1, h
+    i = [r for r in report["rows"] if r["section"] == "i"]  # (i): two peak-RSS rows and the SAM-1024 row
+    assert len(i) == 3 and all(r["value"] > 0 for r in i), i
+    assert i[0]["baseline"] > 0 and i[0]["ratio"] > 0 and i[0]["bytes_per_sample"]["512"] > i[0]["bytes_per_sample"]["128"]
+    assert i[2]["unit"] == "s/image" and i[2]["samples"] == 4
     printed = capsys.readouterr().out
     assert "metric" in printed and "ratio" in printed and "met" in printed
+
+
+def test_highres_pieces_pack_16_bit_and_read_at_the_training_size(tmp_path):
+    """(i)'s parts at toy size, in this process: sources are 16-bit, max_side shrinks them on packing, the reader
+    gives batches at the training size and a peak RSS at least the RSS it started from."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from agglom.data.decode import png_bit_depth
+    from benchmarks.highres import _bytes_per_sample, pack_at, read_peak, write_sources
+
+    csv = write_sources(tmp_path / "src", 2, side=64)
+    assert png_bit_depth((tmp_path / "src" / "img0.png").read_bytes()) == 16
+    big, small = pack_at(csv, tmp_path / "big", 64), pack_at(csv, tmp_path / "small", 16)
+    assert big["params"]["downsized"] == 0 and small["params"]["downsized"] == 2 and small["samples"] == 2
+    assert _bytes_per_sample(tmp_path / "big") > _bytes_per_sample(tmp_path / "small")
+    with tarfile.open(next((tmp_path / "small" / "train").glob("*.tar"))) as tar:
+        png = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png"))
+    assert png_bit_depth(png) == 16 and np.asarray(Image.open(io.BytesIO(png))).shape == (16, 16)
+    got = read_peak(str(tmp_path / "big"), 32, 4, shuffle_buffer=8)
+    assert got["batch_shape"] == [4, 3, 32, 32] and got["samples"] == 4 and got["shuffle_buffer"] == 8
+    assert got["peak_mib"] >= got["rss_before_mib"] > 0

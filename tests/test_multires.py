@@ -1,6 +1,9 @@
 """Multi-resolution training (data.resolutions): a schedule that is a pure function of (seed, step), validated at
 load, reproduced after an interrupted run resumes, and a short CPU run at two sizes end to end."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,24 @@ def test_two_size_training_runs_and_a_resumed_run_reproduces_the_schedule(tiny_t
     assert json.loads((resumed / "run.json").read_text())["samples"] == summary["samples"]
     again = {r["step"]: r["loss"] for r in MetricLogger.read(resumed / "metrics.jsonl") if "loss" in r}
     assert again == pytest.approx(losses, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_train_at_the_same_size_every_step(tiny_train_args, free_port):
+    """Each rank records the size its student was fed (log.all_ranks: rank 1 writes metrics-rank1.jsonl); DDP
+    itself would not notice ranks at different sizes (the parameters' shapes do not change), so this is the check."""
+    steps = 6
+    over = {"student.model_args": DYNAMIC, "data.resolutions": "[16,24,32]", "log.interval": 1, "log.all_ranks": "true",
+            "data.epoch_samples": 64, "teachers": "[{name: tiny-clip}]", "heads.stats_samples": 16}
+    args = tiny_train_args("ddp-sizes", steps, **over)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
+           "-m", "agglom", "train", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = Path(dict(a.split("=", 1) for a in args)["out_dir"]) / "ddp-sizes"
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    rank0, rank1 = _schedule_of(run), {r["step"]: r["input_size"] for r in
+                                       MetricLogger.read(run / "metrics-rank1.jsonl") if "input_size" in r}
+    expected = {i + 1: float(s) for i, (s, _) in enumerate(schedule(0, steps, [16, 24, 32], 16))}
+    assert len(set(expected.values())) > 1  # the schedule changes size within the run
+    assert rank0 == expected and rank1 == expected

@@ -175,6 +175,9 @@ class LogConfig:
     phases: bool = field(default=False, metadata={
         "help": "log phase_s/<phase>: seconds per step in data, teachers, student, heads_loss, backward, optimiser "
                 "(syncs the GPU at each phase boundary, so a little slower)"})
+    all_ranks: bool = field(default=False, metadata={
+        "help": "every rank > 0 also writes its step records to metrics-rank<r>.jsonl (DDP/DeepSpeed checks: "
+                "per-rank losses and input sizes)"})
 
 
 # --------------------------------------------------------------------------- eval + export

@@ -1,4 +1,9 @@
-"""Rank-0 logging: interval lines, `metrics.jsonl`, optional TensorBoard, a progress bar on a TTY."""
+"""Rank-0 logging: interval lines, `metrics.jsonl`, optional TensorBoard, a progress bar on a TTY.
+
+With ``log.all_ranks=true`` every other rank also writes its own step records (its local loss terms, the input
+size it trained at) to ``metrics-rank<r>.jsonl`` beside rank 0's file, so a DDP/DeepSpeed run can be checked rank
+by rank (e.g. that all ranks trained at the same size at every step); nothing is printed for those ranks.
+"""
 from __future__ import annotations
 
 import json
@@ -17,13 +22,17 @@ def _clean(v: Any) -> Any:
 
 
 class MetricLogger:
-    def __init__(self, run_dir: Path, log_cfg: Any, total_steps: int, is_main: bool, start_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, log_cfg: Any, total_steps: int, is_main: bool, start_step: int = 0,
+                 rank: int = 0) -> None:
         self.is_main = is_main
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.rank_file = not is_main and bool(log_cfg.get("all_ranks", False))  # log.all_ranks: this rank's own file
+        self.path = Path(run_dir) / ("metrics.jsonl" if is_main else f"metrics-rank{int(rank)}.jsonl")
         self.interval = max(1, int(log_cfg.interval))
         self.tb = None
         self.bar = None
         if not is_main:
+            if self.rank_file:
+                self._truncate_after(start_step)
             return
         self._truncate_after(start_step)
         if log_cfg.tensorboard:
@@ -60,7 +69,12 @@ class MetricLogger:
                 f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
 
     def step(self, step: int, metrics: Dict[str, Any], force: bool = False) -> None:
+        """Record step ``step``'s metrics every ``log.interval`` steps (and when ``force``): rank 0 to
+        metrics.jsonl, TensorBoard and the console; another rank to its own file under ``log.all_ranks``."""
         if not self.is_main:
+            if self.rank_file and (step % self.interval == 0 or force):
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({"step": step, **{k: _clean(v) for k, v in metrics.items()}}) + "\n")
             return
         if self.bar is not None:
             self.bar.update(1)

@@ -231,7 +231,8 @@ class Loop:
             if self.engine.is_main:
                 print(f"agglom: resumed from {start.resume_from} at step {state['step']}", flush=True)
         self.counts = SkipCounts.from_json(state.get("data") or state.get("skipped"))  # all ranks, to the checkpoint
-        self.logger = MetricLogger(self.run_dir, self.cfg.log, self.total, self.engine.is_main, start_step=state["step"])
+        self.logger = MetricLogger(self.run_dir, self.cfg.log, self.total, self.engine.is_main, start_step=state["step"],
+                                   rank=self.engine.info.rank)
         self.logger.event({"event": "start" if start.fresh else "resume", "at_step": state["step"], "step": state["step"]})
         if self.engine.is_main and start.changes:
             record_changes(self.run_dir, start.changes, state["step"])

@@ -21,7 +21,7 @@ from agglom.config.load import ConfigError
 from agglom.config.schema import Recipe
 
 SAFE_ON_RESUME = ("resume", "log.interval", "log.tensorboard", "log.progress", "log.checkpoint_interval", "log.keep",
-                  "optim.max_bad_steps", "eval.", "export.")
+                  "log.all_ranks", "optim.max_bad_steps", "eval.", "export.")
 CHANGES = "config_changes.jsonl"
 
 
