@@ -34,7 +34,7 @@ TINY_SAM_1024 = {"patch_size": 16, "embed_dim": 48, "depth": 2, "num_heads": 2, 
 def highres_sizes(quick: bool) -> Dict[str, int]:
     """Images packed, their side (``hi``) and the smaller packing (``lo``), the training size they are read at,
     samples read per run, and the smaller shuffle buffer of the diagnostic read (quick: half the sides)."""
-    base = {"n": 8, "hi": 1024, "lo": 256, "read_size": 224, "samples": 32, "small_buffer": 100}
+    base = {"n": 8, "hi": 1024, "lo": 256, "read_size": 224, "samples": 32}
     return dict(base, n=4, hi=512, lo=128, read_size=64, samples=8) if quick else base
 
 
@@ -79,31 +79,31 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def read_peak(root: str, size: int, samples: int, shuffle_buffer: int = 0) -> Dict[str, Any]:
+def read_peak(root: str, size: int, samples: int, *overrides: str) -> Dict[str, Any]:
     """(In the subprocess.) Read ``samples`` training samples of ``root`` at ``size`` px through ``train_loader``
-    (no workers; ``data.shuffle_buffer`` when given, else the recipe's); peak RSS (VmHWM) and the RSS before the
-    first batch, in MiB."""
+    (no workers; the demo recipe plus ``overrides``, e.g. ``data.shuffle_buffer_mb=0``); peak RSS (VmHWM) and the
+    RSS before the first batch, in MiB."""
     from agglom.config.load import load_config
     from agglom.config.schema import Recipe
     from agglom.data.readers import train_loader
 
     cfg = load_config(Recipe, [f"recipe={REPO / 'recipes' / 'demo.yaml'}", f"data.root={root}",
                                f"data.image_size={size}", "data.batch_size=4", "data.num_workers=0",
-                               f"data.epoch_samples={samples}"]
-                      + ([f"data.shuffle_buffer={shuffle_buffer}"] if shuffle_buffer else []))
+                               f"data.epoch_samples={samples}", *overrides])
     before, n, t = _status_mib("VmRSS"), 0, time.perf_counter()
     for batch in train_loader(cfg):
         n += int(batch["image"].shape[0])
         shape = list(batch["image"].shape)
     return {"peak_mib": _status_mib("VmHWM"), "rss_before_mib": before, "samples": n, "batch_shape": shape,
-            "seconds": time.perf_counter() - t, "shuffle_buffer": int(cfg.data.shuffle_buffer)}
+            "seconds": time.perf_counter() - t, "shuffle_buffer": int(cfg.data.shuffle_buffer),
+            "shuffle_buffer_mb": float(cfg.data.shuffle_buffer_mb)}
 
 
-def measure_read(root: Path, size: int, samples: int, shuffle_buffer: int = 0) -> Dict[str, Any]:
+def measure_read(root: Path, size: int, samples: int, *overrides: str) -> Dict[str, Any]:
     """:func:`read_peak` in a fresh interpreter (``OMP_NUM_THREADS=1``, this checkout first on the path)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-m", "benchmarks.highres", "read", str(root), str(size), str(samples),
-                          str(shuffle_buffer)],
+                          *overrides],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"bench (i): the reader subprocess failed: {out.stderr[-2000:]}")
@@ -160,29 +160,29 @@ def bench_highres(rows: Any, work: Path, cards: Path, quick: bool) -> Dict[str, 
     sheets = {side: pack_at(csv, root, side) for side, root in roots.items()}
     nbytes = {side: _bytes_per_sample(root) for side, root in roots.items()}
     size, samples = hs["read_size"], hs["samples"]
+    unbounded = "data.shuffle_buffer_mb=0"
     reads = {"hi": measure_read(roots[hi], size, samples), "lo": measure_read(roots[lo], size, samples),
-             "hi_small": measure_read(roots[hi], size, samples, hs["small_buffer"])}
+             "hi_unbounded": measure_read(roots[hi], size, samples, unbounded)}
     growth = {k: r["peak_mib"] - r["rss_before_mib"] for k, r in reads.items()}
-    buf = reads["hi"]["shuffle_buffer"]
+    buf, mb = reads["hi"]["shuffle_buffer"], reads["hi"]["shuffle_buffer_mb"]
     common = dict(growth_mib=growth, bytes_per_sample={str(k): v for k, v in nbytes.items()},
                   downsized=sheets[lo]["params"]["downsized"], images=hs["n"], samples=samples)
-    rows.add("i", f"peak RSS reading {hi}-px vs {lo}-px 16-bit shards at {size} px (shuffle buffer {buf}; "
-                  f"growth {growth['hi']:.0f} vs {growth['lo']:.0f} MiB)", reads["hi"]["peak_mib"],
+    rows.add("i", f"peak RSS reading {hi}-px vs {lo}-px 16-bit shards at {size} px (shuffle buffer {buf} samples, "
+                  f"<= {mb:g} MiB; growth {growth['hi']:.0f} vs {growth['lo']:.0f} MiB)", reads["hi"]["peak_mib"],
              reads["lo"]["peak_mib"], "MiB", "<= 1.25x (memory stays flat)",
              reads["hi"]["peak_mib"] <= 1.25 * reads["lo"]["peak_mib"], **common)
-    rows.add("i", f"peak RSS reading {hi}-px shards, shuffle buffer {hs['small_buffer']} vs {buf} "
-                  f"(growth {growth['hi_small']:.0f} MiB)", reads["hi_small"]["peak_mib"], reads["hi"]["peak_mib"],
-             "MiB", "", None, **common)
+    rows.add("i", f"peak RSS reading {hi}-px shards, the shuffle buffer without vs with its byte bound "
+                  f"(growth {growth['hi_unbounded']:.0f} vs {growth['hi']:.0f} MiB)", reads["hi_unbounded"]["peak_mib"],
+             reads["hi"]["peak_mib"], "MiB", "", None, **common)
     sam = bench_sam_cache(rows, roots[hi], work, cards)
     return {"reads": reads, "sam": sam, "bytes_per_sample": nbytes}
 
 
 def _main(argv: List[str]) -> int:
-    if len(argv) not in (4, 5) or argv[0] != "read":
-        print("usage: python -m benchmarks.highres read ROOT SIZE SAMPLES [SHUFFLE_BUFFER]", file=sys.stderr)
+    if len(argv) < 4 or argv[0] != "read":
+        print("usage: python -m benchmarks.highres read ROOT SIZE SAMPLES [KEY=VALUE ...]", file=sys.stderr)
         return 2
-    print(json.dumps(read_peak(argv[1], int(argv[2]), int(argv[3]), int(argv[4]) if len(argv) == 5 else 0)),
-          flush=True)
+    print(json.dumps(read_peak(argv[1], int(argv[2]), int(argv[3]), *argv[4:])), flush=True)
     return 0
 
 

@@ -59,6 +59,7 @@ def test_highres_pieces_pack_16_bit_and_read_at_the_training_size(tmp_path):
     with tarfile.open(next((tmp_path / "small" / "train").glob("*.tar"))) as tar:
         png = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png"))
     assert png_bit_depth(png) == 16 and np.asarray(Image.open(io.BytesIO(png))).shape == (16, 16)
-    got = read_peak(str(tmp_path / "big"), 32, 4, shuffle_buffer=8)
+    got = read_peak(str(tmp_path / "big"), 32, 4, "data.shuffle_buffer=8", "data.shuffle_buffer_mb=1")
     assert got["batch_shape"] == [4, 3, 32, 32] and got["samples"] == 4 and got["shuffle_buffer"] == 8
+    assert got["shuffle_buffer_mb"] == 1
     assert got["peak_mib"] >= got["rss_before_mib"] > 0

@@ -104,3 +104,44 @@ def test_pack_rejects_a_negative_max_side(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "max_side=-5" in err and ">= 1" in err
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_the_shuffle_buffer_is_bounded_in_bytes_and_unchanged_below_the_bound():
+    """data.shuffle_buffer_mb: the buffer holds at most that many encoded bytes (plus the record that crossed it),
+    the output is a permutation of the input, and where the bound is never reached the order is the count-bounded
+    buffer's, draw for draw (so runs on small images are unchanged)."""
+    import random
+
+    from agglom.data.readers import _shuffle
+
+    recs = [{"key": str(i), "bytes": b"x" * (100 + 37 * (i % 5)), "mask_bytes": None} for i in range(300)]
+    held, peak = [], [0]
+
+    def source():
+        for r in recs:
+            held.append(len(r["bytes"]))
+            yield r
+
+    def run(max_bytes):
+        held.clear()
+        out = []
+        for r in _shuffle(source(), 50, random.Random(7), max_bytes):
+            out.append(r["key"])
+            held.remove(len(r["bytes"]))  # what is still in the buffer after this record left it
+            peak[0] = max(peak[0], sum(held))
+        return out
+
+    unbounded = run(0)
+    assert sorted(unbounded, key=int) == [r["key"] for r in recs] and unbounded != [r["key"] for r in recs]
+    assert run(10 ** 9) == unbounded  # bound never reached: the same draws
+    peak[0] = 0
+    bounded = run(2000)
+    assert sorted(bounded, key=int) == [r["key"] for r in recs] and bounded != unbounded
+    assert peak[0] < 2000 + 248  # at most one record over the bound (the count bound alone holds ~50 x 170 B)
+
+
+def test_a_negative_shuffle_bound_exits_2(tiny_train_args, capsys):
+    from agglom.cli import main
+
+    assert main(["train", *tiny_train_args("neg", 2, **{"data.shuffle_buffer_mb": -1})]) == 2
+    assert "data.shuffle_buffer_mb" in capsys.readouterr().err

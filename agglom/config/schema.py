@@ -46,6 +46,9 @@ class DataConfig:
     cache_in_workers: bool = True  # cached teachers' features are read in the data workers, with the batch
     epoch_samples: int = 2048  # bounded epoch length of the resampled training stream
     shuffle_buffer: int = 1000
+    # ... and at most this many MiB of encoded samples per reader worker (0: no bound), so memory stays flat on
+    # high-resolution shards (1000 encoded 1024-px 16-bit PNGs are ~2 GB); 1000 small images (<= ~130 kB each) never reach it
+    shuffle_buffer_mb: float = 128.0
     seed: int = 0
     group_balanced: bool = False  # resample so each group (groups.by) is drawn equally often (= group_balance 1)
     group_balance: float = field(default=0.0, metadata={

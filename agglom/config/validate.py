@@ -93,7 +93,7 @@ RULES: Dict[str, Rule] = {
     "data.image_size": COUNT, "data.min_image_side": COUNT,
     "data.grayscale": one_of(C.GRAYSCALE), "data.interpolation": one_of(C.INTERPOLATION),
     "data.batch_size": COUNT, "data.num_workers": NON_NEGATIVE,
-    "data.epoch_samples": COUNT, "data.shuffle_buffer": COUNT,
+    "data.epoch_samples": COUNT, "data.shuffle_buffer": COUNT, "data.shuffle_buffer_mb": NON_NEGATIVE,
     "data.resolutions": each(COUNT),  # multi-resolution training; the patch and the read size: _check_resolutions
     "data.group_balance": PROBABILITY,
     "data.group_weights": each(NON_NEGATIVE),

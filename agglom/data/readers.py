@@ -86,17 +86,27 @@ def group_indexer(cfg: Any, datasheet: Optional[Mapping[str, Any]] = None, by: O
         raise ConfigError(f"groups.by={by or cfg_get(groups, 'by', 'site')!r}: {e}") from e
 
 
-def _shuffle(src: Iterator[Dict[str, Any]], bufsize: int, rng: random.Random) -> Iterator[Dict[str, Any]]:
+def _record_bytes(rec: Dict[str, Any]) -> int:
+    return len(rec.get("bytes") or b"") + len(rec.get("mask_bytes") or b"")
+
+
+def _shuffle(src: Iterator[Dict[str, Any]], bufsize: int, rng: random.Random,
+             max_bytes: int = 0) -> Iterator[Dict[str, Any]]:
+    """A shuffle buffer of at most ``bufsize`` records and (``max_bytes`` > 0) at most that many encoded bytes, so a
+    worker's memory stays bounded when the images are large (1000 encoded 1024-px 16-bit PNGs are ~2 GB). Which
+    records are buffered depends only on the stream, so the order stays a pure function of the seeds (exact resume);
+    where the byte bound is never reached (small images) the order is the count-bounded buffer's."""
     buf: List[Dict[str, Any]] = []
+    held = 0
     for item in src:
-        if len(buf) < bufsize:
-            buf.append(item)
-            if len(buf) < bufsize:
-                continue
-        i = rng.randrange(len(buf))
-        out, buf[i] = buf[i], buf[-1]
-        buf.pop()
-        yield out
+        buf.append(item)
+        held += _record_bytes(item)
+        while buf and (len(buf) >= bufsize or (max_bytes and held >= max_bytes)):
+            i = rng.randrange(len(buf))
+            out, buf[i] = buf[i], buf[-1]
+            buf.pop()
+            held -= _record_bytes(out)
+            yield out
     rng.shuffle(buf)
     yield from buf
 
@@ -107,7 +117,7 @@ class _Stream(IterableDataset):
                  indexer: GroupIndexer, sidecars: Mapping[str, Mapping[str, Any]], rank: int, world: int,
                  seed: int = 0, epoch: int = 0, num_batches: int = 0, skip_batches: int = 0,
                  shuffle_buffer: int = 1000, accept: Optional[List[float]] = None, label_len: Optional[int] = None,
-                 min_side: int = 1, masks: bool = False, attach: Optional[Any] = None):
+                 min_side: int = 1, masks: bool = False, attach: Optional[Any] = None, shuffle_mb: float = 0):
         super().__init__()
         self.urls, self.train, self.batch_size = list(urls), train, int(batch_size)
         self.transform, self.grayscale, self.indexer, self.sidecars = transform, grayscale, indexer, sidecars
@@ -116,6 +126,7 @@ class _Stream(IterableDataset):
         self.accept, self.label_len, self.min_side = accept, label_len, int(min_side)
         self.masks = bool(masks)  # read each sample's mask.png (IGNORE where none) and batch it as "mask"
         self.attach = attach  # called on each batch in the worker (e.g. cached teacher features)
+        self.shuffle_bytes = int(float(shuffle_mb) * 2 ** 20)  # the shuffle buffer's bound in encoded bytes (0: none)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         wi = get_worker_info()
@@ -172,7 +183,7 @@ class _Stream(IterableDataset):
         recs: List[Dict[str, Any]] = []
         imgs: List[torch.Tensor] = []
         b = 0
-        for rec in _shuffle(records(), self.shuffle_buffer, random.Random(_mix("shuffle", *base))):
+        for rec in _shuffle(records(), self.shuffle_buffer, random.Random(_mix("shuffle", *base)), self.shuffle_bytes):
             img = self._image(rec, counter)
             if img is None:
                 continue
@@ -351,7 +362,8 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = 
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, seed=int(data.seed), epoch=int(epoch),
                  num_batches=nb, skip_batches=int(skip_batches), shuffle_buffer=int(data.shuffle_buffer),
                  accept=acceptance(cfg, indexer, sheet, sidecars), label_len=_label_len(sheet),
-                 min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks, attach=attach)
+                 min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks, attach=attach,
+                 shuffle_mb=float(cfg_get(data, "shuffle_buffer_mb", 0)))
     return Loader(ds, data.num_workers, f"train[epoch {epoch}]", indexer, sheet, num_batches=nb - skip_batches,
                   missing=missing_shards(cfg, data.train_split))
 
