@@ -147,3 +147,38 @@ def test_teacher_named_by_a_card_path_with_dots():
     assert out["teachers/cards/tiny-clip.yaml"]["summary"].shape == (1, 8)
     t = model.normalise_targets("teachers/cards/tiny-clip.yaml", torch.randn(2, 8), torch.randn(2, 4, 4, 4), update=True)
     assert set(t) == {"summary", "spatial"}
+
+
+def test_evaluation_runs_the_backbone_once_per_batch_and_training_always():
+    """AgglomModel.tokens: without gradients, probe features, the dense map and the prediction pass on one batch
+    share one backbone forward (the evaluation's three uses); a new batch, an in-place change or training
+    recomputes; the outputs are those of separate passes."""
+    from agglom.eval.extract import student_spatial_encoder
+
+    torch.manual_seed(0)
+    model = AgglomModel(tiny_cfg(), SPECS, in_chans=3)
+    calls = []
+    real = model.student.forward_features
+    model.student.forward_features = lambda x: calls.append(1) or real(x)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        ref_feat, ref_pred = model.features(x, "adapters"), model(x)
+        assert len(calls) == 1
+        spatial = student_spatial_encoder(model)(x, ["k0", "k1"])
+        assert len(calls) == 1 and spatial.shape[0] == 2
+        model.features(x.clone(), "adapters")  # another batch (same values): its own forward
+        assert len(calls) == 2
+        x.mul_(2.0)  # changed in place: recomputed
+        changed = model.features(x, "adapters")
+        assert len(calls) == 3 and not torch.allclose(changed, ref_feat)
+        x.div_(2.0)
+    model._tokens_memo = None
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x, "adapters"), ref_feat)
+        torch.testing.assert_close(model(x)["a"]["summary"], ref_pred["a"]["summary"])
+    model.train()
+    n = len(calls)
+    model(x)
+    model(x)
+    assert len(calls) == n + 2  # training: every pass its own forward

@@ -69,11 +69,12 @@ def student_encoder(model: Any, kind: str) -> Encoder:
 
 
 def student_spatial_encoder(model: Any) -> Encoder:
-    """The student's spatial features for dense probes: its final patch tokens as a map [B, D, h, w]."""
+    """The student's spatial features for dense probes: its final patch tokens as a map [B, D, h, w] (from the
+    model's per-batch token memo when it has one, so the probe features' backbone pass is reused)."""
     from agglom.model.student import student_tokens
 
     def enc(x: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
-        _, patches, (h, w) = student_tokens(model.student, x)
+        _, patches, (h, w) = model.tokens(x) if hasattr(model, "tokens") else student_tokens(model.student, x)
         return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
 
     return enc

@@ -90,10 +90,29 @@ class AgglomModel(nn.Module):
             if s.spatial:
                 self.spatial_heads[module_key(s.name)] = build_head(hc.spatial, width, s.spatial_dim, hc.hidden)
                 self.spatial_norms[module_key(s.name)] = build_normaliser(hc.normaliser, s.spatial_dim, hc.zscore_momentum)
+        self._tokens_memo: Optional[tuple] = None  # (batch, its version, tokens): see tokens()
+
+    def tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
+        """The student's (prefix, patch tokens, grid) for ``x``. Evaluated without gradients, the last batch's
+        tokens are kept (with a reference to that batch, so it cannot be another one at the same address): the
+        evaluation's probe features, dense maps and fidelity pass on one batch then share one backbone forward
+        instead of running it three times. Training (or any pass with gradients) always recomputes."""
+        if self.training or torch.is_grad_enabled():
+            return student_tokens(self.student, x)
+        memo = self._tokens_memo
+        if memo is not None and memo[0] is x and memo[1] == x._version:
+            return memo[2]
+        out = student_tokens(self.student, x)
+        self._tokens_memo = (x, x._version, out)
+        return out
+
+    def train(self, mode: bool = True) -> "AgglomModel":
+        self._tokens_memo = None  # weights may change from here on
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
         """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
-        prefix, patches, grid = student_tokens(self.student, x)
+        prefix, patches, grid = self.tokens(x)
         self.phases.mark("student")  # a no-op unless the loop's log.phases timer is set (agglom.train.phases)
         out: Dict[str, Dict[str, torch.Tensor]] = {}
         for s in self.specs:
@@ -114,7 +133,7 @@ class AgglomModel(nn.Module):
                   patches: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Each teacher's summary head output (normalised teacher space), without the spatial heads' cost."""
         if prefix is None or patches is None:
-            prefix, patches, _ = student_tokens(self.student, x)
+            prefix, patches, _ = self.tokens(x)
         out: Dict[str, torch.Tensor] = {}
         for s in self.specs:
             if s.summary:
@@ -125,7 +144,7 @@ class AgglomModel(nn.Module):
 
     def features(self, x: torch.Tensor, kind: str = "summary") -> torch.Tensor:
         """Frozen features for probes (see :data:`FEATURE_KINDS`)."""
-        prefix, patches, _ = student_tokens(self.student, x)
+        prefix, patches, _ = self.tokens(x)
         if kind == "summary":
             return prefix[:, 0]
         if kind == "pooled":
