@@ -184,3 +184,19 @@ def test_resolution_curve_at_the_read_size_matches_the_main_fidelity(dyn_run, tm
     attr = next(iter(report["fidelity"]))
     for key, vals in sec["fidelity"].items():
         assert vals[1] == pytest.approx(report["fidelity"][attr][key]["overall"]["value"], abs=1e-9)
+
+
+def test_multiples_are_relative_to_the_trained_size_not_the_read_size():
+    """A run read at 64 px but trained at 32 (``data.resolutions=[32]``): [0.5, 1, 2] are 16, 32, 64 px."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from agglom.eval.resolution import eval_sizes
+    from agglom.eval.resolution_run import training_size
+
+    model = SimpleNamespace(student=_tiny_student(True))  # recorded input size 32 px
+    read64 = OmegaConf.create({"data": {"image_size": 64, "resolutions": [32]}})
+    assert training_size(model, read64) == 32 and eval_sizes(32, [0.5, 1, 2], 8) == [16, 32, 64]
+    assert training_size(model, OmegaConf.create({"data": {"image_size": 64, "resolutions": [16, 64, 32]}})) == 64
+    assert training_size(model, OmegaConf.create({"data": {"image_size": 64, "resolutions": []}})) == 32

@@ -70,6 +70,20 @@ def student_geometry(model: Any) -> tuple:
     return base, int(p[0] if isinstance(p, (tuple, list)) else p), bool(getattr(student, "dynamic_img_size", False))
 
 
+def training_size(model: Any, cfg: Any) -> int:
+    """The size (px) ``eval.resolutions``' multiples are relative to: the largest size the student was trained at.
+
+    A run with ``data.resolutions`` trained its student at those sizes, not at the reader's ``data.image_size``
+    (which only has to be at least their maximum): a run read at 128 px with ``data.resolutions=[64]`` trained at
+    64 px, so ``[0.5, 1, 2]`` means 32, 64, 128 px and the validated range grows from 64. Without
+    ``data.resolutions`` it is the student's recorded input size (``data.image_size``)."""
+    from agglom.export.input_sizes import trained_sizes
+
+    if cfg.data.get("resolutions"):
+        return max(trained_sizes(cfg))
+    return student_geometry(model)[0] or int(cfg.data.image_size)
+
+
 def check_resolution_eval(model: Any, multiples: Sequence[float]) -> None:
     """Refuse (exit 2, naming the key) a resolution evaluation the student cannot take: no student, or one built
     without ``dynamic_img_size``."""
@@ -106,8 +120,8 @@ def resolution_report(args: Any, cfg: Any, model: Any, teachers: Mapping[str, An
 
     ev = args.eval
     check_resolution_eval(model, list(ev.resolutions))
-    base, patch, _ = student_geometry(model)
-    base = base or int(cfg.data.image_size)
+    _, patch, _ = student_geometry(model)
+    base = training_size(model, cfg)
     sizes = eval_sizes(base, list(ev.resolutions), patch)
     rcfg = copy.deepcopy(cfg)
     rcfg.data.image_size = read_at = max(max(sizes), int(cfg.data.image_size))
@@ -137,4 +151,5 @@ def resolution_report(args: Any, cfg: Any, model: Any, teachers: Mapping[str, An
     return sec
 
 
-__all__ = ["AtSize", "OncePerBatch", "Fanout", "student_geometry", "check_resolution_eval", "resolution_report"]
+__all__ = ["AtSize", "OncePerBatch", "Fanout", "student_geometry", "training_size", "check_resolution_eval",
+           "resolution_report"]

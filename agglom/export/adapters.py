@@ -70,7 +70,8 @@ def write_adapter_pack(model: AgglomModel, cfg: Any, out: Path) -> None:
         "recipe": {
             "student": OmegaConf.to_container(cfg.student, resolve=True),
             "heads": OmegaConf.to_container(cfg.heads, resolve=True),
-            "data": {"image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
+            "data": {"image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale,  # resolutions: the
+                     "resolutions": list(cfg.data.get("resolutions") or [])},  # eval's training size of an export
         },
         "text_towers": towers,
         "zero_shot_prompts": OmegaConf.to_container(cfg.eval.zero_shot_prompts, resolve=True),
