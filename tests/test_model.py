@@ -177,6 +177,11 @@ def test_evaluation_runs_the_backbone_once_per_batch_and_training_always():
     with torch.no_grad():
         torch.testing.assert_close(model.features(x, "adapters"), ref_feat)
         torch.testing.assert_close(model(x)["a"]["summary"], ref_pred["a"]["summary"])
+    with torch.inference_mode():  # inference tensors carry no version counter: computed every time
+        n = len(calls)
+        model.features(x.clone(), "adapters")
+        torch.testing.assert_close(model.features(x.clone(), "adapters"), ref_feat)
+        assert len(calls) == n + 2
     model.train()
     n = len(calls)
     model(x)

@@ -97,7 +97,7 @@ class AgglomModel(nn.Module):
         tokens are kept (with a reference to that batch, so it cannot be another one at the same address): the
         evaluation's probe features, dense maps and fidelity pass on one batch then share one backbone forward
         instead of running it three times. Training (or any pass with gradients) always recomputes."""
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or x.is_inference():  # an inference tensor has no version
             return student_tokens(self.student, x)
         memo = self._tokens_memo
         if memo is not None and memo[0] is x and memo[1] == x._version:
@@ -109,6 +109,10 @@ class AgglomModel(nn.Module):
     def train(self, mode: bool = True) -> "AgglomModel":
         self._tokens_memo = None  # weights may change from here on
         return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._tokens_memo = None  # new weights: the kept tokens are another model's
+        return super().load_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
         """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
