@@ -82,3 +82,21 @@ def test_damage_fails_like_tarfile():
 def test_prefixed_stream_returns_the_prefix_first():
     s = Prefixed(b"abc", io.BytesIO(b"defgh"))
     assert s.read(2) == b"ab" and s.read(3) == b"cde" and s.read() == b"fgh" and s.read(4) == b""
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_index_gives_tarfiles_offsets(tmp_path, fmt):
+    from agglom.data.tarstream import index
+
+    path = tmp_path / "a.tar"
+    path.write_bytes(_tar(fmt))
+    with tarfile.open(path) as t:
+        want = {m.name: (m.offset_data, m.size) for m in t.getmembers() if m.isreg()}
+    got = index(str(path))
+    assert got == want and len(got) >= 3
+    raw = path.read_bytes()
+    for name, (offset, size) in got.items():  # the offsets point at the members' bytes
+        assert raw[offset: offset + size] == dict(NAMES)[name]
+    gz = tmp_path / "a.tar.gz"
+    gz.write_bytes(gzip.compress(raw))
+    assert set(index(str(gz))) == set(want)  # tarfile's own index (offsets into the decompressed stream)

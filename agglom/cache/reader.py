@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -13,6 +12,7 @@ import torch
 from agglom.cache.codec import unpack
 from agglom.cache.writer import MANIFEST_SCHEMA, cache_name, preprocessing_of
 from agglom.config.load import ConfigError
+from agglom.data.tarstream import index as tar_index
 
 
 class StaleCacheError(ConfigError):
@@ -98,9 +98,8 @@ class CachedTeacher:
         for split, entry in manifest["splits"].items():
             for shard in entry["shards"]:
                 path = root / split / shard
-                with tarfile.open(path) as tar:
-                    for member in tar.getmembers():
-                        self.index[member.name] = (path, member.offset_data, member.size)
+                for name, (offset, size) in tar_index(str(path)).items():  # headers only (agglom.data.tarstream)
+                    self.index[name] = (path, offset, size)
         self._files: Dict[Path, Any] = {}
 
     def _read(self, name: str) -> bytes:

@@ -91,15 +91,51 @@ def iter_members(f: BinaryIO, first: Optional[bytes] = None) -> Iterator[Tuple[s
         elif kind == b"L":
             pending["path"] = data.split(b"\0", 1)[0].decode("utf-8")
         elif kind not in b"gK":  # a member (global pax headers and GNU long link names are not)
-            name = pending.get("path")
-            if name is None:
-                name = block[0:100].split(b"\0", 1)[0].decode("utf-8")
-                prefix = block[345:500].split(b"\0", 1)[0] if block[257:263] == b"ustar\0" else b""
-                if prefix:
-                    name = prefix.decode("utf-8") + "/" + name
+            name = pending.get("path") or _header_name(block)
             pending = {}
             yield (name.rstrip("/") if kind == b"5" else name), kind in _REGULAR, data  # tarfile's dir names
         block = f.read(BLOCK)
+
+
+def index(path: str) -> Dict[str, Tuple[int, int]]:
+    """``{member name: (data offset, size)}`` of the regular files of the tar file at ``path``, reading only the
+    headers (the data is seeked over): what :class:`~agglom.cache.reader.CachedTeacher` looks features up by.
+    Archives this module does not parse go to :mod:`tarfile`."""
+    out: Dict[str, Tuple[int, int]] = {}
+    with open(path, "rb") as f:
+        block = f.read(BLOCK)
+        if not is_plain_tar(block):
+            with tarfile.open(path) as tar:
+                return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isreg()}
+        pending: Dict[str, str] = {}
+        while block and block.count(0) != BLOCK:
+            if len(block) < BLOCK or not _checksum_ok(block):
+                raise tarfile.ReadError(f"{path}: bad or truncated tar header at byte {f.tell() - len(block)}")
+            kind, size = block[156:157], _octal(block[124:136])
+            size = int(pending.get("size", size))
+            start = f.tell()
+            if kind in (b"x", b"L"):
+                data = _read_exact(f, size, "a tar header")
+                if kind == b"x":
+                    pending.update(_pax(data))
+                else:
+                    pending["path"] = data.split(b"\0", 1)[0].decode("utf-8")
+                f.seek(start + size + (-size % BLOCK))
+            else:
+                if kind not in b"gK":
+                    name = pending.get("path") or _header_name(block)
+                    pending = {}
+                    if kind in _REGULAR:
+                        out[name] = (start, size)
+                f.seek(start + size + (-size % BLOCK))
+            block = f.read(BLOCK)
+    return out
+
+
+def _header_name(block: bytes) -> str:
+    name = block[0:100].split(b"\0", 1)[0].decode("utf-8")
+    prefix = block[345:500].split(b"\0", 1)[0] if block[257:263] == b"ustar\0" else b""
+    return prefix.decode("utf-8") + "/" + name if prefix else name
 
 
 class Prefixed:
@@ -132,4 +168,4 @@ def members(stream: BinaryIO) -> Iterator[Tuple[str, bool, bytes]]:
         tar.members = []
 
 
-__all__ = ["members", "iter_members", "is_plain_tar", "Prefixed", "BLOCK"]
+__all__ = ["members", "iter_members", "index", "is_plain_tar", "Prefixed", "BLOCK"]
