@@ -293,3 +293,45 @@ def test_cached_training_equals_online_training_over_20_steps(synth_root, tmp_pa
                        for r in MetricLogger.read(run / "metrics.jsonl") if "loss" in r])
     assert len(curves[0]) == len(curves[1]) == 20
     assert torch.allclose(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-5, atol=1e-6)
+
+
+def _read_all(teacher, keys, rounds, out):
+    import numpy as np
+
+    got = {}
+    for _ in range(rounds):
+        for k in keys:
+            s, p = teacher.get(k)
+            got.setdefault(k, (np.asarray(s).tobytes(), np.asarray(p).tobytes()))
+            if got[k] != (np.asarray(s).tobytes(), np.asarray(p).tobytes()):
+                out.put("changed")
+                return
+    out.put(got)
+
+
+def test_forked_workers_read_the_cache_with_their_own_handles(caches, tiny_train_args):
+    """Data workers are forked from a main process that already read the cache: with shared descriptors (one file
+    offset) their seek + read pairs would interleave and return other members' bytes."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    import teachers as zoo
+    from agglom.cache import open_cache
+    from agglom.config.load import load_config
+    from agglom.config.schema import Recipe
+
+    cfg = load_config(Recipe, tiny_train_args("fork", steps=1))
+    teacher = open_cache(str(caches["fp16"]), "tiny-sam", cfg, zoo.load_card("tiny-sam").digest())
+    keys = teacher.keys()[:24]
+    want = {k: tuple(np.asarray(a).tobytes() for a in teacher.get(k)) for k in keys}  # the parent's handles are open
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_read_all, args=(teacher, keys[i::2] + keys, 40, out)) for i in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    for got in results:
+        assert got != "changed" and got == {k: want[k] for k in got}

@@ -101,14 +101,28 @@ class CachedTeacher:
                 for name, (offset, size) in tar_index(str(path)).items():  # headers only (agglom.data.tarstream)
                     self.index[name] = (path, offset, size)
         self._files: Dict[Path, Any] = {}
+        self._pid = os.getpid()  # the process self._files belong to
 
     def _read(self, name: str) -> bytes:
+        """A member's bytes. File handles belong to the process that opened them: a data worker forked from the
+        main process would otherwise share the main process's descriptors, and with them one file offset, so
+        concurrent seek + read pairs in two workers read each other's bytes. Reads are positional (``pread``)
+        where the OS has it, and a process that did not open the handles opens its own."""
         path, offset, size = self.index[name]
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
         f = self._files.get(path)
         if f is None:
             f = self._files[path] = open(path, "rb")
-        f.seek(offset)
-        return f.read(size)
+        if hasattr(os, "pread"):
+            data = os.pread(f.fileno(), size, offset)
+        else:  # pragma: no cover - no pread (Windows): the handle is this process's own
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise StaleCacheError(f"feature cache {self.root}: {path.name} is shorter than its index says "
+                                  f"({name}); rebuild it with `agglom cache`")
+        return data
 
     def get(self, key: str) -> Tuple[np.ndarray, np.ndarray]:
         """(summary [Ds], spatial [C, h, w]) of one sample, as float32."""
