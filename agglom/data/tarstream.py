@@ -66,70 +66,58 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def iter_members(f: BinaryIO, first: Optional[bytes] = None) -> Iterator[Tuple[str, bool, bytes]]:
-    """``(name, is_regular_file, data)`` for each member of the tar stream ``f`` (``first``: its first header
-    block, already read by the caller), up to the end-of-archive marker or the end of the stream."""
+def _walk(f: BinaryIO, block: bytes, keep_data: bool) -> Iterator[Tuple[str, bytes, int, int, bytes]]:
+    """``(name, type flag, data offset, size, data)`` per member, pax and GNU long-name headers applied; the data
+    is read when ``keep_data`` (else seeked over, for a file: ``data`` is then empty). Offsets are counted here,
+    so a pipe works too when the data is read."""
     pending: Dict[str, str] = {}  # pax / GNU long-name fields for the next member
-    block = first if first is not None else f.read(BLOCK)
+    pos = 0  # where `block` starts in the archive
     while block:
         if len(block) < BLOCK:
             raise tarfile.ReadError("unexpected end of data in a tar header")
         if block.count(0) == BLOCK:  # an end-of-archive block
             return
         if not _checksum_ok(block):
-            raise tarfile.ReadError("bad checksum in a tar header")
+            raise tarfile.ReadError(f"bad checksum in the tar header at byte {pos}")
         kind = block[156:157]
-        size = _octal(block[124:136])
-        if "size" in pending:
-            size = int(pending["size"])
-        data = _read_exact(f, size, "a tar member") if size else b""  # other types' data is read and unused
-        pad = -size % BLOCK
-        if pad:
-            _read_exact(f, pad, "a tar member's padding")
+        size = int(pending.get("size", _octal(block[124:136])))
+        start, pad = pos + BLOCK, -size % BLOCK
+        data = b""
+        if keep_data or kind in (b"x", b"L"):
+            data = _read_exact(f, size, "a tar member") if size else b""
+            if pad:
+                _read_exact(f, pad, "a tar member's padding")
+        else:
+            f.seek(size + pad, 1)
+        pos = start + size + pad
         if kind == b"x":
             pending.update(_pax(data))
         elif kind == b"L":
             pending["path"] = data.split(b"\0", 1)[0].decode("utf-8")
         elif kind not in b"gK":  # a member (global pax headers and GNU long link names are not)
-            name = pending.get("path") or _header_name(block)
+            yield pending.get("path") or _header_name(block), kind, start, size, data
             pending = {}
-            yield (name.rstrip("/") if kind == b"5" else name), kind in _REGULAR, data  # tarfile's dir names
         block = f.read(BLOCK)
+
+
+def iter_members(f: BinaryIO, first: Optional[bytes] = None) -> Iterator[Tuple[str, bool, bytes]]:
+    """``(name, is_regular_file, data)`` for each member of the tar stream ``f`` (``first``: its first header
+    block, already read by the caller), up to the end-of-archive marker or the end of the stream."""
+    for name, kind, _, _, data in _walk(f, first if first is not None else f.read(BLOCK), keep_data=True):
+        yield (name.rstrip("/") if kind == b"5" else name), kind in _REGULAR, data  # tarfile's dir names
 
 
 def index(path: str) -> Dict[str, Tuple[int, int]]:
     """``{member name: (data offset, size)}`` of the regular files of the tar file at ``path``, reading only the
     headers (the data is seeked over): what :class:`~agglom.cache.reader.CachedTeacher` looks features up by.
     Archives this module does not parse go to :mod:`tarfile`."""
-    out: Dict[str, Tuple[int, int]] = {}
     with open(path, "rb") as f:
         block = f.read(BLOCK)
         if not is_plain_tar(block):
             with tarfile.open(path) as tar:
                 return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isreg()}
-        pending: Dict[str, str] = {}
-        while block and block.count(0) != BLOCK:
-            if len(block) < BLOCK or not _checksum_ok(block):
-                raise tarfile.ReadError(f"{path}: bad or truncated tar header at byte {f.tell() - len(block)}")
-            kind, size = block[156:157], _octal(block[124:136])
-            size = int(pending.get("size", size))
-            start = f.tell()
-            if kind in (b"x", b"L"):
-                data = _read_exact(f, size, "a tar header")
-                if kind == b"x":
-                    pending.update(_pax(data))
-                else:
-                    pending["path"] = data.split(b"\0", 1)[0].decode("utf-8")
-                f.seek(start + size + (-size % BLOCK))
-            else:
-                if kind not in b"gK":
-                    name = pending.get("path") or _header_name(block)
-                    pending = {}
-                    if kind in _REGULAR:
-                        out[name] = (start, size)
-                f.seek(start + size + (-size % BLOCK))
-            block = f.read(BLOCK)
-    return out
+        return {name: (start, size) for name, kind, start, size, _ in _walk(f, block, keep_data=False)
+                if kind in _REGULAR}
 
 
 def _header_name(block: bytes) -> str:

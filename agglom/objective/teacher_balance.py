@@ -50,13 +50,14 @@ class TeacherBalance(nn.Module):
             return torch.ones_like(self.running)
         with torch.no_grad():
             if self.training:
-                if not (self._known_seen or bool(self.seen)):
+                if not self._known_seen:  # read the buffer back only until it is first seen True
+                    self._known_seen = bool(self.seen)
+                if self._known_seen:
+                    self.running.lerp_(cur, self.momentum)
+                else:
                     self.running.copy_(cur)
                     self.seen.fill_(True)
                     self._known_seen = True
-                else:
-                    self._known_seen = True
-                    self.running.lerp_(cur, self.momentum)
         return self.running.clamp_min(1e-6)
 
     def combine(self, per_teacher: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
