@@ -4,7 +4,8 @@ Benchmarks, each a ratio against a baseline measured in the same process (timing
 runs are interleaved and per-step times summarised by their median):
 
 a) reader samples/s (agglom train_loader, 2 workers, decode + augmentation) vs a plain torch Dataset/DataLoader
-   over the same PNGs extracted to a folder, with the same augmentations;
+   over the same PNGs extracted to a folder, with the same augmentations; and shard members/s of agglom's tar
+   header parser vs tarfile's stream mode over the same shards;
 b) training samples/s with cached vs online teachers (demo teachers; and "wide" teachers whose forward dominates,
    as with real foundation models);
 c) engine overhead: `agglom.train.loop.train` vs a minimal plain-PyTorch loop over the same task, teachers,
@@ -295,6 +296,36 @@ def bench_reader(rows: Rows, root: Path, work: Path, s: Dict[str, Any], rounds: 
                                         list(cfg.student.mean), list(cfg.student.std))))
     rows.add("a", "reader samples/s (2 workers, decode+augment)", max(ours), max(plain), "samples/s",
              ">= 1.0x plain", max(ours) >= 0.95 * max(plain), rounds_ours=ours, rounds_plain=plain)
+    bench_tar_parse(rows, root, rounds)
+
+
+def bench_tar_parse(rows: Rows, root: Path, rounds: int) -> None:
+    """Shard members per second: agglom's tar header parser (agglom.data.tarstream) vs tarfile's stream mode."""
+    import tarfile
+
+    from agglom.data.tarstream import members
+
+    shards = sorted((root / "train").glob("*.tar"))
+
+    def rate(read) -> float:
+        t, n = time.perf_counter(), 0
+        for shard in shards:
+            with open(shard, "rb") as f:
+                n += sum(1 for _ in read(f))
+        return n / (time.perf_counter() - t)
+
+    def with_tarfile(f):
+        tar = tarfile.open(fileobj=f, mode="r|*")
+        for info in tar:
+            yield info.name, tar.extractfile(info).read() if info.isreg() else b""
+            tar.members = []
+
+    ours, base = [], []
+    for _ in range(max(2, rounds)):
+        ours.append(rate(members))
+        base.append(rate(with_tarfile))
+    rows.add("a", "shard members/s: agglom's tar parser vs tarfile", max(ours), max(base), "members/s", "", None,
+             rounds_ours=ours, rounds_tarfile=base)
 
 
 # --------------------------------------------------------------------------------------------- training runs
