@@ -28,10 +28,6 @@ import torch.nn.functional as F
 
 MEASURES = ("r2", "cosine")
 
-#: a teacher output whose variance over the test split is below this fraction of its mean square is constant for
-#: the purpose of fidelity: it carries nothing about the image to reproduce, and an R² against it measures noise
-CONSTANT_SPREAD = 1e-6
-
 
 class FidelityAccumulator:
     """Streams the test split once: the student's predictions and each teacher's features, per sample.
@@ -87,28 +83,13 @@ class FidelityAccumulator:
                 self.cosine.setdefault(key, []).append(cos.cpu().numpy())
                 self.sq_err.setdefault(key, []).append(err.double().cpu().numpy())
 
-    def _variance(self, key: str) -> np.ndarray:
-        n, s, ss = self.moments[key]
-        return (ss / n - (s / n) ** 2).clamp_min(0).numpy()
-
-    def constant_outputs(self) -> Dict[str, float]:
-        """``{"<teacher>/<output>": spread}`` for the teacher outputs that do not vary over the test split: total
-        variance over mean square below :data:`CONSTANT_SPREAD` (a random tiny DINOv2's summary token has a
-        spread of ~1e-9: it is the same vector for every image). Their R² is undefined, so it is not reported."""
-        out = {}
-        for key, (n, _, ss) in self.moments.items():
-            power = float((ss / n).sum())
-            spread = float(self._variance(key).sum()) / power if power > 0 else 0.0
-            if spread < CONSTANT_SPREAD:
-                out[key] = spread
-        return out
-
     def result(self) -> Dict[str, Dict[str, np.ndarray]]:
-        """``{measure: {"<teacher>/<output>": [N] per-sample values}}`` for ``measure`` in :data:`MEASURES`; R²
-        leaves out the :meth:`constant_outputs`."""
-        constant = self.constant_outputs()
-        r2 = {key: global_r2(np.concatenate(chunks), self._variance(key)) for key, chunks in self.sq_err.items()
-              if key not in constant}
+        """``{measure: {"<teacher>/<output>": [N] per-sample values}}`` for ``measure`` in :data:`MEASURES`."""
+        r2: Dict[str, np.ndarray] = {}
+        for key, chunks in self.sq_err.items():
+            n, s, ss = self.moments[key]
+            var = (ss / n - (s / n) ** 2).clamp_min(0).numpy()
+            r2[key] = global_r2(np.concatenate(chunks), var)
         return {"r2": r2, "cosine": {k: np.concatenate(v) for k, v in self.cosine.items()}}
 
     def summary_features(self) -> Dict[str, Dict[str, np.ndarray]]:
@@ -219,5 +200,5 @@ def fidelity_headline(section: Mapping[str, Mapping[str, Any]], clip: bool = Tru
             "mean_gap": float(np.mean(list(gaps.values()))) if gaps else None, "clipped": clip}
 
 
-__all__ = ["MEASURES", "CONSTANT_SPREAD", "FidelityAccumulator", "global_r2", "functional_fidelity", "fidelity_summaries",
+__all__ = ["MEASURES", "FidelityAccumulator", "global_r2", "functional_fidelity", "fidelity_summaries",
            "fidelity_headline"]

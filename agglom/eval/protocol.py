@@ -112,14 +112,6 @@ def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, SplitFeat
     out: Dict[str, Any] = {"fidelity": per["r2"], "fidelity_cosine": per["cosine"],
                            "fidelity_measure": "r2_global: 1 - squared error / per-channel variance of the teacher's "
                                                "features over the whole test split (one normaliser for all groups)"}
-    constant = fid.constant_outputs()
-    if constant:  # said in the report and on the console, not silently dropped
-        out["fidelity_constant_outputs"] = {k: {"spread": v, "note": "the teacher's output is (nearly) the same for "
-                                                "every test image: R² is undefined and not reported"}
-                                            for k, v in constant.items()}
-        print("agglom eval: no R² fidelity for " + ", ".join(f"{k} (variance/mean square {v:.1e})" for k, v in
-                                                            constant.items())
-              + ": these teacher outputs hardly vary over the test split", flush=True)
     if te.labels.ndim != 1 or len(set(te.labels.tolist()) - {0, 1}):
         return out  # functional fidelity: binary labels only
     from agglom.eval.extract import extract_all

@@ -212,10 +212,6 @@ def _fidelity_markdown(report: Mapping[str, Any]) -> List[str]:
               "normaliser for every group, so the same error counts the same in every group (1 = perfect, 0 = as good "
               "as the teacher's mean; higher is better; gap = max − min over groups).", ""]  # fmt: skip
         L += _group_mean_tables(report["fidelity"])
-    for key, c in (report.get("fidelity_constant_outputs") or {}).items():
-        L += [f"- `{key}`: not measured; {c['note']} (variance / mean square {c['spread']:.1e})."]
-    if report.get("fidelity_constant_outputs"):
-        L += [""]
     if report.get("fidelity_functional"):
         L += ["## Functional fidelity: each teacher's own probe on the student's adapter output", "",
               "The teacher's linear probe (fitted on its train features, threshold on val) scores the teacher's test "
