@@ -81,6 +81,20 @@ def test_normaliser_round_trip_and_state(name):
     torch.testing.assert_close(m(x), y)
 
 
+@pytest.mark.parametrize("name", sorted(set(NORMALISERS) - {"none"}))
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e3])
+def test_normaliser_is_invariant_to_the_teachers_scale(name, scale):
+    """Features 1e-4 the size of others (a random tiny DINOv2's summary is ~1e-3, variance ~1e-9) normalise to the
+    same targets: an absolute epsilon on the variance used to squash them to a variance of ~0.002."""
+    torch.manual_seed(1)
+    x = torch.randn(512, 16) * torch.linspace(0.5, 2, 16) + 1.0
+    ref, n = build_normaliser(name, 16), build_normaliser(name, 16)
+    ref.fit(x)
+    n.fit(x * scale)
+    torch.testing.assert_close(n(x * scale), ref(x), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(n.inverse(ref(x)), x * scale, atol=1e-3 * scale, rtol=1e-3)
+
+
 def test_phis_non_power_of_two_is_still_orthogonal():
     n = build_normaliser("phis", 12)
     n.fit(torch.randn(200, 12) * 3)

@@ -84,6 +84,12 @@ class Identity(Normaliser):
         return y
 
 
+#: z-score's variance floor, relative to the mean channel variance, and its absolute epsilon (float32 features
+#: vary by far more than 1e-12 in variance, so only an exactly constant output meets it)
+VAR_FLOOR = 1e-4
+VAR_EPS = 1e-12
+
+
 @register_normaliser("zscore")
 class ZScore(Normaliser):
     """Per-channel mean/std, fitted on the stats pass then tracked by an EMA of batch moments."""
@@ -120,20 +126,28 @@ class ZScore(Normaliser):
         self.mean.lerp_(mean, self.momentum)
         self.var.lerp_(var, self.momentum)
 
+    def std(self) -> torch.Tensor:
+        """Per-channel std with a floor that scales with the output: ``VAR_FLOOR`` × the mean channel variance
+        (a dead channel is not blown up), and an absolute ``VAR_EPS`` below any real feature's variance. An absolute
+        1e-6 on the variance, as before, swamped a teacher whose features are ~1e-3 in size (a random tiny DINOv2's
+        summary has a variance of ~1e-9): its normalised targets had a variance of 0.002 and the student learned
+        nothing of them."""
+        return torch.sqrt(torch.maximum(self.var, VAR_FLOOR * self.var.mean()) + VAR_EPS)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / torch.sqrt(self.var + 1e-6)
+        return (x - self.mean) / self.std()
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y * torch.sqrt(self.var + 1e-6) + self.mean
+        return y * self.std() + self.mean
 
     # the same element-wise maths broadcast over the channel axis: equal, bit for bit, to the channel-last path
     def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, self.dim) + (1,) * (x.dim() - 2)
-        return (x - self.mean.view(shape)) / torch.sqrt(self.var + 1e-6).view(shape)
+        return (x - self.mean.view(shape)) / self.std().view(shape)
 
     def inverse_spatial(self, y: torch.Tensor) -> torch.Tensor:
         shape = (1, self.dim) + (1,) * (y.dim() - 2)
-        return y * torch.sqrt(self.var + 1e-6).view(shape) + self.mean.view(shape)
+        return y * self.std().view(shape) + self.mean.view(shape)
 
 
 def _mixing_matrix(dim: int, seed: int = 0) -> torch.Tensor:
@@ -171,7 +185,7 @@ class PHIS(Normaliser):
         rot = _mixing_matrix(self.dim) @ evecs.T  # [C, C]: y = rot @ (x - mean)
         self.mean.copy_(mean.float())
         self.rotation.copy_(rot.float())
-        self.scale.fill_(float(torch.sqrt(evals.clamp_min(0).mean()).clamp_min(1e-6)))
+        self.scale.fill_(float(torch.sqrt(evals.clamp_min(0).mean()).clamp_min(1e-9)))
         self.fitted.fill_(True)
 
     def update(self, x: torch.Tensor) -> None:
