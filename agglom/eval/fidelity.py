@@ -179,8 +179,8 @@ def fidelity_headline(section: Mapping[str, Mapping[str, Any]], clip: bool = Tru
     ``{"<teacher>/<output>": group_mean_summary}``; None when empty.
 
     With ``clip`` (the default for R²) every group's value is first clipped to [0, 1]: "worse than predicting the
-    teacher's mean" counts as no fidelity, so one badly reproduced, nearly constant teacher output (a random tiny
-    teacher's summary can have a variance of 1e-9) cannot swamp the average of all the others."""
+    teacher's mean" counts as no fidelity, so one badly reproduced teacher output (R² far below 0, as a random tiny
+    teacher's summary of variance 1e-9 had while the z-score floor was absolute) cannot swamp the average."""
     def c(v: float) -> float:
         return min(1.0, max(0.0, v)) if clip else v
 
