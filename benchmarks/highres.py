@@ -62,7 +62,7 @@ def pack_at(csv: Path, out: Path, max_side: int) -> Dict[str, Any]:
     """``agglom data pack csv=... max_side=N`` (every image in the train split); returns the datasheet."""
     from agglom.cli import main
     from agglom.data.writer import read_datasheet
-    from benchmarks.bench import quiet
+    from benchmarks.common import quiet
 
     args = ["data", "pack", f"out={out}", f"csv={csv}", "path_col=file", "attr_cols=[site]", f"max_side={max_side}",
             "val_frac=0", "test_frac=0", "shard_size=4", "force=true"]
@@ -112,7 +112,7 @@ def measure_read(root: Path, size: int, samples: int, *overrides: str) -> Dict[s
 
 def sam_1024_card(cards: Path) -> str:
     """A card for the tiny SAM encoder at 1024 px (the tiny-sam card's family and preprocessing)."""
-    from benchmarks.bench import write_card
+    from benchmarks.common import write_card
 
     return write_card(cards, "tiny-sam", "bench-sam-1024", input_size=1024, model_args=TINY_SAM_1024)
 
@@ -122,7 +122,7 @@ def bench_sam_cache(rows: Any, root: Path, work: Path, cards: Path) -> Dict[str,
     from agglom.cache.writer import write_cache
     from agglom.config.load import load_config
     from agglom.config.schema import Recipe
-    from benchmarks.bench import quiet
+    from benchmarks.common import quiet
 
     card = sam_1024_card(cards)
     cfg = load_config(Recipe, [f"recipe={REPO / 'recipes' / 'demo.yaml'}", f"data.root={root}", "data.image_size=1024",

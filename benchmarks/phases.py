@@ -30,7 +30,7 @@ def phase_run(cfg: Any) -> List[Dict[str, Any]]:
     """Train ``cfg`` (quietly, from scratch) and return its metrics.jsonl records."""
     from agglom.train.logger import MetricLogger
     from agglom.train.loop import train
-    from benchmarks.bench import quiet
+    from benchmarks.common import quiet
 
     shutil.rmtree(Path(cfg.out_dir) / cfg.name, ignore_errors=True)
     with quiet():
@@ -41,7 +41,7 @@ def phase_run(cfg: Any) -> List[Dict[str, Any]]:
 def bench_phases(rows: Any, root: Path, work: Path, s: Dict[str, Any], teachers: Sequence[str], cache_dir: Path,
                  realistic: bool = False) -> Dict[str, Dict[str, float]]:
     """Rows ``phase <name> (online|cached)`` (fraction of the step) and ``phase sum (...)`` for section h."""
-    from benchmarks.bench import make_cfg
+    from benchmarks.common import make_cfg
 
     extra = ["log.phases=true", "log.interval=1"]
     steps = max(3, int(s["steps"]))  # the first logged step is dropped: at least two are left

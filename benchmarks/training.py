@@ -1,0 +1,181 @@
+"""Sections b-g's training runs: agglom's loop and a minimal plain loop over the same task, the train-split cache
+they read, and the cache's bytes and fidelity per teacher."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+from benchmarks.common import Rows, StepClock, interleave, quiet
+
+
+def run_train(cfg) -> Dict[str, Any]:
+    """agglom's loop; per-step seconds from the batch clock, FLOPs/sample from run.json."""
+    import shutil
+
+    from agglom.train.loop import train
+
+    shutil.rmtree(Path(cfg.out_dir) / cfg.name, ignore_errors=True)  # each timed round trains from scratch
+    clock = StepClock()
+    with quiet():
+        run_dir = train(cfg, hooks=[clock])
+    summary = json.loads((Path(run_dir) / "run.json").read_text())
+    return {"step_s": clock.step_seconds(), "flops_per_sample": summary.get("flops_per_sample")}
+
+
+def run_plain(cfg, device: str) -> Dict[str, Any]:
+    """The minimal loop: the same task (AgglomTask's model + objective), teachers and loader, AdamW, clip."""
+    import torch
+
+    from agglom.data.readers import train_loader
+    from agglom.task import AgglomTask, teacher_spec
+    from agglom.train.loop import seed_everything
+    from agglom.train.optim import param_groups
+    from agglom.train.setup import build_teachers, group_names, in_chans_of, stats_batches
+
+    seed_everything(cfg.seed * 1000)
+    dev = torch.device(device)
+    teachers = build_teachers(cfg, dev)
+    task = AgglomTask(cfg, [teacher_spec(e, teachers[e.name]) for e in cfg.teachers], teachers, group_names(cfg),
+                      in_chans_of(cfg))
+    task.model.to(dev)
+    use_bf16 = dev.type == "cuda"
+    task.attach(task.model, dev, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16))
+    task.fit_normalisers(stats_batches(cfg))
+    opt = torch.optim.AdamW(param_groups(task.model, cfg.optim.weight_decay), lr=cfg.optim.lr)
+    task.train()
+    steps, epoch = 0, 0
+    clock = StepClock()
+    while steps < cfg.optim.steps:
+        for batch in train_loader(cfg, epoch=epoch):
+            clock.on_batch(batch)
+            loss = task(batch)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.item()
+            steps += 1
+            if steps >= cfg.optim.steps:
+                break
+        epoch += 1
+    return {"step_s": clock.step_seconds()}
+
+
+
+def write_train_cache(cfg, teachers: Sequence[str], out: Path, device: str, dtype: str = "int8",
+                      batch_size: int = 64) -> float:
+    from agglom.cache.writer import write_cache
+
+    t = time.perf_counter()
+    with quiet():
+        write_cache(cfg, list(teachers), str(out), dtype=dtype, pool=1, splits=[cfg.data.train_split],
+                    batch_size=batch_size, device=device)
+    return time.perf_counter() - t
+
+
+
+def bench_bytes(rows: Rows, cfg, teachers: Sequence[str], out: Path, device: str) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    import teachers as zoo
+    from agglom.cache import open_cache
+    from agglom.cache.codec import pool_spatial
+    from agglom.cache.writer import write_cache
+    from agglom.data.readers import eval_loader
+
+    split = cfg.data.val_split
+    batches = list(eval_loader(cfg, split))
+    for t in teachers:
+        card = zoo.load_card(t)
+        online = zoo.build_teacher(card, input_mean=list(cfg.student.mean), input_std=list(cfg.student.std),
+                                   device=device)
+        with torch.no_grad():
+            outs = [online(b["image"].to(device)) for b in batches]
+        ref_s = torch.cat([o.summary.float().cpu() for o in outs])
+        ref_p = torch.cat([o.spatial.float().cpu() for o in outs])
+        keys = [k for b in batches for k in b["key"]]
+        bf16 = 2 * (ref_s.shape[1] + ref_p[0].numel())
+        for label, dtype, pool in (("fp16", "fp16", 1), ("int8", "int8", 1), ("int8+pool2", "int8", 2)):
+            d = out / f"{label}"
+            with quiet():
+                write_cache(cfg, [t], str(d), dtype=dtype, pool=pool, splits=[split], device=device,
+                            batch_size=int(cfg.data.batch_size))
+            c = open_cache(str(d), t, cfg, card.digest(), split=split)
+            got = c.lookup(keys)
+            cos_s = F.cosine_similarity(got["summary"], ref_s, dim=-1)
+            cos_p = F.cosine_similarity(got["spatial"], pool_spatial(ref_p, pool), dim=1).flatten(1).mean(1)
+            full = F.interpolate(got["spatial"], size=ref_p.shape[-2:], mode="bilinear", align_corners=False) \
+                if pool > 1 else got["spatial"]
+            cos_full = F.cosine_similarity(full, ref_p, dim=1).flatten(1).mean(1)
+            cos = min(float(cos_s.mean()), float(cos_p.mean()))
+            nbytes = float(c.manifest["bytes_per_sample"])
+            ok = cos >= 0.99 and nbytes <= 0.25 * bf16
+            rows.add("f", f"cache {card.name} {label} (cos {cos:.4f}; full-grid cos {float(cos_full.mean()):.4f})",
+                     nbytes, float(bf16), "B/sample", "cos>=0.99 at <=0.25x bf16", ok,
+                     summary_cos=float(cos_s.mean()), spatial_cos=float(cos_p.mean()),
+                     spatial_cos_min=float(cos_p.min()), full_grid_cos=float(cos_full.mean()),
+                     disk_bytes_per_sample=c.manifest.get("disk_bytes_per_sample"), samples=len(keys))
+
+
+
+
+def bench_online_cached(rows: Rows, cfg_on, cfg_ca, s: Dict[str, Any], gemm: float, rss0: Dict[str, float],
+                        realistic: bool, cache_s: float) -> None:
+    """Sections b, c, e, g: online vs cached teachers and agglom's loop vs a plain one (interleaved), the runs' peak
+    RSS, and their FLOP utilisation against the GEMM ceiling."""
+    from benchmarks.common import median_rate, peak_rss_mib
+
+    res = interleave({"online": lambda: run_train(cfg_on), "cached": lambda: run_train(cfg_ca),
+                      "plain": lambda: run_plain(cfg_on, s["device"])}, s["rounds"])
+    b = s["batch"]
+    r_on, r_ca, r_pl = (median_rate(res[k]["step_s"], b) for k in ("online", "cached", "plain"))
+    tname = "ViT-B/L teachers" if realistic else "tiny demo teachers"
+    rows.add("b", f"train samples/s, cached vs online ({tname})", r_ca, r_on, "samples/s", ">= 3x",
+             r_ca >= 3 * r_on, cache_write_s=cache_s)
+    rows.add("c", "engine overhead: agglom loop vs plain PyTorch loop", r_on, r_pl, "samples/s",
+             ">= 0.95x (overhead <= 5%)", r_on >= 0.95 * r_pl)
+    rss = peak_rss_mib()
+    rows.add("e", "peak RSS, training (process; workers max)", rss["self"], rss0["self"], "MiB", "", None,
+             children_mib=rss["children"], note="baseline = peak RSS before any training (imports + data)")
+    for k, rate in (("online", r_on), ("cached", r_ca)):
+        fps = res[k].get("flops_per_sample")
+        if fps:
+            rows.add("g", f"FLOP utilisation, training ({k} teachers)", fps * rate / 1e9, gemm / 1e9, "GFLOP/s",
+                     "", None, ratio=fps * rate / gemm, flops_per_sample=fps)
+
+
+def bench_wide(rows: Rows, root: Path, work: Path, s: Dict[str, Any], cards: Path) -> None:
+    """Section b with teachers whose forward dominates the step (the demo's tiny teachers cost less than the
+    student, as foundation models do not)."""
+    from benchmarks.common import make_cfg, median_rate, wide_cards
+
+    wide = wide_cards(cards)
+    wcache = work / "cache-wide"
+    cfg_won = make_cfg(root, work, s, "wide-online", wide)
+    wcache_s = write_train_cache(cfg_won, wide, wcache, s["device"])
+    cfg_wca = make_cfg(root, work, s, "wide-cached", wide, cache=str(wcache))
+    cfg_won.optim.steps = cfg_wca.optim.steps = max(6, s["steps"] // 2)
+    wres = interleave({"online": lambda: run_train(cfg_won), "cached": lambda: run_train(cfg_wca)}, s["rounds"])
+    w_on, w_ca = (median_rate(wres[k]["step_s"], s["batch"]) for k in ("online", "cached"))
+    fps = wres["online"].get("flops_per_sample") or 0
+    fps_c = wres["cached"].get("flops_per_sample") or 1
+    rows.add("b", f"train samples/s, cached vs online (wide teachers, {fps / fps_c:.1f}x the FLOPs)", w_ca, w_on,
+             "samples/s", ">= 3x", w_ca >= 3 * w_on, cache_write_s=wcache_s, flops_online=fps, flops_cached=fps_c)
+
+
+def bench_deepspeed(rows: Rows, cfg_ca, cfg_ds, rounds: int) -> None:
+    """Section d: DeepSpeed ZeRO-2 against the torch strategy, cached teachers, so the step is the student's.
+
+    Not interleaved: the torch strategy's close() destroys the process group DeepSpeed keeps for reuse in this
+    process, so a DeepSpeed run after a torch run that follows a DeepSpeed run fails; torch runs first."""
+    import statistics
+
+    dres = {**interleave({"torch": lambda: run_train(cfg_ca)}, rounds),
+            **interleave({"deepspeed": lambda: run_train(cfg_ds)}, rounds)}
+    st = statistics.median(dres["torch"]["step_s"])
+    sd = statistics.median(dres["deepspeed"]["step_s"])
+    rows.add("d", "step time, DeepSpeed ZeRO-2 vs torch strategy", sd * 1e3, st * 1e3, "ms/step",
+             "<= 1.15x", sd <= 1.15 * st)
