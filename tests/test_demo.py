@@ -25,7 +25,7 @@ def test_reduced_demo_end_to_end(tmp_path):
             if kind == "fair":
                 assert rep["comparison"]["reference"] == f"student-erm-s{s}"
         cfg = (out / f"student-fair-s{s}" / "config.yaml").read_text()
-        assert "group_balanced: true" in cfg and "zscore_momentum: 0.0" in cfg  # the default fair candidate
+        assert "group_balance: 0.75" in cfg and "zscore_momentum: 0.0" in cfg  # the default fair candidate
         assert "group: excess" in cfg and f"student-erm-s{s}" in cfg  # held to the seed's ERM losses
     for kind in ("erm", "fair"):
         exp = out / f"student-{kind}-s0" / "export"
