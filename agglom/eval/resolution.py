@@ -102,7 +102,7 @@ def validated_range(sizes: Sequence[int], curves: Mapping[str, Sequence[Optional
 
 def _clip(values: Sequence[Optional[float]]) -> List[Optional[float]]:
     """R² clipped to [0, 1] for the flags, as the fidelity headline does: "worse than the teacher's mean" is no
-    fidelity, and a nearly constant teacher output (R² of −40 on a random tiny teacher) must not decide them."""
+    fidelity, and an output the student has not learned (R² far below 0) must not decide them on its own."""
     return [None if v is None else min(1.0, max(0.0, float(v))) for v in values]
 
 
