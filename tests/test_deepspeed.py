@@ -137,7 +137,8 @@ def test_ds_config_mapping():
                                          ({"engine.precision": "fp16"}, "engine.precision"),
                                          ({"engine.zero_stage": 2, "engine.offload_params": True}, "offload_params"),
                                          ({"engine.zero_stage": 0, "engine.offload_optimizer": True},
-                                          "offload_optimizer")])
+                                          "offload_optimizer"),
+                                         ({"engine.zero_stage": 3, "optim.ema": 0.99}, "optim.ema=0.99")])
 def test_ds_config_errors(over, needle):
     with pytest.raises(ConfigError, match=needle):
         build_ds_config(make_cfg(**over), "cpu")
@@ -155,6 +156,10 @@ def test_ds_config_file_override(tmp_path):
     f.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
     with pytest.raises(ConfigError, match="optimizer"):
         build_ds_config(make_cfg(**{"engine.ds_config": str(f)}), "cpu")
+    f.write_text(json.dumps({"zero_optimization": {"stage": 3}}))  # stage 3 from the file: the EMA guard sees it
+    with pytest.raises(ConfigError, match="ZeRO stage 3"):
+        build_ds_config(make_cfg(**{"engine.ds_config": str(f), "optim.ema": 0.9}), "cpu")
+    assert build_ds_config(make_cfg(**{"engine.ds_config": str(f)}), "cpu")["zero_optimization"]["stage"] == 3
 
 
 # --------------------------------------------------------------------------------------------- launcher

@@ -106,4 +106,8 @@ def build_ds_config(cfg: Any, device_type: Optional[str] = None) -> Dict[str, An
     if e.ds_config:
         # dicts merge recursively, everything else (lists too) is replaced by the file's value
         config = OmegaConf.to_container(OmegaConf.merge(config, read_override(e.ds_config)), resolve=False)
+    if int(config["zero_optimization"].get("stage", stage)) == 3 and float(o.get("ema", 0) or 0) > 0:
+        # the EMA lerps the rank's parameters; under ZeRO-3 each rank holds only a partition of them
+        raise _config_error(f"optim.ema={o.ema} needs every rank to hold whole parameters, and ZeRO stage 3 "
+                            "partitions them: set optim.ema=0, or engine.zero_stage=2 or lower")
     return config

@@ -31,11 +31,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
 
 from agglom.config.load import ConfigError
 from agglom.data.counts import SkipCounts
 from agglom.train.checkpoint import CheckpointManager
-from agglom.train.ema import ModelEMA
 from agglom.train.logger import MetricLogger
 from agglom.train.optim import warmup_cosine
 from agglom.train.phases import PhaseTimer
@@ -188,7 +188,7 @@ class Loop:
         self.hooks = list(hooks)
         self.total, self.accum = int(cfg.optim.steps), max(1, int(cfg.optim.accum_steps))
         self.state = new_state(engine)
-        self.ema: Optional[ModelEMA] = None
+        self.ema: Optional[ModelEmaV3] = None
         self.micro = 0
         self.phases = PhaseTimer(False)
 
@@ -208,7 +208,8 @@ class Loop:
     def setup(self) -> None:
         cfg, task, engine = self.cfg, self.task, self.engine
         if cfg.optim.ema > 0:
-            self.ema = ModelEMA(task.model, cfg.optim.ema)
+            # timm's EMA: parameters lerp, buffers copied (bitwise what agglom's own EMA did, same state keys)
+            self.ema = ModelEmaV3(task.model, decay=float(cfg.optim.ema), exclude_buffers=True)
         forward_model = engine.setup(task.model, task.param_groups(), warmup_cosine(cfg.optim))
         if cfg.engine.compile:
             forward_model = torch.compile(forward_model)
