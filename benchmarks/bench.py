@@ -14,7 +14,8 @@ d) DeepSpeed ZeRO-2 vs the torch strategy, step time (cached teachers, same batc
 e) peak RSS of the training runs;
 f) cache bytes per sample per teacher (fp16, int8, int8 + 2x2 pooling) vs bf16 full maps, with cosines vs online;
 g) estimated FLOP utilisation: training FLOPs/sample x samples/s over the measured GEMM rate (fp32 2048^2 on
-   the CPU; bf16 8192^2 on a GPU, where training runs bf16);
+   the CPU; bf16 8192^2 on a GPU, where training runs bf16), and the same for the student's own timm step alone
+   (forward, backward and AdamW on random images, no heads, teachers or data): what PyTorch reaches at this width;
 h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py);
 i) high resolution (benchmarks/highres.py): peak RSS of the reader over 1024-px vs 256-px 16-bit shards (packed
    with `agglom data pack max_side=N`, read in a fresh process), and a 1024-px SAM card through the feature cache
@@ -87,7 +88,14 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     from benchmarks.highres import bench_highres
     from benchmarks.phases import bench_phases
     from benchmarks.reader import bench_reader
-    from benchmarks.training import bench_bytes, bench_deepspeed, bench_online_cached, bench_wide, write_train_cache
+    from benchmarks.training import (
+        bench_bytes,
+        bench_deepspeed,
+        bench_online_cached,
+        bench_timm_reference,
+        bench_wide,
+        write_train_cache,
+    )
 
     device = opts["device"]
     s = dict(sizes(opts), device=device)
@@ -115,6 +123,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     cfg_ca = make_cfg(root, work, s, "cached", teachers, cache=str(cache_dir), realistic=realistic)
     print(f"  cache written (int8, train split) in {cache_s:.1f}s; training runs ...", flush=True)
     bench_online_cached(rows, cfg_on, cfg_ca, s, gemm, rss0, realistic, cache_s)  # (b), (c), (e), (g)
+    bench_timm_reference(rows, cfg_ca, s, gemm)  # (g) what the student's own timm step reaches at this width
     bench_phases(rows, root, work, s, teachers, cache_dir, realistic)  # (h) where the step's time goes
     if s["wide"]:
         bench_wide(rows, root, work, s, cards)  # (b) with teachers whose forward dominates

@@ -179,3 +179,50 @@ def bench_deepspeed(rows: Rows, cfg_ca, cfg_ds, rounds: int) -> None:
     sd = statistics.median(dres["deepspeed"]["step_s"])
     rows.add("d", "step time, DeepSpeed ZeRO-2 vs torch strategy", sd * 1e3, st * 1e3, "ms/step",
              "<= 1.15x", sd <= 1.15 * st)
+
+
+def timm_step_rate(cfg, device: str, batch: int, steps: int) -> Dict[str, float]:
+    """The bench student alone, as timm builds it: forward_features, a mean loss, backward and fused AdamW on
+    random images of the run's size and batch, timed per step (median). No heads, teachers, data or losses, so its
+    FLOP rate is what this width reaches in PyTorch on this device: the reference the training rows compare to."""
+    import statistics
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from agglom.model.student import build_student
+    from agglom.train.optim import adamw, param_groups
+    from agglom.train.setup import in_chans_of
+
+    dev = torch.device(device)
+    size = int(cfg.data.image_size)
+    model = build_student(cfg.student, size, in_chans_of(cfg), len(cfg.teachers)).to(dev).train()
+    x = torch.randn(batch, in_chans_of(cfg), size, size, device=dev)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.forward_features(x[:2])
+    fps = 3 * counter.get_total_flops() / 2
+    opt = adamw(param_groups(model, cfg.optim.weight_decay), cfg.optim, dev)  # the loop's own AdamW
+    times = []
+    for i in range(steps + 2):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = model.forward_features(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # the first two: allocation and kernel selection
+            times.append(time.perf_counter() - t)
+    return {"flops_per_sample": fps, "samples_per_s": batch / statistics.median(times)}
+
+
+def bench_timm_reference(rows: Rows, cfg, s: Dict[str, Any], gemm: float) -> None:
+    """Section g's reference row: the student's own timm step at the bench's width, batch and size."""
+    r = timm_step_rate(cfg, s["device"], s["batch"], max(4, s["steps"]))
+    rate = r["flops_per_sample"] * r["samples_per_s"]
+    rows.add("g", "FLOP utilisation, the student's timm step alone (fwd+bwd+AdamW as the loop builds it, no heads/teachers/data)",
+             rate / 1e9, gemm / 1e9, "GFLOP/s", "", None, ratio=rate / gemm, flops_per_sample=r["flops_per_sample"],
+             samples_per_s=r["samples_per_s"])

@@ -24,6 +24,8 @@ def test_bench_quick_smoke(tmp_path, capsys):
     for r in report["rows"]:
         if r["section"] in "abcd":
             assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r
+    ref = [r for r in report["rows"] if r["section"] == "g" and "timm step alone" in r["metric"]]
+    assert len(ref) == 1 and ref[0]["value"] > 0 and 0 < ref[0]["ratio"] and ref[0]["flops_per_sample"] > 0, ref
     f = [r for r in report["rows"] if r["section"] == "f"]
     assert len(f) == 9 and all(r["summary_cos"] > 0.99 for r in f)
     for mode in ("online", "cached"):  # (h): the six phases cover the step
