@@ -182,7 +182,7 @@ def bench_deepspeed(rows: Rows, cfg_ca, cfg_ds, rounds: int) -> None:
 
 
 def timm_step_rate(cfg, device: str, batch: int, steps: int) -> Dict[str, float]:
-    """The bench student alone, as timm builds it: forward_features, a mean loss, backward and fused AdamW on
+    """The bench student alone, as timm builds it: forward_features, a mean loss, backward and the loop's AdamW on
     random images of the run's size and batch, timed per step (median). No heads, teachers, data or losses, so its
     FLOP rate is what this width reaches in PyTorch on this device: the reference the training rows compare to."""
     import statistics
@@ -223,6 +223,6 @@ def bench_timm_reference(rows: Rows, cfg, s: Dict[str, Any], gemm: float) -> Non
     """Section g's reference row: the student's own timm step at the bench's width, batch and size."""
     r = timm_step_rate(cfg, s["device"], s["batch"], max(4, s["steps"]))
     rate = r["flops_per_sample"] * r["samples_per_s"]
-    rows.add("g", "FLOP utilisation, the student's timm step alone (fwd+bwd+AdamW as the loop builds it, no heads/teachers/data)",
+    rows.add("g", "FLOP utilisation, the student's timm step alone (no heads, teachers or data)",
              rate / 1e9, gemm / 1e9, "GFLOP/s", "", None, ratio=rate / gemm, flops_per_sample=r["flops_per_sample"],
              samples_per_s=r["samples_per_s"])
