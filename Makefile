@@ -36,7 +36,7 @@ $(SYNTH): | $(STAMP)
 	$(VENV)/bin/agglom data synth out=data/synth force=true
 
 test: install ## run the test suite (the CI command)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs --timeout=1200 -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs --timeout=1200 -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 test-fast: install ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -7,6 +7,30 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The longest files (pytest --durations, 2 cores: ~45-60 s each), longest first. `make test` runs xdist's loadfile
+# with --no-loadscope-reorder, so files are handed out in this collection order: the long ones start first and the
+# two workers finish together (xdist's own order, by test count, started the 60 s demo file near the end). The
+# DeepSpeed files sit apart, so one worker builds DeepSpeed's CPU comm op while the other runs the demo.
+LONGEST_FIRST = ("test_demo.py", "test_deepspeed.py", "test_train.py", "test_eval_cli.py", "test_finetune_engine.py",
+                 "test_bench.py")
+
+
+def _schedule_rank(item) -> tuple:
+    name = item.path.name
+    if name in LONGEST_FIRST:
+        return (0, LONGEST_FIRST.index(name))
+    slow = any(item.iter_markers("slow")) or any(item.iter_markers("deepspeed"))
+    return (1 if slow else 2, 0)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with end-to-end tests before the quick ones (a stable sort: order within a file is kept). Every
+    worker collects the same items and sorts them the same way, as xdist requires."""
+    ranks = {}
+    for item in items:  # a file's rank is its most urgent item's
+        ranks[item.path] = min(ranks.get(item.path, (3, 0)), _schedule_rank(item))
+    items.sort(key=lambda it: ranks[it.path])
+
 
 # --------------------------------------------------------------------------- data fixtures
 @pytest.fixture(scope="session")

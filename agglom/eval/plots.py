@@ -18,11 +18,15 @@ from agglom.eval.metrics import UNKNOWN, ece_bins  # noqa: E402
 __all__ = ["plot_group_auc", "plot_fidelity_heatmap", "plot_calibration", "plot_front", "plot_group_dice"]
 
 
-def _save(fig: Any, path: str | os.PathLike) -> str:
+def _save(fig: Any, path: str | os.PathLike, crop: bool = False) -> str:
+    """Lay out and write one PNG. tight_layout fits the subplots' labels (every legend sits inside its axes);
+    dropping the layout engine it leaves behind spares savefig a second full draw. ``crop`` (bbox_inches="tight",
+    one more draw) is for what tight_layout does not place: a colorbar's label, a suptitle wider than the grid, annotations past the axes."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(p, dpi=110, bbox_inches="tight")
+    fig.set_layout_engine(None)
+    fig.savefig(p, dpi=110, bbox_inches="tight" if crop else None)
     plt.close(fig)
     return str(p)
 
@@ -86,7 +90,7 @@ def plot_fidelity_heatmap(fidelity: Mapping[str, Mapping[str, Any]], path: str |
             txt = "n/a" if not np.isfinite(M[i, j]) else f"{M[i, j]:.3f}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="w" if M[i, j] < mid else "k")
     ax.set_title(title or "fidelity: teacher x group")
-    return _save(fig, path)
+    return _save(fig, path, crop=True)
 
 
 def plot_calibration(
@@ -153,7 +157,7 @@ def plot_front(summary: Mapping[str, Any], path: str | os.PathLike, title: str =
         title or ("utility-fairness front" + (f", HV={hv:.4f}" if hv is not None and math.isfinite(hv) else ""))
     )
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, crop=True)  # point names may run past the axes
 
 
 def plot_group_dice(models: Mapping[str, Mapping[str, Any]], attr: str, path: str | os.PathLike,
@@ -221,7 +225,7 @@ def plot_dense_overlays(overlays: Mapping[str, Mapping[str, Any]], path: str | o
         ax.set_yticks([])
     fig.suptitle(title or "dense probe masks on test lesions (white: hit, red: false positive, blue: missed)",
                  fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, crop=True)  # the title is wider than a grid of one or two models
 
 
 def _sam_plots(teacher: str, section: Mapping[str, Any], out: Path) -> Sequence[str]:
