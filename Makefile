@@ -25,6 +25,13 @@ $(STAMP): setup.cfg pyproject.toml
 	# compat mode puts the checkout on sys.path (a .pth line) instead of an import hook, so a `teachers/` folder in
 	# the user's working directory can never shadow the teacher zoo as a namespace package
 	$(PY) -m pip install -q -e ".[dev,tensorboard]" --config-settings editable_mode=compat
+	# DeepSpeed's CPU accelerator JIT-builds a C++ comm op the first time it starts with a given TORCH_EXTENSIONS_DIR
+	# (~35 s on 2 cores). Build it once here, into the folder make's targets and the tests use, so that neither a
+	# first CPU DeepSpeed run nor `make test` stalls on it; without a C++ compiler only the note is printed and
+	# DeepSpeed builds (or fails) at first use, as before
+	@DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
+		>/dev/null 2>&1 && echo "DeepSpeed's CPU comm op: built in $(TORCH_EXTENSIONS_DIR)" \
+		|| echo "note: DeepSpeed's CPU comm op did not build here (no C++ compiler?); DeepSpeed on CPU will try at first use"
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install agglom with its dependencies (idempotent)
