@@ -97,6 +97,7 @@ def _sizes(a: Any) -> Dict[str, int]:
     if a.quick:
         caps = {"n": 600, "steps": 12, "ft_steps": 10, "seeds": 2, "boot": 30, "rboot": 10}
         z = {k: min(v, caps[k]) for k, v in z.items()}
+        z["dense_steps"] = 100  # the dense probe's Adam steps (eval.dense_steps, 300 otherwise)
     return z
 
 
@@ -177,7 +178,8 @@ def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster
 def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
     """The same probe on every student (seed 0's ERM run also audits the teachers); fair against ERM."""
     ev = ["eval.features=adapters", f"eval.bootstrap={z['rboot']}", "eval.label_fractions=[]",
-          f"num_workers={a.num_workers}", "eval.dense=true"]
+          f"num_workers={a.num_workers}", "eval.dense=true"] + (
+        [f"eval.dense_steps={z['dense_steps']}"] if "dense_steps" in z else [])
     for s in range(z["seeds"]):
         for kind in ("erm", "fair"):
             run = runs[kind][s]
