@@ -265,3 +265,30 @@ def test_multilabel_and_npy(tmp_path):
     batches = list(eval_loader(cfg, "test", batch_size=5))
     assert [b["label"].shape for b in batches] == [(5, 3), (5, 3), (2, 3)]
     assert batches[0]["image"].shape == (5, 3, 16, 16)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_grayscale_image_augmented_at_one_channel_equals_the_replicated_one(train):
+    """The reader keeps grayscale sources at one channel through its checks and augmentation (a third of the
+    work) and the transform replicates at the end: bit for bit the image and mask of transforming the three
+    replicated channels with the same draws."""
+    from agglom.data.counts import SkipCounts
+    from agglom.data.pipeline import load_image, load_mask
+    from agglom.data.transforms import ImageTransform
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 65535, (40, 48), dtype=np.uint16)).save(buf, format="PNG")
+    rec = {"id": "s0", "bytes": buf.getvalue(), "ext": "png", "mask_bytes": None}
+    one = load_image(rec, SkipCounts(), "replicate", 1)
+    assert one is not None and one.shape == (1, 40, 48)
+    mask = load_mask(rec, SkipCounts(), one)
+    aug = {"hflip": 0.5, "scale_min": 0.7, "ratio_jitter": 0.25, "rotate": 10.0, "brightness": 0.1, "contrast": 0.1}
+    tf = ImageTransform({"input_size": (3, 32, 32), "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)}, aug,
+                        train=train)
+    for seed in range(4):
+        a, ma = tf(one, torch.Generator().manual_seed(seed), mask=mask)
+        b, mb = tf(one.expand(3, -1, -1).contiguous(), torch.Generator().manual_seed(seed), mask=mask)
+        assert a.shape == b.shape == (3, 32, 32) and a.is_contiguous()
+        assert torch.equal(a, b) and torch.equal(ma, mb)
+        assert not torch.equal(a[0], a[1])  # per-channel normalisation still applies to each copy

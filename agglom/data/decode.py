@@ -76,8 +76,10 @@ def _npy_to_array(data: bytes) -> np.ndarray:
     raise DecodeError(f"npy: expected a 2D or 3D array, got shape {tuple(arr.shape)}")
 
 
-def to_channels(arr: np.ndarray, grayscale: str = "replicate") -> torch.Tensor:
-    """HW or HWC array -> float32 tensor [C,H,W]; 'replicate' gives 3 channels, 'keep' gives 1."""
+def to_channels(arr: np.ndarray, grayscale: str = "replicate", expand: bool = True) -> torch.Tensor:
+    """HW or HWC array -> float32 tensor [C,H,W]; 'replicate' gives 3 channels, 'keep' gives 1. ``expand=False``
+    leaves a one-channel image at one channel under 'replicate' (the reader: its checks and augmentation then do a
+    third of the work, and the transform's normalisation broadcasts it to the three channels)."""
     if grayscale not in GRAYSCALE:
         raise ValueError(f"grayscale must be one of {', '.join(GRAYSCALE)}, got {grayscale!r}")
     if arr.ndim == 2:
@@ -87,7 +89,7 @@ def to_channels(arr: np.ndarray, grayscale: str = "replicate") -> torch.Tensor:
     if arr.shape[-1] == 3 and grayscale == "keep":
         arr = (arr @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
-    if t.shape[0] == 1 and grayscale == "replicate":
+    if t.shape[0] == 1 and grayscale == "replicate" and expand:
         t = t.expand(3, -1, -1).contiguous()
     if not torch.isfinite(t).all():
         raise DecodeError("image contains non-finite values")

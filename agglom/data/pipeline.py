@@ -81,14 +81,15 @@ def parse(sample: Dict[str, Any], counts: SkipCounts, indexer: GroupIndexer,
 
 
 def load_image(rec: Dict[str, Any], counts: SkipCounts, grayscale: str, min_side: int) -> Optional[torch.Tensor]:
-    """Decode -> [C, H, W] float in [0, 1], or None (skipped and counted): undecodable, empty or non-finite
+    """Decode -> [C, H, W] float in [0, 1] (C = 1 for a grayscale source whatever ``grayscale`` says: the
+    transform replicates it), or None (skipped and counted): undecodable, empty or non-finite
     (``bad_image``), a side under ``min_side`` pixels (``too_small``). Values outside [0, 1] (npy) are clamped
     and noted (``clamped``)."""
     try:
         arr = decode_array(rec["bytes"], rec["ext"])
         if arr.ndim < 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise DecodeError(f"{rec['ext']}: empty image of shape {tuple(arr.shape)}")
-        img = to_channels(arr, grayscale)
+        img = to_channels(arr, grayscale, expand=False)  # grayscale stays one channel until the transform's end
     except DecodeError as e:
         counts.skip("bad_image", rec["id"], e)
         return None

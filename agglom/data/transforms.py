@@ -45,7 +45,10 @@ def data_config(cfg: Any) -> Dict[str, Any]:
 
 
 class ImageTransform:
-    """Callable ``(img [C,H,W] float in [0,1], generator=None) -> normalised [C,size,size]``."""
+    """Callable ``(img [C,H,W] float in [0,1], generator=None) -> normalised [C,size,size]``. A one-channel image
+    given to a three-channel transform (the reader keeps grayscale sources at one channel) is augmented as one
+    channel and replicated at the end: every step acts on each channel alike, so the result is the same image, bit
+    for bit."""
 
     def __init__(self, dcfg: Dict[str, Any], augment: Any = None, train: bool = False):
         self.channels, self.h, self.w = dcfg["input_size"]
@@ -120,12 +123,15 @@ class ImageTransform:
             img = img * self._uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
         if self.contrast > 0:
             factor = self._uniform(g, max(0.0, 1 - self.contrast), 1 + self.contrast)
-            m = img.mean()
+            # the mean of the image as replicated: one channel's mean sums in another order (not bitwise the same)
+            m = (img if img.shape[0] == self.channels else img.expand(self.channels, -1, -1).contiguous()).mean()
             img = (img - m) * factor + m
         if self.brightness > 0 or self.contrast > 0:
             img = img.clamp(0.0, 1.0)
         img = img.clamp(0.0, 1.0) if self.interp == InterpolationMode.BICUBIC else img
         out = (img - self.mean) / self.std
+        if out.shape[0] != self.channels:  # a one-channel image and one mean/std for every channel
+            out = out.expand(self.channels, -1, -1).contiguous()
         return out if mask is None else (out, mask)
 
 
