@@ -19,7 +19,9 @@ g) estimated FLOP utilisation: training FLOPs/sample x samples/s over the measur
 h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py);
 i) high resolution (benchmarks/highres.py): peak RSS of the reader over 1024-px vs 256-px 16-bit shards (packed
    with `agglom data pack max_side=N`, read in a fresh process), and a 1024-px SAM card through the feature cache
-   on the CPU, seconds per image.
+   on the CPU, seconds per image;
+j) scaling (benchmarks/scaling.py; not with quick=true): step time and peak RSS with 2 and 4 online teachers against
+   1, and peak RSS training over 10x the samples against 1x, each configuration in a fresh process.
 
 Everything lives in a temporary folder (synthetic data, caches, temporary teacher cards, runs).
 """
@@ -133,6 +135,10 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
         bench_deepspeed(rows, cfg_ca, cfg_ds, s["rounds"])  # (d)
     bench_bytes(rows, cfg_on, teachers, work / "bytes", device)  # (f)
     bench_highres(rows, work, cards, opts["quick"])  # (i) high-resolution shards' memory, SAM at 1024 px
+    if not opts["quick"]:
+        from benchmarks.scaling import bench_scaling
+
+        bench_scaling(rows, root, work, s, cards)  # (j) teachers 1/2/4 and 10x the samples
     return _finish(opts, rows, s, work, time.perf_counter() - t_start, torch.get_num_threads())
 
 

@@ -65,3 +65,21 @@ def test_highres_pieces_pack_16_bit_and_read_at_the_training_size(tmp_path):
     assert got["batch_shape"] == [4, 3, 32, 32] and got["samples"] == 4 and got["shuffle_buffer"] == 8
     assert got["shuffle_buffer_mb"] == 1
     assert got["peak_mib"] >= got["rss_before_mib"] > 0
+
+
+def test_scaling_pieces_train_in_process_and_report_step_time_and_peak_rss(tmp_path):
+    """(j)'s subprocess body at toy size, in this process: a real training run with one and two teachers, its
+    median step time and a peak RSS at least the RSS it started from; the teacher sets are 1, 2 and 4 cards."""
+    from agglom.data.synth import SynthParams, write_synth
+    from benchmarks.scaling import teacher_sets, train_peak
+
+    root = tmp_path / "synth"
+    write_synth(str(root), SynthParams(n=80, image_size=32, seed=0), shard_size=40)
+    sets = teacher_sets(tmp_path)
+    assert [len(v) for v in sets.values()] == [1, 2, 4] and len(set(sets[4])) == 4
+    s = dict(n=80, image_size=32, shard=40, batch=8, steps=5, epoch=64, device="cpu",
+             student="{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}")
+    r = train_peak({"work": str(tmp_path), "root": str(root), "s": s, "name": "t2", "teachers": sets[2]})
+    assert r["steps"] == 2, r  # 5 batches: 4 intervals between them, the first two left out
+    assert r["step_ms"] > 0 and r["peak_mib"] >= r["rss_before_mib"] > 0, r
+    assert (tmp_path / "runs" / "t2" / "run.json").is_file()
