@@ -15,7 +15,8 @@ e) peak RSS of the training runs;
 f) cache bytes per sample per teacher (fp16, int8, int8 + 2x2 pooling) vs bf16 full maps, with cosines vs online;
 g) estimated FLOP utilisation: training FLOPs/sample x samples/s over the measured GEMM rate (fp32 2048^2 on
    the CPU; bf16 8192^2 on a GPU, where training runs bf16), and the same for the student's own timm step alone
-   (forward, backward and AdamW on random images, no heads, teachers or data): what PyTorch reaches at this width;
+   (forward, backward and AdamW on random images, no heads, teachers or data): what PyTorch reaches at this width.
+   Each utilisation divides by the best of the first GEMM measurement and one taken right after its own runs;
 h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py);
 i) high resolution (benchmarks/highres.py): peak RSS of the reader over 1024-px vs 256-px 16-bit shards (packed
    with `agglom data pack max_side=N`, read in a fresh process), and a 1024-px SAM card through the feature cache
