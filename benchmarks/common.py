@@ -100,6 +100,14 @@ def gemm_rate(device: str, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB (``VmRSS`` now, ``VmHWM`` this process's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def peak_rss_mib() -> Dict[str, float]:
     self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from benchmarks.common import status_mib
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: a SAM image encoder small enough for 2 CPU cores at 1024 px (SAM ViT-B: width 768, depth 12, neck 256)
@@ -72,13 +74,6 @@ def pack_at(csv: Path, out: Path, max_side: int) -> Dict[str, Any]:
     return read_datasheet(out)
 
 
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def read_peak(root: str, size: int, samples: int, *overrides: str) -> Dict[str, Any]:
     """(In the subprocess.) Read ``samples`` training samples of ``root`` at ``size`` px through ``train_loader``
     (no workers; the demo recipe plus ``overrides``, e.g. ``data.shuffle_buffer_mb=0``); peak RSS (VmHWM) and the
@@ -90,11 +85,11 @@ def read_peak(root: str, size: int, samples: int, *overrides: str) -> Dict[str, 
     cfg = load_config(Recipe, [f"recipe={REPO / 'recipes' / 'demo.yaml'}", f"data.root={root}",
                                f"data.image_size={size}", "data.batch_size=4", "data.num_workers=0",
                                f"data.epoch_samples={samples}", *overrides])
-    before, n, t = _status_mib("VmRSS"), 0, time.perf_counter()
+    before, n, t = status_mib("VmRSS"), 0, time.perf_counter()
     for batch in train_loader(cfg):
         n += int(batch["image"].shape[0])
         shape = list(batch["image"].shape)
-    return {"peak_mib": _status_mib("VmHWM"), "rss_before_mib": before, "samples": n, "batch_shape": shape,
+    return {"peak_mib": status_mib("VmHWM"), "rss_before_mib": before, "samples": n, "batch_shape": shape,
             "seconds": time.perf_counter() - t, "shuffle_buffer": int(cfg.data.shuffle_buffer),
             "shuffle_buffer_mb": float(cfg.data.shuffle_buffer_mb)}
 

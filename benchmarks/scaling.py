@@ -17,17 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from benchmarks.common import REPO, Rows, StepClock, quiet, write_card
+from benchmarks.common import REPO, Rows, StepClock, quiet, status_mib, write_card
 
 TEACHER_COUNTS = (1, 2, 4)
 DATA_SCALE = 10
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def train_peak(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -40,12 +33,12 @@ def train_peak(spec: Dict[str, Any]) -> Dict[str, Any]:
     cfg = make_cfg(Path(spec["root"]), work, spec["s"], spec["name"], spec["teachers"],
                    extra=["data.num_workers=0", *spec.get("extra", [])])
     clock = StepClock()
-    before, t = _status_mib("VmRSS"), time.perf_counter()
+    before, t = status_mib("VmRSS"), time.perf_counter()
     with quiet():
         train(cfg, hooks=[clock])
     steps = clock.step_seconds()
     return {"step_ms": 1e3 * statistics.median(steps) if steps else float("nan"), "steps": len(steps),
-            "peak_mib": _status_mib("VmHWM"), "rss_before_mib": before, "seconds": time.perf_counter() - t}
+            "peak_mib": status_mib("VmHWM"), "rss_before_mib": before, "seconds": time.perf_counter() - t}
 
 
 def measure_train(spec: Dict[str, Any]) -> Dict[str, Any]:
