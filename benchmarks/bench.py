@@ -116,8 +116,8 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     cards.mkdir()
     teachers = realistic_cards(cards, device == "cuda") if realistic else ["tiny-clip", "tiny-dinov2", "tiny-sam"]
     rss0 = peak_rss_mib()
-    gemm = gemm_rate(device)
-    rows.add("g", "GEMM rate, the FLOP ceiling (" + ("bf16 8192^2" if device == "cuda" else "fp32 2048^2") + ")",
+    gemm = gemm_rate(device, s["gemm_n"])
+    rows.add("g", "GEMM rate, the FLOP ceiling (" + ("bf16 8192^2" if device == "cuda" else f"fp32 {s['gemm_n']}^2") + ")",
              gemm / 1e9, None, "GFLOP/s")
     bench_reader(rows, root, work, s, s["rounds"])  # (a)
     cache_dir = work / "cache"

@@ -143,6 +143,7 @@ def sizes(opts: Dict[str, Any]) -> Dict[str, Any]:
     else:
         s = dict(n=1000, image_size=64, shard=200, batch=32, steps=30, rounds=2, reader_samples=1024, wide=True,
                  student=None, epoch=2048)
+    s["gemm_n"] = 1024 if quick else 2048  # the CPU ceiling's GEMM side (a smoke run needs no stable ceiling)
     if opts["steps"]:
         s["steps"] = int(opts["steps"])
     return s

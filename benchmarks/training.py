@@ -140,7 +140,7 @@ def bench_online_cached(rows: Rows, cfg_on, cfg_ca, s: Dict[str, Any], gemm: flo
     rss = peak_rss_mib()
     rows.add("e", "peak RSS, training (process; workers max)", rss["self"], rss0["self"], "MiB", "", None,
              children_mib=rss["children"], note="baseline = peak RSS before any training (imports + data)")
-    gemm = ceiling_after(gemm, s["device"])
+    gemm = ceiling_after(gemm, s)
     for k, rate in (("online", r_on), ("cached", r_ca)):
         fps = res[k].get("flops_per_sample")
         if fps:
@@ -148,12 +148,12 @@ def bench_online_cached(rows: Rows, cfg_on, cfg_ca, s: Dict[str, Any], gemm: flo
                      "", None, ratio=fps * rate / gemm, flops_per_sample=fps)
 
 
-def ceiling_after(gemm: float, device: str) -> float:
+def ceiling_after(gemm: float, s: Dict[str, Any]) -> float:
     """The GEMM ceiling for rows measured just now: the best of the bench's first measurement and one taken right
     after the runs it divides, so that a machine slowed down at the start does not overstate a utilisation."""
     from benchmarks.common import gemm_rate
 
-    return max(gemm, gemm_rate(device))
+    return max(gemm, gemm_rate(s["device"], s["gemm_n"]))
 
 
 def bench_wide(rows: Rows, root: Path, work: Path, s: Dict[str, Any], cards: Path) -> None:
@@ -232,7 +232,7 @@ def bench_timm_reference(rows: Rows, cfg, s: Dict[str, Any], gemm: float) -> Non
     """Section g's reference row: the student's own timm step at the bench's width, batch and size."""
     r = timm_step_rate(cfg, s["device"], s["batch"], max(4, s["steps"]))
     rate = r["flops_per_sample"] * r["samples_per_s"]
-    gemm = ceiling_after(gemm, s["device"])
+    gemm = ceiling_after(gemm, s)
     rows.add("g", "FLOP utilisation, the student's timm step alone (no heads, teachers or data)",
              rate / 1e9, gemm / 1e9, "GFLOP/s", "", None, ratio=rate / gemm, flops_per_sample=r["flops_per_sample"],
              samples_per_s=r["samples_per_s"])
