@@ -36,7 +36,7 @@ def _run_dir(args) -> Path:
 
 # --------------------------------------------------------------------------- one writer
 @pytest.mark.slow
-def test_a_second_train_on_a_running_run_is_refused_naming_the_holder(tiny_train_args):
+def test_a_second_train_on_a_running_run_is_refused_naming_the_holder(tiny_train_args, capsys):
     args = _args(tiny_train_args, "locked", steps=400, **{"log.checkpoint_interval": 1000})
     run = _run_dir(args)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -47,10 +47,11 @@ def test_a_second_train_on_a_running_run_is_refused_naming_the_holder(tiny_train
         while time.time() < deadline and not (run / "metrics.jsonl").is_file():
             time.sleep(0.2)  # the first one holds the lock and has started training
         assert first.poll() is None, "the first run ended before the second could start"
-        second = subprocess.run([sys.executable, "-m", "agglom", "train", *args], env=env, capture_output=True,
-                                text=True, timeout=300)
-        assert second.returncode == 2, second.stderr[-2000:]
-        assert f"is being trained by pid {first.pid}" in second.stderr and "choose another name=" in second.stderr
+        capsys.readouterr()
+        code = main(["train", *args])  # the second writer, in this process: another pid than the holder's
+        err = capsys.readouterr().err
+        assert code == 2, err[-2000:]
+        assert f"is being trained by pid {first.pid}" in err and "choose another name=" in err
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
