@@ -37,9 +37,11 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _octal(header[148:156])
     except tarfile.ReadError:
         return False
+    unsigned = 8 * 32 + sum(header) - sum(header[148:156])  # the field counted as eight spaces
+    if stored == unsigned:
+        return True
     rest = header[:148] + header[156:]
-    unsigned = 8 * 32 + sum(rest)
-    return stored == unsigned or stored == unsigned - 256 * sum(1 for b in rest if b > 127)
+    return stored == unsigned - 256 * sum(1 for b in rest if b > 127)
 
 
 def is_plain_tar(block: bytes) -> bool:
@@ -75,7 +77,7 @@ def _walk(f: BinaryIO, block: bytes, keep_data: bool) -> Iterator[Tuple[str, byt
     while block:
         if len(block) < BLOCK:
             raise tarfile.ReadError("unexpected end of data in a tar header")
-        if block.count(0) == BLOCK:  # an end-of-archive block
+        if not block[0] and block.count(0) == BLOCK:  # an end-of-archive block (a header starts with its name)
             return
         if not _checksum_ok(block):
             raise tarfile.ReadError(f"bad checksum in the tar header at byte {pos}")
