@@ -108,6 +108,23 @@ def status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def json_subprocess(args: Sequence[str], what: str, timeout: float, **env: str) -> Dict[str, Any]:
+    """``python -m <args>`` in a fresh interpreter (this checkout first on the path, ``env`` added): the JSON object
+    its last stdout line holds. ``what`` names it in the error when it fails. The sections that need a process's own
+    peak RSS (i, j) measure in one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env)
+    out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=full, capture_output=True, text=True,
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench: {what} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mib() -> Dict[str, float]:
     self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -17,14 +17,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from benchmarks.common import status_mib
+from benchmarks.common import json_subprocess, status_mib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,13 +94,8 @@ def read_peak(root: str, size: int, samples: int, *overrides: str) -> Dict[str, 
 
 def measure_read(root: Path, size: int, samples: int, *overrides: str) -> Dict[str, Any]:
     """:func:`read_peak` in a fresh interpreter (``OMP_NUM_THREADS=1``, this checkout first on the path)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "benchmarks.highres", "read", str(root), str(size), str(samples),
-                          *overrides],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"bench (i): the reader subprocess failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_subprocess(["benchmarks.highres", "read", str(root), str(size), str(samples), *overrides],
+                           "(i) the reader subprocess", 600, OMP_NUM_THREADS="1")
 
 
 def sam_1024_card(cards: Path) -> str:

@@ -9,15 +9,13 @@ Each configuration trains in a fresh interpreter without data workers, so that i
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from benchmarks.common import REPO, Rows, StepClock, quiet, status_mib, write_card
+from benchmarks.common import Rows, json_subprocess, quiet, status_mib, write_card
 
 TEACHER_COUNTS = (1, 2, 4)
 DATA_SCALE = 10
@@ -25,30 +23,23 @@ DATA_SCALE = 10
 
 def train_peak(spec: Dict[str, Any]) -> Dict[str, Any]:
     """(In the subprocess.) Train ``spec["s"]``'s bench recipe on ``spec["root"]`` with ``spec["teachers"]`` online,
-    no data workers; the median step time (ms, the first two steps left out) and the peak RSS (MiB)."""
-    from agglom.train.loop import train
+    no data workers (:func:`benchmarks.training.run_train`); the median step time (ms, the first two steps left out)
+    and the peak RSS (MiB)."""
+    import agglom.train.loop  # noqa: F401  (imported before the RSS baseline, which is then "before training")
     from benchmarks.common import make_cfg
+    from benchmarks.training import run_train
 
-    work = Path(spec["work"])
-    cfg = make_cfg(Path(spec["root"]), work, spec["s"], spec["name"], spec["teachers"],
-                   extra=["data.num_workers=0", *spec.get("extra", [])])
-    clock = StepClock()
+    cfg = make_cfg(Path(spec["root"]), Path(spec["work"]), spec["s"], spec["name"], spec["teachers"],
+                   extra=["data.num_workers=0"])
     before, t = status_mib("VmRSS"), time.perf_counter()
-    with quiet():
-        train(cfg, hooks=[clock])
-    steps = clock.step_seconds()
+    steps = run_train(cfg)["step_s"]
     return {"step_ms": 1e3 * statistics.median(steps) if steps else float("nan"), "steps": len(steps),
             "peak_mib": status_mib("VmHWM"), "rss_before_mib": before, "seconds": time.perf_counter() - t}
 
 
 def measure_train(spec: Dict[str, Any]) -> Dict[str, Any]:
     """:func:`train_peak` in a fresh interpreter (this checkout first on the path, the bench's thread count)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "train", json.dumps(spec)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(f"bench (j): the training subprocess failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_subprocess(["benchmarks.scaling", "train", json.dumps(spec)], "(j) the training subprocess", 900)
 
 
 def teacher_sets(cards: Path) -> Dict[int, List[str]]:

@@ -68,8 +68,8 @@ def test_highres_pieces_pack_16_bit_and_read_at_the_training_size(tmp_path):
 
 
 def test_scaling_pieces_train_in_process_and_report_step_time_and_peak_rss(tmp_path):
-    """(j)'s subprocess body at toy size, in this process: a real training run with one and two teachers, its
-    median step time and a peak RSS at least the RSS it started from; the teacher sets are 1, 2 and 4 cards."""
+    """(j)'s subprocess body at toy size, in this process: a real training run with two teachers, its median step
+    time and a peak RSS at least the RSS it started from; the teacher sets are 1, 2 and 4 distinct cards."""
     from agglom.data.synth import SynthParams, write_synth
     from benchmarks.scaling import teacher_sets, train_peak
 
