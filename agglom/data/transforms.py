@@ -129,9 +129,7 @@ class ImageTransform:
         if self.brightness > 0 or self.contrast > 0:
             img = img.clamp(0.0, 1.0)
         img = img.clamp(0.0, 1.0) if self.interp == InterpolationMode.BICUBIC else img
-        out = (img - self.mean) / self.std
-        if out.shape[0] != self.channels:  # a one-channel image and one mean/std for every channel
-            out = out.expand(self.channels, -1, -1).contiguous()
+        out = (img - self.mean) / self.std  # [channels, 1, 1] statistics broadcast a one-channel image to all
         return out if mask is None else (out, mask)
 
 
