@@ -10,7 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The longest files (pytest --durations, 2 cores: ~45-60 s each), longest first. `make test` runs xdist's loadfile
 # with --no-loadscope-reorder, so files are handed out in this collection order: the long ones start first and the
 # two workers finish together (xdist's own order, by test count, started the 60 s demo file near the end). The
-# DeepSpeed files sit apart, so one worker builds DeepSpeed's CPU comm op while the other runs the demo.
+# two DeepSpeed files are not handed out together, so without make install's prebuilt comm op one worker builds it
+# while the other runs the demo, rather than both waiting on the build.
 LONGEST_FIRST = ("test_demo.py", "test_deepspeed.py", "test_train.py", "test_eval_cli.py", "test_finetune_engine.py",
                  "test_bench.py")
 
