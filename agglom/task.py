@@ -70,11 +70,16 @@ class AgglomTask(nn.Module):
             raise ConfigError(f"objective.group_scope must be one of {', '.join(GROUP_SCOPE)}, got {scope!r}")
         self.per_teacher = scope == "teacher"
 
+        routing = build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names, base=auto_routing,
+                                aliases=self.keys)
         refs = None
         if cfg.objective.get("reference"):
             from agglom.objective.reference import reference_losses
 
             refs = reference_losses(cfg.objective.reference, self.keys, self.group_names, self.per_teacher)
+            if self.per_teacher:  # the objective sees routed losses w_tg·L_tg: hold them to w_tg·r_tg, same units
+                refs = [[None if r is None else r * float(routing[t, g]) for g, r in enumerate(row)]
+                        for t, row in enumerate(refs)]
 
         def group_objective(reference: Any = None) -> nn.Module:
             return build_group_objective(cfg.objective, len(self.group_names), unknown,
@@ -88,8 +93,7 @@ class AgglomTask(nn.Module):
             "tracker": GroupTeacherTracker(len(self.group_names), self.keys, self.group_names,
                                            cfg.objective.track_momentum),
         })
-        self.register_buffer("routing", build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names,
-                                                      base=auto_routing))
+        self.register_buffer("routing", routing)
         # teachers stay outside the module tree: never trained, never checkpointed, never wrapped
         object.__setattr__(self, "teachers", teachers)
         object.__setattr__(self, "forward_model", self.model)

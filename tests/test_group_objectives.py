@@ -279,6 +279,36 @@ def test_excess_with_a_reference_pushes_only_groups_above_it():
     assert out.item() == pytest.approx(2.0 + (1.0 - 0.5) / 2)
 
 
+def test_catchup_pushes_a_group_worse_than_the_mean_even_at_its_reference():
+    """Same case as above: `excess` leaves g1 alone at its reference; `catchup` pushes it to the group mean, and
+    still holds g0 to its own (lower) reference."""
+    loss = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    group = torch.tensor([0, 0, 1, 1])
+    obj = build_group_objective(_cfg("catchup", lam=1.0), 2, reference=[0.5, 3.0])
+    w = _group_weights(obj, loss, group)
+    # g0: above its reference 0.5 (< mean 2) -> +λ/2; g1: above min(3.0, mean 2.0) -> +λ/2
+    assert w[0].item() == pytest.approx(0.5 + 0.5) and w[1].item() == pytest.approx(0.5 + 0.5)
+    out, terms = obj(loss, group)
+    assert out.item() == pytest.approx(2.0 + ((1.0 - 0.5) + (3.0 - 2.0)) / 2)
+    assert terms["parity"].item() == pytest.approx(0.75)
+
+
+def test_catchup_never_raises_the_weight_of_a_group_at_or_below_its_reference_and_the_mean():
+    loss = torch.tensor([1.0, 1.0, 3.0, 3.0])
+    group = torch.tensor([0, 0, 1, 1])
+    # g0 is below both its reference (1.5) and the mean (2.0): it keeps exactly its ERM weight
+    w = _group_weights(build_group_objective(_cfg("catchup", lam=3.0), 2, reference=[1.5, 4.0]), loss, group)
+    erm = _group_weights(build_group_objective(_cfg("erm"), 2), loss, group)
+    assert w[0].item() == pytest.approx(erm[0].item()) == pytest.approx(0.5)
+    assert w[1].item() == pytest.approx(0.5 + 3.0 / 2)
+    # without a reference it is `excess` without one (the group mean)
+    loss, group = _batch(4)
+    assert torch.allclose(build_group_objective(_cfg("catchup", lam=1.5), 4)(loss, group)[0],
+                          build_group_objective(_cfg("excess", lam=1.5), 4)(loss, group)[0])
+    assert torch.equal(build_group_objective(_cfg("catchup", lam=0.0), 4)(loss, group)[0],
+                       build_group_objective(_cfg("erm"), 4)(loss, group)[0])
+
+
 def test_excess_lambda_zero_is_erm_bitwise():
     loss, group = _batch(3)
     assert torch.equal(build_group_objective(_cfg("excess", lam=0.0), 4)(loss, group)[0],

@@ -48,7 +48,7 @@ def test_a_loaded_unfitted_state_is_not_taken_for_fitted():
     torch.testing.assert_close(fresh.mean, x.mean(0))
 
 
-@pytest.mark.parametrize("name", ["balanced", "variance", "gap", "excess", "groupdro"])
+@pytest.mark.parametrize("name", ["balanced", "variance", "gap", "excess", "catchup", "groupdro"])
 def test_a_batch_without_parity_groups_falls_back_to_the_utility(name):
     """Group 2 is `unknown` and excluded from parity: a batch of it alone has no parity group, so the loss is the
     utility and GroupDRO's state stays where it was (the branch a host sync used to take)."""

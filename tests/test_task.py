@@ -72,3 +72,32 @@ def test_a_teacher_run_on_chunks_gives_the_same_targets():
     for name in whole:
         for k in ("summary", "spatial"):
             assert torch.allclose(whole[name][k], chunked[name][k], atol=1e-5), (name, k)
+
+
+def test_a_reference_is_held_in_the_routed_losses_units(tmp_path):
+    """Routing multiplies teacher t's loss on group g by w_tg before the group objective; the reference run's
+    losses (unrouted) are scaled by the same w_tg, so routing alone does not make a group look above its reference."""
+    import json
+
+    rec = {"step": 1, "ema/tiny-clip/A": 0.2, "ema/tiny-clip/B": 0.6, "ema/tiny-sam/A": 0.3, "ema/tiny-sam/B": 0.5}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    cfg = OmegaConf.structured(Recipe)
+    cfg = OmegaConf.merge(cfg, {"teachers": [{"name": "tiny-clip"}, {"name": "tiny-sam"}],
+                                "objective": {"group": "excess", "lam": 1.0, "reference": str(tmp_path),
+                                              "routing": {"tiny-sam": {"B": 3.0}}}})
+    cfg.data.image_size = 32
+    cfg.student.model_args = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    ts = {e.name: zoo.build_teacher(e.name, input_mean=[0.5] * 3, input_std=[0.5] * 3) for e in cfg.teachers}
+    task = AgglomTask(cfg, [teacher_spec(e, ts[e.name]) for e in cfg.teachers], ts, ["A", "B", "unknown"], 3)
+    refs = [o.reference[:2].tolist() for o in task.objective["groups"]]
+    assert refs[0] == pytest.approx([0.2, 0.6]) and refs[1] == pytest.approx([0.3, 1.5])
+
+
+def test_routing_takes_the_short_name_of_a_teacher_given_by_path():
+    from agglom.objective.routing import build_routing
+
+    w = build_routing({"ft-fair": {"B": 2.0}}, ["runs/demo/teachers/ft-fair"], ["A", "B"],
+                      aliases=["ft-fair"])
+    assert w.tolist() == [[1.0, 2.0]]
+    with pytest.raises(ValueError, match="unknown teacher 'ft'"):
+        build_routing({"ft": {"B": 2.0}}, ["runs/demo/teachers/ft-fair"], ["A", "B"], aliases=["ft-fair"])

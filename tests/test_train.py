@@ -139,7 +139,7 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tiny_train_args, 
     ("teachers=[{name: no-such-teacher}]", "tiny-clip, tiny-dinov2, "),
     ("heads.summary=nope", "heads.summary='nope': choose one of attn, mlp, resmlp"),
     ("optim.lrr=1", "closest valid keys: optim.lr"),
-    ("objective.group=nope", "objective.group='nope': choose one of balanced, erm, excess, gap, groupdro"),
+    ("objective.group=nope", "objective.group='nope': choose one of balanced, catchup, erm, excess, gap, groupdro"),
 ])
 def test_bad_recipe_input_fails_clearly(tiny_train_args, capsys, bad, expect):
     args = [a for a in tiny_train_args("bad") if not a.startswith(bad.split("=")[0] + "=")] + [bad]

@@ -53,7 +53,7 @@ REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "head": ("agglom.model.heads", "HEADS", ("attn", "mlp", "resmlp")),
     "normaliser": ("agglom.model.normalisers", "NORMALISERS", ("none", "phis", "zscore")),
     "group objective": ("agglom.objective.groups", "GROUP_OBJECTIVES",
-                        ("balanced", "erm", "excess", "gap", "groupdro", "variance")),
+                        ("balanced", "catchup", "erm", "excess", "gap", "groupdro", "variance")),
     "engine": ("agglom.engine.base", "ENGINES", ("deepspeed", "torch")),
 }
 

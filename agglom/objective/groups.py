@@ -229,6 +229,25 @@ class Excess(GroupObjective):
         return utility + penalty, penalty
 
 
+@register_group_objective("catchup")
+class CatchUp(Excess):
+    """mean + λ·(1/|G*|)·Σ relu(L_g − min(r_g, mean of groups)): one-sided like ``excess``, but a group worse than
+    the others is pushed towards the group mean even where its reference (its ERM loss) is no better."""
+
+    note = "one-sided: pushes groups above the group mean or above their reference"
+
+    def aggregate(self, utility, means, counts, parity_mask, group):
+        if self.lam == 0:
+            return utility, torch.zeros_like(utility)
+        m = parity_mask.to(means.dtype)
+        n = m.sum().clamp_min(1)
+        mean_of_groups = ((means * m).sum() / n).detach().expand_as(means)
+        ref = self.reference.to(device=means.device, dtype=means.dtype)
+        ref = torch.where(torch.isnan(ref), mean_of_groups, torch.minimum(ref, mean_of_groups))
+        penalty = self.lam * (torch.relu(means - ref) * m).sum() / n
+        return utility + penalty, penalty
+
+
 @register_group_objective("groupdro")
 class GroupDRO(GroupObjective):
     """Online GroupDRO (Sagawa et al. 2020) with optional size adjustment C/√n_g; q and n_g are buffers."""

@@ -17,9 +17,11 @@ import torch
 
 
 def build_routing(routing_cfg: Optional[Mapping[str, Mapping[str, Any]]], teacher_names: Sequence[str],
-                  group_names: Sequence[str], base: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  group_names: Sequence[str], base: Optional[torch.Tensor] = None,
+                  aliases: Sequence[str] = ()) -> torch.Tensor:
     """Return a float32 ``[T, G]`` weight matrix from ``{teacher: {group: weight}}``; pairs not named keep their
-    ``base`` weight (automatic routing) or 1.
+    ``base`` weight (automatic routing) or 1. ``aliases``: another name per teacher that the mapping may use (the
+    short name logs show for a teacher given by path, e.g. ``ft-fair`` for ``runs/demo/teachers/ft-fair``).
 
     Unknown teacher or group names raise :class:`agglom.config.ConfigError` (a ``ValueError``) that lists the
     valid names; negative or non-finite weights are rejected as well.
@@ -35,6 +37,8 @@ def build_routing(routing_cfg: Optional[Mapping[str, Mapping[str, Any]]], teache
     if not routing_cfg:
         return w
     t_index = {t: i for i, t in enumerate(teacher_names)}
+    for i, a in enumerate(aliases):
+        t_index.setdefault(str(a), i)
     g_index = {g: j for j, g in enumerate(group_names)}
     for teacher, per_group in routing_cfg.items():
         teacher = str(teacher)
