@@ -222,11 +222,15 @@ class Excess(GroupObjective):
         m = parity_mask.to(means.dtype)
         n = m.sum().clamp_min(1)  # no parity group present: every term below is masked to 0
         mean_of_groups = ((means * m).sum() / n).detach()
-        ref = self.reference.to(device=means.device, dtype=means.dtype)
-        ref = torch.where(torch.isnan(ref), mean_of_groups.expand_as(ref), ref)
+        ref = self.targets(self.reference.to(device=means.device, dtype=means.dtype), mean_of_groups.expand_as(means))
         excess = torch.relu(means - ref) * m
         penalty = self.lam * excess.sum() / n
         return utility + penalty, penalty
+
+    @staticmethod
+    def targets(ref: torch.Tensor, mean_of_groups: torch.Tensor) -> torch.Tensor:
+        """The loss each group is held to: its reference, or the group mean where it has none."""
+        return torch.where(torch.isnan(ref), mean_of_groups, ref)
 
 
 @register_group_objective("catchup")
@@ -236,16 +240,9 @@ class CatchUp(Excess):
 
     note = "one-sided: pushes groups above the group mean or above their reference"
 
-    def aggregate(self, utility, means, counts, parity_mask, group):
-        if self.lam == 0:
-            return utility, torch.zeros_like(utility)
-        m = parity_mask.to(means.dtype)
-        n = m.sum().clamp_min(1)
-        mean_of_groups = ((means * m).sum() / n).detach().expand_as(means)
-        ref = self.reference.to(device=means.device, dtype=means.dtype)
-        ref = torch.where(torch.isnan(ref), mean_of_groups, torch.minimum(ref, mean_of_groups))
-        penalty = self.lam * (torch.relu(means - ref) * m).sum() / n
-        return utility + penalty, penalty
+    @staticmethod
+    def targets(ref: torch.Tensor, mean_of_groups: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isnan(ref), mean_of_groups, torch.minimum(ref, mean_of_groups))
 
 
 @register_group_objective("groupdro")
