@@ -242,6 +242,7 @@ class CatchUp(Excess):
 
     @staticmethod
     def targets(ref: torch.Tensor, mean_of_groups: torch.Tensor) -> torch.Tensor:
+        """The lower of a group's reference and the group mean (the mean where it has no reference)."""
         return torch.where(torch.isnan(ref), mean_of_groups, torch.minimum(ref, mean_of_groups))
 
 
