@@ -172,12 +172,15 @@ def _finish(st: Dict[str, Any], t_read: float, dtype: str, pool: int) -> Dict[st
 def write_cache(cfg: DictConfig, teacher_names: Optional[List[str]] = None, out: Optional[str] = None,
                 dtype: str = "fp16", pool: int = 1, splits: Optional[List[str]] = None, batch_size: int = 64,
                 device: str = "cpu") -> Dict[str, Any]:
-    """Cache the recipe's teachers (or `teacher_names`) over `splits` (default train/val/test). Returns a
+    """Cache the recipe's teachers (or `teacher_names`) over `splits` (default train, data.distill_splits, val, test). Returns a
     summary per teacher: samples, seconds, bytes per sample. Every teacher is built once; the images are then
     read once for all of them."""
     from agglom.data.readers import shard_urls
 
-    splits = splits or [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split]
+    if not splits:
+        from agglom.data.shards import training_splits
+
+        splits = training_splits(cfg) + [cfg.data.val_split, cfg.data.test_split]
     names = teacher_names or [e.name for e in cfg.teachers]
     states = [_teacher_state(cfg, name, out, dtype, pool, device) for name in names]
     t_read = 0.0

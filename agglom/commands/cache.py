@@ -14,7 +14,7 @@ class CacheConfig:
     out: Optional[str] = None  # default: <data.root>/cache
     dtype: str = "fp16"  # fp16 | int8 (per-channel scales) | fp32
     pool: int = 1  # average-pool spatial maps by this factor (1 = full teacher grid)
-    splits: List[str] = field(default_factory=list)  # default: train, val, test
+    splits: List[str] = field(default_factory=list)  # default: train, data.distill_splits, val, test
     batch_size: int = 64
     device: str = "cpu"
     n: int = 128  # cache check: samples compared

@@ -31,6 +31,9 @@ class DataConfig:
     shards: Optional[str] = None  # explicit brace pattern (globs allowed); overrides root/<split>/*.tar
     allow_missing_shards: bool = False  # go on when files of data.shards are missing (each counted missing_shard)
     train_split: str = "train"
+    # more splits the training stream distils on besides train_split: label-free images (e.g. `agglom data synth
+    # unlabeled=N`'s `unlabeled`); group balancing counts them, `agglom cache` caches them; probes never read them
+    distill_splits: List[str] = field(default_factory=list)
     val_split: str = "val"
     test_split: str = "test"
     image_size: int = 64  # the size the reader reads (teachers resize from it to their own input size)

@@ -88,7 +88,7 @@ DEVICE = Rule(lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "auto, cp
 # dotted key -> rule; applied wherever a command's schema has the key and its value is not None
 RULES: Dict[str, Rule] = {
     "out_dir": NON_EMPTY,
-    "data.root": NON_EMPTY,
+    "data.root": NON_EMPTY, "data.distill_splits": each(NON_EMPTY),
     "data.train_split": NON_EMPTY, "data.val_split": NON_EMPTY, "data.test_split": NON_EMPTY,
     "data.image_size": COUNT, "data.min_image_side": COUNT,
     "data.grayscale": one_of(C.GRAYSCALE), "data.interpolation": one_of(C.INTERPOLATION),

@@ -16,6 +16,7 @@ class SynthConfig(SynthParams):
 
     out: str = "data/synth"
     twin: bool = False  # also write <out>/twin: same subjects without the bias effect
+    unlabeled: int = 0  # also write split `unlabeled`: this many more subjects, no labels (data.distill_splits)
     val_frac: float = 0.25
     test_frac: float = 0.5  # large: a few hundred test samples of the rare site, so group AUCs can be told apart
     shard_size: int = 1000

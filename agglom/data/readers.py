@@ -44,6 +44,7 @@ from agglom.data.shards import (
     shard_id,
     shard_pattern,
     shard_urls,
+    training_splits,
 )
 from agglom.data.sidecars import datasheet_with_sidecars, load_sidecars
 from agglom.data.transforms import ImageTransform, build_transform
@@ -357,7 +358,8 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = 
     nb = max(1, per_rank // int(data.batch_size))
     if skip_batches < 0 or skip_batches > nb:
         raise ValueError(f"skip_batches={skip_batches} outside the epoch's {nb} batches")
-    urls = shard_urls(cfg, data.train_split)
+    splits = training_splits(cfg)
+    urls = [u for split in splits for u in shard_urls(cfg, split)]
     ds = _Stream(urls, True, data.batch_size, build_transform(cfg, train=True),
                  data.grayscale, indexer, sidecars, d.rank, d.world_size, seed=int(data.seed), epoch=int(epoch),
                  num_batches=nb, skip_batches=int(skip_batches), shuffle_buffer=int(data.shuffle_buffer),
@@ -365,7 +367,7 @@ def train_loader(cfg: Any, epoch: int = 0, skip_batches: int = 0, masks: bool = 
                  min_side=int(cfg_get(data, "min_image_side", 1)), masks=masks, attach=attach,
                  shuffle_mb=float(cfg_get(data, "shuffle_buffer_mb", 0)))
     return Loader(ds, data.num_workers, f"train[epoch {epoch}]", indexer, sheet, num_batches=nb - skip_batches,
-                  missing=missing_shards(cfg, data.train_split))
+                  missing=[m for split in splits for m in missing_shards(cfg, split)])
 
 
 def eval_loader(cfg: Any, split: str, batch_size: Optional[int] = None, whole: bool = False,

@@ -16,11 +16,13 @@ def run_synth(cfg: Any) -> str:
     params = SynthParams.from_config(cfg)
     try:
         params.validate()
+        if int(cfg.unlabeled) < 0:
+            raise ValueError(f"unlabeled must be >= 0 (extra subjects without labels), got {cfg.unlabeled}")
     except ValueError as e:
         raise ConfigError(str(e)) from e
     t0 = time.perf_counter()
     sheet = write_synth(cfg.out, params, twin=cfg.twin, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                        shard_size=cfg.shard_size, force=cfg.force)
+                        shard_size=cfg.shard_size, force=cfg.force, unlabeled=int(cfg.unlabeled))
     return (summary_table(sheet) + f"\n\nwrote {sheet['samples']} samples to {cfg.out}"
             + (f" (+ twin in {cfg.out}/twin)" if cfg.twin else "") + f" in {time.perf_counter() - t0:.1f}s")
 

@@ -65,7 +65,12 @@ def acceptance(cfg: Any, indexer: GroupIndexer, datasheet: Optional[Mapping[str,
         raise ConfigError(f"data.group_weights: unknown group(s) {bad}; groups of {indexer.by!r} are {indexer.names}")
     if any(float(w) < 0 for w in weights_cfg.values()):
         raise ConfigError("data.group_weights must be >= 0")
-    counts = group_counts(cfg, indexer, data.train_split, datasheet, sidecars) if beta > 0 else None
+    counts = None
+    if beta > 0:  # over every split the stream reads (data.distill_splits too)
+        from agglom.data.shards import training_splits
+
+        per_split = [group_counts(cfg, indexer, split, datasheet, sidecars) for split in training_splits(cfg)]
+        counts = [sum(c) for c in zip(*per_split)]
     w = []
     for i, name in enumerate(indexer.names):
         wi = float(weights_cfg.get(name, 1.0))

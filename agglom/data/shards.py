@@ -46,6 +46,16 @@ def shard_pattern(cfg: Any, split: str) -> Optional[str]:
     return None
 
 
+def training_splits(cfg: Any) -> List[str]:
+    """The splits the distillation stream reads: ``data.train_split`` and then ``data.distill_splits`` (label-free
+    images; a split listed twice, or the train split listed again, is read once)."""
+    out = [cfg.data.train_split]
+    for s in list(cfg_get(cfg.data, "distill_splits") or []):
+        if str(s) not in out:
+            out.append(str(s))
+    return out
+
+
 def data_home(cfg: Any) -> Path:
     """The folder a dataset's own files (``dataset.json``, sidecars) belong to: ``data.root``; with ``data.shards``
     the folder above the split folders (the pattern before ``{split}``), else the shards' folder or, when that has

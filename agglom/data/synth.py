@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 from scipy import ndimage
 
+UNLABELED_SPLIT = "unlabeled"  # the label-free split of `agglom data synth unlabeled=N`
+UNLABELED_SALT = 7  # its random stream (see _stream)
+NO_LABEL = -1  # agglom.data.pipeline.NO_LABEL (not imported: this module stays torch-free)
 CHUNK = 512  # subjects rendered per vectorised block (fixed: part of the random stream's definition)
 LESION_LEVEL = 0.5  # the lesion mask: where the disease blob is at least this fraction of its peak (half maximum)
 
@@ -78,9 +81,15 @@ def _exact_flags(rng: np.random.Generator, n: int, frac: float) -> np.ndarray:
     return flags
 
 
-def subjects(p: SynthParams) -> Dict[str, np.ndarray]:
+def _stream(p: SynthParams, salt: int, *parts: int) -> np.random.Generator:
+    """The generator of one random stream: ``salt`` 0 is the benchmark's own subjects, another salt an independent
+    population from the same distribution (the unlabeled split), so adding one changes no benchmark image."""
+    return np.random.default_rng([p.seed, *parts] + ([salt] if salt else []))
+
+
+def subjects(p: SynthParams, salt: int = 0) -> Dict[str, np.ndarray]:
     """Per-subject scalars: label, shortcut, site B, sex, age, shape and lesion jitter (exact counts)."""
-    rng = np.random.default_rng([p.seed, 1])
+    rng = _stream(p, salt, 1)
     n = p.n
     label = _exact_flags(rng, n, p.p_disease)
     shortcut = np.zeros(n, dtype=bool)
@@ -109,13 +118,13 @@ def _upsampler(g: int, size: int) -> np.ndarray:
 
 
 def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, with_bias: bool,
-                  lesions: Optional[np.ndarray] = None) -> np.ndarray:
+                  lesions: Optional[np.ndarray] = None, salt: int = 0) -> np.ndarray:
     """Render subjects [lo, hi) -> uint8 [m, S, S]. All randomness comes from rng(seed, 2, lo). ``lesions`` (uint8
     [m, S, S], filled in place when given): the ground-truth lesion mask, computed from the same geometry without
     drawing anything, so images are the same with or without it."""
     S = p.image_size
     m = hi - lo
-    rng = np.random.default_rng([p.seed, 2, lo])
+    rng = _stream(p, salt, 2, lo)
     g = 5
     coarse = rng.standard_normal((m, 2, g, g)).astype(np.float32) * p.deform
     tex = rng.standard_normal((m, S, S)).astype(np.float32)
@@ -177,18 +186,18 @@ def _site_b_acquisition(p: SynthParams, img: np.ndarray, site_b: np.ndarray, gra
 
 
 def render(p: SynthParams, s: Optional[Dict[str, np.ndarray]] = None, with_bias: bool = True,
-           lesions: bool = False) -> Any:
+           lesions: bool = False, salt: int = 0) -> Any:
     """All images, uint8 [n, S, S]; ``with_bias=False`` renders the no-bias twin of the same subjects.
     ``lesions=True`` returns ``(images, masks)``, masks uint8 [n, S, S] in {0, 1}: the disease lesion of each
     diseased subject (all background for a healthy one), in the image's geometry (the morphology bias moves it
     with the anatomy; site B's acquisition changes intensities only)."""
     p.validate()
-    s = subjects(p) if s is None else s
+    s = subjects(p, salt) if s is None else s
     out = np.empty((p.n, p.image_size, p.image_size), dtype=np.uint8)
     masks = np.zeros_like(out) if lesions else None
     for lo in range(0, p.n, CHUNK):
         hi = min(p.n, lo + CHUNK)
-        out[lo:hi] = _render_chunk(p, s, lo, hi, with_bias, None if masks is None else masks[lo:hi])
+        out[lo:hi] = _render_chunk(p, s, lo, hi, with_bias, None if masks is None else masks[lo:hi], salt)
     return (out, masks) if lesions else out
 
 
@@ -205,19 +214,27 @@ def attrs_of(s: Dict[str, np.ndarray], i: int) -> Dict[str, Any]:
             "shortcut": "1" if s["shortcut"][i] else "0"}
 
 
-def split_design(p: SynthParams, val_frac: float, test_frac: float) -> str:
+def split_design(p: SynthParams, val_frac: float, test_frac: float, unlabeled: int = 0) -> str:
     """How the splits were drawn, for the datasheet."""
     train = 1.0 - val_frac - test_frac
     rare = int(round(p.n * test_frac * p.site_frac))
-    return (f"every split stratified by label x shortcut x site (natural group proportions in each: site B "
+    text = (f"every split stratified by label x shortcut x site (natural group proportions in each: site B "
             f"{p.site_frac:.0%}); fractions train {train:.2f} / val {val_frac:.2f} / test {test_frac:.2f}, so the "
             f"test split holds ~{rare} samples of the rare site B: enough to tell a group's AUC apart within a few "
             "hundredths (bootstrap intervals in every report)")
+    if unlabeled:
+        text += (f"; plus split {UNLABELED_SPLIT!r}: {unlabeled} further subjects drawn independently from the "
+                 f"same distribution (site B {int(round(unlabeled * p.site_frac))}), written without labels (label "
+                 f"{NO_LABEL}) or masks, for label-free distillation (data.distill_splits); no evaluation reads it")
+    return text
 
 
 def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 0.25, test_frac: float = 0.5,
-                shard_size: int = 1000, force: bool = False) -> Dict[str, Any]:
-    """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet."""
+                shard_size: int = 1000, force: bool = False, unlabeled: int = 0) -> Dict[str, Any]:
+    """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet. ``unlabeled``: that
+    many more subjects, an independent draw from the same distribution (its own random stream, so the benchmark's
+    splits are the same image for image with or without it), written as split ``unlabeled`` with attributes but
+    without labels or masks: the unlabeled images a hospital has far more of than labelled ones."""
     from agglom.data.masks import encode_mask
     from agglom.data.splits import default_fractions, stratified_split
     from agglom.data.writer import DatasetWriter, prepare_output
@@ -229,7 +246,12 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     keys = [f"synth{i:06d}" for i in range(p.n)]
     strata = list(zip(s["label"].tolist(), s["shortcut"].tolist(), s["site_b"].tolist()))
     assign = stratified_split(keys, strata, default_fractions(val_frac, test_frac), seed=p.seed)
-    params = {**asdict(p), "val_frac": val_frac, "test_frac": test_frac, "shard_size": shard_size, "twin": twin}
+    if unlabeled < 0:
+        raise ValueError(f"unlabeled must be >= 0, got {unlabeled}")
+    params = {**asdict(p), "val_frac": val_frac, "test_frac": test_frac, "shard_size": shard_size, "twin": twin,
+              "unlabeled": unlabeled}
+    pu = replace(p, n=unlabeled)
+    s_un = subjects(pu, UNLABELED_SALT) if unlabeled else None
     sheet: Dict[str, Any] = {}
     for variant in (["main", "twin"] if twin else ["main"]):
         imgs, lesions = render(p, s, with_bias=(variant == "main"), lesions=True)
@@ -241,6 +263,10 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
                         w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split,
                                 mask=encode_mask(lesions[i], binary_255=True),
                                 mask_area=float(lesions[i].mean()))
+            if unlabeled:
+                uimgs = render(pu, s_un, with_bias=(variant == "main"), salt=UNLABELED_SALT)
+                for i in range(unlabeled):
+                    w.write(f"unlab{i:06d}", _png(uimgs[i]), "png", NO_LABEL, attrs_of(s_un, i), UNLABELED_SPLIT)
             info = dict(
                 name="synth-bias" + ("-twin" if variant == "twin" else ""),
                 source="agglom data synth: SimBA-style synthetic bias benchmark (generated, numpy/scipy)",
@@ -252,7 +278,7 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
                                     "all background for healthy subjects"},
                 image={"ext": "png", "channels": 1, "bit_depth": 8, "size": [p.image_size, p.image_size]},
                 generation_seconds=round(time.perf_counter() - t0, 3),
-                split_design=split_design(p, val_frac, test_frac),
+                split_design=split_design(p, val_frac, test_frac, unlabeled),
             )
             got = w.close(**info)
         if variant == "main":

@@ -85,6 +85,9 @@ def build_task(a: Any, cfg: DictConfig, enc: Encoder) -> Any:
     if not sheet.get("label"):
         raise ConfigError("finetune trains a supervised head, so it needs labelled data, and this dataset's "
                           "datasheet (dataset.json) declares no labels; pack labelled data with `agglom data pack`")
+    if list(cfg.data.get("distill_splits") or []):
+        raise ConfigError(f"data.distill_splits={list(cfg.data.distill_splits)}: finetune trains on labels, and "
+                          "distill splits are label-free images for the student's distillation; leave it empty here")
     gidx = group_indexer(cfg)  # datasheet + sidecars: the same indexer the readers use
     label_task = task_of(sheet)
     if label_task is None:  # the datasheet does not say how many classes: the first batch does

@@ -24,9 +24,11 @@ def checkpoint_of(path: Path) -> Optional[Path]:
 def check_data(cfg: Any) -> List[str]:
     """The training shards and the group names (raises ConfigError naming what is wrong)."""
     from agglom.data.readers import shard_urls
+    from agglom.data.shards import training_splits
     from agglom.train.setup import group_names
 
-    shard_urls(cfg, cfg.data.train_split)
+    for split in training_splits(cfg):  # a missing distill split is named like a missing train split
+        shard_urls(cfg, split)
     names = group_names(cfg)
     if cfg.objective.route_by_audit > 0:
         from agglom.data.shards import dataset_datasheet
