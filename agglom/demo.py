@@ -45,7 +45,7 @@ class DemoArgs:
     data: str = "data/synth"  # the synthetic benchmark (generated when missing)
     n: int = 9000  # synthetic images: 2250 train / 2250 val / 4500 test (~360 of the rare site in test)
     # more images without labels (split `unlabeled`), which every student also distils on (data.distill_splits); 0: none
-    unlabeled: int = 4500
+    unlabeled: int = 13500
     image_size: int = 64
     synth: List[str] = field(default_factory=list)  # more `agglom data synth` options, e.g. [seed=7, site_frac=0.06]
     seeds: int = 3  # students per recipe (ERM and fair), one per seed
@@ -109,7 +109,11 @@ def distill_overrides(data: Path) -> List[str]:
     from agglom.data.synth import UNLABELED_SPLIT
 
     sheet = json.loads((data / "dataset.json").read_text())
-    return [f"data.distill_splits=[{UNLABELED_SPLIT}]"] if UNLABELED_SPLIT in (sheet.get("splits") or {}) else []
+    if UNLABELED_SPLIT in (sheet.get("splits") or {}):
+        return [f"data.distill_splits=[{UNLABELED_SPLIT}]"]
+    print(f"note: {data} has no {UNLABELED_SPLIT!r} split (unlabeled=0, or written by an older demo): the students "
+          "distil on the train split alone; delete it to regenerate", flush=True)
+    return []
 
 
 def _teachers_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, distill: List[str]) -> tuple:

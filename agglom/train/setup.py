@@ -52,8 +52,10 @@ def build_teachers(cfg: DictConfig, device: torch.device) -> Dict[str, torch.nn.
             if any(float(v) for k, v in cfg.data.augment.items() if k != "scale_min") or cfg.data.augment.scale_min < 1:
                 print(f"agglom: warning: teacher {entry.name} is cached on un-augmented images while data.augment is "
                       "on; its targets will not see the augmentation", flush=True)
-            distill = list(cfg.data.get("distill_splits") or [])  # the cache must cover them: named, not a key error
-            cached = open_cache(entry.cache, entry.name, cfg, card.digest(), split=distill or None)
+            from agglom.data.shards import training_splits
+
+            # every split the stream reads must be covered: an uncovered one is named here, not a key error later
+            cached = open_cache(entry.cache, entry.name, cfg, card.digest(), split=training_splits(cfg))
             cached.name, cached.digest = entry.name, card.digest()
             out[entry.name] = cached
             continue
