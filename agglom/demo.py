@@ -44,8 +44,7 @@ class DemoArgs:
     out: str = "runs/demo"  # everything the demo writes, except the data
     data: str = "data/synth"  # the synthetic benchmark (generated when missing)
     n: int = 9000  # synthetic images: 2250 train / 2250 val / 4500 test (~360 of the rare site in test)
-    # more images without labels (split `unlabeled`), which every student also distils on (data.distill_splits); 0: none
-    unlabeled: int = 13500
+    unlabeled: int = 13500  # more images, no labels (split `unlabeled`): every student distils on them too; 0: none
     image_size: int = 64
     synth: List[str] = field(default_factory=list)  # more `agglom data synth` options, e.g. [seed=7, site_frac=0.06]
     seeds: int = 3  # students per recipe (ERM and fair), one per seed
