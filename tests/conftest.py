@@ -94,3 +94,25 @@ def tiny_train_args(tmp_path, synth_root):
         return tiny_args(tmp_path / "runs", synth_root, name, steps, **over)
 
     return make
+
+
+def _data_cfg(root, epoch_samples: int = 480, **over):
+    """A default recipe reading the shards under ``root`` (32 px, batches of 16, no workers, grouped by site), with
+    dotted-key overrides."""
+    from omegaconf import OmegaConf
+
+    from agglom.config.schema import Recipe
+
+    cfg = OmegaConf.structured(Recipe)
+    cfg.data.root, cfg.data.image_size, cfg.data.batch_size = str(root), 32, 16
+    cfg.data.num_workers, cfg.data.epoch_samples = 0, epoch_samples
+    cfg.groups.by = "site"
+    for k, v in over.items():
+        OmegaConf.update(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_cfg():
+    """The data-side tests' recipe factory, ``data_cfg(root, epoch_samples=480, **{"data.key": value})``."""
+    return _data_cfg

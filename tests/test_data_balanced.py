@@ -1,19 +1,7 @@
 """Group-balanced sampling: the data-side counterpart of the group objectives."""
 import torch
-from omegaconf import OmegaConf
 
-from agglom.config.schema import Recipe
 from agglom.data.readers import train_loader
-
-
-def _cfg(root, **over):
-    cfg = OmegaConf.structured(Recipe)
-    cfg.data.root, cfg.data.image_size, cfg.data.batch_size = str(root), 32, 16
-    cfg.data.num_workers, cfg.data.epoch_samples = 0, 480
-    cfg.groups.by = "site"
-    for k, v in over.items():
-        OmegaConf.update(cfg, k, v)
-    return cfg
 
 
 def _share_of_b(cfg):
@@ -23,35 +11,35 @@ def _share_of_b(cfg):
     return float((groups == names.index("B")).float().mean())
 
 
-def test_group_balanced_stream_draws_groups_equally(synth_root):
-    plain = _share_of_b(_cfg(synth_root))
-    balanced = _share_of_b(_cfg(synth_root, **{"data.group_balanced": True}))
+def test_group_balanced_stream_draws_groups_equally(synth_root, data_cfg):
+    plain = _share_of_b(data_cfg(synth_root))
+    balanced = _share_of_b(data_cfg(synth_root, **{"data.group_balanced": True}))
     assert plain < 0.2  # the rare acquisition site
     assert 0.35 < balanced < 0.65
 
 
-def test_explicit_group_weights(synth_root):
-    share = _share_of_b(_cfg(synth_root, **{"data.group_weights": {"A": 1.0, "B": 0.0}}))
+def test_explicit_group_weights(synth_root, data_cfg):
+    share = _share_of_b(data_cfg(synth_root, **{"data.group_weights": {"A": 1.0, "B": 0.0}}))
     assert share == 0.0
 
 
-def test_partial_balance_draws_groups_as_count_to_the_one_minus_beta(synth_root):
+def test_partial_balance_draws_groups_as_count_to_the_one_minus_beta(synth_root, data_cfg):
     import json
 
     sheet = json.loads((synth_root / "dataset.json").read_text())
     counts = sheet["attributes"]["site"]["counts"]["train"]
     n_a, n_b = counts["A"], counts["B"]
     expected = n_b ** 0.5 / (n_a ** 0.5 + n_b ** 0.5)  # β = 0.5: shares ∝ sqrt(n_g)
-    share = _share_of_b(_cfg(synth_root, **{"data.group_balance": 0.5, "data.epoch_samples": 1600}))
+    share = _share_of_b(data_cfg(synth_root, **{"data.group_balance": 0.5, "data.epoch_samples": 1600}))
     natural = n_b / (n_a + n_b)
     assert natural < share < 0.5
     assert abs(share - expected) < 0.06
 
 
-def test_group_balance_out_of_range_is_refused(synth_root):
+def test_group_balance_out_of_range_is_refused(synth_root, data_cfg):
     import pytest
 
     from agglom.config.load import ConfigError
 
     with pytest.raises(ConfigError, match="group_balance must be in"):
-        train_loader(_cfg(synth_root, **{"data.group_balance": 1.5}), epoch=0)
+        train_loader(data_cfg(synth_root, **{"data.group_balance": 1.5}), epoch=0)

@@ -6,11 +6,9 @@ import json
 import pytest
 import torch
 import webdataset as wds
-from omegaconf import OmegaConf
 
 from agglom.cli import main
 from agglom.config.load import ConfigError
-from agglom.config.schema import Recipe
 from agglom.data.readers import train_loader
 from agglom.data.sampling import acceptance, group_counts
 from agglom.data.synth import UNLABELED_SPLIT, SynthParams, write_synth
@@ -35,16 +33,6 @@ def _samples(root, split):
     return out
 
 
-def _cfg(root, **over):
-    cfg = OmegaConf.structured(Recipe)
-    cfg.data.root, cfg.data.image_size, cfg.data.batch_size = str(root), 32, 16
-    cfg.data.num_workers, cfg.data.epoch_samples = 0, 320
-    cfg.groups.by = "site"
-    for k, v in over.items():
-        OmegaConf.update(cfg, k, v)
-    return cfg
-
-
 def test_the_unlabeled_split_changes_no_benchmark_image_and_carries_no_label(with_unlabeled):
     plain, pooled = with_unlabeled
     for split in ("train", "val", "test"):
@@ -65,22 +53,22 @@ def test_the_unlabeled_split_changes_no_benchmark_image_and_carries_no_label(wit
     assert not any(s["png"] in train_pngs for s in extra.values())
 
 
-def test_the_training_stream_reads_the_distill_splits_and_only_when_asked(with_unlabeled):
+def test_the_training_stream_reads_the_distill_splits_and_only_when_asked(with_unlabeled, data_cfg):
     _, pooled = with_unlabeled
 
     def keys(cfg):
         return [k for b in train_loader(cfg, epoch=0) for k in b["key"]]
 
-    assert not any(k.startswith("unlab") for k in keys(_cfg(pooled)))
-    got = keys(_cfg(pooled, **{"data.distill_splits": [UNLABELED_SPLIT]}))
+    assert not any(k.startswith("unlab") for k in keys(data_cfg(pooled, 320)))
+    got = keys(data_cfg(pooled, 320, **{"data.distill_splits": [UNLABELED_SPLIT]}))
     assert any(k.startswith("unlab") for k in got) and any(k.startswith("synth") for k in got)
 
 
-def test_group_balancing_counts_the_distill_splits(with_unlabeled):
+def test_group_balancing_counts_the_distill_splits(with_unlabeled, data_cfg):
     from agglom.data.readers import group_indexer
 
     _, pooled = with_unlabeled
-    cfg = _cfg(pooled, **{"data.distill_splits": [UNLABELED_SPLIT], "data.group_balanced": True})
+    cfg = data_cfg(pooled, 320, **{"data.distill_splits": [UNLABELED_SPLIT], "data.group_balanced": True})
     idx = group_indexer(cfg)
     sheet = json.loads((pooled / "dataset.json").read_text())
     total = [a + b for a, b in zip(group_counts(cfg, idx, "train", sheet, {}),
@@ -89,16 +77,17 @@ def test_group_balancing_counts_the_distill_splits(with_unlabeled):
     expected = [1.0 / c if c else 0.0 for c in total]
     top = max(expected)
     assert w == pytest.approx([e / top for e in expected])
-    train_only = acceptance(_cfg(pooled, **{"data.group_balanced": True}), idx, sheet, {})
+    train_only = acceptance(data_cfg(pooled, 320, **{"data.group_balanced": True}), idx, sheet, {})
     assert w != pytest.approx(train_only)  # the unlabeled split moved the counts
 
 
-def test_a_missing_distill_split_and_finetune_with_one_are_refused_by_name(with_unlabeled, tiny_train_args, capsys):
+def test_a_missing_distill_split_and_finetune_with_one_are_refused_by_name(with_unlabeled, data_cfg, tiny_train_args,
+                                                                           capsys):
     plain, pooled = with_unlabeled
     from agglom.train.preflight import check_data
 
     with pytest.raises(ConfigError, match="unlabeled"):
-        check_data(_cfg(plain, **{"data.distill_splits": [UNLABELED_SPLIT]}))
+        check_data(data_cfg(plain, 320, **{"data.distill_splits": [UNLABELED_SPLIT]}))
     code = main(["finetune", "model=vit_small_patch16_224", "model_args={patch_size: 8, embed_dim: 32, depth: 1, "
                  "num_heads: 2}", f"data.root={pooled}", "data.image_size=32", "data.num_workers=0", "optim.steps=2",
                  "groups.by=site", f"data.distill_splits=[{UNLABELED_SPLIT}]", f"out_dir={pooled.parent / 'ft'}"])
@@ -106,14 +95,14 @@ def test_a_missing_distill_split_and_finetune_with_one_are_refused_by_name(with_
     assert "data.distill_splits" in capsys.readouterr().err
 
 
-def test_a_cache_without_the_distill_split_is_refused_and_the_default_cache_covers_it(with_unlabeled, tmp_path,
-                                                                                       capsys):
+def test_a_cache_without_the_distill_split_is_refused_and_the_default_cache_covers_it(with_unlabeled, data_cfg,
+                                                                                       tmp_path, capsys):
     from agglom.cache import StaleCacheError
     from agglom.cache.writer import write_cache
     from agglom.train.setup import build_teachers
 
     _, pooled = with_unlabeled
-    cfg = _cfg(pooled, **{"teachers": [{"name": "tiny-clip"}]})
+    cfg = data_cfg(pooled, 320, **{"teachers": [{"name": "tiny-clip"}]})
     write_cache(cfg, out=str(tmp_path / "c"), splits=["train"])
     cfg.teachers[0].cache = str(tmp_path / "c")
     build_teachers(cfg, torch.device("cpu"))  # train alone: covered
