@@ -24,16 +24,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from agglom.cli import main as cli
 from agglom.config.load import ConfigError, load_config
 
-#: the fair candidate's recipe: what it adds to the ERM student's (chosen by measurement over 3 seeds on the default
-#: benchmark and two held-out variants; README, "Fairness"): partial group balancing (a group's share of the draws
-#: ∝ n_g^0.25) with the normalisers kept at the natural distribution's statistics, and the one-sided ``excess``
-#: objective holding every group's distillation loss to the same seed's ERM student's (so the sampling cannot buy
-#: the rare group's lift with the common group's loss). Full balancing (β = 1) lifted site B as much but drew site A
-#: too rarely, and cost it AUC beyond the strict paired interval
+#: the fair candidate's recipe, chosen by measurement (README, "Fairness"): partial group balancing (a group's share
+#: of the draws ∝ n_g^0.25), the normalisers at the natural distribution's statistics, and the one-sided ``excess``
+#: objective holding every group's distillation loss to its seed's ERM student's (the sampling cannot buy the rare
+#: group's lift with the common group's loss); full balancing (β = 1) cost site A AUC beyond the paired interval
 FAIR = ["data.group_balance=0.75", "heads.zscore_momentum=0", "objective.group=excess", "objective.lam=1",
         "objective.reference=@erm"]
-#: in a ``fair=[...]`` override, stands for the same seed's ERM student's run dir (``objective.reference=@erm``:
-#: the one-sided objectives hold every group to its loss under ERM)
+#: in a ``fair=[...]`` override: the same seed's ERM student's run dir (e.g. ``objective.reference=@erm``)
 ERM_RUN = "@erm"
 #: how the fair student is chosen (agglom.eval.selection.MODES; repeated here so `--help` imports no torch)
 SELECT_MODES = ("validation", "always")
@@ -52,6 +49,7 @@ class DemoArgs:
     finetune_steps: int = 800  # steps per fine-tuned teacher
     fair: List[str] = field(default_factory=lambda: list(FAIR))  # the fair candidate's overrides (@erm: its ERM run)
     select: str = "validation"  # validation: keep the fair recipe only where it lifts the val worst group; always
+    levelling_margin: float = 0.0  # validation: a group's AUC fall below -margin (interval and all) levels it down
     batch_size: int = 32
     num_workers: int = 2
     bootstrap: int = 500  # replicates of the verdict's paired bootstrap
@@ -261,7 +259,8 @@ def _verdict_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> Di
 
     val, _, _ = _verdict_inputs(z, runs, "val")
     sel = select_recipe({"fair": verdict(val, {}, "site", n_boot=z["boot"])}, mode=a.select,
-                        max_overall_cost=TARGETS["max_overall_cost"], min_lift=TARGETS["worst_group_lift"] / 2)
+                        max_overall_cost=TARGETS["max_overall_cost"], min_lift=TARGETS["worst_group_lift"] / 2,
+                        margin=a.levelling_margin)
     preds, teacher_preds, fid = _verdict_inputs(z, runs, "test")
     if sel["chosen"] == "fair":
         v = verdict(preds, teacher_preds, "site", fidelity=fid, n_boot=z["boot"])
@@ -281,8 +280,9 @@ def run_demo(a: Any) -> Dict[str, Any]:
     t_all = time.perf_counter()
     timings: Dict[str, float] = {}
     z = _sizes(a)
-    if a.select not in SELECT_MODES:
-        raise ConfigError(f"select={a.select!r}: choose one of {', '.join(SELECT_MODES)}")
+    if a.select not in SELECT_MODES or not a.levelling_margin >= 0:
+        raise ConfigError(f"select={a.select!r}, levelling_margin={a.levelling_margin!r}: choose select from "
+                          f"{', '.join(SELECT_MODES)} and a margin >= 0")
     t = _step("1/6 synthetic bias benchmark")
     if (data / "dataset.json").is_file():
         print(f"reusing {data} (delete it to regenerate)")

@@ -81,7 +81,33 @@ def test_always_uses_the_candidate_and_bad_modes_are_refused():
         _choose(_seeds((0.5, 0.7), (0.5, 2.0)), mode="best")
 
 
-def test_the_demo_offers_the_selection_modes_of_the_library():
-    from agglom.demo import SELECT_MODES, DemoArgs
+def test_the_demo_offers_the_selection_modes_of_the_library(tmp_path, capsys):
+    from agglom.demo import SELECT_MODES, DemoArgs, main
 
-    assert tuple(SELECT_MODES) == MODES and DemoArgs().select == "validation"
+    assert tuple(SELECT_MODES) == MODES and DemoArgs().select == "validation" and DemoArgs().levelling_margin == 0
+    assert main([f"out={tmp_path / 'o'}", f"data={tmp_path / 'd'}", "levelling_margin=-0.001"]) == 2
+    assert "levelling_margin" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_the_levelling_margin_counts_only_falls_beyond_it():
+    from agglom.eval.selection import levelled_beyond
+
+    deltas = {"A": {"value": -0.0006, "ci": [-0.0013, -0.0001]}, "B": {"value": 0.03, "ci": [0.01, 0.05]},
+              "C": {"value": -0.002, "ci": [-0.004, 0.0005]}, "D": {"value": -0.01, "ci": None}}
+    assert levelled_beyond(deltas) == ["A"]  # C's interval crosses 0; D has none
+    assert levelled_beyond(deltas, 0.00009) == ["A"] and levelled_beyond(deltas, 0.001) == []
+
+
+def test_a_small_fall_of_the_better_group_is_refused_unless_inside_the_margin():
+    # the candidate lifts B and makes A a little worse beyond its interval (a held-out variant's case)
+    seeds = _seeds((0.5, 2.0), (0.56, 0.7), n_seeds=2)
+    strict = _choose(seeds)
+    row = strict["candidates"][0]
+    assert strict["chosen"] == "erm" and row["levelled_down"] == ["A"]
+    upper = row["delta_groups"]["A"]["ci"][1]
+    loose = _choose(seeds, margin=-upper * 1.01)
+    assert loose["chosen"] == "fair" and loose["candidates"][0]["levelled_down"] == [] and loose["margin"] > 0
+    assert "non-inferiority margin" in "\n".join(render_selection(loose, {}))
+    assert _choose(seeds, margin=-upper * 0.99)["chosen"] == "erm"
+    with pytest.raises(ValueError, match="margin"):
+        _choose(seeds, margin=-0.1)

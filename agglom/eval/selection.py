@@ -10,6 +10,9 @@ differences, paired bootstrap BCa intervals), and the test split then reports th
 The rule is MEDFAIR's minimax choice restricted to candidates that pass the levelling-down guard:
 
 1. a candidate under which some group's seed-mean validation AUC fell beyond its interval is out (levels down);
+   with a non-inferiority ``margin`` δ > 0 (default 0), only a fall whose whole interval lies below −δ counts, as
+   in a clinical non-inferiority test: the user states how small a loss is no loss (the paired test on thousands
+   of majority-group samples resolves AUC drops of 0.0005, README "Fairness");
 2. so is one whose overall validation AUC fell by more than the allowed utility cost;
 3. so is one that raises the seed-mean validation worst-group AUC by less than ``min_lift`` (default 0.01, half
    the lift the demo's verdict asks for): a lift inside the noise of a few seeds is no reason to change recipe
@@ -22,29 +25,37 @@ from typing import Any, Dict, List, Mapping
 
 from agglom.eval.verdict import fmt_delta
 
-__all__ = ["MODES", "select_recipe", "render_selection"]
+__all__ = ["MODES", "select_recipe", "render_selection", "levelled_beyond"]
 
 #: ``validation``: the rule above; ``always``: the candidate recipe is used whatever validation says
 MODES = ("validation", "always")
 
 
-def _candidate_row(name: str, v: Mapping[str, Any], max_cost: float, min_lift: float) -> Dict[str, Any]:
+def levelled_beyond(deltas: Mapping[str, Mapping[str, Any]], margin: float = 0.0) -> List[str]:
+    """The groups whose AUC fell with the whole interval below ``-margin`` (margin 0: the verdict's flag)."""
+    return [g for g, x in deltas.items() if x["ci"] and x["value"] < 0 and x["ci"][1] < -margin]
+
+
+def _candidate_row(name: str, v: Mapping[str, Any], max_cost: float, min_lift: float, margin: float) -> Dict[str, Any]:
     d = v["fair_vs_erm"]
     worst, auc = d["worst"], d["auc"]
+    deltas = {g: d[f"g:{g}"] for g in v["groups"]}
+    worse = levelled_beyond(deltas, margin)
     why: List[str] = []
-    if v["levelled_down"]:
-        why.append(f"levels down {', '.join(v['levelled_down'])} on validation")
+    if worse:
+        beyond = f" (beyond the margin {margin:g})" if margin else ""
+        why.append(f"levels down {', '.join(worse)} on validation{beyond}")
     if auc["value"] is not None and auc["value"] < -max_cost:
         why.append(f"overall validation AUC cost {-auc['value']:.4f} > {max_cost:.2f}")
     if worst["value"] is None or worst["value"] < min_lift:
         why.append(f"raises the validation worst-group AUC by less than {min_lift:.3f}")
     return {"name": name, "eligible": not why, "why_not": why, "delta_worst_group_auc": worst,
-            "delta_overall_auc": auc, "delta_groups": {g: d[f"g:{g}"] for g in v["groups"]},
-            "levelled_down": list(v["levelled_down"]), "worst_group_auc": v["students"]["fair"]["worst"]["value"]}
+            "delta_overall_auc": auc, "delta_groups": deltas, "levelled_down": worse,
+            "worst_group_auc": v["students"]["fair"]["worst"]["value"]}
 
 
 def select_recipe(validation: Mapping[str, Mapping[str, Any]], *, mode: str = "validation",
-                  max_overall_cost: float = 0.01, min_lift: float = 0.01) -> Dict[str, Any]:
+                  max_overall_cost: float = 0.01, min_lift: float = 0.01, margin: float = 0.0) -> Dict[str, Any]:
     """The recipe to report as the fair student.
 
     ``validation``: ``{candidate: verdict}`` where each verdict is :func:`agglom.eval.verdict.verdict` of the
@@ -54,10 +65,12 @@ def select_recipe(validation: Mapping[str, Mapping[str, Any]], *, mode: str = "v
         raise ValueError(f"selection mode {mode!r}: choose one of {', '.join(MODES)}")
     if not validation:
         raise ValueError("select_recipe: no candidate")
-    rows = [_candidate_row(n, v, max_overall_cost, min_lift) for n, v in validation.items()]
+    if not margin >= 0:
+        raise ValueError(f"levelling-down margin {margin!r}: must be >= 0 (0: any fall beyond its interval counts)")
+    rows = [_candidate_row(n, v, max_overall_cost, min_lift, margin) for n, v in validation.items()]
     erm_worst = next(iter(validation.values()))["students"]["erm"]["worst"]["value"]
     out: Dict[str, Any] = {"mode": mode, "split": "val", "max_overall_cost": max_overall_cost,
-                           "min_lift": min_lift, "candidates": rows,
+                           "min_lift": min_lift, "margin": margin, "candidates": rows,
                            "erm_worst_group_auc": erm_worst}
     if mode == "always":
         out.update(chosen=rows[0]["name"], reason="selection off (select=always): the candidate recipe is used "
@@ -79,7 +92,10 @@ def render_selection(sel: Mapping[str, Any], recipes: Mapping[str, str]) -> List
     """Markdown lines: what validation said of each candidate and which student the verdict reports."""
     chosen = sel["chosen"]
     label = "the ERM student (no fair recipe)" if chosen == "erm" else f"`{recipes.get(chosen, chosen)}`"
-    L = [f"Fair recipe chosen on the validation split ({sel['mode']}): **{label}** — {sel['reason']}.", "",
+    margin = sel.get("margin") or 0.0
+    note = (f" A group's fall counts as levelling down only beyond the non-inferiority margin {margin:g} "
+            "(`levelling_margin=`); the verdict below still flags every fall beyond its interval.") if margin else ""
+    L = [f"Fair recipe chosen on the validation split ({sel['mode']}): **{label}** — {sel['reason']}.{note}", "",
          "| candidate (vs ERM, validation, mean over seeds) | Δ worst-group AUC | Δ overall AUC | levels down | chosen |",
          "|---|---|---|---|---|"]
     for r in sel["candidates"]:
