@@ -23,17 +23,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
-from agglom.eval.verdict import fmt_delta
+from agglom.eval.verdict import fmt_delta, levelled_beyond
 
 __all__ = ["MODES", "select_recipe", "render_selection", "levelled_beyond"]
 
 #: ``validation``: the rule above; ``always``: the candidate recipe is used whatever validation says
 MODES = ("validation", "always")
-
-
-def levelled_beyond(deltas: Mapping[str, Mapping[str, Any]], margin: float = 0.0) -> List[str]:
-    """The groups whose AUC fell with the whole interval below ``-margin`` (margin 0: the verdict's flag)."""
-    return [g for g, x in deltas.items() if x["ci"] and x["value"] < 0 and x["ci"][1] < -margin]
 
 
 def _candidate_row(name: str, v: Mapping[str, Any], max_cost: float, min_lift: float, margin: float) -> Dict[str, Any]:

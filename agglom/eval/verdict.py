@@ -18,7 +18,7 @@ import numpy as np
 from agglom.eval.group_stats import _stratified_indices, rank_auc
 from agglom.eval.intervals import bca_interval, jackknife_blocks
 
-__all__ = ["TARGETS", "verdict", "render_verdict", "fmt_delta"]
+__all__ = ["TARGETS", "verdict", "render_verdict", "fmt_delta", "levelled_beyond"]
 
 #: the targets of the claims (issue: "Fairness that lifts the worst group without levelling down")
 TARGETS = {
@@ -99,6 +99,12 @@ class _Replicates:
                          f(c, self.jack) if self.n_boot else None)
 
 
+def levelled_beyond(deltas: Mapping[str, Mapping[str, Any]], margin: float = 0.0) -> List[str]:
+    """The groups whose AUC fell with the whole interval below ``-margin``; margin 0 is the verdict's levelling-down
+    flag, a margin > 0 the validation choice's non-inferiority margin (:mod:`agglom.eval.selection`)."""
+    return [g for g, x in deltas.items() if x["ci"] and x["value"] < 0 and x["ci"][1] < -margin]
+
+
 def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[str, Mapping[str, Any]],
             attribute: str, *, fidelity: Optional[Sequence[Mapping[str, Any]]] = None, n_boot: int = 500,
             seed: int = 0, targets: Mapping[str, float] = TARGETS) -> Dict[str, Any]:
@@ -147,8 +153,7 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
         bt = R.model(f"teacher/{best}")
         out["student_vs_best_teacher"] = {"erm": R.interval(erm, 0, minus=bt), "fair": R.interval(fair, 0, minus=bt)}
     d = out["fair_vs_erm"]
-    out["levelled_down"] = [n for n in names if d[f"g:{n}"]["ci"] and d[f"g:{n}"]["value"] < 0
-                            and d[f"g:{n}"]["ci"][1] < 0]
+    out["levelled_down"] = levelled_beyond({n: d[f"g:{n}"] for n in names})
     out["levelled_down_per_seed"] = _per_seed_levelling(models, n_seeds, groups, y, n_boot, seed)
     if fidelity:
         out["fidelity"] = _fidelity_summary(fidelity)
