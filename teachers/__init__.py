@@ -17,6 +17,7 @@ from .cards import (
     CardError,
     MissingWeightsError,
     TeacherCard,
+    WeightsDigestError,
     WeightsSpec,
     WeightsUnavailableError,
     card_from_dict,
@@ -69,6 +70,6 @@ def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:
 
 __all__ = ["Teacher", "TeacherOutput", "TeacherCard", "WeightsSpec", "FAMILIES", "register_family", "load_card",
            "list_cards", "card_from_dict", "build_teacher", "describe_teacher", "load_state_dict", "weights_root",
-           "CardError", "MissingWeightsError", "WeightsUnavailableError", "UnsafeCheckpointError",
+           "CardError", "MissingWeightsError", "WeightsDigestError", "WeightsUnavailableError", "UnsafeCheckpointError",
            "CheckpointFormatError", "USER_ERRORS", "TextTower", "TextTowerUnavailable", "build_text_tower", "has_text_tower",
            "load_text_tower"]
