@@ -61,6 +61,11 @@ class FidelityAccumulator:
                 continue
             o = teacher_output(teacher, x, keys or [])
             raw = {"summary": o.summary.float(), "spatial": o.spatial.float()}
+            grid = tuple(preds[name]["spatial"].shape[-2:]) if "spatial" in preds[name] else None
+            if grid is not None and tuple(raw["spatial"].shape[-2:]) != grid:
+                # a student trained from a pooled feature cache predicts the pooled grid: compare it with the
+                # teacher's map pooled the same way (mean over each cell), the target it learnt
+                raw["spatial"] = F.adaptive_avg_pool2d(raw["spatial"], grid)
             target_n = self.model.normalise_targets(name, raw["summary"].clone(), raw["spatial"].clone(), update=False)
             pred_raw = self.model.denormalise(name, preds[name])
             for out in ("summary", "spatial"):
