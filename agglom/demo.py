@@ -30,8 +30,7 @@ from agglom.config.load import ConfigError, load_config
 #: group's lift with the common group's loss); full balancing (β = 1) cost site A AUC beyond the paired interval
 FAIR = ["data.group_balance=0.75", "heads.zscore_momentum=0", "objective.group=excess", "objective.lam=1",
         "objective.reference=@erm"]
-#: in a ``fair=[...]`` override: the same seed's ERM student's run dir (e.g. ``objective.reference=@erm``)
-ERM_RUN = "@erm"
+ERM_RUN = "@erm"  #: in a ``fair=[...]`` override: the seed's ERM student's run dir (``objective.reference=@erm``)
 #: how the fair student is chosen (agglom.eval.selection.MODES; repeated here so `--help` imports no torch)
 SELECT_MODES = ("validation", "always")
 
@@ -52,6 +51,7 @@ class DemoArgs:
     levelling_margin: float = 0.0  # validation: a group's AUC fall below -margin (interval and all) levels it down
     batch_size: int = 32
     num_workers: int = 2
+    eval_workers: int = 0  # eval's loader workers: on 2 cores, decoding beside the probe's GEMMs cost 49 s vs 41 s a run
     bootstrap: int = 500  # replicates of the verdict's paired bootstrap
     report_bootstrap: int = 100  # replicates behind each report's intervals
     quick: bool = False  # a reduced run (tests): fewer samples, steps, seeds and replicates
@@ -91,8 +91,8 @@ def _done(run_dir: Path, steps: int) -> bool:
 
 def _sizes(a: Any) -> Dict[str, int]:
     """The run's sizes; ``quick`` caps them for a smoke run."""
-    z = {"n": a.n, "unlabeled": a.unlabeled, "steps": a.steps, "ft_steps": a.finetune_steps, "seeds": a.seeds, "boot": a.bootstrap,
-         "rboot": a.report_bootstrap}
+    z = {"n": a.n, "unlabeled": a.unlabeled, "steps": a.steps, "ft_steps": a.finetune_steps, "seeds": a.seeds,
+         "boot": a.bootstrap, "rboot": a.report_bootstrap}
     if a.quick:
         caps = {"n": 600, "unlabeled": 200, "steps": 12, "ft_steps": 10, "seeds": 2, "boot": 30, "rboot": 10}
         z = {k: min(v, caps[k]) for k, v in z.items()}
@@ -192,7 +192,7 @@ def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster
 def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
     """The same probe on every student (seed 0's ERM run also audits the teachers); fair against ERM."""
     ev = ["eval.features=adapters", f"eval.bootstrap={z['rboot']}", "eval.label_fractions=[]",
-          f"num_workers={a.num_workers}", "eval.dense=true"] + (
+          f"num_workers={a.eval_workers}", "eval.dense=true"] + (
         [f"eval.dense_steps={z['dense_steps']}"] if "dense_steps" in z else [])
     for s in range(z["seeds"]):
         for kind in ("erm", "fair"):

@@ -111,3 +111,17 @@ def test_a_small_fall_of_the_better_group_is_refused_unless_inside_the_margin():
     assert _choose(seeds, margin=-upper * 0.99)["chosen"] == "erm"
     with pytest.raises(ValueError, match="margin"):
         _choose(seeds, margin=-0.1)
+
+
+def test_the_sweeps_levelling_guard_takes_the_same_margin():
+    """`agglom sweep`'s validation guard (sweep.levelling_margin) flags a fall only when its whole paired interval
+    lies below -margin, per attribute and per label of a multi-label comparison; excluded groups never flag."""
+    from agglom.eval.sweep import levelled_beyond_margin
+
+    one = {"groups": {"A": {"delta": -0.0006, "ci": [-0.0013, -0.0001]}, "B": {"delta": 0.03, "ci": [0.01, 0.05]},
+                      "C": {"delta": -0.2, "ci": [-0.3, -0.1]}}, "excluded": ["C"]}
+    assert levelled_beyond_margin(one, 0.0) == ["A"]
+    assert levelled_beyond_margin(one, 0.00005) == ["A"] and levelled_beyond_margin(one, 0.001) == []
+    per_label = {"l0": one, "l1": {"groups": {"B": {"delta": -0.01, "ci": [-0.02, -0.005]}, "D": {"delta": None}}}}
+    assert levelled_beyond_margin(per_label, 0.0) == ["A", "B"]
+    assert levelled_beyond_margin(per_label, 0.001) == ["B"]

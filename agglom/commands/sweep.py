@@ -17,6 +17,7 @@ class SweepConfig:
     utility: str = "auc"  # headline metric for utility; a dense one (dice, ...) runs the dense probe (eval.dense)
     gap: str = "auc_gap"  # headline metric for the gap (lower is better): auc_gap, ..., or dense: dice_gap, dice_std
     audit: bool = False  # also audit the teachers in each point's report
+    levelling_margin: float = 0.0  # a val group AUC fall flags levelling down when its interval is below -margin
 
 
 @dataclass

@@ -5,8 +5,9 @@ The knob is ``sweep.key`` (default ``objective.lam``; also e.g. ``data.group_bal
 ``objective.route_by_audit``), over ``sweep.lams``. The reference is the point whose value is 0 (trained as an
 extra run when the grid has no 0). Each point's validation predictions are compared with the reference's (paired
 bootstrap, :mod:`agglom.eval.compare`): a point under which some group's validation AUC fell beyond its interval is
-flagged ``levels_down`` and the minimax-Pareto choice never takes it while an unflagged point exists. The test
-split is compared too, for the report.
+flagged ``levels_down`` and the minimax-Pareto choice never takes it while an unflagged point exists
+(``sweep.levelling_margin`` > 0: only a fall whose whole interval lies below −margin flags it, the selection's
+non-inferiority margin). The test split is compared too, for the report, always with margin 0.
 
 Resumable: a finished point (run.json at the final step, eval/report.json present) is not redone; an interrupted
 one resumes from its last checkpoint.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Mapping
 
 from omegaconf import OmegaConf
 
@@ -78,7 +79,23 @@ def _metric(report: Dict[str, Any], attribute: str, name: str) -> Any:
     return headline(report["models"][report["primary"]]["attributes"][attribute]).get(name)
 
 
-def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot: int) -> Dict[str, Any]:
+def levelled_beyond_margin(result: Mapping[str, Any], margin: float) -> List[str]:
+    """The groups of one attribute's comparison (:func:`agglom.eval.compare.paired_group_deltas`, or one per label
+    for a multi-label task) whose AUC fell with the whole paired interval below ``-margin``; margin 0 is the
+    comparison's own ``levelled_down``."""
+    from agglom.eval.verdict import levelled_beyond
+
+    down = set()
+    for r in ([result] if "groups" in result else list(result.values())):
+        excluded = set(r.get("excluded", []))
+        deltas = {g: {"value": d["delta"], "ci": d["ci"]} for g, d in r["groups"].items()
+                  if g not in excluded and d.get("delta") is not None}
+        down.update(levelled_beyond(deltas, margin))
+    return sorted(down)
+
+
+def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot: int,
+               margin: float = 0.0) -> Dict[str, Any]:
     from agglom.eval.compare import compare_predictions
     from agglom.eval.report import load_predictions
 
@@ -86,7 +103,8 @@ def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot:
     c = compare_predictions(new, ref, [attribute], new_name=point.name, reference_name=reference.name,
                             n_boot=n_boot)
     r = c["attributes"][attribute]
-    return {"levels_down": c["levels_down"], "levelled_down": c["levelled_down"].get(attribute, []),
+    down = levelled_beyond_margin(r, margin)
+    return {"levels_down": bool(down), "levelled_down": down,
             "worst_group_delta": (r.get("worst_group_auc") or {}).get("delta")}
 
 
@@ -98,6 +116,9 @@ def _sweep_plan(cfg: Any) -> tuple:
     if OmegaConf.select(base, key, default="__missing__") == "__missing__":
         raise ConfigError(f"sweep.key: {key!r} is not a recipe key (e.g. objective.lam, data.group_balance, "
                           "objective.route_by_audit)")
+    if not float(sw.levelling_margin) >= 0:
+        raise ConfigError(f"sweep.levelling_margin: {sw.levelling_margin!r} must be >= 0 (0: any fall beyond its "
+                          "interval levels down)")
     objectives = list(sw.objectives) or [cfg.objective.group]
     if key == "objective.lam" and objectives == ["erm"] and len(sw.lams) > 1:
         print("agglom sweep: objective.group=erm ignores λ; sweeping the 'excess' objective instead "
@@ -125,7 +146,7 @@ def _point(cfg: Any, objective: str, key: str, value: float, run_dir: Path, refe
     if key == "objective.lam":
         p["lam"] = value
     if run_dir != reference:
-        lv = _levelling(run_dir, reference, attribute, "val", int(cfg.eval.bootstrap))
+        lv = _levelling(run_dir, reference, attribute, "val", int(cfg.eval.bootstrap), float(sw.levelling_margin))
         lt = _levelling(run_dir, reference, attribute, "test", int(cfg.eval.bootstrap))
         p.update(levels_down=lv["levels_down"], levelled_down_val=lv["levelled_down"],
                  levelled_down_test=lt["levelled_down"], test_worst_group_delta=lt["worst_group_delta"])
@@ -173,7 +194,9 @@ def run_sweep(cfg: Any) -> Dict[str, Any]:
     points = [_point(cfg, o, key, v, run_dir, reference, attribute) for (o, v), run_dir in runs.items()]
     summary = front_summary(points, utility_name=f"{attribute}:{sw.utility}", gap_name=f"{attribute}:{sw.gap}")
     summary["selection_basis"] = ("validation worst-group AUC (MEDFAIR minimax-Pareto), excluding points that level "
-                                  f"down against {reference.name} on validation")
+                                  f"down against {reference.name} on validation"
+                                  + (f" by more than {float(sw.levelling_margin):g} of AUC (interval and all)"
+                                     if float(sw.levelling_margin) > 0 else ""))
     if _dense_sweep(cfg):
         summary["selection_basis"] += ("; the front's dense axes are test-split Dice statistics, shown, not used to "
                                        "choose (the dense probe keeps no per-group validation scores)")
