@@ -13,7 +13,7 @@ NUM_GPUS ?= 1
 HOSTFILE ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast lint data demo train train-ds sweep bench bench-gpu clean
+.PHONY: help install test test-fast lint data demo train train-ds sweep bench bench-gpu bench-real clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ bench: install ## benchmarks (ratios vs baselines measured in the same run); wri
 
 bench-gpu: install ## the same benchmarks at realistic sizes on a GPU
 	$(PY) -m benchmarks.bench device=cuda size=realistic $(ARGS)
+
+bench-real: install ## the real-teacher benchmark: LiteMedSAM (offline weights) into a student, per-group tables, timed
+	$(PY) -m benchmarks.real_teacher $(ARGS)
 
 clean: ## remove runs/, data/ and caches (keeps .venv)
 	rm -rf runs data bench.json .pytest_cache

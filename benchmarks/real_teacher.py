@@ -16,7 +16,8 @@ the CPU, every phase timed:
    (box prompts; Dice of each encoder's masks against the lesion masks, and their agreement); with
    ``resolutions=true`` also the mode-switch curve (``eval.resolutions``) on LiteMedSAM's spatial output.
 
-Writes ``<out>/summary.json`` and prints the tables. Resumable phase by phase (a phase whose output exists is not
+Then LiteMedSAM's encoder cost as loaded vs as the frozen teacher runs it (conv + batch norm folded, channels-last),
+measured in the same process. Writes ``<out>/summary.json`` and prints it. Resumable phase by phase (a phase whose output exists is not
 redone; ``force=true`` starts over).
 """
 from __future__ import annotations
@@ -99,6 +100,29 @@ def summarise(report: Dict[str, Any], attribute: str = "site") -> Dict[str, Any]
     return out
 
 
+def encoder_speed(batch: int = 8, reps: int = 2) -> Dict[str, Any]:
+    """LiteMedSAM's encoder as loaded vs the frozen teacher's (conv + batch norm folded, channels-last), on the same
+    random batch in this process, alternated: seconds per image, their ratio, and the largest output difference."""
+    import torch
+
+    import teachers as zoo
+
+    t = zoo.build_teacher("litemedsam")
+    x = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    times: Dict[str, List[float]] = {"as_loaded": [], "folded_channels_last": []}
+    with torch.inference_mode():
+        ref, fast = t.model(x), t.features(x)[1]  # warm-up, and the outputs compared
+        for _ in range(reps):
+            for name, f in (("as_loaded", lambda: t.model(x)), ("folded_channels_last", lambda: t.features(x))):
+                t0 = time.perf_counter()
+                f()
+                times[name].append((time.perf_counter() - t0) / batch)
+    best = {k: min(v) for k, v in times.items()}
+    return {"s_per_image": {k: round(v, 3) for k, v in best.items()}, "batch": batch, "threads": torch.get_num_threads(),
+            "ratio": round(best["folded_channels_last"] / best["as_loaded"], 3),
+            "max_abs_diff": float((fast - ref).abs().max()), "max_abs_output": float(ref.abs().max())}
+
+
 def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     out = Path(opts["out"]).resolve()
     if opts["force"] and out.exists():
@@ -129,7 +153,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
         ev += ["eval.resolutions=[64,128,256]"]
     _phase(times, "eval", (run_dir / "eval" / "report.json").is_file(), lambda: _cli(ev))
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    summary = {"options": opts, "seconds": times, **summarise(report)}
+    summary = {"options": opts, "seconds": times, **summarise(report), "encoder_speed": encoder_speed()}
     previous = out / "summary.json"
     if previous.is_file():  # phases skipped on resume keep the times they took the first time
         summary["seconds"] = {**json.loads(previous.read_text()).get("seconds", {}), **times}

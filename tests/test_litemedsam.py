@@ -146,6 +146,7 @@ def dicom_run(tmp_path_factory):
     return {"root": root, "run": run, "export": run / "export", "cache": root / "cache" / "litemedsam"}
 
 
+@pytest.mark.slow
 def test_real_dicoms_cache_distil_and_export(dicom_run, teacher):
     manifest = json.loads((dicom_run["cache"] / "manifest.json").read_text())
     assert manifest["card_digest"] == zoo.load_card("litemedsam").digest()
@@ -174,6 +175,7 @@ def test_real_dicoms_cache_distil_and_export(dicom_run, teacher):
     assert meta["pixel_mean"] == [0.0, 0.0, 0.0] and meta["pixel_std"] == [255.0, 255.0, 255.0]
 
 
+@pytest.mark.slow
 def test_the_teachers_encoder_in_the_students_place_gives_litemedsams_own_masks(dicom_run, package_net):
     """The export's packed decoder, segment-anything's SamPredictor frame and the teacher's encoder where the student
     goes: the low-resolution mask logits of the package's own model, bit for bit, on a real CT slice; and the
@@ -206,3 +208,33 @@ def test_the_teachers_encoder_in_the_students_place_gives_litemedsams_own_masks(
     student.set_image(img)
     masks, scores, _ = student.predict(box=box, multimask_output=False)
     assert masks.shape == (1, 256, 256) and masks.dtype == bool and np.isfinite(scores).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_finetune_keeps_the_pretrained_batch_norm_statistics(tmp_path, method):
+    """`agglom finetune teacher=litemedsam` (LoRA and full) exports a SAM-format teacher that `agglom teachers check`
+    passes; batch-norm running statistics stay the checkpoint's (a fine-tuning batch of two would overwrite them),
+    and LoRA changes exactly the adapted attention weights."""
+    from safetensors.torch import load_file
+
+    from agglom.data.synth import SynthParams, write_synth
+
+    write_synth(str(tmp_path / "synth"), SynthParams(n=40, seed=2, site_frac=0.25, image_size=32), val_frac=0.2,
+                test_frac=0.1)
+    out = tmp_path / method
+    assert main(["finetune", f"data.root={tmp_path / 'synth'}", "teacher=litemedsam", f"finetune.method={method}",
+                 "finetune.lora_rank=4", "finetune.lora_alpha=8", "optim.steps=2", "optim.warmup_steps=1",
+                 "optim.lr=1e-3", "data.num_workers=0", "data.batch_size=2", "data.epoch_samples=4", "val_interval=0",
+                 f"out={out}", f"name={method}", "progress=off"]) == 0
+    base = {k[len("image_encoder."):]: v for k, v in zoo.load_state_dict(zoo.load_card("litemedsam").require_weights())
+            .items() if k.startswith("image_encoder.")}
+    tuned = load_file(str(out / "model.safetensors"))
+    assert set(tuned) == set(base)
+    changed = {k for k in base if not torch.equal(tuned[k], base[k])}
+    assert not any("running_" in k or "num_batches" in k for k in changed)
+    if method == "lora":
+        assert changed and all(k.endswith(("attn.qkv.weight", "attn.proj.weight")) for k in changed)
+    else:
+        assert any(k.endswith("bn.weight") for k in changed) and any(k.startswith("neck.") for k in changed)
+    assert main(["teachers", "check", str(out)]) == 0

@@ -22,6 +22,18 @@ FAMILY_PATH = ("open_clip", "sam", "transformers")  # built as trainable teacher
 _TRAINABLE: Dict[type, type] = {}
 
 
+def train_keeping_batch_norm_stats(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``nn.Module.train``, except that batch-norm layers stay in eval mode: their running statistics are the
+    pretrained encoder's and do not move (LiteMedSAM's TinyViT has 29; fine-tuning batches of a few images would
+    overwrite them, and a LoRA fine-tune would change weights it claims to keep). Their affine weights still train
+    when unfrozen. ViT encoders have none, so this changes nothing for them."""
+    nn.Module.train(module, mode)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train(False)
+    return module
+
+
 def trainable_class(family_cls: type) -> type:
     """``family_cls`` with the teacher's freezing lifted: ``train(mode)`` and ``requires_grad_`` behave as for any
     module, and ``forward(x)`` returns the summary (with autograd) instead of a frozen ``TeacherOutput``."""
@@ -30,8 +42,9 @@ def trainable_class(family_cls: type) -> type:
             return self.features(self.preprocess(x))[0]
 
         _TRAINABLE[family_cls] = type(f"Trainable{family_cls.__name__}", (family_cls,),
-                                      {"train": nn.Module.train, "requires_grad_": nn.Module.requires_grad_,
-                                       "forward": forward, "__module__": __name__})
+                                      {"train": train_keeping_batch_norm_stats,
+                                       "requires_grad_": nn.Module.requires_grad_, "forward": forward,
+                                       "__module__": __name__})
     return _TRAINABLE[family_cls]
 
 
