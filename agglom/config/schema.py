@@ -109,6 +109,9 @@ class HeadsConfig:
     normaliser: str = "zscore"  # none | zscore | phis
     stats_samples: int = 256  # samples for the phis stats pass
     zscore_momentum: float = 0.01
+    # r > 1: each patch token's spatial head predicts an r x r block of the teacher's map (pixel shuffle), so the
+    # student reaches a teacher grid r x finer than its own tokens (LiteMedSAM's 64 x 64 from 16 x 16 tokens: r = 4)
+    spatial_upsample: int = 1
 
 
 # --------------------------------------------------------------------------- objective

@@ -110,7 +110,7 @@ RULES: Dict[str, Rule] = {
     "heads.spatial": one_of(_registry("head")),
     "heads.normaliser": one_of(_registry("normaliser")),
     "heads.hidden": NON_NEGATIVE, "heads.stats_samples": COUNT,
-    "heads.zscore_momentum": PROBABILITY,
+    "heads.zscore_momentum": PROBABILITY, "heads.spatial_upsample": between(1, 8),
     "objective.summary_weight": NON_NEGATIVE, "objective.spatial_weight": NON_NEGATIVE,
     "objective.summary_cos": PROBABILITY, "objective.spatial_cos": PROBABILITY,
     "objective.smooth_l1_beta": POSITIVE,

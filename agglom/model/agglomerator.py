@@ -83,12 +83,14 @@ class AgglomModel(nn.Module):
         self.summary_norms = nn.ModuleDict()
         self.spatial_norms = nn.ModuleDict()
         hc = cfg.heads
+        self.upsample = int(getattr(hc, "spatial_upsample", 1) or 1)  # an older run's config lacks the key
         for s in specs:
             if s.summary:
                 self.summary_heads[module_key(s.name)] = build_head(hc.summary, width, s.summary_dim, hc.hidden)
                 self.summary_norms[module_key(s.name)] = build_normaliser(hc.normaliser, s.summary_dim, hc.zscore_momentum)
             if s.spatial:
-                self.spatial_heads[module_key(s.name)] = build_head(hc.spatial, width, s.spatial_dim, hc.hidden)
+                self.spatial_heads[module_key(s.name)] = build_head(hc.spatial, width, s.spatial_dim * self.upsample ** 2,
+                                                                    hc.hidden)
                 self.spatial_norms[module_key(s.name)] = build_normaliser(hc.normaliser, s.spatial_dim, hc.zscore_momentum)
         self._tokens_memo: Optional[tuple] = None  # (batch, its version, tokens): see tokens()
 
@@ -129,6 +131,8 @@ class AgglomModel(nn.Module):
             if s.spatial:
                 y = self.spatial_heads[module_key(s.name)](patches)  # [B, N, C]
                 y = y.transpose(1, 2).reshape(y.shape[0], -1, grid[0], grid[1])
+                if self.upsample > 1:  # [B, C r², h, w] -> [B, C, h r, w r]: each token's r x r block
+                    y = F.pixel_shuffle(y, self.upsample)
                 pred["spatial"] = to_grid(y, s.grid)
             out[s.name] = pred
         return out
