@@ -12,8 +12,9 @@ the CPU, every phase timed:
    test image for the decoder swap, which needs its full 64x64 embedding;
 3. train: the recipe, from the cache;
 4. export: the student in timm format with LiteMedSAM's real prompt encoder and mask decoder;
-5. eval: ``agglom eval RUN audit=true eval.dense=true eval.sam_prompts=true``: per-group fidelity to LiteMedSAM
-   (global R²), the dense probe's Dice per group for the student and for LiteMedSAM, and the decoder-swap table
+5. eval: ``agglom eval RUN audit=true eval.dense=true eval.dense_features=adapters eval.sam_prompts=true``: per-group
+   fidelity to LiteMedSAM (global R²), the dense probe's Dice per group for the student (on its LiteMedSAM adapter
+   map, the map the decoder swap reads) and for LiteMedSAM, and the decoder-swap table
    (box prompts; Dice of each encoder's masks against the lesion masks, and their agreement); with
    ``resolutions=true`` also the mode-switch curve (``eval.resolutions``) on LiteMedSAM's spatial output.
 
@@ -73,14 +74,19 @@ def _phase(times: Dict[str, float], name: str, done: bool, work: Callable[[], No
 
 
 def _groups(result: Dict[str, Any], metric: str) -> Dict[str, Any]:
-    """``{group: value, "overall": value}`` of one per-attribute result (dice_fairness / fidelity shapes)."""
+    """``{group: [value, ci_low, ci_high], "overall": [...]}`` of one per-attribute result (dice_fairness / fidelity
+    shapes; the interval is the report's bootstrap BCa 95%)."""
+    def cell(v: Dict[str, Any]) -> List[Any]:
+        ci = v.get("ci") or [None, None]
+        return [round(x, 4) if isinstance(x, float) else x for x in (v["value"], *ci)]
+
     if "by_group" in result:  # fidelity
-        table = {g: round(v["value"], 4) for g, v in result["by_group"].items() if v.get("value") is not None}
-        table["overall"] = round(result["overall"]["value"], 4)
+        table = {g: cell(v) for g, v in result["by_group"].items() if v.get("value") is not None}
+        table["overall"] = cell(result["overall"])
         return table
-    table = {g: round(v[metric]["value"], 4) for g, v in result.get("groups", {}).items()
+    table = {g: cell(v[metric]) for g, v in result.get("groups", {}).items()
              if (v.get(metric) or {}).get("value") is not None}
-    table["overall"] = round(result[metric]["value"], 4)
+    table["overall"] = cell(result[metric])
     return table
 
 
@@ -98,6 +104,9 @@ def summarise(report: Dict[str, Any], attribute: str = "site") -> Dict[str, Any]
             **{m: _groups(r["attributes"][attribute], "dice") for m, r in v["models"].items()},
             "agreement": _groups(v["agreement"]["attributes"][attribute], "dice"), "n": v.get("n"),
             "adapter_grid": v.get("adapter_grid"), "embedding_cosine": round(v.get("embedding_cosine", 0.0), 4)}
+    out["probe_auc"] = {m: {"overall": round(v["attributes"][attribute]["auc"]["value"], 4),
+                            "worst_group": round(v["attributes"][attribute]["worst_group_auc"]["value"], 4)}
+                        for m, v in report.get("models", {}).items() if attribute in v.get("attributes", {})}
     if "resolution" in report:
         out["resolution"] = report["resolution"]
     return out
@@ -205,7 +214,8 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
                f"heads.spatial_upsample={opts['upsample']}", "log.progress=off"]))
     _phase(times, "export", (run_dir / "export" / "sam" / "litemedsam" / "sam.json").is_file(),
            lambda: _cli(["export", str(run_dir)]))
-    ev = ["eval", str(run_dir), "audit=true", "eval.dense=true", "eval.sam_prompts=true", "eval.sam_prompt=box",
+    ev = ["eval", str(run_dir), "audit=true", "eval.dense=true", "eval.dense_features=adapters",
+          "eval.sam_prompts=true", "eval.sam_prompt=box",
           "eval.label_fractions=[1.0]", "eval.bootstrap=200", "num_workers=0"]
     if opts["quick"]:
         ev += ["eval.bootstrap=20", "eval.dense_steps=20"]

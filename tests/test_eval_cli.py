@@ -189,6 +189,22 @@ def test_eval_dense_section_for_the_student_and_each_teacher(small_run, tmp_path
     assert "dense ev / site: Dice" in capsys.readouterr().out
 
 
+def test_eval_dense_on_the_students_adapter_maps(small_run, tmp_path):
+    """eval.dense_features=adapters: the student's dense probe reads its spatial adapters (every teacher's map on the
+    finest adapter grid, stacked), the feature spaces the SAM decoder swap also reads; said in the section."""
+    out = tmp_path / "dense_adapters"
+    assert main(["eval", str(small_run), f"out={out}", "eval.dense=true", "eval.dense_steps=30",
+                 "eval.dense_features=adapters", "eval.fidelity=false", *FAST_EVAL, "eval.label_fractions=[]"]) == 0
+    student = json.loads((out / "report.json").read_text())["dense"]["models"]["ev"]
+    specs = [t for t in json.loads((small_run / "teachers.json").read_text()) if t.get("spatial")]
+    assert student["features"] == "spatial adapter maps"
+    assert student["feature_dim"] == sum(int(t["spatial_dim"]) for t in specs)
+    finest = max((tuple(t["grid"]) for t in specs), key=lambda g: g[0] * g[1])
+    assert tuple(student["grid"]) == tuple(min(v, 16) for v in finest)
+    assert main(["eval", str(small_run), f"out={out}", "eval.dense=true", "eval.dense_features=tokenz",
+                 *FAST_EVAL]) == 2
+
+
 def test_eval_dense_refuses_a_dataset_without_masks(tmp_path, capsys):
     import io
 

@@ -31,6 +31,7 @@ CACHE_DTYPES = ("fp16", "int8", "fp32")
 SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam_run derives from each mask
 FINETUNE_METHODS = ("full", "lora")
 DENSE_HEADS = ("linear", "conv")  # eval.dense_head (agglom.eval.dense)
+DENSE_FEATURES = ("tokens", "adapters")  # eval.dense_features (agglom.eval.extract.student_spatial_encoder)
 #: sweep.utility / sweep.gap: the classification headline (agglom.eval.metrics.headline) or the dense probe's Dice
 #: statistics (agglom.eval.dense.STAT_KEYS; the point then runs `eval.dense=true`); a test keeps them in sync
 SWEEP_CLASSIFICATION = ("auc", "worst_group_auc", "auc_gap", "es_auc", "ece_gap", "dpd", "eod_worst_case", "eod_mean",

@@ -213,6 +213,8 @@ class EvalConfig:
     dense_steps: int = 300  # Adam steps of the 1x1 probe (batches of 64 masked training samples)
     dense_lr: float = 0.01
     dense_head: str = "linear"  # linear (1x1, the probe protocol) | conv (3x3 conv to 32 channels, GELU, 1x1)
+    dense_features: str = "tokens"  # the student's dense-probe input: tokens (its patch tokens) | adapters (its
+    # spatial adapters' maps, i.e. the teachers' feature spaces it emulates; the SAM decoder reads the same maps)
     dense_grid: int = 16  # spatial maps with a side above this are average-pooled to it (memory: SAM's 64x64 neck); 0: never
     # prompted segmentation through each SAM-family teacher's own prompt encoder + mask decoder (agglom.eval.sam_run):
     # the teacher's encoder vs the student's SAM adapter in its place, prompts from each test mask; needs run=

@@ -52,6 +52,11 @@ def overlay_indices(masks: np.ndarray, groups: np.ndarray, per_group: int = OVER
                        np.flatnonzero(fg & (np.asarray(groups).astype(str) == g))[:per_group]], dtype=int)
 
 
+def _student_features(ev: Any) -> str:
+    """What the student's dense probe read: its spatial adapters (eval.dense_features=adapters) or its patch tokens."""
+    return "spatial adapter maps" if getattr(ev, "dense_features", "tokens") == "adapters" else "patch tokens"
+
+
 def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any, attr_names: Optional[List[str]],
                    seed: int, indexer: Any, specs: Sequence[str],
                    exclude_unknown: bool, overlay_attribute: Optional[str] = None,
@@ -72,7 +77,7 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
                                    n_boot=int(ev.bootstrap), seed=seed) for a, g in groups.items()}
     empty = masked & ~fg
     any_pred = res["pred_area"] > 0
-    section = {"kind": kind, "features": "patch tokens" if kind == "student" else "spatial map", "head": ev.dense_head,
+    section = {"kind": kind, "features": _student_features(ev) if kind == "student" else "spatial map", "head": ev.dense_head,
                "feature_dim": int(tr.spatial.shape[1]), "grid": [int(v) for v in tr.spatial.shape[-2:]],
                "max_grid": int(ev.dense_grid),
                "threshold": res["threshold"], "val_dice": res["val_curve"].get(f"{res['threshold']:g}"),

@@ -68,10 +68,21 @@ def student_encoder(model: Any, kind: str) -> Encoder:
     return lambda x, keys: model.features(x, kind)
 
 
-def student_spatial_encoder(model: Any) -> Encoder:
+def student_spatial_encoder(model: Any, kind: str = "tokens") -> Encoder:
     """The student's spatial features for dense probes: its final patch tokens as a map [B, D, h, w] (from the
-    model's per-batch token memo when it has one, so the probe features' backbone pass is reused)."""
+    model's per-batch token memo when it has one, so the probe features' backbone pass is reused); with ``kind``
+    "adapters" (``eval.dense_features=adapters``), its spatial adapters' maps instead, each teacher's on the finest
+    adapter grid, stacked along channels: the student as the teachers it emulates."""
     from agglom.model.student import student_tokens
+
+    if kind == "adapters" and any(s.spatial for s in getattr(model, "specs", [])):
+        def adapters(x: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+            maps = [p["spatial"] for p in model(x).values() if "spatial" in p]
+            grid = max((m.shape[-2:] for m in maps), key=lambda g: g[0] * g[1])
+            return torch.cat([m if m.shape[-2:] == grid else torch.nn.functional.interpolate(
+                m, size=tuple(grid), mode="bilinear", align_corners=False) for m in maps], 1)
+
+        return adapters
 
     def enc(x: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
         _, patches, (h, w) = model.tokens(x) if hasattr(model, "tokens") else student_tokens(model.student, x)

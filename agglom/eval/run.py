@@ -97,7 +97,7 @@ def _encoders(args: Any, cfg: Any, model: Any, primary: str, device: torch.devic
     if model is not None:
         encoders[primary] = student_encoder(model, args.eval.features)
         if args.eval.dense:
-            dense[primary] = student_spatial_encoder(model)
+            dense[primary] = student_spatial_encoder(model, args.eval.dense_features)
     audit_names = [args.teacher] if args.teacher else []
     if model is not None and args.audit:
         audit_names += [e.name for e in cfg.teachers if e.name not in audit_names]
