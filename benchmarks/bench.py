@@ -45,18 +45,9 @@ DEFAULTS = {"device": "cpu", "size": "demo", "steps": 0, "quick": False, "ds": T
 
 
 def parse_args(argv: Sequence[str]) -> Dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for a in argv:
-        if a in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        if "=" not in a:
-            raise SystemExit(f"bench: expected key=value, got {a!r} (keys: {', '.join(DEFAULTS)})")
-        k, v = a.split("=", 1)
-        if k not in DEFAULTS:
-            raise SystemExit(f"bench: unknown option {k!r} (keys: {', '.join(DEFAULTS)})")
-        d = DEFAULTS[k]
-        opts[k] = v.lower() in ("1", "true", "yes", "on") if isinstance(d, bool) else type(d)(v)
+    from benchmarks.common import parse_options
+
+    opts = parse_options(argv, DEFAULTS, __doc__ or "", "bench")
     if opts["device"] not in ("cpu", "cuda") or opts["size"] not in ("demo", "realistic"):
         raise SystemExit("bench: device=cpu|cuda, size=demo|realistic")
     return opts

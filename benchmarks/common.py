@@ -8,9 +8,49 @@ import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_options(argv: Sequence[str], defaults: Dict[str, Any], doc: str, prog: str) -> Dict[str, Any]:
+    """``key=value`` arguments over ``defaults``, each cast to its default's type (booleans from 1/true/yes/on);
+    ``-h`` prints ``doc``; a bare word or an unknown key exits naming the keys."""
+    opts = dict(defaults)
+    for a in argv:
+        if a in ("-h", "--help"):
+            print(doc)
+            raise SystemExit(0)
+        k, sep, v = a.partition("=")
+        if not sep:
+            raise SystemExit(f"{prog}: expected key=value, got {a!r} (keys: {', '.join(defaults)})")
+        if k not in defaults:
+            raise SystemExit(f"{prog}: unknown option {k!r} (keys: {', '.join(defaults)})")
+        d = defaults[k]
+        opts[k] = v.lower() in ("1", "true", "yes", "on") if isinstance(d, bool) else type(d)(v)
+    return opts
+
+
+def masked_test_samples(data: Path, split: str = "test") -> Iterator[Tuple[str, Any, Any, Dict[str, Any]]]:
+    """``(key, grey image uint8 [H, W], lesion mask bool [H, W], json metadata)`` of every sample of ``split`` whose
+    mask has foreground, read straight from an `agglom data synth` / `data pack` dataset's shards."""
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    for shard in sorted((Path(data) / split).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            files = {m.name: m for m in tar.getmembers()}
+            for name in sorted(k for k in files if k.endswith(".mask.png")):
+                key = name[: -len(".mask.png")]
+                mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(files[name]).read()))) > 127
+                if not mask.any():
+                    continue
+                img = np.asarray(Image.open(io.BytesIO(tar.extractfile(files[key + ".png"]).read())).convert("L"))
+                yield key, img, mask, json.loads(tar.extractfile(files[key + ".json"]).read())
 
 
 class Rows:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import tarfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -68,24 +67,20 @@ def _both(longest: Any, net: Any, rgb: np.ndarray, box: np.ndarray) -> Tuple[np.
 
 
 def _synthetic(data: Path, n: int, crop: float) -> List[Dict[str, Any]]:
+    from benchmarks.common import masked_test_samples
+
     rows = []
-    for shard in sorted((data / "test").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name in sorted(k for k in members if k.endswith(".mask.png")):
-                key = name[: -len(".mask.png")]
-                mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(members[name]).read()))) > 127
-                if mask.sum() < 4 or len(rows) >= n:
-                    continue
-                img = np.asarray(Image.open(io.BytesIO(tar.extractfile(members[key + ".png"]).read())).convert("L"))
-                ys, xs = np.nonzero(mask)
-                h, w = img.shape
-                cw = max(int(round(w * crop)), int(xs.max() - xs.min() + 1))
-                x0 = int(np.clip((xs.min() + xs.max()) // 2 - cw // 2, 0, w - cw))
-                img, mask = img[:, x0:x0 + cw], mask[:, x0:x0 + cw]
-                ys, xs = np.nonzero(mask)
-                rows.append({"key": key, "rgb": np.repeat(img[..., None], 3, -1), "mask": mask,
-                             "box": np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=float)})
+    for key, img, mask, _ in masked_test_samples(data):
+        if mask.sum() < 4 or len(rows) >= n:
+            continue
+        ys, xs = np.nonzero(mask)
+        h, w = img.shape
+        cw = max(int(round(w * crop)), int(xs.max() - xs.min() + 1))
+        x0 = int(np.clip((xs.min() + xs.max()) // 2 - cw // 2, 0, w - cw))
+        img, mask = img[:, x0:x0 + cw], mask[:, x0:x0 + cw]
+        ys, xs = np.nonzero(mask)
+        rows.append({"key": key, "rgb": np.repeat(img[..., None], 3, -1), "mask": mask,
+                     "box": np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=float)})
     return rows
 
 

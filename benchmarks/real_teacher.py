@@ -39,16 +39,9 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "litemedsam.yaml"
 
 
 def parse_args(argv: Sequence[str]) -> Dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for a in argv:
-        if a in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        k, sep, v = a.partition("=")
-        if not sep or k not in DEFAULTS:
-            raise SystemExit(f"real_teacher: expected key=value with a key of {', '.join(DEFAULTS)}, got {a!r}")
-        d = DEFAULTS[k]
-        opts[k] = v.lower() in ("1", "true", "yes", "on") if isinstance(d, bool) else type(d)(v)
+    from benchmarks.common import parse_options
+
+    opts = parse_options(argv, DEFAULTS, __doc__ or "", "real_teacher")
     if opts["quick"]:
         opts["n"], opts["steps"] = min(opts["n"], 100), min(opts["steps"], 10)
     return opts
@@ -140,13 +133,9 @@ def grid_ceiling(data: Path, pools: Sequence[int] = (4, 2), attribute: str = "si
     each test image with a lesion, average-pooled by ``pool`` and resized back bilinearly (what the export does with
     a pooled-cache student's map), decoded with its box prompt beside the unpooled embedding. Per group: the
     agreement Dice with the teacher's own mask, and both masks' Dice against the lesion mask."""
-    import io
-    import tarfile
-
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from PIL import Image
     from segment_anything.modeling import Sam
     from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -154,6 +143,7 @@ def grid_ceiling(data: Path, pools: Sequence[int] = (4, 2), attribute: str = "si
     from agglom.eval.dense import dice_iou
     from agglom.eval.sam_run import decode, prompts_from_mask
     from agglom.export.sam_predictor import StudentSamPredictor
+    from benchmarks.common import masked_test_samples
     from teachers.families.sam import sam_prompt_decoder
 
     card = zoo.load_card("litemedsam")
@@ -161,30 +151,22 @@ def grid_ceiling(data: Path, pools: Sequence[int] = (4, 2), attribute: str = "si
     prompt, decoder, _ = sam_prompt_decoder(card)
     predictor = StudentSamPredictor(Sam(teacher.model, prompt, decoder, [0.0] * 3, [255.0] * 3).eval())
     rows: Dict[str, Dict[str, List[float]]] = {}
-    for shard in sorted((data / "test").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            files = {m.name: m for m in tar.getmembers()}
-            for name in sorted(k for k in files if k.endswith(".mask.png")):
-                key = name[: -len(".mask.png")]
-                mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(files[name]).read()))) > 127
-                if not mask.any():
-                    continue
-                img = np.asarray(Image.open(io.BytesIO(tar.extractfile(files[key + ".png"]).read())).convert("L"))
-                group = str(json.loads(tar.extractfile(files[key + ".json"]).read())["attrs"].get(attribute))
-                x = (torch.from_numpy(img).float().div(255).view(1, 1, *img.shape) - 0.5) / 0.5
-                emb = teacher(x).spatial
-                size = tuple(mask.shape)
-                inp = ResizeLongestSide.get_preprocess_shape(size[0], size[1], 256)
-                p = prompts_from_mask(mask, "box")
-                own = decode(predictor, emb, p, inp, size)
-                r = rows.setdefault(group, {})
-                r.setdefault("teacher_dice", []).append(float(dice_iou(own[None], mask[None])[0][0]))
-                for pool in pools:
-                    coarse = F.interpolate(F.avg_pool2d(emb, pool), size=emb.shape[-2:], mode="bilinear",
-                                           align_corners=False)
-                    m = decode(predictor, coarse, p, inp, size)
-                    r.setdefault(f"pool{pool}_agreement", []).append(float(dice_iou(m[None], own[None])[0][0]))
-                    r.setdefault(f"pool{pool}_dice", []).append(float(dice_iou(m[None], mask[None])[0][0]))
+    for _key, img, mask, meta in masked_test_samples(data):
+        group = str(meta["attrs"].get(attribute))
+        x = (torch.from_numpy(img).float().div(255).view(1, 1, *img.shape) - 0.5) / 0.5
+        emb = teacher(x).spatial
+        size = tuple(mask.shape)
+        inp = ResizeLongestSide.get_preprocess_shape(size[0], size[1], 256)
+        p = prompts_from_mask(mask, "box")
+        own = decode(predictor, emb, p, inp, size)
+        r = rows.setdefault(group, {})
+        r.setdefault("teacher_dice", []).append(float(dice_iou(own[None], mask[None])[0][0]))
+        for pool in pools:
+            coarse = F.interpolate(F.avg_pool2d(emb, pool), size=emb.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            m = decode(predictor, coarse, p, inp, size)
+            r.setdefault(f"pool{pool}_agreement", []).append(float(dice_iou(m[None], own[None])[0][0]))
+            r.setdefault(f"pool{pool}_dice", []).append(float(dice_iou(m[None], mask[None])[0][0]))
     out = {g: {k: round(float(np.mean(v)), 4) for k, v in r.items()} | {"n": len(r["teacher_dice"])}
            for g, r in sorted(rows.items())}
     allr = {k: [x for r in rows.values() for x in r[k]] for k in next(iter(rows.values()))}

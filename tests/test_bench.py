@@ -83,3 +83,33 @@ def test_scaling_pieces_train_in_process_and_report_step_time_and_peak_rss(tmp_p
     assert r["steps"] == 2, r  # 5 batches: 4 intervals between them, the first two left out
     assert r["step_ms"] > 0 and r["peak_mib"] >= r["rss_before_mib"] > 0, r
     assert (tmp_path / "runs" / "t2" / "run.json").is_file()
+
+
+def test_real_teacher_benchmark_options_and_summary():
+    """benchmarks.real_teacher: options are checked like bench's, and its summary lifts per-group values with their
+    intervals out of the eval report's fidelity, dense, sam_prompts and probe sections."""
+    from benchmarks.real_teacher import parse_args, summarise
+
+    assert parse_args(["quick=true", "pool=1", "upsample=4"])["n"] == 100
+    with pytest.raises(SystemExit, match="unknown option 'pools'"):
+        parse_args(["pools=2"])
+
+    def dice(a, b):
+        return {"dice": {"value": (a + b) / 2, "ci": [0.1, 0.9]},
+                "groups": {"A": {"dice": {"value": a, "ci": [a - 0.1, a + 0.1]}}, "B": {"dice": {"value": b}}}}
+
+    report = {
+        "fidelity": {"site": {"t/spatial": {"overall": {"value": 0.7, "ci": [0.6, 0.8]},
+                                            "by_group": {"A": {"value": 0.8, "ci": [0.7, 0.9]},
+                                                         "B": {"value": 0.5, "ci": [0.4, 0.6]}}}}},
+        "dense": {"models": {"s": {"attributes": {"site": dice(0.6, 0.4)}}}},
+        "sam_prompts": {"teachers": {"t": {"models": {"s": {"attributes": {"site": dice(0.7, 0.5)}}},
+                                           "agreement": {"attributes": {"site": dice(0.8, 0.6)}}, "n": 9,
+                                           "adapter_grid": [64, 64], "embedding_cosine": 0.9}}},
+        "models": {"s": {"attributes": {"site": {"auc": {"value": 0.8}, "worst_group_auc": {"value": 0.7}}}}},
+    }
+    s = summarise(report)
+    assert s["fidelity_r2"]["t/spatial"] == {"A": [0.8, 0.7, 0.9], "B": [0.5, 0.4, 0.6], "overall": [0.7, 0.6, 0.8]}
+    assert s["dense_dice"]["s"] == {"A": [0.6, 0.5, 0.7], "B": [0.4, None, None], "overall": [0.5, 0.1, 0.9]}
+    assert s["sam_box_dice"]["t"]["agreement"]["A"] == [0.8, 0.7, 0.9] and s["sam_box_dice"]["t"]["n"] == 9
+    assert s["probe_auc"] == {"s": {"overall": 0.8, "worst_group": 0.7}}
