@@ -9,8 +9,9 @@ Which preprocessing contract LiteMedSAM gets (teachers/cards/litemedsam.yaml), m
 Both run LiteMedSAM's own encoder and decoder on the same image and box. On square images the two are the same
 input; they differ on non-square ones, so the measurement uses (a) the synthetic benchmark's test images with
 lesion masks, cropped to a ``crop`` aspect (width = crop x height, the lesion kept inside), Dice of each contract's
-mask against the ground truth with the tight box around it; (b) the real non-square DICOM images in pydicom's wheel
-(no ground truth: the agreement of the two contracts' masks, box = the central half of the image). Prints JSON.
+mask against the ground truth with the tight box around it, and the paired difference squash - longest with a
+percentile bootstrap 95% interval over the images; (b) the real non-square DICOM images in pydicom's wheel (no
+ground truth: the agreement of the two contracts' masks, box = the central half of the image). Prints JSON.
 """
 from __future__ import annotations
 
@@ -118,9 +119,13 @@ def main(argv: Sequence[str] = ()) -> int:
         m_long, m_sq = _both(longest, net, r["rgb"], r["box"])
         out["real"].append({"key": r["key"], "size": list(r["rgb"].shape[:2]), "agreement": _dice(m_long, m_sq)})
     s = out["synthetic"]
+    diff = np.array([x["squash"] - x["longest"] for x in s])
+    boot = np.random.default_rng(0).choice(diff, size=(2000, len(diff))).mean(1) if len(diff) else np.zeros(1)
     out["summary"] = {"synthetic_n": len(s),
                       **{f"synthetic_{k}_mean": round(float(np.mean([x[k] for x in s])), 4) if s else None
                          for k in ("longest", "squash", "agreement")},
+                      "synthetic_squash_minus_longest": [round(float(diff.mean()), 4) if len(diff) else None,
+                                                         *[round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])]],
                       "real_agreement": {x["key"]: round(x["agreement"], 4) for x in out["real"]}}
     print(json.dumps(out["summary"], indent=1))
     return 0
