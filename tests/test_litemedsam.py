@@ -93,12 +93,12 @@ def test_a_package_that_is_not_installed_says_what_to_install(tmp_path):
 def test_the_embedding_is_the_packages_own(teacher, package_net):
     """The checkpoint-loaded encoder equals the package's bit for bit; the frozen teacher's folded, channels-last
     encoder equals it within float tolerance; the contract is SAM's 256 x 64 x 64."""
-    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = package_net.image_encoder(x)
         assert torch.equal(teacher.model(x), ref)
         _, fast = teacher.features(x)
-    assert tuple(fast.shape) == (2, 256, 64, 64) and fast.is_contiguous()
+    assert tuple(fast.shape) == (1, 256, 64, 64) and fast.is_contiguous()
     assert (fast - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert (teacher.summary_dim, teacher.spatial_dim, teacher.grid) == (256, 256, (64, 64))
     assert sum(p.numel() for p in teacher.model.parameters()) == 5_726_740
@@ -237,4 +237,4 @@ def test_finetune_keeps_the_pretrained_batch_norm_statistics(tmp_path, method):
         assert changed and all(k.endswith(("attn.qkv.weight", "attn.proj.weight")) for k in changed)
     else:
         assert any(k.endswith("bn.weight") for k in changed) and any(k.startswith("neck.") for k in changed)
-    assert main(["teachers", "check", str(out)]) == 0
+    assert main(["teachers", "check", str(out), "batch_size=1", "iters=1"]) == 0
