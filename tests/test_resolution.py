@@ -141,6 +141,9 @@ def test_resolution_eval_refuses_a_fixed_size_student():
 def test_bad_resolution_values_exit_2_naming_the_key(dyn_run, capsys):
     assert main(["eval", str(dyn_run), "eval.resolutions=[0.5,-1]"]) == 2
     assert "eval.resolutions" in capsys.readouterr().err
+    # multiples, not pixel sizes: [64, 128, 256] would read a 128-px run at 32,768 px; refused before any work
+    assert main(["eval", str(dyn_run), "eval.resolutions=[64,128,256]"]) == 2
+    assert "eval.resolutions" in capsys.readouterr().err
 
 
 def _eval_resolutions(run, out, multiples: str) -> dict:

@@ -152,7 +152,7 @@ RULES: Dict[str, Rule] = {
     "eval.seeds": COUNT, "eval.max_iter": COUNT, "eval.sam_prompt": one_of(C.SAM_PROMPTS),  # SAM-decoder prompts
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "eval.dense_head": one_of(C.DENSE_HEADS), "eval.dense_features": one_of(C.DENSE_FEATURES),
-    "eval.resolutions": each(POSITIVE), "eval.resolution_tol": NON_NEGATIVE, "eval.resolution_jump": at_least(1),
+    "eval.resolutions": each(between(0, 16, lo_open=True)), "eval.resolution_tol": NON_NEGATIVE, "eval.resolution_jump": at_least(1),
     "export.min_group_count": NON_NEGATIVE,
     "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE), "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
     # command-level keys (eval, curate, finetune, cache, teachers check)
