@@ -24,7 +24,7 @@ _TRAINABLE: Dict[type, type] = {}
 
 def train_keeping_batch_norm_stats(module: nn.Module, mode: bool = True) -> nn.Module:
     """``nn.Module.train``, except that batch-norm layers stay in eval mode: their running statistics are the
-    pretrained encoder's and do not move (LiteMedSAM's TinyViT has 29; fine-tuning batches of a few images would
+    pretrained encoder's and do not move (LiteMedSAM's TinyViT has 27; fine-tuning batches of a few images would
     overwrite them, and a LoRA fine-tune would change weights it claims to keep). Their affine weights still train
     when unfrozen. ViT encoders have none, so this changes nothing for them."""
     nn.Module.train(module, mode)
