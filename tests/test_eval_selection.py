@@ -125,3 +125,10 @@ def test_the_sweeps_levelling_guard_takes_the_same_margin():
     per_label = {"l0": one, "l1": {"groups": {"B": {"delta": -0.01, "ci": [-0.02, -0.005]}, "D": {"delta": None}}}}
     assert levelled_beyond_margin(per_label, 0.0) == ["A", "B"]
     assert levelled_beyond_margin(per_label, 0.001) == ["B"]
+
+
+def test_a_negative_sweep_margin_is_refused_before_any_work(capsys):
+    from agglom.cli import main
+
+    assert main(["sweep", "sweep.levelling_margin=-0.1"]) == 2
+    assert "sweep.levelling_margin" in capsys.readouterr().err

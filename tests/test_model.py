@@ -215,8 +215,11 @@ def test_spatial_upsample_predicts_a_block_per_token(head):
     x = torch.randn(2, 3, 64, 64)
     sp = model(x)["fine"]["spatial"]
     assert sp.shape == (2, 6, 16, 16)
-    block = sp[0, :, :2, :2].reshape(6, 4)
-    assert not torch.allclose(block[:, :1].expand(-1, 4), block)
+    _, patches, grid = model.tokens(x)
+    y = model.spatial_heads["fine"](patches).transpose(1, 2).reshape(2, 6 * 4, *grid)  # [B, C r², 8, 8]
+    for i in range(2):
+        for j in range(2):  # cell (i, j) of every token's block is head output channel c * 4 + i * 2 + j
+            assert torch.allclose(sp[:, :, i::2, j::2], y[:, i * 2 + j::4], atol=1e-6)
     plain = AgglomModel(tiny_cfg(**{"heads.spatial": head}), [spec], in_chans=3)
     assert plain.spatial_heads["fine"](torch.randn(1, 3, 32)).shape[-1] == 6
     with pytest.raises(ConfigError, match="heads.spatial_upsample"):

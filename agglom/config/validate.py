@@ -153,8 +153,8 @@ RULES: Dict[str, Rule] = {
     "eval.dense_steps": COUNT, "eval.dense_lr": POSITIVE, "eval.dense_grid": NON_NEGATIVE,  # the dense probe
     "eval.dense_head": one_of(C.DENSE_HEADS), "eval.dense_features": one_of(C.DENSE_FEATURES),
     "eval.resolutions": each(between(0, 16, lo_open=True)), "eval.resolution_tol": NON_NEGATIVE, "eval.resolution_jump": at_least(1),
-    "export.min_group_count": NON_NEGATIVE,
     "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE), "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
+    "sweep.levelling_margin": NON_NEGATIVE, "export.min_group_count": NON_NEGATIVE,
     # command-level keys (eval, curate, finetune, cache, teachers check)
     "batch_size": COUNT,
     "num_workers": NON_NEGATIVE,

@@ -116,9 +116,6 @@ def _sweep_plan(cfg: Any) -> tuple:
     if OmegaConf.select(base, key, default="__missing__") == "__missing__":
         raise ConfigError(f"sweep.key: {key!r} is not a recipe key (e.g. objective.lam, data.group_balance, "
                           "objective.route_by_audit)")
-    if not float(sw.levelling_margin) >= 0:
-        raise ConfigError(f"sweep.levelling_margin: {sw.levelling_margin!r} must be >= 0 (0: any fall beyond its "
-                          "interval levels down)")
     objectives = list(sw.objectives) or [cfg.objective.group]
     if key == "objective.lam" and objectives == ["erm"] and len(sw.lams) > 1:
         print("agglom sweep: objective.group=erm ignores λ; sweeping the 'excess' objective instead "
