@@ -117,8 +117,9 @@ class SamTeacher(Teacher):
 
     def _inference_encoder(self) -> nn.Module:
         """The TinyViT with every conv + batch-norm pair folded into one conv, in channels-last layout: the same
-        function (measured: max |difference| 4e-6 on outputs of magnitude 0.7) at 0.71x the CPU time of the
-        module as loaded. Built once, beside ``self.model`` (whose weights stay the checkpoint's)."""
+        function (measured: max |difference| 4e-6 on outputs of magnitude 0.7) at 0.72-0.82x the CPU time of the
+        module as loaded (docs/REAL_TEACHERS.md). Built once, on first use, beside ``self.model`` (whose weights
+        stay the checkpoint's)."""
         fast = self.__dict__.get("_fast_encoder")
         if fast is None:
             fast = fold_conv_bn(self.model)
