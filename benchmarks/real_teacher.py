@@ -20,8 +20,9 @@ the CPU, every phase timed:
 
 Then LiteMedSAM's encoder cost as loaded vs as the frozen teacher runs it (conv + batch norm folded, channels-last),
 measured in the same process; with ``ceiling=true``, the decoder agreement a student on a pooled grid could reach at
-best (LiteMedSAM's own embedding pooled and resized back). Writes ``<out>/summary.json`` and prints it. Resumable phase by phase (a phase whose output exists is not
-redone; ``force=true`` starts over).
+best (LiteMedSAM's own embedding pooled and resized back). Writes ``<out>/summary.json`` and prints it.
+Resumable phase by phase: a phase whose output exists is not redone, whatever the options now say (use another
+``out=`` for other options; ``force=true`` starts over).
 """
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     if opts["quick"]:
         ev += ["eval.bootstrap=20", "eval.dense_steps=20"]
     if opts["resolutions"]:
-        ev += ["eval.resolutions=[64,128,256]"]
+        ev += ["eval.resolutions=[0.5,1,2]"]  # multiples of the training size: 64, 128, 256 px
     _phase(times, "eval", (run_dir / "eval" / "report.json").is_file(), lambda: _cli(ev))
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     summary = {"options": opts, "seconds": times, **summarise(report), "encoder_speed": encoder_speed()}
