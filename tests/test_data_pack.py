@@ -111,7 +111,8 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
         rows.append(f"imgs/x{i}.png,{i % 2},{(i // 2) % 2},{site},{20 + i},{'FM'[i % 3 % 2]}")
     rows.append("imgs/missing.png,1,0,A,50,F")
     rows.append("imgs/x1.png,maybe,0,A,50,F")  # bad label
-    rows.append("imgs/x3.png,-1,,A,50,F")  # CheXpert style: uncertain + not mentioned
+    _save_png(img_dir / "x40.png", np.full((8, 8), 200, np.uint8))
+    rows.append("imgs/x40.png,-1,,A,50,F")  # CheXpert style: uncertain + not mentioned
     csv_path = tmp_path / "meta.csv"
     csv_path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "packed"
@@ -127,7 +128,7 @@ def test_pack_csv_multilabel_attrs_and_overwrite(tmp_path):
     assert site["values"] == ["A", "B"] and sum(site["missing"].values()) == 4
     assert sheet["attributes"]["age"]["type"] == "numeric" and sheet["attributes"]["age"]["summary"]["all"]["min"] == 20
     assert sum(sheet["splits"][s]["samples"] for s in sheet["splits"]) == 41
-    assert [v for v in _samples(out).values() if v[0]["source"] == "imgs/x3.png" and v[0]["label"] == [0, 0]]
+    assert [v for v in _samples(out).values() if v[0]["source"] == "imgs/x40.png" and v[0]["label"] == [0, 0]]
     got = _samples(out)
     m = got["imgs_x5"][0]
     assert m["label"] == [1, 0] and m["attrs"] == {"site": "B", "age": 25, "sex": "F"} and m["source"] == "imgs/x5.png"

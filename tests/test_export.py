@@ -92,3 +92,22 @@ def test_push_to_hub_is_skipped_offline(trained_run, tmp_path, capsys, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["export", str(trained_run), f"out={tmp_path / 'e'}", "push_to_hub=someone/student"]) == 0
     assert "not pushing" in capsys.readouterr().out
+
+
+def test_reexport_replaces_only_an_agglom_export(trained_run, tmp_path, capsys):
+    """force=true (the default) replaces the export agglom wrote, with the report `agglom eval <export>` left in its
+    eval/ folder; a file the export did not write refuses the replacement and survives."""
+    export = tmp_path / "export"
+    assert main(["export", str(trained_run), f"out={export}"]) == 0
+    marker = json.loads((export / "agglom.json").read_text())
+    assert {"agglom.json", "config.json", "model.safetensors", "README.md"} <= set(marker["files"])
+    (export / "eval").mkdir()
+    (export / "eval" / "report.json").write_text(json.dumps({"schema": "agglom.eval/2"}))
+    assert main(["export", str(trained_run), f"out={export}"]) == 0
+    assert not (export / "eval").exists() and [p.name for p in tmp_path.iterdir()] == ["export"]
+    (export / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(trained_run), f"out={export}"]) == 2
+    err = capsys.readouterr().err
+    assert "did not write (notes.txt)" in err and "Traceback" not in err
+    assert (export / "notes.txt").read_text() == "mine" and (export / "config.json").is_file()

@@ -109,6 +109,16 @@ def _progress(total: Optional[int], desc: str, mode: str):
     return tqdm(total=total, desc=desc, unit="img", leave=False)
 
 
+def _repeated_key(key: str, first: str, split: str) -> None:
+    """A key on two samples: the sidecar (keyed by sample key) could not tell them apart, so refuse by name."""
+    from agglom.config.load import ConfigError
+
+    where = f"twice in split {split!r}" if first == split else f"in split {first!r} and in split {split!r}"
+    raise ConfigError(f"sample key {key!r} is {where}; a proxy-group sidecar is keyed by sample key, so each key "
+                      f"must name one sample: curate one split at a time (splits=[{split}]) or repack the data "
+                      "with unique keys")
+
+
 @torch.inference_mode()
 def embed_splits(cfg: Any, splits: Sequence[str], encoder: Encoder, device: torch.device,
                  progress: str = "auto", totals: Optional[Dict[str, int]] = None,
@@ -116,7 +126,8 @@ def embed_splits(cfg: Any, splits: Sequence[str], encoder: Encoder, device: torc
     """Run ``encoder`` over every sample of each split once (``agglom.data.readers.eval_loader``).
 
     ``cfg`` is a recipe-shaped config (data + student + groups sections); ``totals`` (split -> sample count,
-    from the datasheet) only sizes the progress bar. Raises ValueError on a key seen twice.
+    from the datasheet) only sizes the progress bar. A key seen twice (in two splits, or twice in one) is a
+    ConfigError naming it and the splits: the sidecar written from these embeddings is keyed by sample key.
     """
     from agglom.data.readers import eval_loader
 
@@ -134,8 +145,7 @@ def embed_splits(cfg: Any, splits: Sequence[str], encoder: Encoder, device: torc
                 f = encoder(x).float().cpu().numpy()
                 for i, k in enumerate(batch["key"]):
                     if k in seen:
-                        raise ValueError(f"sample key {k!r} appears twice (splits {seen[k]!r} and {split!r}); "
-                                         "keys must be unique across the curated splits")
+                        _repeated_key(k, seen[k], split)
                     seen[k] = split
                     keys.append(str(k))
                     labels.append(_label_of(batch["label"], i))

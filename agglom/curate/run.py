@@ -8,7 +8,6 @@ against each true attribute, and the removed duplicate keys.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -366,15 +365,17 @@ def run_curate(a: Any) -> Dict[str, Any]:
     """Embed -> deduplicate -> cluster -> sidecar + report (json + markdown beside the sidecar)."""
     from agglom.config.load import ConfigError
     from agglom.curate.embed import embed_splits, pick_device
-    from agglom.curate.sidecar import write_json_atomic, write_sidecar
+    from agglom.curate.sidecar import check_targets, write_json_atomic, write_sidecar, write_text_atomic
     from agglom.data.shards import data_home, shard_pattern
+    from agglom.data.writer import read_datasheet
 
     check_args(a)
     probe = _loader_cfg(a)
     root = data_home(probe)  # data.root, or with shards= the folder the shards belong to (never a stray root)
-    sheet_path = root / "dataset.json"
-    datasheet = json.loads(sheet_path.read_text()) if sheet_path.is_file() else {}
-    splits, totals = resolve_splits(a, probe, sheet_path, datasheet)
+    datasheet = read_datasheet(root) or {}  # a broken dataset.json: one line naming it
+    splits, totals = resolve_splits(a, probe, root / "dataset.json", datasheet)
+    out = Path(a.out) if a.out else root / f"{a.attr}_groups.json"
+    check_targets(out)
     device = pick_device(a.device)
     t0 = time.perf_counter()
     enc, info, cfg = encoder_of(a, datasheet, device)
@@ -386,15 +387,10 @@ def run_curate(a: Any) -> Dict[str, Any]:
     t1 = time.perf_counter()
     c = dedup_and_cluster(a, emb)
     seconds = {"embed": round(t_embed, 3), "cluster": round(time.perf_counter() - t1, 3)}
-    out = Path(a.out) if a.out else root / f"{a.attr}_groups.json"
     meta = {"method": a.method, "k": int(a.k), "seed": int(a.seed), "splits": splits, "encoder": info,
             "root": str(root.resolve()), "dedup_threshold": float(a.dedup_threshold), **c["details"]}
     write_sidecar(out, a.attr, {emb.keys[i]: g for i, g in sorted(c["group"].items())}, meta)
     report = build_report(a, emb, c, {"splits": splits, "out": out, "root": root, "info": info, "seconds": seconds})
     write_json_atomic(out.parent / "curate_report.json", report)
-    md = _render(report)
-    tmp = out.parent / ".curate_report.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(out.parent / "curate_report.md")
-    report["markdown"] = md
+    report["markdown"] = write_text_atomic(out.parent / "curate_report.md", _render(report)).read_text()
     return report

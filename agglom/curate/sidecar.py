@@ -27,17 +27,55 @@ class SidecarError(ValueError):
 
 
 def write_json_atomic(path: os.PathLike, obj: Any) -> Path:
-    """Write JSON to a temporary file beside ``path``, fsync, then rename into place."""
+    """Write JSON to a temporary file beside ``path``, fsync, then rename into place (an OSError: one line)."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: os.PathLike, text: str) -> Path:
+    """``text`` at ``path`` through a fsynced temporary file; a full disk or a read-only folder is a one-line
+    ReadableError (:func:`agglom.data.manifest.write_failure`) and leaves no temporary file."""
+    from agglom.data.manifest import write_failure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.is_file():
+            tmp.unlink()
+        raise write_failure(e, path) from None
     return path
+
+
+def _schema_of(path: Path) -> Optional[str]:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return str(obj.get("schema")) if isinstance(obj, dict) else None
+
+
+def check_targets(out: os.PathLike, report_schema: str = "agglom.curate_report/") -> None:
+    """Refuse, before any work, to write over what is not agglom's: ``out`` must be a new path or a sidecar
+    (``agglom.sidecar/*``), and the ``curate_report.json`` / ``.md`` beside it new or a curate report."""
+    from agglom.config.load import ConfigError
+
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"out={out} is a folder; give the sidecar's file name (e.g. {out / 'proxy_groups.json'})")
+    if out.exists() and not (_schema_of(out) or "").startswith("agglom.sidecar/"):
+        raise ConfigError(f"out={out} exists and is not an agglom sidecar; choose another out= (it is left as it is)")
+    report = out.parent / "curate_report.json"
+    ours = (_schema_of(report) or "").startswith(report_schema)
+    for p in (report, out.parent / "curate_report.md"):
+        if p.exists() and not ours:
+            raise ConfigError(f"{p} exists and is not a report agglom curate wrote; move it, or give out= in "
+                              "another folder (the report is written beside the sidecar)")
 
 
 def write_sidecar(path: os.PathLike, attr: str, values: Mapping[str, Any],
@@ -58,4 +96,4 @@ def _natural(s: str) -> tuple:
     return (head, int(tail) if tail else -1, s)
 
 
-__all__ = ["SIDECAR_SCHEMA", "SidecarError", "write_sidecar", "write_json_atomic"]
+__all__ = ["SIDECAR_SCHEMA", "SidecarError", "write_sidecar", "write_json_atomic", "write_text_atomic", "check_targets"]

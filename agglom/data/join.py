@@ -8,7 +8,6 @@ samples left unmatched are counted and reported, never dropped silently.
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -18,29 +17,30 @@ from agglom.data.groups import parse_value
 
 
 def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
-    """``{match value: {attr: value}}`` from a CSV (empty cells left out); ConfigError naming what is wrong."""
+    """``{match value: {attr: value}}`` from a CSV (empty cells left out; read by :func:`agglom.data.csvfile.read_csv`:
+    a byte-order mark is fine, another encoding than UTF-8 is refused by line); ConfigError naming what is wrong."""
     from agglom.config.load import ConfigError
+    from agglom.data.csvfile import read_csv
 
     if not Path(path).is_file():
         raise ConfigError(f"attribute table not found: {path}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = list(reader.fieldnames or [])
-        rows = list(reader)
+    cols, rows = read_csv(Path(path), "attribute table")
     if on not in cols:
         raise ConfigError(f"attribute table {path}: no column {on!r} to join on (columns: {cols})")
-    wanted = list(attr_cols) or [c for c in cols if c != on]
+    wanted = list(attr_cols) or [c for c in cols if c != on and c]
     missing = [c for c in wanted if c not in cols]
     if missing:
         raise ConfigError(f"attribute table {path}: no column(s) {missing} (columns: {cols})")
     table: Dict[str, Dict[str, Any]] = {}
-    for r in rows:
+    line: Dict[str, int] = {}
+    for ln, r in rows:
         k = (r.get(on) or "").strip()
         if not k:
             continue
         if k in table:
-            raise ConfigError(f"attribute table {path}: {on}={k!r} appears twice; the join would be ambiguous")
-        table[k] = {c: parse_value(r[c]) for c in wanted if (r.get(c) or "").strip() != ""}
+            raise ConfigError(f"attribute table {path}: {on}={k!r} appears twice (lines {line[k]} and {ln}); the join "
+                              "would be ambiguous: keep one row per value")
+        table[k], line[k] = {c: parse_value(r[c]) for c in wanted if (r.get(c) or "").strip() != ""}, ln
     return table
 
 
@@ -102,13 +102,40 @@ def shard_sources(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, Optional[s
 
 
 def write_attr_sidecar(path: Path, values: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
-    """``{"samples": {key: {attr: value}}, "meta": ...}`` (a sidecar `data.sidecars` reads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"samples": dict(values), "meta": dict(meta)}, indent=1, sort_keys=True))
-    tmp.replace(path)
+    """``{"samples": {key: {attr: value}}, "meta": ...}`` (a sidecar `data.sidecars` reads), written atomically. An
+    existing file at ``path`` is replaced only when it is such a sidecar (agglom's): anything else there is the
+    user's, and refused; an OSError (read-only folder, full disk) is a one-line ReadableError."""
+    from agglom.data.manifest import write_failure
 
+    path = Path(path)
+    _check_sidecar_target(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"samples": dict(values), "meta": dict(meta)}, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as e:
+        if tmp.is_file():
+            tmp.unlink()
+        raise write_failure(e, path) from None
+
+
+def _check_sidecar_target(path: Path) -> None:
+    """Refuse an ``out`` that is a folder, or a file that is not a sidecar this command wrote."""
+    from agglom.config.load import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"out={path} is a folder; give the sidecar's file name (e.g. {path / 'attrs.json'})")
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if not (isinstance(old, dict) and isinstance(old.get("samples"), dict) and isinstance(old.get("meta"), dict)
+            and "csv" in old["meta"]):
+        raise ConfigError(f"out={path} exists and is not a sidecar agglom data join wrote; choose another out= (it "
+                          "is left as it is)")
 
 
 def join_onto_shards(root: str, shards: Optional[str], table_csv: str, on: str, match: str = "auto",
@@ -132,13 +159,16 @@ def join_onto_shards(root: str, shards: Optional[str], table_csv: str, on: str, 
         found = [rcfg.data.train_split]
     if not found:
         raise ConfigError(f"no split folders {list(splits)} under {root} (or give shards=)")
-    values, report = join(shard_sources(rcfg, found), read_table(Path(table_csv), on, list(attr_cols)), match)
+    path = Path(out) if out else data_home(rcfg) / f"{Path(table_csv).stem}_attrs.json"
+    _check_sidecar_target(path)  # before the shards are read: a refusal costs nothing
+    table = read_table(Path(table_csv), on, list(attr_cols))
+    values, report = join(shard_sources(rcfg, found), table, match)
     if not values:
         raise ConfigError(f"no sample matched a row of {table_csv} on {on!r} (match={match}); e.g. samples "
                           f"{report['examples']['samples_without_row']}, rows {report['examples']['rows_without_sample']}")
-    path = Path(out) if out else data_home(rcfg) / f"{Path(table_csv).stem}_attrs.json"
     write_attr_sidecar(path, values, {"csv": str(Path(table_csv).resolve()), "on": on, "match": match, "splits": found,
                                       **report})
     return path, report
+
 
 __all__ = ["join_onto_shards", "read_table", "candidates", "join", "shard_sources", "write_attr_sidecar", "MATCHES"]

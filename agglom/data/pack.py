@@ -9,7 +9,6 @@ counted by reason and reported in the datasheet (``skipped``). Splits are strati
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -22,7 +21,8 @@ import numpy as np
 
 from agglom.data.decode import DecodeError, decode_array
 from agglom.data.downsize import downsize_image, downsize_mask
-from agglom.data.groups import fmt_value, parse_value
+from agglom.data.groups import fmt_value
+from agglom.data.pack_csv import records_from_csv
 
 log = logging.getLogger("agglom.data.pack")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -141,99 +141,6 @@ def records_from_folder(src: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
     return recs, classes
 
 
-LABEL_POLICIES = {"uncertain": ("zeros", "ones", "drop"), "blank": ("zeros", "drop")}
-
-
-def _binary_value(v: str, uncertain: str, blank: str, converted: Counter) -> Optional[int]:
-    """One cell of a binary label column: 1/0; -1 (uncertain, as in CheXpert) and blank cells by policy;
-    None means drop the image."""
-    v = v.strip()
-    if v == "":
-        converted["blank_label"] += 1
-        return None if blank == "drop" else 0
-    x = int(float(v))
-    if x == -1:
-        converted["uncertain_label"] += 1
-        return None if uncertain == "drop" else (1 if uncertain == "ones" else 0)
-    if x not in (0, 1):
-        raise ValueError(f"binary label expected (1, 0, -1 or blank), got {v!r}")
-    return x
-
-
-def _row_label(r: Dict[str, Any], label_cols: List[str], names: Optional[List[str]], uncertain: str, blank: str,
-               converted: Counter) -> Any:
-    """One row's label: a class index (names or integers; -1 follows ``uncertain``), or a multi-label list; None
-    when the row is dropped by the label policy; ValueError when the cell is not a label."""
-    if len(label_cols) == 1:
-        v = (r.get(label_cols[0]) or "").strip()
-        if v == "":
-            raise ValueError("empty label")
-        if names is None and v == "-1":
-            return _binary_value(v, uncertain, "drop", converted)
-        return names.index(v) if names is not None else int(v)
-    label = [_binary_value(r.get(c) or "", uncertain, blank, converted) for c in label_cols]
-    return None if any(x is None for x in label) else label
-
-
-def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols: List[str], key_col: Optional[str],
-                     split_col: Optional[str], skipped: Counter, uncertain: str = "zeros", blank: str = "zeros",
-                     converted: Optional[Counter] = None,
-                     mask_col: Optional[str] = None) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
-    """Rows -> records. One label column: class names or integers (a blank cell drops the image; with values in
-    {1, 0, -1} the -1 follows `uncertain`). Several label columns: a multi-label target, each column binary,
-    -1 (uncertain) mapped by `uncertain` (U-Zeros / U-Ones / drop, as in CheXpert) and blank cells (not mentioned)
-    by `blank`. ``mask_col``: a column with each image's mask file (relative to the CSV, or absolute; a blank cell:
-    no mask), recorded as ``rec["mask_path"]``."""
-    from agglom.config.load import ConfigError
-
-    converted = converted if converted is not None else Counter()
-    for key, allowed in LABEL_POLICIES.items():
-        if {"uncertain": uncertain, "blank": blank}[key] not in allowed:
-            raise ConfigError(f"{key}= must be one of {', '.join(allowed)}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = list(reader.fieldnames or [])
-        rows = list(reader)
-    for c in ([path_col] + list(label_cols) + ([key_col] if key_col else []) + ([split_col] if split_col else [])
-              + ([mask_col] if mask_col else [])):
-        if c not in cols:
-            raise ConfigError(f"csv {path}: no column {c!r} (columns: {cols})")
-    used = {path_col, *label_cols, key_col, split_col, mask_col}
-    attr_cols = list(attr_cols) if attr_cols else [c for c in cols if c not in used]
-    for c in attr_cols:
-        if c not in cols:
-            raise ConfigError(f"csv {path}: no attribute column {c!r} (columns: {cols})")
-    names: Optional[List[str]] = None
-    if len(label_cols) == 1:
-        raw = [r[label_cols[0]].strip() for r in rows if (r.get(label_cols[0]) or "").strip() != ""]
-        if any(not re.fullmatch(r"-?\d+", v) for v in raw):
-            names = sorted(set(raw))
-    recs = []
-    for r in rows:
-        rel = (r.get(path_col) or "").strip()
-        p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
-        try:
-            label = _row_label(r, label_cols, names, uncertain, blank, converted)
-            if label is None:
-                skipped["dropped_label"] += 1
-                continue
-        except ValueError as e:
-            skipped["bad_label"] += 1
-            log.warning("pack: %s: bad label (%s); skipped", rel, e)
-            continue
-        attrs = {c: parse_value(r[c]) for c in attr_cols if (r.get(c) or "").strip() != ""}
-        rec = {"path": p, "rel": rel, "label": label, "attrs": attrs}
-        if key_col:
-            rec["key"] = r[key_col].strip()
-        if split_col:
-            rec["split"] = r[split_col].strip()
-        if mask_col and (r.get(mask_col) or "").strip():
-            m = Path(r[mask_col].strip())
-            rec["mask_path"] = m if m.is_absolute() else path.parent / m
-        recs.append(rec)
-    return recs, names
-
-
 def _source_records(cfg: Any, skipped: Counter, converted: Counter) -> Tuple[List[Dict[str, Any]], Any, str]:
     """(records, label names, source description) from ``src=`` (class subfolders) or ``csv=``."""
     from agglom.config.load import ConfigError
@@ -242,6 +149,10 @@ def _source_records(cfg: Any, skipped: Counter, converted: Counter) -> Tuple[Lis
         src = Path(cfg.src)
         if not src.is_dir():
             raise ConfigError(f"src={src} is not a folder")
+        out = Path(cfg.out).resolve()
+        if out == src.resolve() or src.resolve() in out.parents:
+            raise ConfigError(f"out={cfg.out} is inside src={src}: the next pack would read its split folders as "
+                              "classes; write the shards outside the image folder")
         recs, names = records_from_folder(src)
         source = f"image folder {src.resolve()}"
     else:
@@ -319,11 +230,50 @@ def _check_max_side(max_side: int) -> None:
         raise ConfigError(f"max_side={max_side}: give a size >= 1 in pixels, or 0 to keep every image's size")
 
 
-def pack(cfg: Any) -> Dict[str, Any]:
-    """Pack per ``cfg`` (see :class:`agglom.data.args.PackConfig`); returns the datasheet."""
+def _write(w: Any, cfg: Any, keys: List[str], recs: List[Dict[str, Any]], assign: Dict[str, str],
+           skipped: Counter, notes: Counter, mask_problems: Counter) -> Tuple[int, int]:
+    """Every readable record into the writer ``w``; (written, downsized)."""
+    written = downsized = 0
+    for key, r in zip(keys, recs):
+        try:
+            data, ext = load_image(r["path"], notes)
+        except SkipImage as e:
+            skipped[e.reason] += 1
+            log.warning("pack: %s; skipped", e)
+            continue
+        mask, area = _mask_of(r, data, ext, mask_problems)  # checked against the source's size
+        data, ext, size = downsize_image(data, ext, int(cfg.max_side))
+        if size is not None:
+            downsized += 1
+            mask = downsize_mask(mask, size) if mask is not None else None
+        w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]},
+                mask=mask, mask_area=area)
+        written += 1
+    return written, downsized
+
+
+def _assign(cfg: Any, keys: List[str], recs: List[Dict[str, Any]]) -> Dict[str, str]:
+    """key -> split: the ``split_col`` values, or a stratified draw (label x ``stratify``, seeded)."""
     from agglom.config.load import ConfigError
     from agglom.data.splits import default_fractions, stratified_split
-    from agglom.data.writer import DatasetWriter, prepare_output
+
+    if cfg.split_col:
+        return {k: r["split"] for k, r in zip(keys, recs)}
+    strata = [(json.dumps(r["label"]),) + tuple(fmt_value(r["attrs"].get(a, "unknown")) for a in cfg.stratify)
+              for r in recs]
+    try:
+        return stratified_split(keys, strata, default_fractions(cfg.val_frac, cfg.test_frac), seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def pack(cfg: Any) -> Dict[str, Any]:
+    """Pack per ``cfg`` (see :class:`agglom.data.args.PackConfig`); returns the datasheet. Everything is read and
+    checked before the output folder is touched; the write goes through one
+    :class:`agglom.data.manifest.DatasetOutput`, so a failure part-way (a full disk, Ctrl-C) leaves no shard."""
+    from agglom.config.load import ConfigError
+    from agglom.data.manifest import DatasetOutput
+    from agglom.data.writer import DatasetWriter
 
     if bool(cfg.src) == bool(cfg.csv):
         raise ConfigError("give exactly one source: src=FOLDER (class subfolders) or csv=FILE")
@@ -337,42 +287,20 @@ def pack(cfg: Any) -> Dict[str, Any]:
     join_report = _join_attrs(cfg, keys, recs) if cfg.get("attrs_csv") else None
     if cfg.get("masks"):
         _find_masks(cfg, recs)
-    if cfg.split_col:
-        assign = {k: r["split"] for k, r in zip(keys, recs)}
-    else:
-        strata = [(json.dumps(r["label"]),) + tuple(fmt_value(r["attrs"].get(a, "unknown")) for a in cfg.stratify)
-                  for r in recs]
-        try:
-            assign = stratified_split(keys, strata, default_fractions(cfg.val_frac, cfg.test_frac), seed=cfg.seed)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+    assign = _assign(cfg, keys, recs)
     _check_max_side(cfg.max_side)
-    root = prepare_output(cfg.out, cfg.force)
-    written = downsized = 0
     mask_problems: Counter = Counter()
-    with DatasetWriter(root, shard_size=cfg.shard_size, prepare=False) as w:
-        for key, r in zip(keys, recs):
-            try:
-                data, ext = load_image(r["path"], dicom_notes)
-            except SkipImage as e:
-                skipped[e.reason] += 1
-                log.warning("pack: %s; skipped", e)
-                continue
-            mask, area = _mask_of(r, data, ext, mask_problems)  # checked against the source's size
-            data, ext, size = downsize_image(data, ext, int(cfg.max_side))
-            if size is not None:
-                downsized += 1
-                mask = downsize_mask(mask, size) if mask is not None else None
-            w.write(key, data, ext, r["label"], r["attrs"], assign[key], extra={"source": r["rel"]},
-                    mask=mask, mask_area=area)
-            written += 1
+    with DatasetOutput.open(cfg.out, cfg.force, "agglom data pack") as output, \
+            DatasetWriter(output.root, shard_size=cfg.shard_size, output=output) as w:
+        written, downsized = _write(w, cfg, keys, recs, assign, skipped, dicom_notes, mask_problems)
         if written == 0:
             raise ConfigError(f"no readable images in the source (skipped: {dict(skipped)})")
         label = {"names": names} if names else {}
         sheet = w.close(name=cfg.name or Path(cfg.out).name, source=cfg.source or source, licence=cfg.licence,
                         params={"val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
                                 "stratify": list(cfg.stratify), "split_col": cfg.split_col,
-                                "shard_size": cfg.shard_size, "max_side": int(cfg.max_side), "downsized": downsized, "uncertain": cfg.uncertain, "blank": cfg.blank,
+                                "shard_size": cfg.shard_size, "max_side": int(cfg.max_side), "downsized": downsized,
+                                "uncertain": cfg.uncertain, "blank": cfg.blank,
                                 "labels_converted": dict(converted), "dicom_converted": dict(dicom_notes),
                                 **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
                                    if join_report else {}),

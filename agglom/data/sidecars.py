@@ -11,7 +11,6 @@ parsing, used on their own too (:func:`agglom.data.readers.group_indexer` over a
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -35,9 +34,10 @@ def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
             raise ConfigError(f"data.sidecars: file not found: {p}")
         try:
             if path.suffix.lower() == ".csv":
-                with open(path, newline="") as f:
-                    rows = list(csv.DictReader(f))
-                for row in rows:
+                from agglom.data.csvfile import read_csv
+
+                _, lines = read_csv(path, "data.sidecars:")  # BOM and encoding handled, by line
+                for _, row in lines:
                     key = row.pop("key", None) or row.pop("__key__", None)
                     if not key:
                         raise ValueError("a CSV sidecar needs a 'key' column")
@@ -59,6 +59,8 @@ def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
                     if not isinstance(attrs, dict):
                         raise ValueError(f"entry {key!r} is not a mapping")
                     out.setdefault(str(key), {}).update({k: v for k, v in attrs.items() if v is not None})
+        except ConfigError:
+            raise
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             raise ConfigError(f"data.sidecars: cannot read {p}: {e}") from e
     return out

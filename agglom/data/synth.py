@@ -229,65 +229,70 @@ def split_design(p: SynthParams, val_frac: float, test_frac: float, unlabeled: i
     return text
 
 
+def _variant_info(p: SynthParams, variant: str, params: Dict[str, Any], val_frac: float, test_frac: float,
+                  unlabeled: int, t0: float) -> Dict[str, Any]:
+    """The datasheet fields of one variant (the benchmark, or its no-bias twin)."""
+    return dict(
+        name="synth-bias" + ("-twin" if variant == "twin" else ""),
+        source="agglom data synth: SimBA-style synthetic bias benchmark (generated, numpy/scipy)",
+        licence="CC0-1.0 (generated data)",
+        params={**params, "variant": variant, "bias_effect_present": variant == "main"},
+        label={"type": "binary", "num_classes": 2, "names": ["healthy", "disease"]},
+        mask_definition={"member": "mask.png", "classes": ["background", "lesion"],
+                         "definition": f"the disease blob at >= {LESION_LEVEL:g} of its peak, inside the organ; "
+                                       "all background for healthy subjects"},
+        image={"ext": "png", "channels": 1, "bit_depth": 8, "size": [p.image_size, p.image_size]},
+        generation_seconds=round(time.perf_counter() - t0, 3),
+        split_design=split_design(p, val_frac, test_frac, unlabeled),
+    )
+
+
 def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 0.25, test_frac: float = 0.5,
                 shard_size: int = 1000, force: bool = False, unlabeled: int = 0) -> Dict[str, Any]:
     """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet. ``unlabeled``: that
     many more subjects, an independent draw from the same distribution (its own random stream, so the benchmark's
     splits are the same image for image with or without it), written as split ``unlabeled`` with attributes but
-    without labels or masks: the unlabeled images a hospital has far more of than labelled ones."""
+    without labels or masks: the unlabeled images a hospital has far more of than labelled ones. Both variants go
+    through one :class:`agglom.data.manifest.DatasetOutput`: a failure part-way removes what this run wrote."""
+    from agglom.data.manifest import DatasetOutput
     from agglom.data.masks import encode_mask
     from agglom.data.splits import default_fractions, stratified_split
-    from agglom.data.writer import DatasetWriter, prepare_output
+    from agglom.data.writer import DatasetWriter
 
     p.validate()
+    if unlabeled < 0:
+        raise ValueError(f"unlabeled must be >= 0, got {unlabeled}")
     t0 = time.perf_counter()
-    root = prepare_output(out, force)
     s = subjects(p)
     keys = [f"synth{i:06d}" for i in range(p.n)]
     strata = list(zip(s["label"].tolist(), s["shortcut"].tolist(), s["site_b"].tolist()))
     assign = stratified_split(keys, strata, default_fractions(val_frac, test_frac), seed=p.seed)
-    if unlabeled < 0:
-        raise ValueError(f"unlabeled must be >= 0, got {unlabeled}")
     params = {**asdict(p), "val_frac": val_frac, "test_frac": test_frac, "shard_size": shard_size, "twin": twin,
               "unlabeled": unlabeled}
     pu = replace(p, n=unlabeled)
     s_un = subjects(pu, UNLABELED_SALT) if unlabeled else None
     sheet: Dict[str, Any] = {}
-    for variant in (["main", "twin"] if twin else ["main"]):
-        imgs, lesions = render(p, s, with_bias=(variant == "main"), lesions=True)
-        dest = root if variant == "main" else root / "twin"
-        with DatasetWriter(dest, shard_size=shard_size, force=True, prepare=(variant != "main")) as w:
-            for split in ("train", "val", "test"):
-                for i, k in enumerate(keys):
-                    if assign[k] == split:
-                        w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split,
-                                mask=encode_mask(lesions[i], binary_255=True),
-                                mask_area=float(lesions[i].mean()))
-            if unlabeled:
-                uimgs = render(pu, s_un, with_bias=(variant == "main"), salt=UNLABELED_SALT)
-                for i in range(unlabeled):
-                    w.write(f"unlab{i:06d}", _png(uimgs[i]), "png", NO_LABEL, attrs_of(s_un, i), UNLABELED_SPLIT)
-            info = dict(
-                name="synth-bias" + ("-twin" if variant == "twin" else ""),
-                source="agglom data synth: SimBA-style synthetic bias benchmark (generated, numpy/scipy)",
-                licence="CC0-1.0 (generated data)",
-                params={**params, "variant": variant, "bias_effect_present": variant == "main"},
-                label={"type": "binary", "num_classes": 2, "names": ["healthy", "disease"]},
-                mask_definition={"member": "mask.png", "classes": ["background", "lesion"],
-                      "definition": f"the disease blob at >= {LESION_LEVEL:g} of its peak, inside the organ; "
-                                    "all background for healthy subjects"},
-                image={"ext": "png", "channels": 1, "bit_depth": 8, "size": [p.image_size, p.image_size]},
-                generation_seconds=round(time.perf_counter() - t0, 3),
-                split_design=split_design(p, val_frac, test_frac, unlabeled),
-            )
-            got = w.close(**info)
-        if variant == "main":
-            sheet = got
-    if twin:  # record the twin in the main datasheet too
-        sheet["twin"] = "twin"
-        from agglom.data.writer import write_json_atomic
-
-        write_json_atomic(Path(root) / "dataset.json", sheet)
+    with DatasetOutput.open(out, force, "agglom data synth") as output:
+        for variant in (["main", "twin"] if twin else ["main"]):
+            imgs, lesions = render(p, s, with_bias=(variant == "main"), lesions=True)
+            dest = output.root if variant == "main" else output.root / "twin"
+            with DatasetWriter(dest, shard_size=shard_size, output=output) as w:
+                for split in ("train", "val", "test"):
+                    for i, k in enumerate(keys):
+                        if assign[k] == split:
+                            w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split,
+                                    mask=encode_mask(lesions[i], binary_255=True),
+                                    mask_area=float(lesions[i].mean()))
+                if unlabeled:
+                    uimgs = render(pu, s_un, with_bias=(variant == "main"), salt=UNLABELED_SALT)
+                    for i in range(unlabeled):
+                        w.write(f"unlab{i:06d}", _png(uimgs[i]), "png", NO_LABEL, attrs_of(s_un, i), UNLABELED_SPLIT)
+                got = w.close(**_variant_info(p, variant, params, val_frac, test_frac, unlabeled, t0))
+            if variant == "main":
+                sheet = got
+        if twin:  # record the twin in the main datasheet too
+            sheet["twin"] = "twin"
+            output.write_json(Path(output.root) / "dataset.json", sheet)
     return sheet
 
 

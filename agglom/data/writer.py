@@ -1,8 +1,9 @@
 """Shard writing shared by `agglom data pack` and `agglom data synth`: atomic shards + the datasheet.
 
-Layout: ``<root>/<split>/<split>-%06d.tar`` and ``<root>/dataset.json``. Each shard is written as
-``<name>.tar.tmp`` and renamed into place only when complete, so a crash never leaves a half shard that
-readers would take for a good one.
+Layout: ``<root>/<split>/<split>-%06d.tar``, ``<root>/dataset.json`` and ``<root>/agglom-manifest.json`` (what the
+write created: :mod:`agglom.data.manifest`, which is what ``force=true`` removes and what a failed write takes
+back). Each shard is written as ``<name>.tar.tmp`` and renamed into place only when complete, so a crash never
+leaves a half shard that readers would take for a good one.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
@@ -19,59 +19,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import webdataset as wds
 
 from agglom.data.groups import fmt_value
+from agglom.data.jsonfile import read_json, write_json_atomic
+from agglom.data.manifest import DATASHEET, FORMAT, DatasetOutput, shard_name
 
-DATASHEET = "dataset.json"
-FORMAT = "agglom-shards/1"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 MAX_LISTED_NUMERIC_VALUES = 32
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def existing_output(root: os.PathLike) -> List[Path]:
-    """Things in ``root`` that a dataset write would replace (datasheet, split folders with shards, twin)."""
-    root = Path(root)
-    if not root.exists():
-        return []
-    found = []
-    if (root / DATASHEET).exists():
-        found.append(root / DATASHEET)
-    for sub in sorted(root.iterdir()) if root.is_dir() else [root]:
-        if sub.is_dir() and (any(sub.glob("*.tar")) or any(sub.glob("*.tar.tmp")) or (sub / DATASHEET).exists()):
-            found.append(sub)
-    if root.exists() and not root.is_dir():
-        found.append(root)
-    return found
-
-
-def prepare_output(root: os.PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing dataset unless ``force``; with force, remove only dataset files."""
-    from agglom.config.load import ConfigError
-
-    root = Path(root)
-    found = existing_output(root)
-    if found and not force:
-        raise ConfigError(f"output {root} already holds a dataset ({', '.join(str(p.name) for p in found[:4])}); "
-                          "pass force=true to overwrite it")
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"output {root} exists and is not a folder")
-    for p in found:
-        if p.is_dir():
-            for f in list(p.glob("*.tar")) + list(p.glob("*.tar.tmp")):
-                f.unlink()
-            if (p / DATASHEET).exists():  # a nested dataset (the twin): remove it whole
-                shutil.rmtree(p)
-            else:
-                try:
-                    p.rmdir()
-                except OSError:
-                    pass
-        elif p.exists():
-            p.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 # --------------------------------------------------------------------------- datasheet statistics
@@ -219,16 +171,16 @@ class DatasheetBuilder:
 
 # --------------------------------------------------------------------------- shard writer
 class _SplitWriter:
-    def __init__(self, folder: Path, split: str, shard_size: int):
-        self.folder, self.split, self.shard_size = folder, split, shard_size
+    def __init__(self, output: DatasetOutput, folder: Path, split: str, shard_size: int):
+        self.output, self.folder, self.split, self.shard_size = output, folder, split, shard_size
         self.index = 0
         self.count = 0
         self.tmp: Optional[Path] = None
         self.writer: Optional[wds.TarWriter] = None
 
     def _open(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.folder / (shard_name(self.split, self.index) + ".tmp")
+        final = self.output.file(self.folder / shard_name(self.split, self.index))  # listed before it exists
+        self.tmp = final.with_name(final.name + ".tmp")
         self.writer = wds.TarWriter(str(self.tmp), encoder=False, mtime=0.0)
         self.count = 0
 
@@ -257,6 +209,8 @@ class _SplitWriter:
         if self.writer is not None:
             try:
                 self.writer.close()
+            except OSError:  # a full disk fails the close too; the file goes either way
+                pass
             finally:
                 if self.tmp is not None and self.tmp.exists():
                     self.tmp.unlink()
@@ -267,13 +221,20 @@ class DatasetWriter:
     """Write samples into per-split shards and the datasheet; use as a context manager.
 
     ``write(key, image_bytes, ext, label, attrs, split)``; ``close(**info)`` writes ``dataset.json`` and returns it.
+    Every file goes through a :class:`agglom.data.manifest.DatasetOutput`: ``output`` when the caller holds one
+    (several writers into one folder, as `agglom data synth` and its twin), else one opened here on ``root`` (which
+    refuses or, with ``force``, clears a previous dataset). Leaving the ``with`` block with an exception removes what
+    was written.
     """
 
-    def __init__(self, root: os.PathLike, shard_size: int = 1000, force: bool = False, prepare: bool = True):
+    def __init__(self, root: os.PathLike, shard_size: int = 1000, force: bool = False,
+                 output: Optional[DatasetOutput] = None):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.root = prepare_output(root, force) if prepare else Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._own = output is None
+        self.output = DatasetOutput.open(root, force) if output is None else output
+        self.root = Path(root)
+        self.output.folder(self.root)
         self.shard_size = int(shard_size)
         self._writers: Dict[str, _SplitWriter] = {}
         self._keys: set = set()
@@ -297,7 +258,7 @@ class DatasetWriter:
             meta.update(extra)
         w = self._writers.get(split)
         if w is None:
-            w = self._writers[split] = _SplitWriter(self.root / split, split, self.shard_size)
+            w = self._writers[split] = _SplitWriter(self.output, self.root / split, split, self.shard_size)
         sample = {"__key__": key, ext: bytes(image), "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
         if mask is not None:
             from agglom.data.masks import MASK_MEMBER, decode_mask, foreground_fraction
@@ -312,8 +273,10 @@ class DatasetWriter:
         for split, w in self._writers.items():
             self.sheet.shards[split] = w.close()
         sheet = self.sheet.build(**info)
-        write_json_atomic(self.root / DATASHEET, sheet)
+        self.output.write_json(self.root / DATASHEET, sheet)
         self.datasheet = sheet
+        if self._own:
+            self.output.finish()
         return sheet
 
     def abort(self) -> None:
@@ -323,23 +286,25 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         if exc_type is not None:
             self.abort()
-
-
-def write_json_atomic(path: os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+        return self.output.__exit__(exc_type, exc, tb) if self._own else False
 
 
 def read_datasheet(root: os.PathLike) -> Optional[Dict[str, Any]]:
+    """``<root>/dataset.json``, or None when there is none; ConfigError naming the file when it is not a datasheet
+    (truncated, not JSON, not an object)."""
+    from agglom.config.load import ConfigError
+
     p = Path(root) / DATASHEET
     if not p.is_file():
         return None
-    return json.loads(p.read_text())
+    fix = "rewrite it with agglom data pack/synth, or remove it"
+    sheet = read_json(p, fix=fix)
+    if not isinstance(sheet, dict):
+        raise ConfigError(f"{p}: not a datasheet (a JSON object with 'splits'); {fix}")
+    return sheet
 
 
 def summary_table(sheet: Mapping[str, Any]) -> str:
@@ -395,5 +360,5 @@ def iter_shards(root: os.PathLike, split: str) -> Iterable[Path]:
     return sorted((Path(root) / split).glob("*.tar"))
 
 
-__all__ = ["DatasetWriter", "DatasheetBuilder", "prepare_output", "existing_output", "read_datasheet",
-           "write_json_atomic", "summary_table", "shard_name", "DATASHEET", "iter_shards"]
+__all__ = ["DatasetWriter", "DatasheetBuilder", "DatasetOutput", "read_datasheet", "write_json_atomic", "summary_table",
+           "shard_name", "DATASHEET", "FORMAT", "iter_shards"]

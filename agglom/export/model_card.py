@@ -130,12 +130,19 @@ def _read_rows(summary: Dict[str, Any], report: Dict[str, Any]) -> List[str]:
     return ["", *[f"- {r}" for r in rows]]
 
 
+def _inputs(run_dir: Path, cfg: Any) -> tuple:
+    """(datasheet, eval report) of the run, each {} when absent; a broken file is one line naming it."""
+    from agglom.data.jsonfile import read_json
+    from agglom.data.writer import read_datasheet
+
+    report_path = Path(run_dir) / "eval" / "report.json"
+    report = read_json(report_path, fix="rerun agglom eval on the run, or remove it") if report_path.is_file() else {}
+    return read_datasheet(cfg.data.root) or {}, report
+
+
 def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_count: int = 10) -> Path:
     summary = run_summary(run_dir)
-    ds_path = Path(cfg.data.root) / "dataset.json"
-    datasheet = json.loads(ds_path.read_text()) if ds_path.is_file() else {}
-    report_path = Path(run_dir) / "eval" / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    datasheet, report = _inputs(run_dir, cfg)
     hours = (summary.get("train_seconds") or 0) / 3600 * max(1, int(summary.get("world_size") or 1))
     flops = summary.get("train_flops")
     student = model.student

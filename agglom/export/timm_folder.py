@@ -1,19 +1,20 @@
 """`agglom export`: a folder `timm.create_model("local-dir:<dir>", pretrained=True)` loads with timm alone.
 
-Written to a temporary folder and renamed into place, so a crash never leaves a half-written export.
+Written to a temporary folder and renamed into place, so a crash never leaves a half-written export; an existing
+folder is replaced only when it is an agglom export, and ``agglom.json`` lists the files the export wrote (what a
+later ``force=true`` may replace: :mod:`agglom.export.folder`).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import timm
 
-from agglom.config.load import ConfigError
 from agglom.export.adapters import write_adapter_pack
+from agglom.export.folder import check_target, discard, listing, publish, staging_path
 from agglom.export.input_sizes import input_sizes, record_in_config
 from agglom.export.model_card import write_model_card
 from agglom.runs import latest_checkpoint, load_run_model, run_config
@@ -23,15 +24,31 @@ EXPORT_SCHEMA = "agglom.export/1"
 
 def export_run(run_dir: Path, out_dir: Optional[Path] = None, use_ema: bool = True, min_group_count: int = 10,
                force: bool = True, checkpoint: Optional[Path] = None) -> Path:
+    """Export the run's student to ``out_dir`` (default ``<run>/export``): staged beside it and renamed into place;
+    an existing ``out`` is replaced only when it is an agglom export (:mod:`agglom.export.folder`)."""
+    from agglom.data.manifest import write_failure
+
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
-    if out.exists() and not force:
-        raise ConfigError(f"export: {out} exists; pass force=true to replace it")
+    check_target(out, force)  # before the model is loaded: a refusal costs nothing
     cfg = run_config(run_dir)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     model = load_run_model(run_dir, ckpt, use_ema=use_ema)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_path(out)
+    try:
+        _write(tmp, run_dir, cfg, ckpt, model, use_ema, min_group_count)
+    except BaseException as e:
+        discard(tmp)
+        if isinstance(e, OSError):
+            raise write_failure(e, out, "nothing was exported") from None
+        raise
+    return publish(tmp, out)
+
+
+def _write(tmp: Path, run_dir: Path, cfg: Any, ckpt: Path, model: Any, use_ema: bool, min_group_count: int) -> None:
+    """The export's files into the staging folder ``tmp``; ``agglom.json`` last, listing them all."""
+    from agglom.data.jsonfile import read_json
+
     tmp.mkdir(parents=True)
     student = model.student
     pcfg = {"tag": f"agglom.{cfg.name}", "license": "other", "description": f"agglom student from run {cfg.name}",
@@ -40,16 +57,13 @@ def export_run(run_dir: Path, out_dir: Optional[Path] = None, use_ema: bool = Tr
                             model_args=dict(getattr(student, "agglom_model_args", {})), safe_serialization=True)
     _clean_config(tmp / "config.json")
     report_path = run_dir / "eval" / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report = read_json(report_path, fix="rerun agglom eval on the run, or remove it") if report_path.is_file() else {}
     record_in_config(tmp / "config.json", input_sizes(student, cfg, report))  # the sizes timm may feed it
     write_adapter_pack(model, cfg, tmp)
-    (tmp / "agglom.json").write_text(json.dumps({"schema": EXPORT_SCHEMA, "run": str(run_dir.resolve()),
-                                                 "checkpoint": ckpt.name, "ema": use_ema}, indent=1))
     write_model_card(tmp, run_dir, cfg, model, min_group_count=min_group_count)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    (tmp / "agglom.json").write_text(json.dumps({"schema": EXPORT_SCHEMA, "run": str(run_dir.resolve()),
+                                                 "checkpoint": ckpt.name, "ema": use_ema,
+                                                 "files": sorted(listing(tmp) + ["agglom.json"])}, indent=1))
 
 
 def _clean_config(path: Path) -> None:

@@ -9,8 +9,6 @@ worst-group AUC). Written to a temporary folder and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -105,31 +103,40 @@ def card_fields(a: Any, enc: Encoder, result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def staging_dir(out: Path, force: bool) -> Path:
-    """The temporary folder an export is written into before :func:`publish` renames it into place (a crash never
-    leaves a half-written teacher at ``out``); refuses an existing ``out`` without ``force``."""
-    if out.exists() and not force:
-        from agglom.config.load import ConfigError
+    """The temporary folder (not yet created) an export is written into before :func:`publish` renames it into place
+    (a crash never leaves a half-written teacher at ``out``); refuses an ``out`` that is not agglom's to replace, or
+    an existing export without ``force`` (:func:`agglom.export.folder.check_target`)."""
+    from agglom.export.folder import check_target, staging_path
 
-        raise ConfigError(f"out: {out} exists; pass force=true to replace it")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    return tmp
+    check_target(Path(out), force)
+    return staging_path(Path(out))
 
 
 def publish(tmp: Path, out: Path, card: Dict[str, Any], record: Dict[str, Any]) -> Path:
-    """Write card.yaml and finetune.json into the staged folder, then rename it to ``out`` (replacing it)."""
-    (tmp / "card.yaml").write_text(f"# teacher card for this export (family {card['family']}): "
-                                   "teachers.load_card(<this folder>)\n"
-                                   + yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
-    (tmp / "finetune.json").write_text(json.dumps(record, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    """Write card.yaml and finetune.json (listing every file of the export) into the staged folder, then rename it
+    to ``out`` (replacing the export there). A failure removes the staged folder; an OSError is one line."""
+    from agglom.data.manifest import write_failure
+    from agglom.export import folder
+
+    try:
+        (tmp / "card.yaml").write_text(f"# teacher card for this export (family {card['family']}): "
+                                       "teachers.load_card(<this folder>)\n"
+                                       + yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=110))
+        files = sorted(folder.listing(tmp) + ["finetune.json"])
+        (tmp / "finetune.json").write_text(json.dumps({**record, "files": files}, indent=1))
+    except OSError as e:
+        folder.discard(tmp)
+        raise write_failure(e, out, "nothing was exported") from None
+    except BaseException:
+        folder.discard(tmp)
+        raise
+    return folder.publish(tmp, out)
 
 
 def export_encoder(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, force: bool = True) -> Path:
+    from agglom.data.manifest import write_failure
+    from agglom.export.folder import discard
+
     out = Path(out)
     tmp = staging_dir(out, force)
     model = enc.model.cpu().eval()
@@ -138,10 +145,17 @@ def export_encoder(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, forc
             "interpolation": enc.interpolation, "crop_pct": 1.0, "crop_mode": "center",
             "tag": f"agglom-finetune.{a.name}", "license": "other",
             "description": f"agglom finetune {a.name}: objective {a.objective.group}"}
-    timm.models.save_for_hf(model, str(tmp), model_config={"pretrained_cfg": pcfg}, safe_serialization=True,
-                            data_config={"mean": list(enc.mean), "std": list(enc.std), "input_size": (3, size, size),
-                                         "interpolation": enc.interpolation, "crop_pct": 1.0})
-    _clean_config(tmp / "config.json", pcfg)
+    try:
+        timm.models.save_for_hf(model, str(tmp), model_config={"pretrained_cfg": pcfg}, safe_serialization=True,
+                                data_config={"mean": list(enc.mean), "std": list(enc.std),
+                                             "input_size": (3, size, size), "interpolation": enc.interpolation,
+                                             "crop_pct": 1.0})
+        _clean_config(tmp / "config.json", pcfg)
+    except BaseException as e:
+        discard(tmp)
+        if isinstance(e, OSError):
+            raise write_failure(e, out, "nothing was exported") from None
+        raise
     return publish(tmp, out, card_fields(a, enc, result), finetune_record(a, enc, result))
 
 
