@@ -1,13 +1,16 @@
 """`agglom <command> [recipe=PATH] key=value ...`: one way to pass options to every subcommand."""
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 from typing import List, Optional, Sequence
 
 from agglom import __version__
 from agglom.commands import COMMANDS, Command
 from agglom.config.load import ConfigError, describe, load_config
+from agglom.data.urls import ALLOW_REMOTE_ENV, ALLOW_REMOTE_FLAG
 from agglom.errors import ReadableError
 
 
@@ -24,6 +27,16 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+#: what a Ctrl-C leaves, by command family (the writers remove partial output; runs and caches continue)
+AFTER_INTERRUPT = {
+    "train": "the same command resumes the run from its last checkpoint",
+    "finetune": "the same command resumes the run from its last checkpoint",
+    "sweep": "the same command resumes: finished runs are kept, the interrupted one resumes from its checkpoint",
+    "cache": "the same command continues: finished cache shards are kept",
+    "data": "the partial output of this command was removed; run it again",
+}
+
+
 def _resolve(argv: List[str]) -> tuple:
     """Longest command name that prefixes argv."""
     for n in (2, 1):
@@ -36,6 +49,9 @@ def _resolve(argv: List[str]) -> tuple:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [a for a in argv if not (a.startswith("--local_rank") or a.startswith("--local-rank"))]
+    if ALLOW_REMOTE_FLAG in argv:  # the only way to read pipe:/network shards: said on this command line
+        argv = [a for a in argv if a != ALLOW_REMOTE_FLAG]
+        os.environ[ALLOW_REMOTE_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -62,7 +78,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ReadableError) as e:  # messages that name the key or file, the cause and the fix
         print(f"agglom {name}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print(f"agglom {name}: interrupted; {AFTER_INTERRUPT.get(name.split()[0], 'nothing of it was completed')}",
+              file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine said no: a full disk, a read-only folder, a file in a folder's place
+        if os.environ.get("AGGLOM_DEBUG"):
+            raise
+        print(f"agglom {name}: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
     return int(code or 0)
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system refusal: what, on which file, and what to do."""
+    where = f" {e.filename!r}" if e.filename else ""
+    fix = {errno.ENOSPC: "free some space and run the same command again",
+           errno.EACCES: "check the permissions of that file or folder, or choose another out_dir/out",
+           errno.EPERM: "check the permissions of that file or folder, or choose another out_dir/out",
+           errno.EROFS: "the file system is read-only; choose another out_dir/out",
+           errno.ENOTDIR: "a file is where agglom expects a folder; move it or choose another path",
+           errno.EISDIR: "a folder is where agglom expects a file; give the file's path",
+           errno.EEXIST: "move that file away or choose another path"}.get(e.errno, "set AGGLOM_DEBUG=1 for a traceback")
+    return f"{e.strerror or type(e).__name__}:{where}; {fix}"
 
 
 def entry() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from agglom.cli import main as cli
-from agglom.config.load import ConfigError, load_config
+from agglom.config.load import ConfigError, load_config, read_recipe
 
 #: the fair candidate's recipe, chosen by measurement (README, "Fairness"): partial group balancing (a group's share
 #: of the draws ∝ n_g^0.25), the normalisers at the natural distribution's statistics, and the one-sided ``excess``
@@ -153,7 +153,7 @@ def recipe_mismatch(run: Path, overrides: Sequence[str]) -> List[str]:
     student is reused only when it was trained with the settings asked for now."""
     from omegaconf import OmegaConf
 
-    saved = OmegaConf.load(run / "config.yaml")
+    saved = OmegaConf.create(read_recipe(str(run / "config.yaml")))
     bad = []
     for o in overrides:
         key = o.split("=", 1)[0]

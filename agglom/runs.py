@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agglom.config.choices import input_channels
-from agglom.config.load import ConfigError
+from agglom.config.load import ConfigError, read_recipe
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
 
@@ -18,7 +18,7 @@ def run_config(run_dir: Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `agglom train`")
-    loaded = OmegaConf.load(path)
+    loaded = OmegaConf.create(read_recipe(str(path)))
     base = OmegaConf.structured(Recipe)
     return OmegaConf.merge(base, {k: loaded[k] for k in loaded if k in base})
 
@@ -28,11 +28,22 @@ def run_specs(run_dir: Path) -> List[TeacherSpec]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
+    """The run's last checkpoint; refused while another process still trains the run (its latest checkpoint is
+    then a step on the way, not the run's result) and when the pointer names anything but a checkpoint folder."""
+    from agglom.train.runlock import held_by
+
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"
     if not pointer.is_file():
         raise ConfigError(f"{run_dir} has no checkpoint yet (checkpoints/latest missing)")
-    return root / pointer.read_text().strip()
+    holder = held_by(Path(run_dir))
+    if holder:
+        raise ConfigError(f"{run_dir} is still being trained by {holder}; its latest checkpoint is a step on the way, "
+                          "not the result. Wait for the run to finish (or give checkpoint=PATH to use one knowingly)")
+    name = pointer.read_text().strip()
+    if not name or Path(name).name != name or not (root / name).is_dir():
+        raise ConfigError(f"{pointer} names {name[:80]!r}, which is not a checkpoint folder in {root}")
+    return root / name
 
 
 def trained_state(ckpt: Path, use_ema: bool = True, engine: str = "torch") -> Dict[str, torch.Tensor]:

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import yaml
-
 from .safe_load import file_identity
 from .weight_files import bad_weight_fields, file_sha256, package_dir
 
@@ -159,6 +157,8 @@ class TeacherCard:
                     "loaded. Reinstall or replace the file" + (f" ({self.weights.hint})" if self.weights.hint else ""))
         kind = "folder" if self.weights.source == "folder" else "file"
         ok = p.is_dir() if kind == "folder" else p.is_file()
+        if not ok and p.exists():
+            raise MissingWeightsError(f"teacher '{self.name}': {p} is not a regular {kind}; point the card at one")
         if not ok:
             where = (f"(inside the installed package {self.weights.package})" if self.weights.package else
                      f"(relative paths resolve under $AGGLOM_WEIGHTS, now {weights_root()})")
@@ -344,10 +344,12 @@ def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
+    from .safe_yaml import YAMLInputError, load_file
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CardError(f"card {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        data = load_file(path)
+    except YAMLInputError as e:
+        raise CardError(f"card {path}: {e}") from None
     return data if data is not None else {}
 
 
@@ -376,8 +378,10 @@ def load_card(name_or_path: Union[str, Path, TeacherCard]) -> TeacherCard:
             return card_from_card_folder(p)
         return card_from_hf_folder(p) if is_hf_folder(p) else card_from_export(p)
     if p.suffix in (".yaml", ".yml") or os.sep in s:
-        if not p.is_file():
+        if not p.exists():
             raise CardError(f"card file not found: {p}")
+        if p.suffix not in (".yaml", ".yml"):  # never read (and quote) an arbitrary file as a card
+            raise CardError(f"card path {p}: a card file ends in .yaml or .yml (or give a card name or a folder)")
         return card_from_dict(_read_yaml(p), source=str(p.resolve()))
     path = CARDS_DIR / f"{s}.yaml"
     if not path.is_file():

@@ -44,6 +44,16 @@ def _looks_like(path: Path) -> str:
     return f"{path.stat().st_size} bytes of another format"
 
 
+def _require_file(path: Path) -> None:
+    """A missing weights path is FileNotFoundError; a device, fifo or folder in its place (``/dev/zero`` would be
+    read forever) is a :class:`CheckpointFormatError` naming it."""
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path} is not a regular file (a device, a fifo or a folder); nothing was read. "
+                                    "Give the weights file itself")
+
+
 def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
     """A safetensors file's tensors on CPU; :class:`CheckpointFormatError` naming the file when it is not one
     (e.g. a pickle renamed ``model.safetensors``) or is damaged."""
@@ -51,8 +61,7 @@ def load_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    _require_file(path)
     if not _is_safetensors(path):
         raise CheckpointFormatError(f"{path} is not a safetensors file: it is {_looks_like(path)}. Nothing in it was "
                                     "run. Replace it with the file that belongs there")
@@ -130,8 +139,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.T
 def load_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """Read a weights file (safetensors, or a pickle of tensors) into a flat state dict on CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    _require_file(path)
     return unwrap_state_dict(_read_raw(path), source=str(path))
 
 

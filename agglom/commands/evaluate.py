@@ -29,9 +29,19 @@ class EvalArgs:
 
 
 def _run(args: EvalArgs) -> int:
-    from agglom.eval.run import run_evaluation
+    """One evaluation per output folder at a time (a lock); an earlier report there is replaced, and said so."""
+    import time
 
-    run_evaluation(args)
+    from agglom.eval.run import eval_out_dir, run_evaluation
+    from agglom.train.runlock import RunLock
+
+    out = eval_out_dir(args)
+    with RunLock(out, activity="evaluated"):
+        earlier = out / "report.json"
+        if earlier.is_file():
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(earlier.stat().st_mtime))
+            print(f"agglom eval: replacing the report of {when} in {out} (give out=DIR to keep both)", flush=True)
+        run_evaluation(args)
     return 0
 
 

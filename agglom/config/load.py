@@ -12,6 +12,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from teachers.safe_yaml import StrictLoader, YAMLInputError, load_text, read_text
+
 
 class ConfigError(ValueError):
     """A recipe problem a user must fix; the CLI prints it on one line and exits with 2."""
@@ -19,9 +21,10 @@ class ConfigError(ValueError):
     exit_code = 2
 
 
-class RecipeLoader(yaml.SafeLoader):
-    """YAML for recipes and overrides: booleans are only true/false (YAML 1.2), so `log.progress=off` or
-    `name=no` stay words instead of becoming False; floats such as 1e-3 parse as numbers (as in omegaconf)."""
+class RecipeLoader(StrictLoader):
+    """YAML for recipes, saved run configs and overrides: booleans are only true/false (YAML 1.2), so
+    `log.progress=off` stays a word instead of becoming False; floats such as 1e-3 parse as numbers (as in
+    omegaconf); anchors/aliases, duplicate keys and deep nesting are refused (:mod:`teachers.safe_yaml`)."""
 
 
 RecipeLoader.yaml_implicit_resolvers = {
@@ -39,13 +42,51 @@ RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?
 
 def parse_value(text: str) -> Any:
     """One override's value as YAML (a number, a list, a mapping, null, true/false or a word)."""
-    return yaml.load(text, Loader=RecipeLoader)
+    return load_text(text, RecipeLoader)
 
 
-def _override(item: str) -> DictConfig:
+_RESOLVER = re.compile(r"\$\{[^}]*:")  # ${oc.env:X}, ${oc.decode:...}: a resolver, not a ${section.key} reference
+
+
+def _check_resolvers(value: Any, source: str) -> None:
+    """Refuse omegaconf resolvers anywhere in ``value``: ``${oc.env:TOKEN}`` would copy an environment variable
+    into the saved ``config.yaml`` and the run folder's name. Set such values on the command line instead."""
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        for v in value:
+            _check_resolvers(v, source)
+        return
+    m = _RESOLVER.search(value) if isinstance(value, str) else None
+    if m:
+        raise ConfigError(f"{source}: {m.group(0)}...}} calls an omegaconf resolver, which agglom does not run (it "
+                          "would copy environment values into the saved config); give the value itself, e.g. "
+                          "data.root=\"$DATA\" on the command line")
+
+
+def _string_typed(schema: Type[Any], key: str) -> Optional[bool]:
+    """True when the dotted ``key`` is a str field of ``schema``, False for Optional[str], None otherwise: such a
+    value is taken as typed (a path with ` #`, `: ` or a newline, a name like 007), never parsed as YAML."""
+    tp: Any = schema
+    for part in key.split("."):
+        if not is_dataclass(tp) or part not in {f.name for f in fields(tp)}:
+            return None
+        tp = get_type_hints(tp)[part]
+    if tp is str:
+        return True
+    return False if tp == Optional[str] else None
+
+
+def _override(item: str, schema: Type[Any]) -> DictConfig:
     key, value = item.split("=", 1)
+    _check_resolvers(value, f"override {item!r}")
+    typed = _string_typed(schema, key)
+    if typed is None:
+        parsed = parse_value(value)
+    else:  # Optional[str]: `key=null` (or `key=`) still clears it
+        parsed = None if typed is False and value in ("", "null", "~") else value
     conf = OmegaConf.create()
-    OmegaConf.update(conf, key, parse_value(value), force_add=True)
+    OmegaConf.update(conf, key, parsed, force_add=True)
     return conf
 
 
@@ -121,6 +162,19 @@ def _open_free_dicts(node: Any) -> None:
                 _open_free_dicts(child)
 
 
+def read_recipe(path: str) -> Any:
+    """A recipe (or a run's saved ``config.yaml``) as plain data, read with :class:`RecipeLoader`; every problem
+    is a :class:`ConfigError` naming the file."""
+    if not Path(path).exists():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        loaded = load_text(read_text(path), RecipeLoader)
+    except YAMLInputError as e:
+        raise ConfigError(f"recipe {path}: {e}") from None
+    _check_resolvers(loaded, f"recipe {path}")
+    return {} if loaded is None else loaded
+
+
 def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[str] = None) -> DictConfig:
     """Build the resolved config for `schema` from an optional recipe file and key=value overrides, then check
     every value (:func:`agglom.config.validate.validate`): a bad key, type or value raises :class:`ConfigError`."""
@@ -130,12 +184,7 @@ def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[st
     OmegaConf.set_struct(cfg, True)
     _open_free_dicts(cfg)
     if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"recipe file not found: {path}")
-        try:
-            loaded = yaml.load(Path(path).read_text(), Loader=RecipeLoader) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        loaded = read_recipe(path)
         if not isinstance(loaded, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(loaded).__name__}")
         try:
@@ -144,11 +193,11 @@ def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[st
             raise _explain(e, schema, f"recipe {path}") from e
     for item in dotlist:
         try:
-            cfg = OmegaConf.merge(cfg, _override(item))
+            cfg = OmegaConf.merge(cfg, _override(item, schema))
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"override {item!r}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from e
+        except YAMLInputError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:

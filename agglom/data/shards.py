@@ -21,19 +21,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import braceexpand
-from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
 from agglom.config.access import cfg_get
 from agglom.data.counts import SkipCounts
 from agglom.data.tarstream import members as tar_members
+from agglom.data.urls import check_url, is_remote, local_path
 
 _GLOB = re.compile(r"[*?\[]")
 _META = re.compile(r"__[^/]*__($|/)")
-
-
-def _remote(url: str) -> bool:
-    return "://" in url or url.startswith("pipe:")
 
 
 def shard_pattern(cfg: Any, split: str) -> Optional[str]:
@@ -62,7 +58,7 @@ def data_home(cfg: Any) -> Path:
     no ``dataset.json`` but its parent does (``<root>/<split>/x.tar``), the parent — never ``data.root``, so a stray
     ``data/synth`` in the working directory cannot lend its datasheet to other shards."""
     pattern = cfg_get(cfg.data, "shards")
-    if not pattern or _remote(pattern):
+    if not pattern or is_remote(pattern):
         return Path(cfg.data.root)
     split_dirs = "{split}" in pattern
     head = pattern.split("{split}")[0] if split_dirs else os.path.dirname(pattern) + "/"
@@ -88,7 +84,7 @@ def resolve_shards(cfg: Any, split: str) -> Tuple[List[str], List[str]]:
     pattern = shard_pattern(cfg, split)
     if pattern is None:
         folder = Path(cfg.data.root) / split
-        urls = sorted(glob.glob(str(folder / "*.tar")))
+        urls = sorted(glob.glob(os.path.join(glob.escape(str(folder)), "*.tar")))  # `[1]` in a folder name is a name
         if not urls:
             raise ConfigError(f"no shards for split {split!r}: {folder}/*.tar is empty "
                               f"(write a dataset with `agglom data synth` or `agglom data pack`, or set data.root "
@@ -96,13 +92,16 @@ def resolve_shards(cfg: Any, split: str) -> Tuple[List[str], List[str]]:
         return urls, []
     present, missing = [], []
     for u in braceexpand.braceexpand(pattern):
-        if _remote(u):
+        check_url(u)
+        if is_remote(u):
             present.append(u)
+        elif os.path.exists(local_path(u)):  # a file whose name has `[` or `*` is that file, not a pattern
+            present.append(local_path(u))
         elif _GLOB.search(u):
-            found = sorted(glob.glob(u))
+            found = sorted(glob.glob(local_path(u)))
             (present.extend(found) if found else missing.append(u))
         else:
-            (present if os.path.exists(u) else missing).append(u)
+            missing.append(u)
     if not present:
         raise ConfigError(f"data.shards={pattern!r}: none of its {len(missing)} shard file(s) exists "
                           f"(e.g. {missing[0]}); brace ranges ({{000000..000009}}) and globs (*.tar) are expanded")
@@ -140,7 +139,7 @@ def inspect_shards(urls: List[str]) -> List[Tuple[str, str, str]]:
     Every reader counts these up front, so they are counted even when a training run never draws the shard."""
     out = []
     for u in urls:
-        if _remote(u):
+        if is_remote(u):
             continue
         try:
             size = os.path.getsize(u)
@@ -181,8 +180,14 @@ def read_shard(url: str, counts: SkipCounts, select: Optional[Any] = None) -> It
     members = 0
     error: Optional[BaseException] = None
     out: List[Dict[str, Any]] = []
+    check_url(url)
     try:
-        stream = gopen(url)
+        if is_remote(url):
+            from webdataset.gopen import gopen
+
+            stream = gopen(url)
+        else:
+            stream = open(local_path(url), "rb")  # noqa: SIM115 - closed below
     except Exception as e:  # noqa: BLE001 - unreadable file or failed pipe: the shard is skipped and named
         counts.skip("bad_tar", sid, f"cannot open: {type(e).__name__}: {e}")
         return

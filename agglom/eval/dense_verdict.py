@@ -10,12 +10,12 @@ replicate. Intervals are BCa with grouped-jackknife acceleration.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from agglom.eval.csv_cells import read_rows
 from agglom.eval.intervals import bca_interval, jackknife_blocks
 
 __all__ = ["DICE_MARGIN", "load_dense_rows", "dense_verdict", "render_dense_verdict"]
@@ -34,8 +34,7 @@ def load_dense_rows(path: str | Path, model: str) -> Dict[str, Any]:
             break
     else:
         raise FileNotFoundError(f"{path}: no dense_predictions.csv (evaluate it with `agglom eval ... eval.dense=true`)")
-    with p.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["model"] == model and r["split"] == "test" and r["evaluated"] == "1"]
+    rows = [r for r in read_rows(p) if r["model"] == model and r["split"] == "test" and r["evaluated"] == "1"]
     if not rows:
         raise ValueError(f"{p}: no evaluated test rows of model {model!r}")
     extra = [c for c in rows[0] if c not in ("model", "key", "split", "evaluated", "dice", "iou", "true_area",

@@ -76,6 +76,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from agglom.eval.csv_cells import cell, read_rows
 from agglom.eval.metrics import nan_to_none
 from agglom.eval.report_md import data_markdown, render_markdown, summary_table  # noqa: F401 - re-exported
 from agglom.eval.sam_report import check_sam_section
@@ -314,18 +315,18 @@ def write_predictions_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, A
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
+        w = csv.DictWriter(f, fieldnames=[cell(c) for c in cols])
         w.writeheader()
-        for r in rows:
-            w.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
+        for r in rows:  # text cells a spreadsheet would run as formulas are written as text (csv_cells.py)
+            w.writerow({cell(k): (repr(float(v)) if isinstance(v, (float, np.floating)) else cell(v))
+                        for k, v in r.items()})
     return str(p)
 
 
 def read_predictions_csv(path: str | os.PathLike) -> Dict[str, np.ndarray]:
     """Read a predictions CSV back as columns: label columns -> int arrays, score/threshold -> float arrays,
     everything else -> str arrays."""
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(path)
     if not rows:
         return {}
     out: Dict[str, np.ndarray] = {}

@@ -161,6 +161,12 @@ def _check_upfront(args: Any, cfg: Any, model: Any, device: torch.device) -> Any
     return plan_sam(args, cfg, model, device) if args.eval.sam_prompts else None
 
 
+def eval_out_dir(args: Any) -> Path:
+    """Where an evaluation writes: ``out=``, else ``<run>/eval``, else ``runs/audit-<teacher>/eval``."""
+    return Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
+                                            Path("runs") / f"audit-{args.teacher}" / "eval")
+
+
 def run_evaluation(args: Any) -> Dict[str, Any]:
     """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
     plots; returns the report."""
@@ -210,8 +216,7 @@ def run_evaluation(args: Any) -> Dict[str, Any]:
                                                    args.seed, g["exclude_unknown"])
     primary_splits = splits_of.get(primary) or next(iter(splits_of.values()))
     extra["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
-    out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
-                                           Path("runs") / f"audit-{args.teacher}" / "eval")
+    out = eval_out_dir(args)
     report = write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
                                                            "features": args.eval.features, "device": device.type},
                        extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows,

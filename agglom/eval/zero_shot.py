@@ -44,10 +44,15 @@ def read_prompts(path: str | Path) -> Dict[str, Any]:
     """A prompts file (YAML or JSON mapping)."""
     import yaml
 
+    from teachers.safe_yaml import YAMLInputError, load_file, read_text
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise PromptError(f"zero-shot prompts file not found: {p}")
-    data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    try:
+        data = json.loads(read_text(p)) if p.suffix == ".json" else load_file(p)
+    except (YAMLInputError, yaml.YAMLError, ValueError, RecursionError) as e:
+        raise PromptError(f"zero-shot prompts file {p}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, Mapping) or not data:
         raise PromptError(f"{p}: expected a mapping of class -> [prompt, ...] (multi-label: label -> {{0: [...], "
                           "1: [...]}})")

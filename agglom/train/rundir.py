@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from agglom.config.load import ConfigError
+from agglom.config.load import ConfigError, read_recipe
 from agglom.config.schema import Recipe
 
 SAFE_ON_RESUME = ("resume", "log.interval", "log.tensorboard", "log.progress", "log.checkpoint_interval", "log.keep",
@@ -61,7 +61,7 @@ def saved_config(run_dir: Path, schema: Any = None) -> Optional[DictConfig]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
-    loaded = OmegaConf.load(path)
+    loaded = OmegaConf.create(read_recipe(str(path)))
     base = OmegaConf.structured(schema or Recipe)
     return OmegaConf.merge(base, {k: loaded[k] for k in loaded if k in base})
 

@@ -54,13 +54,38 @@ def _describe(holder: Dict[str, Any]) -> str:
             + (f" (command: {cmd})" if cmd else ""))
 
 
+_HELD: set = set()  # lock files this process holds: never opened again here (closing any fd would release them)
+
+
+def held_by(run_dir: Path) -> Optional[str]:
+    """Who holds ``<run_dir>/.lock`` now (another process training, evaluating or caching into it), or None.
+    Asks for a shared lock without waiting, on a read-only descriptor, so a read-only folder can be asked too."""
+    path = Path(run_dir) / LOCK_NAME
+    if not path.is_file() or str(path.resolve()) in _HELD:
+        return None
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return _describe(_read(fd))
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """``with RunLock(run_dir):`` — exclusive for the block; ``RunLockedError`` (exit 2) names the holder.
+    ``activity`` says what the holder does in the message (trained, evaluated, cached).
 
     A run directory that this lock created and that holds nothing else when the block ends (a launch that failed
     before writing anything) is removed again."""
 
-    def __init__(self, run_dir: Path, engine: Any = None) -> None:
+    def __init__(self, run_dir: Path, engine: Any = None, activity: str = "trained") -> None:
+        self.activity = activity
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.engine = engine
@@ -86,6 +111,8 @@ class RunLock:
             os.close(fd)
             return _describe(holder)
         self.fd = fd
+        self.key = str(self.path.resolve())
+        _HELD.add(self.key)
         self.previous = _read(fd)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "argv": ["agglom", *sys.argv[1:]]}
@@ -106,9 +133,10 @@ class RunLock:
         if ok < 1:
             self.__exit__(None, None, None)
             raise RunLockedError(
-                f"{self.run_dir} is being trained by {why or 'another process (see rank 0)'}. Wait for it to finish "
-                f"or stop it; a second writer would interleave its checkpoints and metrics. To train other settings "
-                f"side by side, choose another name=")
+                f"{self.run_dir} is being {self.activity} by {why or 'another process (see rank 0)'}. Wait for it to "
+                f"finish or stop it; a second writer would interleave its files"
+                + (". To train other settings side by side, choose another name=" if self.activity == "trained" else
+                   "; or give this one another out="))
         return self
 
     def _cleanup(self) -> None:
@@ -125,7 +153,8 @@ class RunLock:
         os.ftruncate(self.fd, 0)
         self._cleanup()  # while still held: nobody else can be using the folder
         os.close(self.fd)  # closing releases the record lock
+        _HELD.discard(self.key)
         self.fd = None
 
 
-__all__ = ["RunLock", "RunLockedError", "LOCK_NAME"]
+__all__ = ["RunLock", "RunLockedError", "LOCK_NAME", "held_by"]

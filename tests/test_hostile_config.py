@@ -1,0 +1,265 @@
+"""Hostile and clumsy input at the front door: recipes, overrides, cards, run folders someone sent, the command line.
+
+Each case ends in exit 0 or a one-line reason (exit 1 or 2, no traceback), runs no command, reads no device, and
+leaves nothing it does not own changed. The readers' and writers' own classes are in test_hostile_readers.py and
+test_hostile_data.py.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agglom.cli import main
+
+ROOT = Path(__file__).parents[1]
+TINY = {"teachers": "[{name: tiny-clip}]", "data.num_workers": 0}
+
+
+def _run(capsys, *argv: str) -> tuple:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_root, make_tiny_args):
+    """A 4-step run on the tiny cards (its config.yaml is what a received run folder carries)."""
+    runs = tmp_path_factory.mktemp("hostile_runs")
+    assert main(["train", *make_tiny_args(runs, synth_root, "sent", steps=4, **TINY)]) == 0
+    return runs / "sent"
+
+
+def _received(trained: Path, tmp_path: Path, shards: str) -> Path:
+    """A copy of the run whose saved config.yaml reads ``shards``."""
+    run = tmp_path / "received"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("eval", "export", ".lock"))
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("  shards: null", f"  shards: '{shards}'"))
+    assert f"shards: '{shards}'" in cfg.read_text()
+    return run
+
+
+# --------------------------------------------------------------------------- commands in shard URLs
+PIPE = "pipe:touch {marker}; cat {root}/{{split}}/{{split}}-000000.tar"
+
+
+@pytest.mark.parametrize("command", ["train", "cache", "eval-received", "curate"])
+def test_a_pipe_url_never_runs_from_a_config(command, tmp_path, synth_root, make_tiny_args, trained, capsys):
+    marker = tmp_path / "ran"
+    pipe = PIPE.format(marker=marker, root=synth_root)
+    if command == "train":
+        argv = ["train", *make_tiny_args(tmp_path / "runs", synth_root, "p", steps=2, **TINY), f"data.shards={pipe}"]
+    elif command == "cache":
+        argv = ["cache", f"data.root={synth_root}", f"data.shards={pipe}", "teachers=[{name: tiny-clip}]",
+                f"cache.out={tmp_path / 'cache'}", "data.image_size=32", "data.num_workers=0"]
+    elif command == "curate":
+        argv = ["curate", str(synth_root), f"shards={pipe}", "teacher=tiny-clip", "k=2", "num_workers=0",
+                f"out={tmp_path / 'g.json'}", "progress=off"]
+    else:  # a run folder someone sent: its config.yaml names the command
+        argv = ["eval", f"run={_received(trained, tmp_path, pipe)}", "num_workers=0", f"out={tmp_path / 'ev'}"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert "runs a shell command" in _one_line(err) and "--allow-remote-shards" in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("url", ["https://example.invalid/{split}-000000.tar", "s3://bucket/{split}.tar", "-",
+                                 "gs://b/{split}.tar"])
+def test_network_and_stdin_urls_are_refused_without_the_flag(url, tmp_path, synth_root, make_tiny_args, capsys):
+    code, _, err = _run(capsys, "train", *make_tiny_args(tmp_path / "runs", synth_root, "u", steps=2, **TINY),
+                        f"data.shards={url}")
+    assert code == 2 and "is not a local file" in _one_line(err)
+
+
+def test_the_command_line_flag_lets_a_trusted_pipe_through(tmp_path, synth_root, trained, capsys, monkeypatch):
+    """--allow-remote-shards is honoured from the command line only (and it reaches the eval of a received run)."""
+    from agglom.data.urls import ALLOW_REMOTE_ENV
+
+    monkeypatch.delenv(ALLOW_REMOTE_ENV, raising=False)
+    marker = tmp_path / "ran"
+    run = _received(trained, tmp_path, PIPE.format(marker=marker, root=synth_root))
+    code, _, err = _run(capsys, "eval", f"run={run}", "num_workers=0", f"out={tmp_path / 'ev'}",
+                        "--allow-remote-shards")
+    assert code == 0, err
+    assert marker.exists() and (tmp_path / "ev" / "report.json").is_file()
+
+
+def test_file_urls_and_bracketed_folders_are_local_files(tmp_path, synth_root, make_tiny_args, capsys):
+    """`file:` is a local file; `[1]` in data.root is part of a folder's name, not a glob class."""
+    odd = tmp_path / "site [1]"
+    shutil.copytree(synth_root, odd)
+    from omegaconf import OmegaConf
+
+    from agglom.data.shards import shard_urls
+
+    cfg = OmegaConf.create({"data": {"root": str(odd), "shards": None, "train_split": "train"}})
+    assert len(shard_urls(cfg, "train")) == len(list((odd / "train").glob("*.tar"))) > 0
+    one = sorted((odd / "train").glob("*.tar"))[0]
+    cfg = OmegaConf.create({"data": {"root": str(odd), "shards": f"file:{one}", "train_split": "train"}})
+    assert shard_urls(cfg, "train") == [str(one)]
+
+
+# --------------------------------------------------------------------------- YAML that expands or overrides itself
+BOMB = "".join(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n" for i in range(9))
+
+
+@pytest.mark.parametrize("text,reason", [
+    (BOMB, "anchors and aliases"),
+    ("optim:\n  lr: 0.1\n  steps: 3\n  lr: 0.2\n", "key 'lr' is given twice (first at line 2)"),
+    ("name: ok\n" + "x: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
+    ("name: ${oc.env:HOME}\n", "omegaconf resolver"),
+    ("base: &b {lr: 1}\noptim:\n  <<: *b\n", "anchors and aliases"),
+])
+def test_recipes_that_expand_duplicate_or_leak_are_refused_by_line(text, reason, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    start = time.perf_counter()
+    code, _, err = _run(capsys, "train", f"recipe={recipe}")
+    assert code == 2 and reason in _one_line(err) and str(recipe) in err
+    assert time.perf_counter() - start < 30  # a guard against the expansion, not a speed claim
+
+
+@pytest.mark.parametrize("text,reason", [(BOMB, "anchors and aliases"),
+                                         ("name: a\nfamily: timm\nname: b\n", "given twice")])
+def test_cards_that_expand_or_duplicate_are_refused(text, reason, tmp_path, capsys):
+    card = tmp_path / "card.yaml"
+    card.write_text(text)
+    code, _, err = _run(capsys, "teachers", "show", str(card))
+    assert code == 2 and reason in _one_line(err)
+
+
+def test_a_saved_config_with_an_alias_bomb_is_refused(trained, tmp_path, capsys):
+    run = tmp_path / "bomb"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("eval", "export", ".lock"))
+    (run / "config.yaml").write_text(BOMB + (run / "config.yaml").read_text())
+    code, _, err = _run(capsys, "eval", f"run={run}", "num_workers=0")
+    assert code == 2 and "anchors and aliases" in _one_line(err)
+
+
+@pytest.mark.parametrize("name", ["secrets.txt", "passwd", "zero"])
+def test_a_card_path_is_never_read_unless_it_is_yaml(name, tmp_path, capsys):
+    target = Path("/dev/zero") if name == "zero" else tmp_path / name
+    if name != "zero":
+        target.write_text("api_token: sk-do-not-print\n")
+    code, _, err = _run(capsys, "teachers", "show", str(target))
+    assert code == 2 and "ends in .yaml or .yml" in _one_line(err) and "sk-do-not-print" not in err
+
+
+def test_weights_on_a_device_are_named_as_not_a_file(tmp_path, synth_root, make_tiny_args, capsys):
+    code, _, err = _run(capsys, "train", *make_tiny_args(tmp_path / "runs", synth_root, "w", steps=2, **TINY),
+                        "student.checkpoint=/dev/zero")
+    assert code == 2 and "not a regular file" in _one_line(err)
+
+
+# --------------------------------------------------------------------------- values taken as typed
+@pytest.mark.parametrize("key,value", [("name", "007"), ("out_dir", "runs/a #1"), ("name", "x: y"),
+                                       ("name", "line\nbreak")])
+def test_paths_and_names_are_taken_as_typed(key, value):
+    from agglom.config.load import load_config
+    from agglom.config.schema import Recipe
+
+    cfg = load_config(Recipe, [f"{key}={value}", "teachers=[{name: tiny-clip}]"])
+    assert cfg[key] == value
+
+
+def test_optional_strings_still_clear_with_null():
+    from agglom.config.load import load_config
+    from agglom.config.schema import Recipe
+
+    for v in ("null", ""):
+        assert load_config(Recipe, [f"data.shards={v}", "teachers=[{name: tiny-clip}]"]).data.shards is None
+
+
+def test_a_name_with_leading_zeros_names_its_run_folder(tmp_path, synth_root, make_tiny_args, capsys):
+    code, _, err = _run(capsys, "train", *make_tiny_args(tmp_path / "runs", synth_root, "007", steps=1, **TINY))
+    assert code == 0, err
+    assert (tmp_path / "runs" / "007" / "config.yaml").is_file()
+
+
+# --------------------------------------------------------------------------- runs in progress
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s run lock until killed (as `agglom train` or `agglom eval` does)."""
+    code = ("import sys, time; from agglom.train.runlock import RunLock\n"
+            f"with RunLock({str(folder)!r}):\n    print('held', flush=True); time.sleep(300)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         stdout=subprocess.PIPE, text=True)
+    for line in p.stdout:  # (a "taking it over" note comes first when an earlier holder was killed)
+        if line.strip() == "held":
+            return p
+    raise AssertionError("the lock holder ended before taking the lock")
+
+
+@pytest.mark.parametrize("command", ["export", "eval"])
+def test_a_run_still_training_is_not_exported_or_evaluated(command, trained, tmp_path, capsys):
+    holder = _hold_lock(trained)
+    try:
+        code, _, err = _run(capsys, command, f"run={trained}", f"out={tmp_path / 'o'}",
+                            *(["num_workers=0"] if command == "eval" else []))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert code == 2 and f"still being trained by pid {holder.pid}" in _one_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_evaluations_into_one_folder(trained, tmp_path, capsys):
+    out = tmp_path / "ev"
+    holder = _hold_lock(out)
+    try:
+        code, _, err = _run(capsys, "eval", f"run={trained}", f"out={out}", "num_workers=0")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert code == 2 and f"is being evaluated by pid {holder.pid}" in _one_line(err)
+    assert _run(capsys, "eval", f"run={trained}", f"out={out}", "num_workers=0")[0] == 0
+    code, stdout, _ = _run(capsys, "eval", f"run={trained}", f"out={out}", "num_workers=0")
+    assert code == 0 and "replacing the report of" in stdout
+
+
+# --------------------------------------------------------------------------- spreadsheets, signals, the machine
+def test_predictions_csv_keys_open_as_text_and_round_trip(tmp_path):
+    from agglom.eval.report import read_predictions_csv, write_predictions_csv
+
+    keys = ["=HYPERLINK(\"http://x\")", "+1", "-cmd|' /C calc'!A0", "@SUM(1)", "'quoted", "plain"]
+    path = tmp_path / "predictions.csv"
+    write_predictions_csv(path, [{"key": k, "split": "test", "label": 1, "score": 0.5, "site": "=A"} for k in keys])
+    cells = [line.split(",", 1)[0] for line in path.read_text().splitlines()[1:]]
+    assert all(not c.startswith(("=", "+", "-", "@")) for c in cells)
+    back = read_predictions_csv(path)
+    assert list(back["key"]) == keys and set(back["site"]) == {"=A"}
+
+
+def test_sigint_ends_with_one_line_and_code_130(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "agglom", "data", "synth", f"out={tmp_path / 'ds'}", "n=200000",
+                          "image_size=32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((tmp_path / "ds").glob("**/*.tar*")):
+        time.sleep(0.1)  # interrupt it while it writes shards
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err
+    assert "interrupted" in _one_line(err)
+
+
+def test_an_os_refusal_is_one_line_naming_the_file(tmp_path, synth_root, make_tiny_args, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    code, _, err = _run(capsys, "train", *make_tiny_args(blocker, synth_root, "x", steps=1, **TINY))
+    assert code in (1, 2) and str(blocker) in _one_line(err)
+    assert blocker.read_text() == "mine"
