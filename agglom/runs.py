@@ -1,7 +1,6 @@
 """Reading a finished (or running) run directory: its config, teacher roster and trained weights."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -24,7 +23,14 @@ def run_config(run_dir: Path) -> DictConfig:
 
 
 def run_specs(run_dir: Path) -> List[TeacherSpec]:
-    return [TeacherSpec.from_dict(d) for d in json.loads((Path(run_dir) / "teachers.json").read_text())]
+    from agglom.data.jsonfile import read_json
+
+    fix = "it is written by `agglom train`; train the run again or ask its sender for an intact copy"
+    entries = read_json(Path(run_dir) / "teachers.json", fix)
+    try:
+        return [TeacherSpec.from_dict(d) for d in entries]
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{Path(run_dir) / 'teachers.json'}: not the teacher roster agglom writes ({e}); {fix}") from None
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -70,4 +76,6 @@ def load_run_model(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bo
 
 def run_summary(run_dir: Path) -> Dict[str, Any]:
     path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    from agglom.data.jsonfile import read_json
+
+    return read_json(path) if path.is_file() else {}

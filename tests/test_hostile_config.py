@@ -263,3 +263,41 @@ def test_an_os_refusal_is_one_line_naming_the_file(tmp_path, synth_root, make_ti
     code, _, err = _run(capsys, "train", *make_tiny_args(blocker, synth_root, "x", steps=1, **TINY))
     assert code in (1, 2) and str(blocker) in _one_line(err)
     assert blocker.read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- a received run folder
+def _copy(trained: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("eval", "export", ".lock"))
+    return run
+
+
+@pytest.mark.parametrize("link", ["folder", "report"])
+def test_eval_never_writes_through_a_link_in_a_received_run(link, trained, tmp_path, capsys):
+    run, victim = _copy(trained, tmp_path), tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    if link == "folder":
+        (run / "eval").symlink_to(victim)
+    else:
+        (run / "eval").mkdir()
+        (run / "eval" / "report.json").symlink_to(victim / "keep.txt")
+    code, _, err = _run(capsys, "eval", f"run={run}", "num_workers=0")
+    assert code == 2 and "symbolic link" in _one_line(err)
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"] and (victim / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["latest-outside", "teachers-truncated", "teachers-deep", "teachers-shape"])
+def test_a_damaged_run_folder_is_one_line(damage, trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    if damage == "latest-outside":
+        (run / "checkpoints" / "latest").write_text("../../../../etc")
+    elif damage == "teachers-truncated":
+        (run / "teachers.json").write_text((run / "teachers.json").read_text()[:40])
+    elif damage == "teachers-deep":
+        (run / "teachers.json").write_text("[" * 100000 + "]" * 100000)
+    else:
+        (run / "teachers.json").write_text('["tiny-clip"]')
+    code, _, err = _run(capsys, "export", f"run={run}", f"out={tmp_path / 'x'}")
+    assert code == 2 and _one_line(err)
+    assert not (tmp_path / "x").exists()

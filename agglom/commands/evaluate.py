@@ -28,6 +28,18 @@ class EvalArgs:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def _refuse_links(out) -> None:
+    """A run folder may come from someone else: a symlink as its ``eval/`` folder or as a file in it would make
+    the report overwrite whatever it points to."""
+    from agglom.config.load import ConfigError
+
+    links = [p for p in ([out] + (list(out.iterdir()) if out.is_dir() and not out.is_symlink() else []))
+             if p.is_symlink()]
+    if links:
+        raise ConfigError(f"eval: {links[0]} is a symbolic link (to {links[0].readlink()}); agglom does not write "
+                          "through links. Remove it, or give out=DIR")
+
+
 def _run(args: EvalArgs) -> int:
     """One evaluation per output folder at a time (a lock); an earlier report there is replaced, and said so."""
     import time
@@ -36,6 +48,7 @@ def _run(args: EvalArgs) -> int:
     from agglom.train.runlock import RunLock
 
     out = eval_out_dir(args)
+    _refuse_links(out)
     with RunLock(out, activity="evaluated"):
         earlier = out / "report.json"
         if earlier.is_file():

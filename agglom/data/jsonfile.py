@@ -28,6 +28,8 @@ def read_json(path: os.PathLike, fix: str = "rewrite it or remove it") -> Any:
     from agglom.errors import ReadableError
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a device or fifo in a received folder would be read forever
+        raise ConfigError(f"{path}: not a regular file; {fix}")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -39,6 +41,8 @@ def read_json(path: os.PathLike, fix: str = "rewrite it or remove it") -> Any:
     except json.JSONDecodeError as e:
         what = "empty" if not text.strip() else f"not valid JSON at line {e.lineno} ({e.msg})"
         raise ConfigError(f"{path}: {what}; {fix}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply to be a file agglom wrote; {fix}") from None
 
 
 __all__ = ["read_json", "write_json_atomic"]

@@ -114,7 +114,13 @@ def export_family(a: Any, enc: Encoder, result: Dict[str, Any], out: Path, force
     tmp = staging_dir(out, force)
     tmp.mkdir()
     enc.model.cpu().eval()
-    weights = WRITERS[enc.family](enc, tmp)
+    try:
+        weights = WRITERS[enc.family](enc, tmp)
+    except BaseException:  # a half-written export is never left behind (a full disk, Ctrl-C)
+        from agglom.export.folder import discard
+
+        discard(tmp)
+        raise
     return publish(tmp, out, family_card(a, enc, result, weights), finetune_record(a, enc, result))
 
 

@@ -44,8 +44,9 @@ def check_args(a: Any) -> None:
     if not (Path(a.data.root) / "dataset.json").is_file() and not a.data.shards:
         raise ConfigError(f"data.root: no dataset.json under {a.data.root} (write one with `agglom data synth|pack`)")
     out, _ = paths(a)
-    if out.exists() and not a.force:
-        raise ConfigError(f"out: {out} exists; pass force=true to replace it")
+    from agglom.finetune.export import staging_dir
+
+    staging_dir(out, a.force)  # before training: refuses an out= that is not an export agglom may replace
 
 
 def loop_cfg(a: Any, enc: Encoder) -> DictConfig:
