@@ -301,3 +301,22 @@ def test_a_damaged_run_folder_is_one_line(damage, trained, tmp_path, capsys):
     code, _, err = _run(capsys, "export", f"run={run}", f"out={tmp_path / 'x'}")
     assert code == 2 and _one_line(err)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("pattern", ["/x/{000000000..999999999}.tar", "/x/" + "{a,b}" * 40 + ".tar"])
+def test_a_brace_pattern_that_multiplies_out_is_refused_before_expanding(pattern, tmp_path, synth_root,
+                                                                         make_tiny_args, capsys):
+    start = time.perf_counter()
+    code, _, err = _run(capsys, "train", *make_tiny_args(tmp_path / "runs", synth_root, "b", steps=1, **TINY),
+                        f"data.shards={pattern}")
+    assert code == 2 and "names more than 100,000 shard files" in _one_line(err)
+    assert time.perf_counter() - start < 30  # a guard against the expansion, not a speed claim
+
+
+@pytest.mark.parametrize("recipe", ["/dev/zero", "folder", "big"])
+def test_a_recipe_that_is_not_a_small_file_is_refused_unread(recipe, tmp_path, capsys):
+    path = {"/dev/zero": Path("/dev/zero"), "folder": tmp_path}.get(recipe, tmp_path / "big.yaml")
+    if recipe == "big":
+        path.write_text("# " + "x" * (5 << 20) + "\n")
+    code, _, err = _run(capsys, "train", f"recipe={path}")
+    assert code == 2 and ("not a regular file" in _one_line(err) or "at most 4 MiB" in err)

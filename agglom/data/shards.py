@@ -29,6 +29,7 @@ from agglom.data.tarstream import members as tar_members
 from agglom.data.urls import check_url, is_remote, local_path
 
 _GLOB = re.compile(r"[*?\[]")
+MAX_SHARDS = 100_000  # a brace range wider than this is refused before it is walked (and each name checked)
 _META = re.compile(r"__[^/]*__($|/)")
 
 
@@ -91,6 +92,9 @@ def resolve_shards(cfg: Any, split: str) -> Tuple[List[str], List[str]]:
                               f"or data.shards)")
         return urls, []
     present, missing = [], []
+    if _range_size(pattern) > MAX_SHARDS:  # braceexpand lists a range whole before yielding its first name
+        raise ConfigError(f"data.shards={pattern[:120]!r} names more than {MAX_SHARDS:,} shard files; a range that "
+                          "wide is a typo (a dataset that large is given as several patterns or folders)")
     for u in braceexpand.braceexpand(pattern):
         check_url(u)
         if is_remote(u):
@@ -106,6 +110,16 @@ def resolve_shards(cfg: Any, split: str) -> Tuple[List[str], List[str]]:
         raise ConfigError(f"data.shards={pattern!r}: none of its {len(missing)} shard file(s) exists "
                           f"(e.g. {missing[0]}); brace ranges ({{000000..000009}}) and globs (*.tar) are expanded")
     return present, missing
+
+
+def _range_size(pattern: str) -> int:
+    """About how many names a brace pattern multiplies out to: its ``{a..b}`` ranges and ``{x,y}`` lists."""
+    size = 1
+    for a, b in re.findall(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.-?\d+)?\}", pattern):
+        size *= abs(int(b) - int(a)) + 1
+    for items in re.findall(r"\{([^{}]*,[^{}]*)\}", pattern):
+        size *= items.count(",") + 1
+    return size
 
 
 def shard_urls(cfg: Any, split: str) -> List[str]:
