@@ -100,3 +100,22 @@ def test_index_gives_tarfiles_offsets(tmp_path, fmt):
     gz = tmp_path / "a.tar.gz"
     gz.write_bytes(gzip.compress(raw))
     assert set(index(str(gz))) == set(want)  # tarfile's own index (offsets into the decompressed stream)
+
+
+def test_checksum_byte_sum_is_exact():
+    """The adler32-based byte sum equals sum() on every block, the all-0xFF extreme included."""
+    import os
+
+    from agglom.data.tarstream import _byte_sum
+
+    for block in [os.urandom(BLOCK) for _ in range(200)] + [b"\xff" * BLOCK, b"\0" * BLOCK, b"\x7f" * BLOCK]:
+        assert _byte_sum(block) == sum(block)
+
+
+@pytest.mark.parametrize("compress", ["bz2", "lzma"])
+def test_bzip2_and_xz_archives_read_like_tarfile(compress):
+    import importlib
+
+    raw = _tar(tarfile.PAX_FORMAT)
+    packed = importlib.import_module(compress).compress(raw)
+    assert list(members(io.BytesIO(packed))) == _tarfile_members(raw)

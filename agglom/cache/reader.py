@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -12,6 +13,7 @@ import torch
 from agglom.cache.codec import unpack
 from agglom.cache.writer import MANIFEST_SCHEMA, cache_name, preprocessing_of
 from agglom.config.load import ConfigError
+from agglom.data.limits import unsafe_key
 from agglom.data.tarstream import index as tar_index
 
 
@@ -37,7 +39,12 @@ def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any =
         raise ConfigError(f"teachers[{teacher}].cache: no manifest.json in {path} nor in {Path(path) / teacher}"
                           + (f" (caches found there: {', '.join(found)})" if found else "")
                           + "; write it with `agglom cache recipe=... cache.out=DIR` and give the same DIR")
-    m = json.loads(manifest_path.read_text())
+    try:
+        m = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StaleCacheError(f"cache {root}: manifest.json is not valid JSON ({e}); rebuild it with `agglom cache`") from None
+    if not isinstance(m, dict):
+        raise StaleCacheError(f"cache {root}: manifest.json is not a JSON object; rebuild it with `agglom cache`")
     if m.get("schema") != MANIFEST_SCHEMA:
         raise StaleCacheError(f"cache {root}: schema {m.get('schema')!r}, expected {MANIFEST_SCHEMA}")
     if m.get("teacher") != teacher:
@@ -58,7 +65,11 @@ def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any =
         raise StaleCacheError(f"feature cache for {teacher} at {root} is incomplete; re-run `agglom cache` to finish it")
     for sp in ([] if split is None else [split] if isinstance(split, str) else list(split)):
         _check_coverage(root, m, cfg, cfg.data.train_split if sp == "train" else sp)
-    return CachedTeacher(root, m)
+    try:
+        return CachedTeacher(root, m)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a manifest edited or damaged by hand
+        raise StaleCacheError(f"cache {root}: manifest.json does not describe a cache ({type(e).__name__}: {e}); "
+                              "rebuild it with `agglom cache`") from None
 
 
 def _check_coverage(root: Path, m: Dict[str, Any], cfg: Any, split: str) -> None:
@@ -97,11 +108,26 @@ class CachedTeacher:
         self.index: Dict[str, Tuple[Path, int, int]] = {}
         for split, entry in manifest["splits"].items():
             for shard in entry["shards"]:
-                path = root / split / shard
-                for name, (offset, size) in tar_index(str(path)).items():  # headers only (agglom.data.tarstream)
-                    self.index[name] = (path, offset, size)
+                self._index_shard(split, shard)
         self._files: Dict[Path, Any] = {}
         self._pid = os.getpid()  # the process self._files belong to
+
+    def _index_shard(self, split: str, shard: str) -> None:
+        """Add one cache shard's members to the index (headers only, :func:`agglom.data.tarstream.index`). Names
+        from the manifest and the tar are looked up, never used as paths: a split or shard name that is not a
+        plain file name, and a member whose name is not a safe key (``..``, absolute), are refused or left out."""
+        if not all(isinstance(n, str) and n and n not in (".", "..") and Path(n).name == n for n in (split, shard)):
+            raise StaleCacheError(f"cache {self.root}: manifest.json names shard {split!r}/{shard!r}, which is not a "
+                                  "file name in the cache folder; rebuild it with `agglom cache`")
+        path = self.root / split / shard
+        try:
+            members = tar_index(str(path), file_offsets=True)
+        except (tarfile.TarError, OSError, ValueError) as e:
+            raise StaleCacheError(f"feature cache {self.root}: {split}/{shard} cannot be read ({e}); rebuild it with "
+                                  "`agglom cache`") from None
+        for name, (offset, size) in members.items():
+            if name.endswith(".feat") and unsafe_key(name[: -len(".feat")]) is None:
+                self.index[name] = (path, offset, size)
 
     def _read(self, name: str) -> bytes:
         """A member's bytes. File handles belong to the process that opened them: a data worker forked from the
@@ -130,7 +156,11 @@ class CachedTeacher:
         if name not in self.index:
             raise CacheKeyError(f"feature cache {self.root} has no entry for sample {key!r}; the image shards "
                                 "changed since it was written: rebuild it with `agglom cache`")
-        return unpack(self._read(name), self.manifest["dtype"], self.summary_dim, self.spatial_shape)
+        try:
+            return unpack(self._read(name), self.manifest["dtype"], self.summary_dim, self.spatial_shape)
+        except (ValueError, KeyError) as e:  # an entry of the wrong size, a dtype the manifest should not hold
+            raise StaleCacheError(f"feature cache {self.root}: the entry for sample {key!r} does not match the "
+                                  f"manifest ({e}); rebuild it with `agglom cache`") from None
 
     def lookup(self, keys: Sequence[str]) -> Dict[str, torch.Tensor]:
         got = [self.get(k) for k in keys]
@@ -154,8 +184,9 @@ CACHED_PREFIX = "cached/"
 class WorkerCacheRead:
     """Reads the cached teachers' features inside the data workers, so they arrive with the batch (off the training
     step's critical path) as ``cached/<teacher>/{summary,spatial}`` tensors; picklable (file handles are opened per
-    worker). A key the cache lacks leaves the batch without that teacher's entries: the main process then reads it
-    and raises the clear :class:`CacheKeyError` there rather than as a worker traceback."""
+    worker). A key the cache lacks, or a damaged entry, leaves the batch without that teacher's entries: the main
+    process then reads it and raises the clear :class:`CacheKeyError` / :class:`StaleCacheError` there rather than
+    as a worker traceback."""
 
     def __init__(self, teachers: Dict[str, CachedTeacher]) -> None:
         self.teachers = dict(teachers)
@@ -164,7 +195,7 @@ class WorkerCacheRead:
         for name, teacher in self.teachers.items():
             try:
                 feats = teacher.lookup(batch["key"])
-            except CacheKeyError:
+            except StaleCacheError:  # a missing key or a damaged entry: the main process says which
                 continue
             for kind, value in feats.items():
                 batch[f"{CACHED_PREFIX}{name}/{kind}"] = value

@@ -11,6 +11,7 @@ import json
 import os
 import tarfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,7 +19,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agglom.cache.codec import encode, grid_after_pool, pack, pool_spatial, stored_bytes
+from agglom.cache.lock import CacheLock
 from agglom.config.choices import input_channels
+from agglom.data.limits import unsafe_key
+from agglom.errors import ReadableError
 
 MANIFEST_SCHEMA = "agglom.cache/2"
 
@@ -60,8 +64,13 @@ def shard_fingerprint(path: str, head: int = 1 << 20) -> str:
     return f"{size}:{h.hexdigest()[:24]}"
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
+def _add(tar: tarfile.TarFile, key: str, data: bytes) -> None:
+    """``<key>.feat`` into ``tar``. The readers skip a key that names a path (``bad_key``,
+    :func:`agglom.data.limits.unsafe_key`) before it gets here; one that did anyway is refused, never written."""
+    why = unsafe_key(key)
+    if why is not None:
+        raise ReadableError(f"agglom cache: refusing to write a cache member for sample key {key[:80]!r}: {why}")
+    info = tarfile.TarInfo(f"{key}.feat")
     info.size, info.mtime = len(data), 0
     tar.addfile(info, io.BytesIO(data))
 
@@ -69,6 +78,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _single_shard_cfg(cfg: DictConfig, split: str, url: str) -> DictConfig:
     one = OmegaConf.merge(cfg, {"data": {"shards": url, "train_split": split, "num_workers": 0, "sidecars": []}})
     return one
+
+
+def _old_manifest(path: Path) -> Dict[str, Any]:
+    """A cache folder's manifest as written, or {} when it is not a JSON object (damaged: the cache is rewritten)."""
+    try:
+        old = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return old if isinstance(old, dict) else {}
 
 
 def _teacher_state(cfg: DictConfig, name: str, out: Optional[str], dtype: str, pool: int, device: str) -> Dict[str, Any]:
@@ -89,11 +107,11 @@ def _teacher_state(cfg: DictConfig, name: str, out: Optional[str], dtype: str, p
                 "teacher_grid": list(teacher.grid), "grid": list(grid_after_pool(tuple(teacher.grid), pool)),
                 "splits": {}, "complete": False}
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
+        old = _old_manifest(manifest_path)
         same = {k: old.get(k) for k in ("schema", "card_digest", "preprocessing", "dtype", "pool")} == \
                {k: manifest[k] for k in ("schema", "card_digest", "preprocessing", "dtype", "pool")}
-        if same:
-            manifest["splits"] = old.get("splits", {})
+        if same and isinstance(old.get("splits"), dict):
+            manifest["splits"] = old["splits"]
         else:  # stale: start again rather than mix two caches
             print(f"agglom cache: {name}: the cache at {root} was made under other settings; rewriting it", flush=True)
             for p in root.glob("*/*.tar"):
@@ -125,10 +143,11 @@ def _cache_shard(cfg: DictConfig, split: str, url: str, pending: List[Dict[str, 
     tmps = [st["root"] / split / f".{shard_name}.tmp" for st in pending]
     tars = [tarfile.open(t, "w") for t in tmps]
     count, t_read = 0, 0.0
+    loader = eval_loader(_single_shard_cfg(cfg, split, url), split, batch_size=batch_size)
     try:
         t0 = time.perf_counter()
         with torch.no_grad():
-            for batch in eval_loader(_single_shard_cfg(cfg, split, url), split, batch_size=batch_size):
+            for batch in loader:
                 t_read += time.perf_counter() - t0
                 image = batch["image"].to(device)
                 for st, tar in zip(pending, tars):
@@ -139,7 +158,7 @@ def _cache_shard(cfg: DictConfig, split: str, url: str, pending: List[Dict[str, 
                     for i, key in enumerate(batch["key"]):
                         ps, pp = encode(summ[i], dtype, 0), encode(spatial[i], dtype, 0)
                         st["nbytes"] += stored_bytes(ps) + stored_bytes(pp)
-                        _add(tar, f"{key}.feat", pack(ps, pp))
+                        _add(tar, key, pack(ps, pp))
                     st["seconds"] += time.perf_counter() - t1
                 count += len(batch["key"])
                 t0 = time.perf_counter()
@@ -148,6 +167,9 @@ def _cache_shard(cfg: DictConfig, split: str, url: str, pending: List[Dict[str, 
             tar.close()
     for st, tmp in zip(pending, tmps):
         os.replace(tmp, st["root"] / split / shard_name)
+    if loader.stats.total:  # what the reader left out has no features: said here, and again by a training reader
+        print(f"agglom cache: {split}/{shard_name}: skipped {loader.stats.total}: {loader.stats.describe()}",
+              flush=True)
     return count, t_read
 
 
@@ -174,14 +196,23 @@ def write_cache(cfg: DictConfig, teacher_names: Optional[List[str]] = None, out:
                 device: str = "cpu") -> Dict[str, Any]:
     """Cache the recipe's teachers (or `teacher_names`) over `splits` (default train, data.distill_splits, val, test). Returns a
     summary per teacher: samples, seconds, bytes per sample. Every teacher is built once; the images are then
-    read once for all of them."""
-    from agglom.data.readers import shard_urls
-
+    read once for all of them. Each teacher's folder is locked while it is written (:mod:`agglom.cache.lock`)."""
     if not splits:
         from agglom.data.shards import training_splits
 
         splits = training_splits(cfg) + [cfg.data.val_split, cfg.data.test_split]
     names = teacher_names or [e.name for e in cfg.teachers]
+    with ExitStack() as locks:  # one writer per teacher folder: a second run is refused, naming this one
+        for root in dict.fromkeys(cache_dir_for(cfg, name, out) for name in names):
+            locks.enter_context(CacheLock(root))
+        return _write(cfg, splits, names, out, dtype, pool, batch_size, device)
+
+
+def _write(cfg: DictConfig, splits: List[str], names: List[str], out: Optional[str], dtype: str, pool: int,
+           batch_size: int, device: str) -> Dict[str, Any]:
+    """:func:`write_cache`'s work, under its locks."""
+    from agglom.data.readers import shard_urls
+
     states = [_teacher_state(cfg, name, out, dtype, pool, device) for name in names]
     t_read = 0.0
     for split in splits:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Set
 DATA_COUNTS = "__agglom_counts__"
 SHARD_REASONS = ("missing_shard", "empty_shard", "bad_tar")
 SAMPLE_REASONS = ("duplicate_member", "duplicate_key", "missing_field", "bad_json", "bad_label", "bad_image",
-                  "too_small")
+                  "too_small", "bad_key")
 SKIP_REASONS = SHARD_REASONS + SAMPLE_REASONS + ("missing_samples",)
 NOTE_REASONS = ("clamped", "unknown_group", "no_label", "bad_mask")
 _EXAMPLES = 3  # per reason, the first few (id: detail) kept for messages

@@ -1,13 +1,23 @@
-"""Image bytes -> float tensors in [0, 1] (png 8/16-bit, jpg, npy), with the grayscale policy applied."""
+"""Image bytes -> float tensors in [0, 1] (png 8/16-bit, jpg, npy), with the grayscale policy applied.
+
+Every image's size is checked from its header before a pixel is decoded (:func:`open_pil`, :func:`check_npy`):
+over :data:`~agglom.data.limits.MAX_PIXELS` it is a :class:`DecodeError` naming the size and the limit, which the
+readers count as ``bad_image`` and ``agglom data pack`` skips. A 30000 x 30000 PNG is under 1 MB on disk and
+900 MP decoded; PIL's own guard only warns up to ~179 MP (a 12000 x 12000 image took 3.3 GB) and raises its own
+error type above.
+"""
 from __future__ import annotations
 
 import io
-from typing import Optional
+import struct
+import warnings
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
 
 from agglom.config.choices import GRAYSCALE
+from agglom.data.limits import MAX_PIXELS
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "npy", "webp", "bmp", "tif", "tiff", "gif")  # what a sample's image may be
 _PIL_EXTS = ("webp", "bmp", "tif", "tiff", "gif")
@@ -25,14 +35,68 @@ def png_bit_depth(data: bytes) -> int:
     return int(data[24])
 
 
-def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
+def check_pixels(width: int, height: int, fmt: str) -> None:
+    """DecodeError when a ``width`` x ``height`` image is over :data:`~agglom.data.limits.MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise DecodeError(f"{fmt}: {width}x{height} pixels ({width * height / 1e6:.0f} MP) is over the readers' limit "
+                          f"of {MAX_PIXELS / 1e6:.0f} MP (agglom.data.limits.MAX_PIXELS)")
+
+
+def open_pil(data: bytes, fmt: str) -> Any:
+    """A PIL image of ``data``, loaded only after its header's size passed :func:`check_pixels` (a PNG's is read
+    from its IHDR before PIL sees the bytes). PIL's decompression-bomb warning is not let out (the limit here is
+    lower) and its error becomes a DecodeError; so does anything PIL raises for bytes it cannot read."""
     from PIL import Image, UnidentifiedImageError
 
+    if data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR" and len(data) >= 24:
+        check_pixels(*struct.unpack(">II", data[16:24]), fmt)
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        check_pixels(*img.size, fmt)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {e}") from e
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"{fmt}: {e} (the readers' limit is {MAX_PIXELS / 1e6:.0f} MP)") from None
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL's plugins raise many types on hostile bytes (struct.error, ...)
+        what = "" if isinstance(e, (UnidentifiedImageError, OSError, SyntaxError, ValueError)) else f"{type(e).__name__}: "
+        raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {what}{e}") from e
+    return img
+
+
+def check_npy(data: bytes, fmt: str = "npy") -> Tuple[int, ...]:
+    """The shape in an ``.npy`` header, checked before the array is loaded: a numeric dtype, no more data declared
+    than the bytes hold, and at most :data:`~agglom.data.limits.MAX_PIXELS` pixels (the channel axis, first or
+    last, of up to 4 values not counted)."""
+    from numpy.lib import format as npf
+
+    f = io.BytesIO(data)
+    try:
+        version = npf.read_magic(f)
+        read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError/EOFError/SyntaxError for a bad header
+        raise DecodeError(f"{fmt}: bad .npy header: {e}") from e
+    if dtype.hasobject or dtype.kind not in "fiub":
+        raise DecodeError(f"{fmt}: expected a numeric array, got dtype {dtype}")
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    if count * dtype.itemsize > len(data) - f.tell():
+        raise DecodeError(f"{fmt}: the header declares shape {tuple(shape)} of {dtype} ({count * dtype.itemsize} "
+                          f"bytes) but {len(data) - f.tell()} bytes follow it (truncated)")
+    channels = max(1, min(4, shape[0], shape[-1])) if len(shape) == 3 else 1
+    if count // channels > MAX_PIXELS:
+        if len(shape) in (2, 3):
+            h, w = (shape[1], shape[2]) if len(shape) == 3 and channels == shape[0] else (shape[0], shape[1])
+            check_pixels(int(w), int(h), fmt)
+        raise DecodeError(f"{fmt}: shape {tuple(shape)} holds over {MAX_PIXELS / 1e6:.0f} MP "
+                          "(agglom.data.limits.MAX_PIXELS)")
+    return tuple(shape)
+
+
+def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
+    img = open_pil(data, fmt)
     mode = img.mode
     if fmt == "png":
         depth = png_bit_depth(data)
@@ -56,6 +120,7 @@ def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
 
 
 def _npy_to_array(data: bytes) -> np.ndarray:
+    check_npy(data)
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad bytes
@@ -126,4 +191,5 @@ def find_image(sample: dict) -> Optional[str]:
     return None
 
 
-__all__ = ["DecodeError", "decode_image", "decode_array", "to_channels", "png_bit_depth", "find_image", "IMAGE_EXTS"]
+__all__ = ["DecodeError", "decode_image", "decode_array", "to_channels", "png_bit_depth", "find_image", "IMAGE_EXTS",
+           "check_pixels", "open_pil", "check_npy"]

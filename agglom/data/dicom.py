@@ -10,7 +10,11 @@ and each skipped file is counted under its own reason:
 - ``dicom_no_pixels``: no pixel data (a structured report, a presentation state, ...);
 - ``dicom_codec``: compressed with a transfer syntax no installed decoder handles (the message names it and the
   plugin to install: pylibjpeg, python-gdcm, ...);
-- ``dicom_unsupported``: a layout not handled (e.g. more than 3 samples per pixel).
+- ``dicom_unsupported``: a layout not handled (e.g. more than 3 samples per pixel), or Rows x Columns over the
+  readers' pixel limit (:data:`~agglom.data.limits.MAX_PIXELS`), checked before any pixel is decoded.
+
+Of a multi-frame file only the middle frame is decoded (pydicom's ``pixel_array_options(index=...)``), so its
+frame count does not multiply the memory a conversion takes.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from agglom.data.limits import MAX_PIXELS
 from agglom.data.pack import SkipImage, png_bytes
 
 DICOM_REASONS = ("dicom_unreadable", "dicom_no_pixels", "dicom_codec", "dicom_unsupported")
@@ -52,6 +57,9 @@ def _read(path: Path) -> Tuple[Any, np.ndarray]:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         kind = getattr(ds, "SOPClassUID", None)
         raise DicomSkip("dicom_no_pixels", f"{path}: no pixel data (SOP class {getattr(kind, 'name', kind)})")
+    frames, _ = _geometry(path, ds)
+    if frames > 1 and hasattr(ds, "pixel_array_options"):
+        ds.pixel_array_options(index=frames // 2)  # the middle frame only
     try:
         return ds, np.asarray(ds.pixel_array)
     except Exception as e:  # noqa: BLE001 - missing decoder plugins raise RuntimeError/NotImplementedError
@@ -62,6 +70,22 @@ def _read(path: Path) -> Tuple[Any, np.ndarray]:
                                            f"installed decoder handles it ({msg}); install the pydicom plugin for "
                                            "it (e.g. pip install pylibjpeg pylibjpeg-openjpeg, or python-gdcm)") from e
         raise DicomSkip("dicom_unreadable", f"{path}: cannot read the pixel data: {msg}") from e
+
+
+def _geometry(path: Path, ds: Any) -> Tuple[int, int]:
+    """(frames, samples per pixel) of the file, after checking its Rows x Columns against the pixel limit (from the
+    header alone)."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DicomSkip("dicom_unreadable", f"{path}: no usable Rows/Columns/NumberOfFrames/SamplesPerPixel: "
+                                            f"{e}") from e
+    if rows * cols > MAX_PIXELS:
+        raise DicomSkip("dicom_unsupported", f"{path}: {cols}x{rows} pixels ({rows * cols / 1e6:.0f} MP) is over the "
+                                             f"readers' limit of {MAX_PIXELS / 1e6:.0f} MP (agglom.data.limits)")
+    return max(1, frames), spp
 
 
 def _grayscale(ds: Any, arr: np.ndarray) -> bytes:
@@ -89,10 +113,10 @@ def dicom_to_png(path: Path) -> Tuple[bytes, List[str]]:
 
     ds, arr = _read(path)
     notes: List[str] = []
-    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1 and arr.ndim == (3 if spp == 1 else 4):  # multi-frame: the middle frame
-        arr = arr[arr.shape[0] // 2]
+    frames, spp = _geometry(path, ds)
+    if frames > 1:  # multi-frame: the middle frame (decoded alone where pydicom can)
+        if arr.ndim == (3 if spp == 1 else 4):
+            arr = arr[arr.shape[0] // 2]
         notes.append("multiframe_middle_frame")
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     if spp == 1 and arr.ndim == 2 and photometric == "PALETTE COLOR":

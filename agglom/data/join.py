@@ -83,6 +83,7 @@ def join(samples: Iterable[Tuple[str, Optional[str]]], table: Mapping[str, Dict[
 def shard_sources(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
     """``(key, source)`` of every sample in the splits' shards, from the json members only."""
     from agglom.data.counts import SkipCounts
+    from agglom.data.limits import sample_json
     from agglom.data.shards import read_shard, shard_urls
 
     out: List[Tuple[str, Optional[str]]] = []
@@ -93,7 +94,7 @@ def shard_sources(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, Optional[s
                 source = None
                 if "json" in s:
                     try:
-                        meta = json.loads(s["json"])
+                        meta = sample_json(s["json"])
                         source = meta.get("source") if isinstance(meta, dict) else None
                     except (ValueError, UnicodeDecodeError):
                         pass

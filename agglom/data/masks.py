@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from agglom.data.decode import DecodeError, check_npy, open_pil
+
 MASK_MEMBER = "mask.png"  # the member's extension in a WebDataset sample: <key>.mask.png
 IGNORE = -1  # mask value of pixels without ground truth (a sample without a mask, or outside a rotated image)
 MASK_SUFFIXES = (".png", ".npy", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -58,18 +60,17 @@ def decode_mask(data: bytes) -> np.ndarray:
     """The bytes of a ``mask.png`` (or of any image file PIL reads, or an ``.npy``) -> int64 [H, W] label map."""
     if not data:
         raise MaskError("empty mask bytes")
-    if bytes(data[:6]) == b"\x93NUMPY":
-        try:
-            arr = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-        except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad bytes
-            raise MaskError(f"npy mask: {e}") from e
-        return as_label_map(arr)
-    from PIL import Image, UnidentifiedImageError
-
+    data = bytes(data)
     try:
-        img = Image.open(io.BytesIO(bytes(data)))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if data[:6] == b"\x93NUMPY":
+            check_npy(data, "npy mask")  # the size limits of the image decoder (agglom.data.limits), before loading
+            try:
+                arr = np.load(io.BytesIO(data), allow_pickle=False)
+            except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad bytes
+                raise MaskError(f"npy mask: {e}") from e
+            return as_label_map(arr)
+        img = open_pil(data, "mask")
+    except DecodeError as e:
         raise MaskError(f"cannot decode the mask: {e}") from e
     if img.mode == "P":  # a palette mask: the palette indices are the labels
         return as_label_map(np.asarray(img))

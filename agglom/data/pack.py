@@ -66,13 +66,12 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
         except DecodeError as e:
             raise SkipImage("bad_image", f"{path}: {e}") from e
         return data, ext
-    from PIL import Image
+    from agglom.data.decode import open_pil
 
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as e:
-        raise SkipImage("bad_image", f"{path}: cannot decode: {e}") from e
+        img = open_pil(data, suf[1:])  # the readers' pixel limit, checked from the header before decoding
+    except DecodeError as e:
+        raise SkipImage("bad_image", f"{path}: {e}") from e
     if img.mode in ("I;16", "I;16B", "I;16L"):
         return png_bytes(np.asarray(img).astype(np.uint16)), "png"
     if img.mode not in ("L", "RGB"):

@@ -6,7 +6,6 @@ the training reader for the same reason and counted under the same name (:mod:`a
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from agglom.data.counts import SkipCounts
 from agglom.data.decode import IMAGE_EXTS, DecodeError, decode_array, find_image, to_channels
 from agglom.data.groups import GroupIndexer
+from agglom.data.limits import sample_json, unsafe_key
 from agglom.data.masks import IGNORE, MASK_MEMBER, MaskError, decode_mask
 from agglom.data.shards import shard_id
 
@@ -29,7 +29,9 @@ def sample_id(sample: Mapping[str, Any]) -> str:
 
 def parse(sample: Dict[str, Any], counts: SkipCounts, indexer: GroupIndexer,
           sidecars: Mapping[str, Mapping[str, Any]], label_len: List[Optional[int]]) -> Optional[Dict[str, Any]]:
-    """A tar sample -> ``{key, id, label, attrs, group, ext, bytes}``, or None (skipped and counted).
+    """A tar sample -> ``{key, id, label, attrs, group, ext, bytes}``, or None (skipped and counted). A key that
+    names a path (absolute, a ``..`` part: :func:`~agglom.data.limits.unsafe_key`) is ``bad_key``; a json over the
+    size or nesting limit (:func:`~agglom.data.limits.sample_json`) is ``bad_json``.
 
     ``label_len`` is ``[expected from the datasheet, first seen]``: -1 for a single int label, L for a list of L.
     A dataset whose datasheet declares labels (``label_len[0]`` set) needs a label in every sample; one without
@@ -37,6 +39,10 @@ def parse(sample: Dict[str, Any], counts: SkipCounts, indexer: GroupIndexer,
     optional and a missing label becomes :data:`NO_LABEL` (noted ``no_label``) — distillation needs none."""
     key, ident = sample.get("__key__"), sample_id(sample)
     labelled = label_len[0] is not None
+    why = unsafe_key(key)
+    if why is not None:  # it would name a path in the feature cache's tars (agglom.cache.writer)
+        counts.skip("bad_key", ident, why)
+        return None
     ext = find_image(sample)
     if ext is None:
         other = sorted(k for k in sample if not k.startswith("__"))
@@ -46,7 +52,7 @@ def parse(sample: Dict[str, Any], counts: SkipCounts, indexer: GroupIndexer,
         counts.skip("missing_field", ident, "no .json member (metadata with the label)")
         return None
     try:
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = sample_json(sample["json"]) if "json" in sample else {}  # size and depth bounded
     except (ValueError, UnicodeDecodeError) as e:
         counts.skip("bad_json", ident, e)
         return None

@@ -12,11 +12,11 @@ one pass over the split's json members (images are not read).
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, List, Mapping, Optional
 
 from agglom.data.groups import GroupIndexer, _AttrSpec
+from agglom.data.limits import sample_json, unsafe_key
 
 __all__ = ["group_counts", "acceptance"]
 
@@ -39,9 +39,11 @@ def group_counts(cfg: Any, indexer: GroupIndexer, split: str, datasheet: Optiona
     counts = SkipCounts()  # the training stream itself counts what is skipped; here only groups are tallied
     for sample in (s for u in shard_urls(cfg, split) for s in read_shard(u, counts, lambda f: f.endswith(".json"))):
         try:
-            meta = json.loads(sample["json"])
+            meta = sample_json(sample["json"])  # size and depth bounded (agglom.data.limits)
             attrs = dict(meta.get("attrs") or {})
         except (KeyError, ValueError, AttributeError, TypeError):
+            continue
+        if unsafe_key(sample["__key__"]) is not None:  # the stream skips it (bad_key): not drawn, not counted
             continue
         attrs.update(sidecars.get(sample["__key__"], {}))
         out[indexer.index(attrs)] += 1
