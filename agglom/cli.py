@@ -16,7 +16,8 @@ from agglom.errors import ReadableError
 
 def _usage() -> str:
     lines = [f"agglom {__version__}: knowledge agglomeration with subgroup parity", "",
-             "usage: agglom <command> [recipe=PATH] [key=value ...]   (agglom <command> --help lists the keys)", "",
+             "usage: agglom <command> [recipe=PATH] [key=value ...]   (agglom <command> --help lists the keys)",
+             f"       {ALLOW_REMOTE_FLAG}: also read pipe:/network shard URLs (never taken from a recipe or a run)", "",
              "commands:"]
     for name, (module, attr) in COMMANDS.items():
         try:

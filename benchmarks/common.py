@@ -212,8 +212,7 @@ def write_card(cards: Path, base: str, name: str, **over: Any) -> str:
     d = yaml.safe_load((REPO / "teachers" / "cards" / f"{base}.yaml").read_text()) if base else {}
     d.update(over, name=name, weights={"source": "none"},
              provenance="none: random initialisation (agglom bench)", description=f"agglom bench teacher {name}")
-    # no ".yaml" suffix: the entry name becomes a ModuleDict key (no dots allowed); load_card reads any path
-    path = cards / name
+    path = cards / f"{name}.yaml"  # load_card reads a card file only by its .yaml suffix
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return str(path)
 

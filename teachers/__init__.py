@@ -5,67 +5,42 @@
     out = teacher(x)                                     # x: the student-normalised batch [B, 1|3, H, W]
     out.summary  # [B, teacher.summary_dim]      out.spatial  # [B, teacher.spatial_dim, *teacher.grid]
     text = build_text_tower("tiny-clip")                 # CLIP-family teachers: the text side, for zero-shot
+
+The package imports lazily: ``import teachers`` (or a torch-free submodule such as :mod:`teachers.safe_yaml`) costs
+nothing until a name below is used; the first use imports torch and registers the built-in families.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Union
+import importlib
+from typing import Any
 
-import torch
-
-from .base import Teacher, TeacherOutput
-from .cards import (
-    CardError,
-    MissingWeightsError,
-    TeacherCard,
-    WeightsDigestError,
-    WeightsSpec,
-    WeightsUnavailableError,
-    card_from_dict,
-    list_cards,
-    load_card,
-    weights_root,
-)
-from .registry import FAMILIES, ensure_families, get_family, register_family
-from .safe_load import CheckpointFormatError, UnsafeCheckpointError, load_state_dict
-from .text import TextTower, TextTowerUnavailable, build_text_tower, has_text_tower, load_text_tower
-
-ensure_families()
-
-# the errors a user fixes (a card, a weights file, hub access, a checkpoint): commands report them without a traceback
-USER_ERRORS = (CardError, MissingWeightsError, WeightsUnavailableError, UnsafeCheckpointError, CheckpointFormatError)
+_WHERE = {
+    "Teacher": "base", "TeacherOutput": "base",
+    "CardError": "cards", "MissingWeightsError": "cards", "TeacherCard": "cards", "WeightsDigestError": "cards",
+    "WeightsSpec": "cards", "WeightsUnavailableError": "cards", "card_from_dict": "cards", "list_cards": "cards",
+    "load_card": "cards", "weights_root": "cards",
+    "FAMILIES": "registry", "ensure_families": "registry", "get_family": "registry", "register_family": "registry",
+    "CheckpointFormatError": "safe_load", "UnsafeCheckpointError": "safe_load", "load_state_dict": "safe_load",
+    "TextTower": "text", "TextTowerUnavailable": "text", "build_text_tower": "text", "has_text_tower": "text",
+    "load_text_tower": "text",
+    "build_teacher": "build", "describe_teacher": "build", "USER_ERRORS": "build",
+}
 
 
-def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (0.5,),
-                  input_std: Sequence[float] = (0.5,), device: Any = "cpu") -> Teacher:
-    """A frozen teacher for `card` (a TeacherCard or anything load_card accepts), taking batches normalised with
-    the student's `input_mean`/`input_std`."""
-    card = load_card(card)
-    try:
-        return get_family(card.family)(card, input_mean, input_std, device=device)
-    except (UnsafeCheckpointError, CheckpointFormatError, WeightsUnavailableError):
-        raise  # already a clear, named error
-    except RuntimeError as e:
-        msg = str(e)
-        if "Error(s) in loading state_dict" in msg or "size mismatch" in msg:
-            where = card.weights_path() or card.weights.tag or card.weights.source
-            detail = next((ln.strip() for ln in msg.splitlines() if "size mismatch" in ln or "key" in ln.lower()),
-                          msg.splitlines()[0])
-            raise CheckpointFormatError(f"teacher card {card.name!r}: the weights {where} do not fit the card's "
-                                        f"architecture ({card.family} {card.model}, model_args "
-                                        f"{dict(card.model_args or {})}): {detail[:300]}") from None
-        raise
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:  # a submodule (`teachers.cards`), as a package that imported it eagerly would have
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'teachers' has no attribute {name!r}") from None
+    importlib.import_module(".build", __name__)  # the families are registered before any name is handed out
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
-def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:
-    """The teacher's contract (dims, grid, patch, input size, normalisation) without weights: the architecture is
-    built on the meta device, so this is instant even for ViT-H and needs no download."""
-    card = load_card(card)
-    cls = get_family(card.family)
-    with torch.device("meta"):
-        t = cls(card, (0.5,), (0.5,), device="meta", load_weights=False)
-    info = t.contract()
-    info.pop("dtype")
-    return info
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_WHERE))
 
 
 __all__ = ["Teacher", "TeacherOutput", "TeacherCard", "WeightsSpec", "FAMILIES", "register_family", "load_card",

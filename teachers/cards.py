@@ -335,9 +335,9 @@ def card_from_dict(data: Dict[str, Any], source: str = "<dict>") -> TeacherCard:
     _check_options(data, source)
     data["weights"] = _weights_spec(data.get("weights"), source)
     card = TeacherCard(**data, source_path=source if source != "<dict>" else None)
-    from .registry import FAMILIES
+    from .registry import get_family
 
-    check = getattr(FAMILIES[card.family], "validate_card", None)
+    check = getattr(get_family(card.family), "validate_card", None)
     if check is not None:
         check(card)
     return card

@@ -102,8 +102,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tiny_train_args, monkeypatc
     monkeypatch.setattr(TorchEngine, "save", dying_save)
     args = tiny_train_args("crash", steps=12)
     run = run_dir_of(args)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", *args])
+    assert main(["train", *args]) == 130  # the CLI reports the interrupt in one line
     assert (run / "checkpoints" / "latest").read_text() == "00000008"
     assert list((run / "checkpoints").glob(".tmp-*"))  # the torn write is left aside, not in place
     load_file(str(run / "checkpoints" / "00000008" / "model.safetensors"))  # previous one still loads
