@@ -83,16 +83,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"agglom {name}: interrupted; {AFTER_INTERRUPT.get(name.split()[0], 'nothing of it was completed')}",
               file=sys.stderr)
         return 130
-    except OSError as e:  # the machine said no: a full disk, a read-only folder, a file in a folder's place
-        if os.environ.get("AGGLOM_DEBUG"):
+    except Exception as e:  # noqa: BLE001 - known failure kinds become one line; anything else is a bug: a traceback
+        known = failure_message(e)
+        if known is None or os.environ.get("AGGLOM_DEBUG"):
             raise
-        print(f"agglom {name}: error: {os_error_message(e)}", file=sys.stderr)
-        return 1
+        print(f"agglom {name}: error: {known[0]}", file=sys.stderr)
+        return known[1]
     return int(code or 0)
+
+
+TEACHER_ERROR_MODULES = ("teachers.errors", "teachers.safe_load")  # where teachers.build.USER_ERRORS are defined
+
+
+def failure_message(e: BaseException) -> Optional[tuple]:
+    """(one line, exit code) for a failure the user or the machine must act on, or None for a bug: a card or weights
+    file to fix (2), the operating system's refusal (1), memory the request cannot have (1)."""
+    if any(c.__module__ in TEACHER_ERROR_MODULES for c in type(e).__mro__):  # a card, a weights file, a checkpoint
+        return str(e).splitlines()[0] if str(e) else type(e).__name__, 2
+    if isinstance(e, OSError):
+        return os_error_message(e), 1
+    text = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in text
+                                                                         or "out of memory" in text.lower())):
+        return (f"out of memory ({text[:160] or type(e).__name__}); a size in the recipe, a card or a run folder "
+                "asks for more than this machine has (image_size, batch_size, model_args, input_size)"), 1
+    if isinstance(e, RecursionError):
+        return "an input is nested too deeply to be read (a hostile or damaged file); AGGLOM_DEBUG=1 shows where", 2
+    return None
 
 
 def os_error_message(e: OSError) -> str:
     """One line for an operating-system refusal: what, on which file, and what to do."""
+    if not e.strerror:  # raised with a message of its own (e.g. "weights file not found: PATH")
+        return f"{str(e) or type(e).__name__}; set AGGLOM_DEBUG=1 for a traceback"
     where = f" {e.filename!r}" if e.filename else ""
     fix = {errno.ENOSPC: "free some space and run the same command again",
            errno.EACCES: "check the permissions of that file or folder, or choose another out_dir/out",

@@ -14,12 +14,37 @@ from agglom.model import AgglomModel, TeacherSpec
 
 
 def run_config(run_dir: Path) -> DictConfig:
+    """The run's saved ``config.yaml``, checked like a recipe (a run folder may come from someone else): keys the
+    schema no longer has are left out, and every value goes through the config rules."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from agglom.config.validate import validate
+
     path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `agglom train`")
-    loaded = OmegaConf.create(read_recipe(str(path)))
-    base = OmegaConf.structured(Recipe)
-    return OmegaConf.merge(base, {k: loaded[k] for k in loaded if k in base})
+    loaded = read_recipe(str(path))
+    if not isinstance(loaded, dict) or not loaded:
+        raise ConfigError(f"{path}: not a run's config (a mapping of sections, as `agglom train` writes it)")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), {k: v for k, v in loaded.items() if k in Recipe.__dataclass_fields__})
+        return validate(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]} (a damaged or hand-edited run config)") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+MAX_DIM, MAX_GRID = 1 << 16, 4096  # a teacher's feature width and token grid side, far above any real one
+
+
+def _check_spec(spec: TeacherSpec) -> TeacherSpec:
+    dims_ok = all(isinstance(v, int) and 1 <= v <= MAX_DIM for v in (spec.summary_dim, spec.spatial_dim))
+    grid_ok = len(spec.grid) == 2 and all(isinstance(v, int) and 1 <= v <= MAX_GRID for v in spec.grid)
+    if not (dims_ok and grid_ok and isinstance(spec.name, str) and spec.name):
+        raise ValueError(f"teacher {spec.name!r}: dims {spec.summary_dim}/{spec.spatial_dim} (1..{MAX_DIM}), grid "
+                         f"{list(spec.grid)} (1..{MAX_GRID})")
+    return spec
 
 
 def run_specs(run_dir: Path) -> List[TeacherSpec]:
@@ -28,7 +53,7 @@ def run_specs(run_dir: Path) -> List[TeacherSpec]:
     fix = "it is written by `agglom train`; train the run again or ask its sender for an intact copy"
     entries = read_json(Path(run_dir) / "teachers.json", fix)
     try:
-        return [TeacherSpec.from_dict(d) for d in entries]
+        return [_check_spec(TeacherSpec.from_dict(d)) for d in entries]
     except (TypeError, KeyError, AttributeError, ValueError) as e:
         raise ConfigError(f"{Path(run_dir) / 'teachers.json'}: not the teacher roster agglom writes ({e}); {fix}") from None
 
@@ -47,7 +72,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
         raise ConfigError(f"{run_dir} is still being trained by {holder}; its latest checkpoint is a step on the way, "
                           "not the result. Wait for the run to finish (or give checkpoint=PATH to use one knowingly)")
     name = pointer.read_text().strip()
-    if not name or Path(name).name != name or not (root / name).is_dir():
+    if not name or Path(name).name != name or not (root / name).is_dir() or (root / name).is_symlink():
         raise ConfigError(f"{pointer} names {name[:80]!r}, which is not a checkpoint folder in {root}")
     return root / name
 
@@ -68,9 +93,17 @@ def load_run_model(run_dir: Path, checkpoint: Optional[Path] = None, use_ema: bo
     """Rebuild the run's AgglomModel (student + heads + normalisers) and load its trained weights."""
     cfg = run_config(run_dir)
     in_chans = input_channels(cfg.data.grayscale)
-    model = AgglomModel(cfg, run_specs(run_dir), in_chans)
+    try:  # a received config that builds no model (an unknown timm name, a negative patch) is a damaged run
+        model = AgglomModel(cfg, run_specs(run_dir), in_chans)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise ConfigError(f"{run_dir}: its config.yaml and teachers.json build no model "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
     state = trained_state(Path(checkpoint) if checkpoint else latest_checkpoint(run_dir), use_ema, cfg.engine.name)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"{run_dir}: the checkpoint's weights do not fit the model its config.yaml describes "
+                          f"({str(e).splitlines()[0][:200]}); the run folder is damaged or mixed") from None
     return model.eval()
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from .errors import CardError, MissingWeightsError, WeightsDigestError, WeightsUnavailableError
 from .safe_load import file_identity
 from .weight_files import bad_weight_fields, file_sha256, package_dir
 
@@ -24,6 +26,8 @@ DEFAULT_WEIGHTS_DIR = "~/.cache/agglom/weights"
 WEIGHT_SOURCES = ("none", "tag", "file", "folder")
 RESIZE_POLICIES = ("squash", "longest")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+MAX_INPUT_SIDE = 8192  # a teacher's input side in pixels (SAM: 1024); a card asking more is a typo or an attack
+FILE_ARGS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # model_args that read files
 SUMMARY_KINDS = ("cls", "mean", "embed", "pooled")
 SPATIAL_KINDS = ("patch", "neck")
 GPU_DTYPES = ("bf16", "fp16", "fp32")
@@ -37,22 +41,6 @@ EXPORT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_mode
 FOLDER_IDENTITY_FILES = ("model.safetensors.index.json", "preprocessor_config.json")
 # families whose folder cards get a path-independent digest: a folder copied elsewhere is the same teacher
 PATH_FREE_FOLDER_FAMILIES = ("agglom", "transformers")
-
-
-class CardError(ValueError):
-    """A card is malformed or names something that does not exist; the message names the field."""
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A card's weights are not on this machine; the message says which file to place where."""
-
-
-class WeightsDigestError(MissingWeightsError):
-    """A card's weights file is present but is not the file the card names (its sha256 differs)."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """A published tag could not be fetched (offline, or no such tag)."""
 
 
 def offline_hint(card: TeacherCard) -> str:
@@ -263,16 +251,16 @@ def _check_geometry(data: Dict[str, Any], source: str) -> None:
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_INPUT_SIDE for s in size)):
         raise CardError(f"bad value for field 'input_size' in card {source}: {data['input_size']!r}; "
-                        "expected a positive int or [height, width]")
+                        f"expected a positive int or [height, width], each at most {MAX_INPUT_SIDE}")
     data["input_size"] = (int(size[0]), int(size[1]))
     for k in ("mean", "std"):
         if k in data:
             v = data[k]
             if (not isinstance(v, (list, tuple)) or len(v) not in (1, 3)
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                raise CardError(f"bad value for field '{k}' in card {source}: {v!r}; expected 1 or 3 numbers")
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                raise CardError(f"bad value for field '{k}' in card {source}: {v!r}; expected 1 or 3 finite numbers")
             if k == "std" and any(x <= 0 for x in v):
                 raise CardError(f"bad value for field 'std' in card {source}: {v!r}; must be positive")
             data[k] = tuple(float(x) for x in v)
@@ -283,15 +271,18 @@ def _check_options(data: Dict[str, Any], source: str) -> None:
     if "model_args" in data:
         if data["model_args"] is None:
             data["model_args"] = {}
-        if not isinstance(data["model_args"], dict):
-            raise CardError(f"bad value for field 'model_args' in card {source}: expected a mapping")
+        if not isinstance(data["model_args"], dict) or set(FILE_ARGS) & set(data["model_args"]):
+            raise CardError(f"bad value for field 'model_args' in card {source}: expected a mapping without "
+                            f"{', '.join(FILE_ARGS)} (weights are read from the card's weights field, safely)")
     for key, valid in (("resize", RESIZE_POLICIES), ("interpolation", INTERPOLATIONS), ("gpu_dtype", GPU_DTYPES)):
         if key in data:
             _choice(data, key, valid, source)
     _choice(data, "summary", SUMMARY_KINDS, source, allow_none=True)
     _choice(data, "spatial", SPATIAL_KINDS, source, allow_none=True)
-    if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
-        raise CardError(f"bad value for field 'seed' in card {source}: expected an integer, got {data['seed']!r}")
+    if "seed" in data and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)
+                           or not 0 <= data["seed"] < 2 ** 63):
+        raise CardError(f"bad value for field 'seed' in card {source}: expected an integer in [0, 2^63), "
+                        f"got {data['seed']!r}")
     if "finetune" in data:
         if data["finetune"] is None:
             data["finetune"] = {}

@@ -76,6 +76,7 @@ def safe_torch_load(path: PathLike, advice: str = "") -> Any:
     :class:`UnsafeCheckpointError` (nothing in it ran; ``advice`` is appended), an unreadable file
     :class:`CheckpointFormatError`; neither message suggests ``weights_only=False``."""
     path = Path(path)
+    _require_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol chatter; a refusal is reported below
@@ -91,8 +92,10 @@ def safe_torch_load(path: PathLike, advice: str = "") -> Any:
             raise UnsafeCheckpointError(f"refused to load {path}: it is not a plain weights file. Nothing in it was "
                                         f"run. {_what_it_wanted(msg)}{(' ' + advice) if advice else ''}") from None
         raise CheckpointFormatError(f"could not read {path}: {msg.splitlines()[0]}") from e
-    except (EOFError, OSError, ValueError) as e:
-        raise CheckpointFormatError(f"could not read {path}: {type(e).__name__}: {e}") from e
+    except (EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError, MemoryError) as e:
+        # a text file, a truncated pickle or garbage: torch's restricted unpickler fails in many ways, none ran code
+        raise CheckpointFormatError(f"could not read {path} as a weights file: {type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else 'not a torch checkpoint'}") from None
 
 
 _CARD_ADVICE = ("If you trust its source, convert it to safetensors elsewhere "

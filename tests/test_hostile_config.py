@@ -320,3 +320,110 @@ def test_a_recipe_that_is_not_a_small_file_is_refused_unread(recipe, tmp_path, c
         path.write_text("# " + "x" * (5 << 20) + "\n")
     code, _, err = _run(capsys, "train", f"recipe={path}")
     assert code == 2 and ("not a regular file" in _one_line(err) or "at most 4 MiB" in err)
+
+
+# --------------------------------------------------------------------------- found by probing (cases not planned)
+def _edit_config(run: Path, old: str, new: str) -> None:
+    cfg = run / "config.yaml"
+    text = cfg.read_text()
+    assert old in text, old
+    cfg.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("damage", ["empty", "list", "section-is-text", "timm-name", "negative-patch", "huge-width"])
+def test_a_hostile_saved_config_is_one_line(damage, trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    if damage == "empty":
+        (run / "config.yaml").write_text("")
+    elif damage == "list":
+        (run / "config.yaml").write_text("[1, 2]\n")
+    elif damage == "section-is-text":
+        _edit_config(run, "\ndata:\n", "\ndata: hello\nxdata:\n")
+    elif damage == "timm-name":
+        _edit_config(run, "model: vit_small_patch16_224", "model: ../../etc/passwd")
+    elif damage == "negative-patch":
+        _edit_config(run, "patch_size: 8", "patch_size: -8")
+    else:
+        _edit_config(run, "embed_dim: 32", "embed_dim: 400000")
+    code, _, err = _run(capsys, "export", f"run={run}", f"out={tmp_path / 'x'}")
+    assert code in (1, 2) and str(run) in _one_line(err)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("spec", [{"summary_dim": 10 ** 12}, {"grid": [-1, 10 ** 9]}, {"grid": [4]}])
+def test_a_hostile_teacher_roster_is_refused(spec, trained, tmp_path, capsys):
+    import json
+
+    run = _copy(trained, tmp_path)
+    roster = json.loads((run / "teachers.json").read_text())
+    roster[0].update(spec)
+    (run / "teachers.json").write_text(json.dumps(roster))
+    code, _, err = _run(capsys, "export", f"run={run}", f"out={tmp_path / 'x'}")
+    assert code == 2 and "teachers.json" in _one_line(err)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "device", "checkpoint-link"])
+def test_damaged_weights_in_a_received_run_are_one_line(damage, trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    for name in ("model.safetensors", "ema.safetensors"):
+        if (latest / name).exists():
+            if damage == "truncated":
+                (latest / name).write_bytes((latest / name).read_bytes()[:100])
+            elif damage == "device":
+                (latest / name).unlink()
+                (latest / name).symlink_to("/dev/zero")
+    if damage == "checkpoint-link":
+        shutil.rmtree(latest)
+        latest.symlink_to("/etc")
+    code, _, err = _run(capsys, "export", f"run={run}", f"out={tmp_path / 'x'}")
+    assert code in (1, 2) and _one_line(err).split("error: ", 1)[1].strip(" ;")
+
+
+CARD = {"name": "odd", "family": "timm", "model": "vit_small_patch16_224", "input_size": 32,
+        "model_args": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("input_size", 100000, "each at most 8192"),
+    ("seed", 10 ** 23, "[0, 2^63)"),
+    ("mean", [float("nan"), 0.5, 0.5], "finite numbers"),
+    ("model_args", {"checkpoint_path": "evil.pth"}, "without checkpoint_path"),
+])
+def test_a_card_asking_too_much_is_refused_by_field(field, value, reason, tmp_path, capsys):
+    import yaml
+
+    card = tmp_path / "odd.yaml"
+    card.write_text(yaml.safe_dump({**CARD, field: value}))
+    start = time.perf_counter()
+    code, _, err = _run(capsys, "teachers", "check", str(card))
+    assert code == 2 and reason in _one_line(err)
+    assert time.perf_counter() - start < 30  # a guard: the card is refused before anything is built
+
+
+def test_a_card_whose_weights_are_a_text_file_is_one_line(tmp_path, capsys):
+    import yaml
+
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    card = tmp_path / "c.yaml"
+    card.write_text(yaml.safe_dump({**CARD, "weights": {"source": "file", "path": str(text)}}))
+    code, _, err = _run(capsys, "teachers", "check", str(card))
+    assert code == 2 and "as a weights file" in _one_line(err)
+
+
+@pytest.mark.parametrize("option,value", [("data.image_size", 100000), ("data.num_workers", 1000),
+                                          ("data.batch_size", 10 ** 8)])
+def test_sizes_no_machine_has_are_refused_before_starting(option, value, tmp_path, synth_root, make_tiny_args, capsys):
+    code, _, err = _run(capsys, "train", *make_tiny_args(tmp_path / "runs", synth_root, "s", steps=1, **TINY),
+                        f"{option}={value}")
+    assert code == 2 and option in _one_line(err)
+
+
+def test_the_cli_prints_every_teacher_user_error_on_one_line():
+    """The CLI recognises teachers' user errors by module (it must not import torch to do so): none may drift."""
+    from agglom.cli import TEACHER_ERROR_MODULES
+    from teachers.build import USER_ERRORS
+
+    assert {c.__module__ for c in USER_ERRORS} <= set(TEACHER_ERROR_MODULES)

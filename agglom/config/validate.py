@@ -80,7 +80,7 @@ def _non_empty(v: Any) -> bool:
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 POSITIVE = at_least(0, open_=True)
 NON_NEGATIVE = at_least(0)
-COUNT = at_least(1)
+COUNT, SIDE, WORKERS, BATCH = at_least(1), between(1, 8192), between(0, 256), between(1, 65536)  # px, procs, samples
 PROBABILITY = between(0, 1)
 NON_EMPTY = Rule(_non_empty, "a non-empty string")
 DEVICE = Rule(lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "auto, cpu, mps, cuda or cuda:N")
@@ -90,11 +90,11 @@ RULES: Dict[str, Rule] = {
     "out_dir": NON_EMPTY,
     "data.root": NON_EMPTY, "data.distill_splits": each(NON_EMPTY),
     "data.train_split": NON_EMPTY, "data.val_split": NON_EMPTY, "data.test_split": NON_EMPTY,
-    "data.image_size": COUNT, "data.min_image_side": COUNT,
+    "data.image_size": SIDE, "data.min_image_side": COUNT,
     "data.grayscale": one_of(C.GRAYSCALE), "data.interpolation": one_of(C.INTERPOLATION),
-    "data.batch_size": COUNT, "data.num_workers": NON_NEGATIVE,
+    "data.batch_size": BATCH, "data.num_workers": WORKERS,
     "data.epoch_samples": COUNT, "data.shuffle_buffer": COUNT, "data.shuffle_buffer_mb": NON_NEGATIVE,
-    "data.resolutions": each(COUNT),  # multi-resolution training; the patch and the read size: _check_resolutions
+    "data.resolutions": each(SIDE),  # multi-resolution training; the patch and the read size: _check_resolutions
     "data.group_balance": PROBABILITY,
     "data.group_weights": each(NON_NEGATIVE),
     "data.augment.hflip": PROBABILITY,
@@ -156,9 +156,9 @@ RULES: Dict[str, Rule] = {
     "sweep.utility": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE), "sweep.gap": one_of(C.SWEEP_CLASSIFICATION + C.SWEEP_DENSE),
     "sweep.levelling_margin": NON_NEGATIVE, "export.min_group_count": NON_NEGATIVE,
     # command-level keys (eval, curate, finetune, cache, teachers check)
-    "batch_size": COUNT,
-    "num_workers": NON_NEGATIVE,
-    "image_size": COUNT,
+    "batch_size": BATCH,
+    "num_workers": WORKERS,
+    "image_size": SIDE,
     "device": DEVICE,
     "progress": one_of(C.PROGRESS),
     "threads": NON_NEGATIVE,

@@ -61,9 +61,14 @@ def saved_config(run_dir: Path, schema: Any = None) -> Optional[DictConfig]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
-    loaded = OmegaConf.create(read_recipe(str(path)))
+    loaded = read_recipe(str(path))
     base = OmegaConf.structured(schema or Recipe)
-    return OmegaConf.merge(base, {k: loaded[k] for k in loaded if k in base})
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: not a run's config (a mapping of sections, as `agglom train` writes it)")
+    try:
+        return OmegaConf.merge(base, {k: v for k, v in loaded.items() if k in base})
+    except Exception as e:  # noqa: BLE001 - omegaconf's merge errors: a damaged or hand-edited saved config
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]} (a damaged or hand-edited run config)") from None
 
 
 def check_resume(cfg: Any, run_dir: Path, resume_from: Optional[Path], has_checkpoint: bool, schema: Any = None,
