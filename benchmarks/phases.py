@@ -28,8 +28,8 @@ def phase_fractions(records: List[Dict[str, Any]], batch: int, skip: int = 1) ->
 
 def phase_run(cfg: Any) -> List[Dict[str, Any]]:
     """Train ``cfg`` (quietly, from scratch) and return its metrics.jsonl records."""
+    from agglom.train.distill import train
     from agglom.train.logger import MetricLogger
-    from agglom.train.loop import train
     from benchmarks.common import quiet
 
     shutil.rmtree(Path(cfg.out_dir) / cfg.name, ignore_errors=True)

@@ -18,7 +18,7 @@ _WHERE = {
     "Teacher": "base", "TeacherOutput": "base",
     "CardError": "cards", "MissingWeightsError": "cards", "TeacherCard": "cards", "WeightsDigestError": "cards",
     "WeightsSpec": "cards", "WeightsUnavailableError": "cards", "card_from_dict": "cards", "list_cards": "cards",
-    "load_card": "cards", "weights_root": "cards",
+    "load_card": "card_loader", "weights_root": "cards",
     "FAMILIES": "registry", "ensure_families": "registry", "get_family": "registry", "register_family": "registry",
     "CheckpointFormatError": "safe_load", "UnsafeCheckpointError": "safe_load", "load_state_dict": "safe_load",
     "TextTower": "text", "TextTowerUnavailable": "text", "build_text_tower": "text", "has_text_tower": "text",

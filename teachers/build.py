@@ -6,7 +6,8 @@ from typing import Any, Dict, Sequence, Union
 import torch
 
 from .base import Teacher
-from .cards import CardError, MissingWeightsError, TeacherCard, WeightsUnavailableError, load_card
+from .card_loader import load_card
+from .cards import CardError, MissingWeightsError, TeacherCard, WeightsUnavailableError
 from .registry import ensure_families, get_family
 from .safe_load import CheckpointFormatError, UnsafeCheckpointError
 

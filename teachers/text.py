@@ -24,7 +24,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .cards import CardError, TeacherCard, load_card
+from .card_loader import load_card
+from .cards import CardError, TeacherCard
 
 TEXT_SCHEMA = "agglom.text/1"
 META_FILE = "text_tower.json"

@@ -12,13 +12,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from agglom.errors import ConfigError
 from teachers.safe_yaml import StrictLoader, YAMLInputError, load_text, read_text
-
-
-class ConfigError(ValueError):
-    """A recipe problem a user must fix; the CLI prints it on one line and exits with 2."""
-
-    exit_code = 2
 
 
 class RecipeLoader(StrictLoader):

@@ -1,4 +1,4 @@
-"""Load-time checks of the multi-resolution keys (``data.resolutions``), kept beside :mod:`agglom.config.validate`
+"""Load-time checks of the multi-resolution keys (``data.resolutions``), run by :mod:`agglom.config.validate`
 (which calls :func:`check_resolutions` among its cross checks): every size a multiple of the student's patch size,
 no size above ``data.image_size`` (the size the reader reads and the teachers resize from: a larger student size
 would only upsample), and a student built with ``dynamic_img_size`` (a fixed-size timm ViT refuses other sizes)."""
@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any, List
 
+from agglom.config.rules import _ABSENT, _get, _is_num, _plain, patch_size_of
+
 
 def check_resolutions(cfg: Any) -> List[str]:
     """One line per problem of ``data.resolutions`` (empty: valid, or the key is not in this command's schema)."""
-    from agglom.config.validate import _ABSENT, _get, _is_num, _plain, patch_size_of
 
     sizes = _get(cfg, "data.resolutions")
     if sizes is _ABSENT or sizes is None:

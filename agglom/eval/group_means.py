@@ -1,5 +1,5 @@
 """Group means of a per-sample quantity (fidelity, agreement) with the worst group, the gap and BCa intervals
-(resampling within groups); re-exported by :mod:`agglom.eval.metrics`, whose result conventions it follows."""
+(resampling within groups); re-exported by :mod:`agglom.eval.metrics`; results as :mod:`agglom.eval.values` writes them."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from agglom.eval.group_stats import _spread
+from agglom.eval.values import _as_groups, _group_order, _m
 
 __all__ = ["group_mean_summary"]
 
@@ -27,8 +28,6 @@ def group_mean_summary(
     Returns ``{"overall": M, "by_group": {g: M + {"n"}}, "worst_group": M + {"group"}, "gap": M,
     "higher_is_better": bool, "excluded_from_gaps": [...]}`` (bootstrap: resampling within groups).
     """
-    from agglom.eval.metrics import _as_groups, _group_order, _m
-
     v = np.asarray(values, dtype=float).reshape(-1)
     g = _as_groups(groups, v.size)
     names = _group_order(g, unknown)

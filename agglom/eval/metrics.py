@@ -33,12 +33,12 @@ Conventions (also stored in every result under ``"conventions"``):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from agglom.eval.calibration import ECE_BINNINGS, ece, ece_bins
+from agglom.eval.group_means import group_mean_summary  # noqa: F401 - one of this module's results
 from agglom.eval.group_stats import (
     RATES,
     THRESHOLD_METRICS,
@@ -58,6 +58,7 @@ from agglom.eval.thresholds import (
     primary_threshold,
     youden_threshold,
 )
+from agglom.eval.values import _as_groups, _f, _group_order, _m, nan_to_none  # noqa: F401 - re-exported
 
 __all__ = [
     "ECE_BINNINGS",
@@ -102,56 +103,6 @@ CONVENTIONS = {
     ),
     OPTIMISTIC_THRESHOLD: "best-F1 threshold chosen on the evaluated split itself (optimistic; FairMedFM comparability)",
 }
-
-
-# --------------------------------------------------------------------------- small helpers
-def nan_to_none(x: Any) -> Any:
-    """Recursively turn NaN/inf floats (and numpy scalars) into JSON-friendly values (NaN -> None)."""
-    if isinstance(x, dict):
-        return {str(k): nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [nan_to_none(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [nan_to_none(v) for v in x.tolist()]
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return None if not math.isfinite(x) else x
-    return x
-
-
-def _f(x: Any) -> Optional[float]:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _m(value: float, ci: Optional[Sequence[Any]] = None, **extra: Any) -> Dict[str, Any]:
-    """One reported metric: ``{"value": float|None, "ci": [lo, hi]|None, **extra}``; a third ``ci`` element True
-    (an interval widened to contain its point estimate) adds ``"ci_widened": true``."""
-    out: Dict[str, Any] = {"value": _f(value)}
-    if ci is None or ci[0] is None or not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
-        out["ci"] = None
-    else:
-        out["ci"] = [float(ci[0]), float(ci[1])]
-        if len(ci) > 2 and ci[2]:
-            out["ci_widened"] = True
-    out.update(extra)
-    return out
-
-
-def _as_groups(groups: Any, n: int) -> np.ndarray:
-    g = np.asarray(groups).astype(str)
-    if g.shape != (n,):
-        raise ValueError(f"groups must have shape ({n},), got {g.shape}")
-    return g
-
-
-def _group_order(g: np.ndarray, unknown: str) -> List[str]:
-    names = sorted(set(g.tolist()) - {unknown})
-    return names + ([unknown] if unknown in set(g.tolist()) else [])
 
 
 def _binary_inputs(y_true: Any, score: Any, groups: Any, ece_binnings: Sequence[str]) -> tuple:
@@ -382,4 +333,3 @@ def headline(result: Mapping[str, Any], threshold: Optional[str] = None, binning
 
 
 # the group means of a per-sample quantity live beside, re-exported here (imported last: that module reads this one)
-from agglom.eval.group_means import group_mean_summary  # noqa: E402,F401

@@ -7,28 +7,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from agglom.eval.metrics import UNKNOWN, ece_bins  # noqa: E402
+from agglom.eval.figure import _save, plt
+from agglom.eval.metrics import UNKNOWN, ece_bins
+from agglom.eval.resolution import plot_resolution
 
 __all__ = ["plot_group_auc", "plot_fidelity_heatmap", "plot_calibration", "plot_front", "plot_group_dice"]
-
-
-def _save(fig: Any, path: str | os.PathLike, crop: bool = False) -> str:
-    """Lay out and write one PNG. tight_layout fits the subplots' labels (every legend sits inside its axes);
-    dropping the layout engine it leaves behind spares savefig a second full draw. ``crop`` (bbox_inches="tight",
-    one more draw) is for what tight_layout does not place: a colorbar's label, a suptitle wider than the grid, annotations past the axes."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.set_layout_engine(None)
-    fig.savefig(p, dpi=110, bbox_inches="tight" if crop else None)
-    plt.close(fig)
-    return str(p)
 
 
 def _val(x: Any) -> float:
@@ -274,7 +259,5 @@ def plot_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> Sequen
     if report.get("pareto"):
         paths.append(plot_front(report["pareto"], out / "front.png"))
     if report.get("resolution"):
-        from agglom.eval.resolution import plot_resolution
-
         paths.append(plot_resolution(report["resolution"], out / "resolution.png"))
     return paths

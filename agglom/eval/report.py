@@ -80,6 +80,7 @@ from agglom.eval.csv_cells import cell, read_rows
 from agglom.eval.metrics import nan_to_none
 from agglom.eval.report_md import data_markdown, render_markdown, summary_table  # noqa: F401 - re-exported
 from agglom.eval.sam_report import check_sam_section
+from agglom.eval.values import _check_metric
 
 __all__ = [
     "SCHEMA",
@@ -109,17 +110,6 @@ class ReportError(ValueError):
 def new_report(primary: str, models: Optional[Mapping[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
     """A report skeleton: ``{"schema", "primary", "models", **extra}``."""
     return {"schema": SCHEMA, "primary": primary, "models": dict(models or {}), **extra}
-
-
-def _check_metric(m: Any, where: str, problems: List[str]) -> None:
-    if not isinstance(m, Mapping) or "value" not in m or "ci" not in m:
-        problems.append(f"{where}: expected {{'value', 'ci'}}")
-        return
-    v = m["value"]
-    if v is not None and not isinstance(v, (int, float)):
-        problems.append(f"{where}.value: not a number or null")
-    if m["ci"] is not None and (not isinstance(m["ci"], (list, tuple)) or len(m["ci"]) != 2):
-        problems.append(f"{where}.ci: expected [lo, hi] or null")
 
 
 def _check_binary(r: Any, where: str, problems: List[str]) -> None:

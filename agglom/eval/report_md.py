@@ -3,37 +3,15 @@ the console summary table. The schema and the files live in :mod:`agglom.eval.re
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
+from agglom.eval.md_format import _mci, _num, _table
 from agglom.eval.metrics import headline, primary_threshold
 from agglom.eval.sam_report import sam_markdown
 
 __all__ = ["render_markdown", "data_markdown", "summary_table"]
-
-
-def _num(v: Any, nd: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "undefined"
-    return f"{float(v):.{nd}f}"
-
-
-def _mci(m: Optional[Mapping[str, Any]], nd: int = 3) -> str:
-    if not m:
-        return "–"
-    s = _num(m.get("value"), nd)
-    ci = m.get("ci")
-    if s != "undefined" and ci:
-        s += f" [{_num(ci[0], nd)}, {_num(ci[1], nd)}]"
-    return s
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(str(c) for c in r) + " |")
-    return out + [""]
 
 
 def _binary_row(label: str, r: Mapping[str, Any], binning: str = "range10") -> List[str]:

@@ -162,7 +162,7 @@ def resolution_markdown(sec: Mapping[str, Any]) -> List[str]:
 def plot_resolution(sec: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Fidelity (left, clipped as the flags read it) and the probe (right) against the input size (log2 axis);
     the validated range shaded green, flagged switches red."""
-    from agglom.eval.plots import _save, plt
+    from agglom.eval.figure import _save, plt
 
     sizes = sec["sizes"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from agglom.commands.evaluate import EvalArgs  # the command's schema (kept there: importing it needs no torch)
 from agglom.config.choices import input_channels
+from agglom.config.eval_args import EvalArgs
 from agglom.config.load import ConfigError
 from agglom.eval.sam_run import plan_sam, run_sam
 

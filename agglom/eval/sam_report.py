@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping
 
+from agglom.eval.md_format import _mci, _num, _table
+from agglom.eval.values import _check_metric
+
 _STATS = ("dice", "iou", "worst_group_dice", "dice_gap", "es_dice", "es_dice_std")
 
 
 def _check_fairness(attrs: Any, where: str, problems: List[str]) -> None:
-    from agglom.eval.report import _check_metric
 
     if not isinstance(attrs, Mapping):
         problems.append(f"{where}: expected {{attribute: dice_fairness dict}}")
@@ -40,7 +42,6 @@ def check_sam_section(section: Any, problems: List[str]) -> None:
 def sam_markdown(section: Mapping[str, Any]) -> List[str]:
     """Per SAM teacher and attribute: one row per group with the teacher-encoder Dice, the student-encoder Dice and
     their agreement Dice (95% BCa intervals), after an overall row."""
-    from agglom.eval.report_md import _mci, _num, _table
 
     L = ["## The student as SAM's image encoder: prompted segmentation Dice per group", "",
          f"Protocol: {section.get('protocol', '')}. Prompt: `{section.get('prompt')}`; split `{section.get('split')}`, "

@@ -40,7 +40,7 @@ def _done(run_dir: Path, steps: int) -> bool:
 
 def _train_and_eval(cfg: Any, base: Any, name: str, overrides: Dict[str, Any]) -> Path:
     from agglom.eval.run import EvalArgs, run_evaluation
-    from agglom.train.loop import train
+    from agglom.train.distill import train
 
     run_dir = Path(cfg.out_dir) / name
     point = OmegaConf.merge(base, {"name": name}, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))

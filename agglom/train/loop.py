@@ -349,8 +349,3 @@ def final_losses(run_dir: Path) -> List[float]:
     return [r["loss"] for r in recs if "loss" in r and r["loss"] is not None and not math.isnan(r["loss"])]
 
 
-def train(cfg: DictConfig, hooks: Sequence[LoopHooks] = ()) -> Path:
-    """``agglom train``: distil the recipe (see :mod:`agglom.train.distill`); kept here as the loop's entry point."""
-    from agglom.train.distill import train as distill
-
-    return distill(cfg, hooks)
