@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from agglom.cli import main as cli
 from agglom.config.load import ConfigError, load_config, read_recipe
 
-#: the fair candidate's recipe, chosen by measurement (README, "Fairness"): partial group balancing (a group's share
+#: the fair candidate's recipe, chosen by measurement (docs/fairness.md): partial group balancing (a group's share
 #: of the draws ∝ n_g^0.25), the normalisers at the natural distribution's statistics, and the one-sided ``excess``
 #: objective holding every group's distillation loss to its seed's ERM student's (the sampling cannot buy the rare
 #: group's lift with the common group's loss); full balancing (β = 1) cost site A AUC beyond the paired interval

@@ -1,5 +1,5 @@
 """A reduced `make demo` through the real CLI, from outside the repository: every stage runs and writes what the
-README promises (teachers, caches, students per seed, reports with comparisons, exports, the verdict)."""
+demo guide (docs/guide/demo.md) promises (teachers, caches, students per seed, reports with comparisons, exports, the verdict)."""
 import json
 import subprocess
 import sys

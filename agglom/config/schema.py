@@ -25,7 +25,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """Where samples come from and how batches are made (schema: ARCHITECTURE.md)."""
+    """Where samples come from and how batches are made (schema: docs/CONTRACTS.md)."""
 
     root: str = "data/synth"  # folder written by `agglom data pack|synth` (holds dataset.json)
     shards: Optional[str] = None  # explicit brace pattern (globs allowed); overrides root/<split>/*.tar

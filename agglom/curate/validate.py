@@ -1,7 +1,7 @@
 """Validate proxy groups (clusters) against true attributes where they exist: sizes, NMI and ARI.
 
 A good match means the clusters recover *that* attribute; proxy parity is still not demographic parity
-(FAIRNESS.md: CXR clusters recover sex but not age, Queiroz et al.).
+(docs/metrics.md: CXR clusters recover sex but not age, Queiroz et al.).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Evaluation math and reporting: per-group metrics, linear probe, Pareto fronts, reports and plots.
 
 Numpy in, dicts out. See each module's docstring; the exact metric definitions are those of
-``shared/docs/FAIRNESS.md``. :mod:`agglom.eval.metrics` builds the per-group results from
+``docs/metrics.md``. :mod:`agglom.eval.metrics` builds the per-group results from
 :mod:`agglom.eval.calibration` (ECE), :mod:`agglom.eval.thresholds` (decision thresholds) and
 :mod:`agglom.eval.group_stats` (base statistics and the bootstrap), and re-exports their public names.
 Plots live in :mod:`agglom.eval.plots` (imported lazily: it pulls in matplotlib).

@@ -2,7 +2,7 @@
 
 Kept apart from the group metrics (:mod:`agglom.eval.metrics`) because the binning rules are used on their own
 too: the reliability plots (:mod:`agglom.eval.plots`) bin with :func:`ece_bins` so that they match the reported
-numbers. Definitions follow ``shared/docs/FAIRNESS.md``:
+numbers. Definitions follow ``docs/metrics.md``:
 
 - ``"range10"`` (FairMedFM/MEDFAIR) = 10 equal-width bins spanning the observed score range
   ``[min(score), max(score)]`` of the samples evaluated (a group's own range for a group ECE), last bin closed;

@@ -1,4 +1,4 @@
-"""Paired comparison of two models on the same test samples, and the levelling-down check (FAIRNESS.md).
+"""Paired comparison of two models on the same test samples, and the levelling-down check (docs/metrics.md, "Levelling down").
 
 A fair model is compared with its reference (the λ = 0 / ERM model) group by group: the difference of every
 group's AUC, of the overall AUC, of the worst-group AUC and of the AUC gap, each with a *paired* bootstrap

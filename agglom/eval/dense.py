@@ -15,7 +15,7 @@ always have some): a sample with an empty mask has no overlap to measure. Those 
 the share in which the probe marks any pixel (``empty_with_prediction``). Pixels marked
 :data:`~agglom.data.masks.IGNORE` count nowhere; a sample without a mask is not evaluated.
 
-Fairness (FAIRNESS.md; "gap" = lower is better, "score" = higher is better), over the groups of each attribute:
+Fairness (docs/metrics.md; "gap" = lower is better, "score" = higher is better), over the groups of each attribute:
 mean Dice and IoU per group, worst and best group, the Dice gap (max - min), the standard deviation and skewness of
 the group Dices (skewness: undefined for fewer than 3 groups), and both equity-scaled forms: FairMedFM's ``es_dice_std`` = Dice / (1 + std of group Dices) and
 FairSeg's ``es_dice`` = Dice / (1 + sum_g |Dice - Dice_g|), Dice being the mean over all evaluated samples.

@@ -1,6 +1,6 @@
 """Fidelity of the student's adapters to each teacher, per teacher × output × sample, measured so groups compare.
 
-Three measures (FAIRNESS.md, "Distillation-specific measures"):
+Three measures (docs/metrics.md, "Distillation measures"):
 
 * ``r2`` — the primary one: 1 − normalised squared error against *one* set of statistics for all groups. The
   student's prediction is taken back to the teacher's own feature space (its normaliser inverted) and compared

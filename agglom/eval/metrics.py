@@ -1,6 +1,6 @@
 """Per-group utility and fairness metrics for binary (and multi-label) classification scores, as result dicts.
 
-Definitions follow ``shared/docs/FAIRNESS.md``. This module assembles the documented, JSON-ready results
+Definitions follow ``docs/metrics.md``. This module assembles the documented, JSON-ready results
 (:func:`binary_group_metrics`, :func:`multilabel_group_metrics`, :func:`evaluate_attributes`,
 :func:`group_mean_summary`, :func:`headline`) and states their conventions; the pieces live in their own modules
 and are re-exported here so that ``agglom.eval.metrics`` stays the one import for callers:

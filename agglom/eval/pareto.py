@@ -5,7 +5,7 @@ Candidates are dicts ``{"name": str, "utility": float, "gap": float, "worst_grou
 (``lambda``, ``objective``...) are carried through. Points with a NaN/None utility or gap are never Pareto
 optimal and are listed as ``"undefined"``.
 
-Selection (MEDFAIR's minimax-Pareto rule, FAIRNESS.md): among the Pareto-optimal candidates, choose the one
+Selection (MEDFAIR's minimax-Pareto rule, docs/metrics.md): among the Pareto-optimal candidates, choose the one
 whose worst-group validation AUC (``worst_group``) is highest; ties go to higher utility, then lower gap, then
 name order.
 

@@ -2,8 +2,8 @@
 group on the validation split without levelling any group down; otherwise the ERM (λ = 0) student is the choice.
 
 Why: no fairness knob helps on every dataset. Where the ERM student is already even across groups, audit routing
-or rebalancing has nothing to close and can only move groups around — on a held-out synthetic variant it lowered
-the rare site's test AUC by 0.017 (README, "Fairness"). The test split must not decide which recipe to use, so
+or rebalancing has nothing to close and can only move groups around (the held-out variants in docs/results.md
+show a fair candidate lowering a group's test AUC). The test split must not decide which recipe to use, so
 the decision is taken on validation, with the same paired comparison the verdict uses on test (seed-mean
 differences, paired bootstrap BCa intervals), and the test split then reports the chosen student.
 
@@ -12,11 +12,10 @@ The rule is MEDFAIR's minimax choice restricted to candidates that pass the leve
 1. a candidate under which some group's seed-mean validation AUC fell beyond its interval is out (levels down);
    with a non-inferiority ``margin`` δ > 0 (default 0), only a fall whose whole interval lies below −δ counts, as
    in a clinical non-inferiority test: the user states how small a loss is no loss (the paired test on thousands
-   of majority-group samples resolves AUC drops of 0.0005, README "Fairness");
+   of majority-group samples resolves AUC drops of 0.0005, docs/fairness.md);
 2. so is one whose overall validation AUC fell by more than the allowed utility cost;
 3. so is one that raises the seed-mean validation worst-group AUC by less than ``min_lift`` (default 0.01, half
-   the lift the demo's verdict asks for): a lift inside the noise of a few seeds is no reason to change recipe
-   (on a held-out variant, +0.0005 on validation came with −0.010 on test);
+   the lift the demo's verdict asks for): a lift inside the noise of a few seeds is no reason to change recipe;
 4. of the rest, the one with the highest seed-mean validation worst-group AUC is chosen; with none left, ERM.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Objectives: per-sample × per-teacher losses, teacher and group aggregation (ARCHITECTURE.md)."""
+"""Objectives: per-sample × per-teacher losses, teacher and group aggregation (docs/ARCHITECTURE.md)."""
 from agglom.objective.groups import (
     GROUP_OBJECTIVES,
     GroupObjective,

@@ -1,4 +1,4 @@
-"""Group aggregation of per-sample losses: the utility <-> parity objectives (docs FAIRNESS.md, "Objectives").
+"""Group aggregation of per-sample losses: the utility <-> parity objectives (docs/metrics.md, "Group objectives").
 
 Every objective is an ``nn.Module`` called as ``obj(loss [B] fp32, group [B] long, weight [B] | None)`` and
 returns ``(scalar, terms)``:

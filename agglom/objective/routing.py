@@ -1,4 +1,4 @@
-"""Teacher × group routing: per-group weights on each teacher's per-sample loss (FAIRNESS.md, "Objectives").
+"""Teacher × group routing: per-group weights on each teacher's per-sample loss (docs/metrics.md, "Group objectives").
 
 A recipe sets ``objective.routing: {teacher: {group: weight}}``; pairs not named keep weight 1. Applied to the
 per-sample × per-teacher loss matrix before the teacher and group aggregations, so a teacher can count more
