@@ -12,6 +12,7 @@ window (`set_gradient_accumulation_boundary`, so the gradient reduction happens 
 Checkpoints: `save(dir)` -> `dir/ds/` (+ `dir/latest`, `dir/zero_to_fp32.py`) through
 `engine.save_checkpoint(dir, tag="ds", client_state=...)` on every rank; `load(dir)` reads it back (module
 incl. buffers, optimiser, ZeRO partitions). `consolidate_fp32(dir)` turns any of these into one fp32 state dict.
+Both read DeepSpeed's files without running code in them (:mod:`agglom.engine.safe_checkpoint`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from torch import nn
 from agglom.dist import dist_info
 from agglom.engine.base import Engine, pick_device
 from agglom.engine.ds_config import accelerator_type, build_ds_config
+from agglom.engine.safe_checkpoint import deepspeed_loads_made_safe, load_deepspeed_file
+from teachers.safe_load import CheckpointFormatError
 
 TAG = "ds"
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -187,9 +190,11 @@ class DeepSpeedEngine(Engine):
         if not (directory / TAG).is_dir():
             raise FileNotFoundError(f"no DeepSpeed checkpoint (folder {TAG}/) in {directory}; was it written by "
                                     f"engine.name=deepspeed?")
-        load_path, client_state = self.engine.load_checkpoint(str(directory), tag=TAG, load_module_strict=True,
-                                                              load_optimizer_states=True,
-                                                              load_lr_scheduler_states=False)
+        # a resumed run may have been sent by someone else: every file DeepSpeed reads here is a weights-only load
+        with deepspeed_loads_made_safe():
+            load_path, client_state = self.engine.load_checkpoint(str(directory), tag=TAG, load_module_strict=True,
+                                                                  load_optimizer_states=True,
+                                                                  load_lr_scheduler_states=False)
         if load_path is None:
             raise FileNotFoundError(f"DeepSpeed could not load the checkpoint in {directory / TAG}")
         saved = dict((client_state or {}).get("agglom", {}))
@@ -228,7 +233,8 @@ def consolidate_fp32(directory: Path, tag: str = TAG) -> Dict[str, torch.Tensor]
 
     ZeRO 1-3: DeepSpeed's `zero_to_fp32` merges the fp32 master partitions of all ranks. Stage 0: the module
     state (which then holds the weights) cast to fp32. Non-floating buffers keep their dtype. No process
-    group is needed; run it on one process.
+    group is needed; run it on one process. Every file is read without running code in it
+    (:mod:`agglom.engine.safe_checkpoint`): a run folder someone sent chooses this engine in its config.yaml.
     """
     directory = Path(directory)
     ckpt = directory / tag
@@ -238,10 +244,21 @@ def consolidate_fp32(directory: Path, tag: str = TAG) -> Dict[str, torch.Tensor]
     if any(ckpt.glob("*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+        try:
+            with deepspeed_loads_made_safe():
+                state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointFormatError(f"{ckpt}: DeepSpeed could not merge its ZeRO partitions ({type(e).__name__}: "
+                                        f"{str(e)[:300]}); nothing in them was run. Use an intact copy of the run"
+                                        ) from None
+        where = ckpt
     else:
         files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise FileNotFoundError(f"no model states in {ckpt}")
-        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        saved = load_deepspeed_file(files[0])
+        state, where = (saved.get("module") if isinstance(saved, dict) else None), files[0]
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointFormatError(f"{where} holds no module state dict of tensors; nothing in it was run. Use an "
+                                    "intact copy of the run")
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
