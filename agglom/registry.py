@@ -63,7 +63,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def lookup(self, name: str) -> T:
         """The object registered as ``name``; an unknown name is a ConfigError (exit 2)."""
         if name not in self._items:
-            from agglom.config.load import ConfigError
+            from agglom.errors import ConfigError
 
             raise ConfigError(self.unknown(name))
         return self._items[name]

@@ -21,8 +21,8 @@ from agglom.objective.losses import distillation_losses
 from agglom.objective.routing import apply_routing, build_routing
 from agglom.objective.teacher_balance import TeacherBalance
 from agglom.objective.tracking import GroupTeacherTracker
+from agglom.phases import PhaseTimer
 from agglom.train import multires
-from agglom.train.phases import PhaseTimer
 
 Targets = Dict[str, Dict[str, torch.Tensor]]
 
@@ -151,7 +151,7 @@ class AgglomTask(nn.Module):
 
     @property
     def phases(self) -> PhaseTimer:
-        """The step's phase timer (:mod:`agglom.train.phases`), shared with the model (which marks ``student``);
+        """The step's phase timer (:mod:`agglom.phases`), shared with the model (which marks ``student``);
         disabled unless the loop sets one (``log.phases``)."""
         return self.model.phases
 

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from agglom.train.phases import PHASES
+from agglom.phases import PHASES
 
 
 def phase_fractions(records: List[Dict[str, Any]], batch: int, skip: int = 1) -> Dict[str, float]:

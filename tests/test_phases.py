@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from agglom.cli import main
+from agglom.phases import PHASES, PhaseTimer
 from agglom.train.logger import MetricLogger
-from agglom.train.phases import PHASES, PhaseTimer
 
 
 def test_disabled_timer_records_nothing():

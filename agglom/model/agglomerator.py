@@ -15,7 +15,7 @@ from torch import nn
 from agglom.model.heads import build_head
 from agglom.model.normalisers import build_normaliser
 from agglom.model.student import build_student, student_tokens
-from agglom.train.phases import OFF, PhaseTimer
+from agglom.phases import OFF, PhaseTimer
 
 
 @dataclass
@@ -119,7 +119,7 @@ class AgglomModel(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, Dict[str, torch.Tensor]]:
         """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
         prefix, patches, grid = self.tokens(x)
-        self.phases.mark("student")  # a no-op unless the loop's log.phases timer is set (agglom.train.phases)
+        self.phases.mark("student")  # a no-op unless the loop's log.phases timer is set (agglom.phases)
         out: Dict[str, Dict[str, torch.Tensor]] = {}
         for s in self.specs:
             pred: Dict[str, torch.Tensor] = {}

@@ -16,7 +16,7 @@ The task interface (duck-typed; :class:`agglom.task.AgglomTask` and :class:`aggl
 ``model``, ``param_groups()``, ``attach(forward_model, device, autocast)``, ``stateful() -> {name: module}``,
 ``prepare(fresh)`` (first data read, e.g. the normalisers' stats pass), ``write_run_files(run_dir)``,
 ``flops_per_sample(batch)``, ``tracked() -> {name: float}``, ``train()``, ``__call__(batch)``; the loop sets
-``task.phases`` (its :class:`agglom.train.phases.PhaseTimer`, enabled by ``log.phases``) for the task to mark.
+``task.phases`` (its :class:`agglom.phases.PhaseTimer`, enabled by ``log.phases``) for the task to mark.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from timm.utils import ModelEmaV3
 
 from agglom.config.load import ConfigError
 from agglom.data.counts import SkipCounts
+from agglom.phases import PhaseTimer
 from agglom.train.checkpoint import CheckpointManager
 from agglom.train.logger import MetricLogger
 from agglom.train.optim import warmup_cosine
-from agglom.train.phases import PhaseTimer
 from agglom.train.preflight import checkpoint_of
 from agglom.train.rundir import SAFE_ON_RESUME, check_resume, record_changes
 
