@@ -1,7 +1,6 @@
 """Reading cached teacher features by sample key (keys checked, never zipped blindly), refusing stale caches."""
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -11,8 +10,9 @@ import numpy as np
 import torch
 
 from agglom.cache.codec import unpack
-from agglom.cache.writer import MANIFEST_SCHEMA, cache_name, preprocessing_of
+from agglom.cache.writer import MANIFEST_SCHEMA, MAX_MANIFEST_BYTES, cache_name, preprocessing_of
 from agglom.config.load import ConfigError
+from agglom.data.jsonfile import read_json
 from agglom.data.limits import unsafe_key
 from agglom.data.tarstream import index as tar_index
 
@@ -31,18 +31,20 @@ def open_cache(path: str, teacher: str, cfg: Any, card_digest: str, split: Any =
     name or a list of them; default: the recipe's training split): every image shard must have its cache shard."""
     root = Path(path)
     teacher = cache_name(teacher)
-    if (root / teacher / "manifest.json").is_file():
+    if (root / teacher / "manifest.json").exists():
         root = root / teacher
     manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
+    if not manifest_path.exists():  # one that is there but not a regular file is named so by read_json
         found = sorted(p.parent.name for p in Path(path).glob("*/manifest.json"))
         raise ConfigError(f"teachers[{teacher}].cache: no manifest.json in {path} nor in {Path(path) / teacher}"
                           + (f" (caches found there: {', '.join(found)})" if found else "")
                           + "; write it with `agglom cache recipe=... cache.out=DIR` and give the same DIR")
-    try:
-        m = json.loads(manifest_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StaleCacheError(f"cache {root}: manifest.json is not valid JSON ({e}); rebuild it with `agglom cache`") from None
+    try:  # one line for a file that is not JSON, not a regular file, too large or nested too deeply
+        m = read_json(manifest_path, fix="rebuild the cache with `agglom cache`", max_bytes=MAX_MANIFEST_BYTES)
+    except StaleCacheError:
+        raise
+    except ConfigError as e:
+        raise StaleCacheError(f"cache {root}: {e}") from None
     if not isinstance(m, dict):
         raise StaleCacheError(f"cache {root}: manifest.json is not a JSON object; rebuild it with `agglom cache`")
     if m.get("schema") != MANIFEST_SCHEMA:

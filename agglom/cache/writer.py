@@ -7,7 +7,6 @@ bytes of summary, spatial and, for int8, their fp16 scales: see `codec.pack`) an
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import time
@@ -21,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from agglom.cache.codec import encode, grid_after_pool, pack, pool_spatial, stored_bytes
 from agglom.cache.lock import CacheLock
 from agglom.config.choices import input_channels
+from agglom.data.jsonfile import write_json_atomic
 from agglom.data.limits import unsafe_key
 from agglom.errors import ReadableError
 
 MANIFEST_SCHEMA = "agglom.cache/2"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest holds ~100 bytes a shard: hundreds of thousands of shards fit
 
 
 def preprocessing_of(cfg: DictConfig) -> Dict[str, Any]:
@@ -81,11 +82,11 @@ def _single_shard_cfg(cfg: DictConfig, split: str, url: str) -> DictConfig:
 
 
 def _old_manifest(path: Path) -> Dict[str, Any]:
-    """A cache folder's manifest as written, or {} when it is not a JSON object (damaged: the cache is rewritten)."""
-    try:
-        old = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        return {}
+    """A cache folder's manifest as written, or {} when it is not a JSON object (damaged, too large, nested too
+    deeply, not a regular file: the cache is rewritten)."""
+    from agglom.data.jsonfile import peek_json
+
+    old = peek_json(path, max_bytes=MAX_MANIFEST_BYTES)
     return old if isinstance(old, dict) else {}
 
 
@@ -115,7 +116,8 @@ def _teacher_state(cfg: DictConfig, name: str, out: Optional[str], dtype: str, p
         else:  # stale: start again rather than mix two caches
             print(f"agglom cache: {name}: the cache at {root} was made under other settings; rewriting it", flush=True)
             for p in root.glob("*/*.tar"):
-                p.unlink()
+                if not p.parent.is_symlink() and p.is_file():  # never a file a linked folder leads to
+                    p.unlink()
     return {"name": name, "teacher": teacher, "root": root, "manifest": manifest, "manifest_path": manifest_path,
             "n_done": 0, "nbytes": 0, "seconds": 0.0}
 
@@ -183,7 +185,7 @@ def _finish(st: Dict[str, Any], t_read: float, dtype: str, pool: int) -> Dict[st
     disk = sum((root / sp / sh).stat().st_size for sp, e in manifest["splits"].items() for sh in e["shards"]
                if (root / sp / sh).is_file())
     manifest["disk_bytes_per_sample"] = disk / total if total else None
-    st["manifest_path"].write_text(json.dumps(manifest, indent=1))
+    write_json_atomic(st["manifest_path"], manifest, indent=1)
     print(f"agglom cache: {name}: {n_done} samples written to {root} "
           f"({manifest['bytes_per_sample'] or 0:.0f} B/sample, {dtype}, pool {pool}; teacher {st['seconds']:.1f}s, "
           f"reading {t_read:.1f}s shared)", flush=True)
@@ -227,5 +229,5 @@ def _write(cfg: DictConfig, splits: List[str], names: List[str], out: Optional[s
                 st["manifest"]["splits"][split]["shards"][shard_name] = count
                 st["manifest"]["splits"][split]["fingerprints"][shard_name] = fingerprint
                 st["n_done"] += count
-                st["manifest_path"].write_text(json.dumps(st["manifest"], indent=1))
+                write_json_atomic(st["manifest_path"], st["manifest"], indent=1)  # never through a link
     return {st["name"]: _finish(st, t_read, dtype, pool) for st in states}

@@ -53,10 +53,10 @@ def write_text_atomic(path: os.PathLike, text: str) -> Path:
 
 
 def _schema_of(path: Path) -> Optional[str]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """The ``schema`` of the JSON file at ``path``, or None (missing, not a regular file, too large, not JSON)."""
+    from agglom.data.jsonfile import peek_json
+
+    obj = peek_json(path, max_bytes=256 << 20)
     return str(obj.get("schema")) if isinstance(obj, dict) else None
 
 

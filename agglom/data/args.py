@@ -1,11 +1,14 @@
 """The options of `agglom data synth | pack | info | join` (torch-free: `agglom --help` and a bad value stay fast).
 
-The commands (:mod:`agglom.commands.data`) parse these and call :mod:`agglom.data.run`.
+The commands (:mod:`agglom.commands.data`) parse these and call :mod:`agglom.data.run`, which checks them before
+anything is read or written: the generator's own (:meth:`agglom.data.synth.SynthParams.validate`,
+:func:`agglom.data.synth.check_size`) and those the writers share (:func:`check_writer_options`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from agglom.data.synth import SynthParams
 
@@ -68,3 +71,25 @@ class JoinConfig:
 @dataclass
 class InfoConfig:
     root: str = "data/synth"
+
+
+def check_writer_options(cfg: Any) -> None:
+    """ConfigError naming the first of ``shard_size``, ``val_frac`` / ``test_frac`` and ``max_side`` (those of
+    them ``cfg`` has) out of range, the range and why: checked before a folder is touched, so a typo never clears
+    an output folder or ends in a traceback from the writer."""
+    from agglom.config.load import ConfigError
+
+    if hasattr(cfg, "shard_size") and not int(cfg.shard_size) >= 1:
+        raise ConfigError(f"shard_size={cfg.shard_size}: give 1 or more samples per shard file (1000 is usual: "
+                          "shards of a few MB that readers can shuffle)")
+    if hasattr(cfg, "val_frac") or hasattr(cfg, "test_frac"):
+        val, test = float(getattr(cfg, "val_frac", 0.0)), float(getattr(cfg, "test_frac", 0.0))
+        for name, v in (("val_frac", val), ("test_frac", test)):
+            if not (math.isfinite(v) and 0.0 <= v < 1.0):
+                raise ConfigError(f"{name}={v:g}: give a fraction in [0, 1) (the share of samples drawn into "
+                                  f"{name[:-5]})")
+        if not val + test < 1.0:
+            raise ConfigError(f"val_frac={val:g} + test_frac={test:g} = {val + test:g}: together they must stay "
+                              "under 1, since the rest of the samples is the training split")
+    if hasattr(cfg, "max_side") and int(cfg.max_side) < 0:
+        raise ConfigError(f"max_side={cfg.max_side}: give a size >= 1 in pixels, or 0 to keep every image's size")

@@ -10,6 +10,12 @@ sidecar), read the one way: every problem is a one-line ConfigError naming the f
   refused (the second column would silently win).
 - A row with more cells than the header (an unquoted comma in a value shifts every cell after it) is refused with
   its line; a shorter row reads its missing cells as blank.
+- A cell over the csv module's limit (128 KiB) is refused naming the line its row starts on: no path, label or
+  attribute is that long, and the limit is kept (not raised) because every cell but the path becomes sample
+  metadata, which the readers cap at 1 MiB a sample (:mod:`agglom.data.limits`); such a cell is almost always a
+  quote never closed, which swallows the rest of the file.
+- The path is shown as typed, or as its ``repr`` when it holds a newline or another control character
+  (:func:`agglom.data.paths.shown`), so every message is one line.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import csv
 import io
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from agglom.data.paths import shown
 
 Row = Tuple[int, Dict[str, str]]  # (line number of the row's last line, column -> cell)
 
@@ -29,14 +37,21 @@ def _decode(path: Path, raw: bytes, what: str) -> str:
         try:
             return raw.decode("utf-16")
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{what} {path}: broken UTF-16 text (byte {e.start}); save it as UTF-8 CSV and "
+            raise ConfigError(f"{what} {shown(path)}: broken UTF-16 text (byte {e.start}); save it as UTF-8 CSV and "
                               "rerun") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{what} {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}: latin-1 or "
+        raise ConfigError(f"{what} {shown(path)}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}: latin-1 or "
                           "Excel's plain 'CSV'?); save it as UTF-8 (Excel: 'CSV UTF-8') and rerun") from None
+
+
+def _field_limit_message(path: Path, what: str, start: int) -> str:
+    limit = csv.field_size_limit()
+    return (f"{what} {shown(path)}: the row starting on line {start} has a cell over {limit:,} characters, which is "
+            "not a CSV agglom can read (a cell holds a path, a label or an attribute: a few hundred characters at "
+            "most); look for a quote opened and never closed on that line, or a whole document pasted into one cell")
 
 
 def read_csv(path: Path, what: str = "csv") -> Tuple[List[str], List[Row]]:
@@ -45,38 +60,53 @@ def read_csv(path: Path, what: str = "csv") -> Tuple[List[str], List[Row]]:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{what} {path}: file not found" + (" (it is a folder)" if path.is_dir() else ""))
+        raise ConfigError(f"{what} {shown(path)}: file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+        raise ConfigError(f"{what} {shown(path)}: cannot read it ({e.strerror or e})") from None
     text = _decode(path, raw, what)
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
-        raise ConfigError(f"{what} {path}: a NUL byte on line {line}: not a text CSV (a spreadsheet file?); "
+        raise ConfigError(f"{what} {shown(path)}: a NUL byte on line {line}: not a text CSV (a spreadsheet file?); "
                           "export it as CSV UTF-8 and rerun")
     reader = csv.reader(io.StringIO(text, newline=""))
     rows: List[Row] = []
+    start = 1  # the line the row being read starts on
     try:
-        header = [c.strip() for c in next(reader, [])]
-        seen: Dict[str, int] = {}
-        for i, c in enumerate(header):
-            if c and c in seen:
-                raise ConfigError(f"{what} {path}: column {c!r} appears twice in the header (columns {seen[c] + 1} "
-                                  f"and {i + 1}); rename one")
-            seen[c] = i
-        for cells in reader:
+        header = _header(path, what, next(reader, []))
+        while True:
+            start = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                break
             if not any(x.strip() for x in cells):
                 continue  # a blank line
             extra = cells[len(header):]
             if any(x.strip() for x in extra):
-                raise ConfigError(f"{what} {path}: line {reader.line_num} has {len(cells)} cells but the header has "
-                                  f"{len(header)} columns (an unquoted comma in a value?); quote the value or fix "
-                                  "the line")
+                raise ConfigError(f"{what} {shown(path)}: line {reader.line_num} has {len(cells)} cells but the header "
+                                  f"has {len(header)} columns (an unquoted comma in a value?); quote the value or "
+                                  "fix the line")
             rows.append((reader.line_num, {c: (cells[i] if i < len(cells) else "") for i, c in enumerate(header)}))
     except csv.Error as e:
-        raise ConfigError(f"{what} {path}: line {reader.line_num}: {e}") from None
+        if "field limit" in str(e):
+            raise ConfigError(_field_limit_message(path, what, start)) from None
+        raise ConfigError(f"{what} {shown(path)}: line {reader.line_num}: {e}; fix that line") from None
     return [c for c in header], rows
+
+
+def _header(path: Path, what: str, cells: List[str]) -> List[str]:
+    """The column names, stripped; a name given twice is refused."""
+    from agglom.config.load import ConfigError
+
+    header = [c.strip() for c in cells]
+    seen: Dict[str, int] = {}
+    for i, c in enumerate(header):
+        if c and c in seen:
+            raise ConfigError(f"{what} {shown(path)}: column {c!r} appears twice in the header (columns "
+                              f"{seen[c] + 1} and {i + 1}); rename one")
+        seen[c] = i
+    return header
 
 
 __all__ = ["read_csv", "Row"]

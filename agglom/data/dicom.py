@@ -25,6 +25,7 @@ import numpy as np
 
 from agglom.data.limits import MAX_PIXELS
 from agglom.data.pack import SkipImage, png_bytes
+from agglom.data.paths import shown
 
 DICOM_REASONS = ("dicom_unreadable", "dicom_no_pixels", "dicom_codec", "dicom_unsupported")
 DICOM_NOTES = ("multiframe_middle_frame", "palette_color_applied", "color_kept")
@@ -49,14 +50,14 @@ def _read(path: Path) -> Tuple[Any, np.ndarray]:
     try:
         ds = pydicom.dcmread(str(path), force=True)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for a file that is not DICOM
-        raise DicomSkip("dicom_unreadable", f"{path}: not a readable DICOM file: {e}") from e
+        raise DicomSkip("dicom_unreadable", f"{shown(path)}: not a readable DICOM file: {e}") from e
     with open(path, "rb") as f:
         preamble = f.read(132)[128:132] == b"DICM"
     if not (preamble or "SOPClassUID" in ds or "PixelData" in ds):  # force=True reads any bytes as some dataset
-        raise DicomSkip("dicom_unreadable", f"{path}: not a DICOM file (no 'DICM' preamble, no SOP class)")
+        raise DicomSkip("dicom_unreadable", f"{shown(path)}: not a DICOM file (no 'DICM' preamble, no SOP class)")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         kind = getattr(ds, "SOPClassUID", None)
-        raise DicomSkip("dicom_no_pixels", f"{path}: no pixel data (SOP class {getattr(kind, 'name', kind)})")
+        raise DicomSkip("dicom_no_pixels", f"{shown(path)}: no pixel data (SOP class {getattr(kind, 'name', kind)})")
     frames, _ = _geometry(path, ds)
     if frames > 1 and hasattr(ds, "pixel_array_options"):
         ds.pixel_array_options(index=frames // 2)  # the middle frame only
@@ -66,10 +67,10 @@ def _read(path: Path) -> Tuple[Any, np.ndarray]:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if ts is not None and getattr(ts, "is_compressed", False):
-            raise DicomSkip("dicom_codec", f"{path}: pixel data compressed as {getattr(ts, 'name', ts)} and no "
+            raise DicomSkip("dicom_codec", f"{shown(path)}: pixel data compressed as {getattr(ts, 'name', ts)} and no "
                                            f"installed decoder handles it ({msg}); install the pydicom plugin for "
                                            "it (e.g. pip install pylibjpeg pylibjpeg-openjpeg, or python-gdcm)") from e
-        raise DicomSkip("dicom_unreadable", f"{path}: cannot read the pixel data: {msg}") from e
+        raise DicomSkip("dicom_unreadable", f"{shown(path)}: cannot read the pixel data: {msg}") from e
 
 
 def _geometry(path: Path, ds: Any) -> Tuple[int, int]:
@@ -80,10 +81,10 @@ def _geometry(path: Path, ds: Any) -> Tuple[int, int]:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     except (AttributeError, TypeError, ValueError) as e:
-        raise DicomSkip("dicom_unreadable", f"{path}: no usable Rows/Columns/NumberOfFrames/SamplesPerPixel: "
+        raise DicomSkip("dicom_unreadable", f"{shown(path)}: no usable Rows/Columns/NumberOfFrames/SamplesPerPixel: "
                                             f"{e}") from e
     if rows * cols > MAX_PIXELS:
-        raise DicomSkip("dicom_unsupported", f"{path}: {cols}x{rows} pixels ({rows * cols / 1e6:.0f} MP) is over the "
+        raise DicomSkip("dicom_unsupported", f"{shown(path)}: {cols}x{rows} pixels ({rows * cols / 1e6:.0f} MP) is over the "
                                              f"readers' limit of {MAX_PIXELS / 1e6:.0f} MP (agglom.data.limits)")
     return max(1, frames), spp
 
@@ -127,7 +128,7 @@ def dicom_to_png(path: Path) -> Tuple[bytes, List[str]]:
     if spp == 3 and arr.ndim == 3 and arr.shape[-1] == 3:
         notes.append("color_kept")
         return _rgb8(arr), notes
-    raise DicomSkip("dicom_unsupported", f"{path}: only grayscale, palette-colour and RGB 2D images are supported "
+    raise DicomSkip("dicom_unsupported", f"{shown(path)}: only grayscale, palette-colour and RGB 2D images are supported "
                                          f"(SamplesPerPixel={spp}, Photometric={photometric}, shape={arr.shape})")
 
 

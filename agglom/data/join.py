@@ -8,12 +8,12 @@ samples left unmatched are counted and reported, never dropped silently.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from agglom.config.choices import JOIN_MATCHES as MATCHES
 from agglom.data.groups import parse_value
+from agglom.data.paths import shown
 
 
 def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
@@ -23,14 +23,14 @@ def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, 
     from agglom.data.csvfile import read_csv
 
     if not Path(path).is_file():
-        raise ConfigError(f"attribute table not found: {path}")
+        raise ConfigError(f"attribute table not found: {shown(path)}")
     cols, rows = read_csv(Path(path), "attribute table")
     if on not in cols:
-        raise ConfigError(f"attribute table {path}: no column {on!r} to join on (columns: {cols})")
+        raise ConfigError(f"attribute table {shown(path)}: no column {on!r} to join on (columns: {cols})")
     wanted = list(attr_cols) or [c for c in cols if c != on and c]
     missing = [c for c in wanted if c not in cols]
     if missing:
-        raise ConfigError(f"attribute table {path}: no column(s) {missing} (columns: {cols})")
+        raise ConfigError(f"attribute table {shown(path)}: no column(s) {missing} (columns: {cols})")
     table: Dict[str, Dict[str, Any]] = {}
     line: Dict[str, int] = {}
     for ln, r in rows:
@@ -38,7 +38,7 @@ def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, 
         if not k:
             continue
         if k in table:
-            raise ConfigError(f"attribute table {path}: {on}={k!r} appears twice (lines {line[k]} and {ln}); the join "
+            raise ConfigError(f"attribute table {shown(path)}: {on}={k!r} appears twice (lines {line[k]} and {ln}); the join "
                               "would be ambiguous: keep one row per value")
         table[k], line[k] = {c: parse_value(r[c]) for c in wanted if (r.get(c) or "").strip() != ""}, ln
     return table
@@ -106,6 +106,7 @@ def write_attr_sidecar(path: Path, values: Mapping[str, Mapping[str, Any]], meta
     """``{"samples": {key: {attr: value}}, "meta": ...}`` (a sidecar `data.sidecars` reads), written atomically. An
     existing file at ``path`` is replaced only when it is such a sidecar (agglom's): anything else there is the
     user's, and refused; an OSError (read-only folder, full disk) is a one-line ReadableError."""
+    from agglom.data.jsonfile import write_json_atomic
     from agglom.data.manifest import write_failure
 
     path = Path(path)
@@ -113,10 +114,9 @@ def write_attr_sidecar(path: Path, values: Mapping[str, Mapping[str, Any]], meta
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"samples": dict(values), "meta": dict(meta)}, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_json_atomic(path, {"samples": dict(values), "meta": dict(meta)}, indent=1, sort_keys=True)
     except OSError as e:
-        if tmp.is_file():
+        if tmp.is_file() and not tmp.is_symlink():
             tmp.unlink()
         raise write_failure(e, path) from None
 
@@ -124,18 +124,17 @@ def write_attr_sidecar(path: Path, values: Mapping[str, Mapping[str, Any]], meta
 def _check_sidecar_target(path: Path) -> None:
     """Refuse an ``out`` that is a folder, or a file that is not a sidecar this command wrote."""
     from agglom.config.load import ConfigError
+    from agglom.data.jsonfile import peek_json
+    from agglom.data.sidecars import MAX_SIDECAR_JSON_BYTES
 
     if path.is_dir():
-        raise ConfigError(f"out={path} is a folder; give the sidecar's file name (e.g. {path / 'attrs.json'})")
-    if not path.exists():
+        raise ConfigError(f"out={shown(path)} is a folder; give the sidecar's file name (e.g. {shown(path / 'attrs.json')})")
+    if not path.exists() and not path.is_symlink():
         return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = None
+    old = peek_json(path, max_bytes=MAX_SIDECAR_JSON_BYTES)  # what data.sidecars could not read is not one
     if not (isinstance(old, dict) and isinstance(old.get("samples"), dict) and isinstance(old.get("meta"), dict)
             and "csv" in old["meta"]):
-        raise ConfigError(f"out={path} exists and is not a sidecar agglom data join wrote; choose another out= (it "
+        raise ConfigError(f"out={shown(path)} exists and is not a sidecar agglom data join wrote; choose another out= (it "
                           "is left as it is)")
 
 

@@ -18,6 +18,13 @@ the manifest is marked complete when the write ends. Then:
 - A write that fails (an exception, a full disk, Ctrl-C) removes what it listed; if even that is cut short, the
   manifest stays ``complete: false`` and the next write into the folder removes the leftovers itself.
 
+Nothing is deleted or written outside the folder (:mod:`agglom.data.paths`). The folder given as ``out=`` is
+resolved once: when it is itself a symbolic link (or lies under one) the user named it, so agglom follows it, and
+from then on works in the resolved folder. Below it, every path agglom is about to delete or write (a listed file,
+its ``.tmp``, a split folder, the manifest) must have no symbolic link on the way and resolve inside that folder; a
+link there (``val -> ~/.ssh``, a shard that links elsewhere) is refused with one line naming the link and its target,
+before anything is removed. Manifest entries that are absolute or hold '..' are ignored.
+
 An ``OSError`` while writing becomes a one-line :class:`agglom.errors.ReadableError` (:func:`write_failure`): a
 full disk, a read-only folder.
 """
@@ -32,12 +39,14 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from agglom.data.jsonfile import read_json, write_json_atomic
+from agglom.data.paths import inside, link_message, link_on_the_way, relative_parts, safe, shown
 
 DATASHEET = "dataset.json"
 FORMAT = "agglom-shards/1"
 MANIFEST = "agglom-manifest.json"
 SCHEMA = "agglom.manifest/1"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+MAX_LISTING_BYTES = 256 << 20  # a manifest or datasheet: ~100 bytes a shard, so millions of shards fit
 
 
 def shard_name(split: str, index: int) -> str:
@@ -95,7 +104,7 @@ def _from_manifest(root: Path) -> Optional[_Listing]:
     if not path.is_file():
         return None
     fix = f"it lists what agglom wrote in {root}; remove what it lists by hand, then the file, or choose another out="
-    m = read_json(path, fix=fix)
+    m = read_json(path, fix=fix, max_bytes=MAX_LISTING_BYTES)
     if not isinstance(m, dict) or m.get("schema") != SCHEMA or not isinstance(m.get("files"), list):
         from agglom.config.load import ConfigError
 
@@ -109,8 +118,7 @@ def _from_manifest(root: Path) -> Optional[_Listing]:
 
 def _inside(rel: str) -> bool:
     """A manifest entry that stays inside its folder (no absolute path, no '..')."""
-    parts = Path(rel).parts
-    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+    return relative_parts(rel) is not None
 
 
 def _from_datasheet(root: Path, prefix: str = "") -> Optional[_Listing]:
@@ -119,7 +127,7 @@ def _from_datasheet(root: Path, prefix: str = "") -> Optional[_Listing]:
     path = root / DATASHEET
     if not path.is_file():
         return None
-    sheet = read_json(path, fix="rewrite it with agglom data pack/synth, or remove it")
+    sheet = read_json(path, fix="rewrite it with agglom data pack/synth, or remove it", max_bytes=MAX_LISTING_BYTES)
     if not isinstance(sheet, dict) or sheet.get("format") != FORMAT or not isinstance(sheet.get("splits"), dict):
         return None
     files, folders = [prefix + DATASHEET], []
@@ -155,58 +163,74 @@ def _unlisted_data(root: Path, listing: Optional[_Listing]) -> List[str]:
 
 
 def _describe(names: Sequence[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    listed = ", ".join(shown(n) for n in names[:limit])
+    return listed + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _remove(root: Path, listing: _Listing) -> List[str]:
     """Remove what ``listing`` holds (files and their .tmp siblings, then its folders once empty, then the
-    manifest); returns the top-level names of what was kept (anything agglom did not write)."""
+    manifest); returns the top-level names of what was kept (anything agglom did not write). ``root`` is the
+    resolved folder; a path with a symbolic link on the way is never removed (:func:`_refuse_links` refuses a
+    listing with one before this runs; this is the second guard)."""
     for rel in listing.files:
-        for p in (root / rel, root / (rel + ".tmp")):
-            if p.is_file() or p.is_symlink():
-                p.unlink()
+        for r in (rel, rel + ".tmp"):
+            if safe(root, r) and (root / r).is_file():
+                (root / r).unlink()
     for rel in sorted(listing.folders, key=lambda f: -len(Path(f).parts)):
         p = root / rel
-        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+        if safe(root, rel) and p.is_dir() and not any(p.iterdir()):
             p.rmdir()
-    for p in (root / MANIFEST, root / (MANIFEST + ".tmp")):
-        if p.is_file():
-            p.unlink()
+    for name in (MANIFEST, MANIFEST + ".tmp"):
+        if safe(root, name) and (root / name).is_file():
+            (root / name).unlink()
     return sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+
+
+def _refuse_links(root: Path, rels: Sequence[str]) -> None:
+    """ConfigError naming the first symbolic link on the way to any of ``rels`` (inside the resolved ``root``),
+    before anything is removed: removing or writing through it would reach outside the folder."""
+    from agglom.config.load import ConfigError
+
+    for rel in rels:
+        link = link_on_the_way(root, rel)
+        if link is not None:
+            raise ConfigError(link_message(link, root, " (nothing was removed)"))
 
 
 def _clear(root: Path, force: bool, tool: str) -> None:
     """Check the existing folder ``root`` and remove the previous dataset agglom wrote there, as the module says."""
     from agglom.config.load import ConfigError
 
+    _refuse_links(root, [MANIFEST, MANIFEST + ".tmp", DATASHEET])  # before they are read
     listing = _from_manifest(root) or _from_datasheet(root)
+    if listing is not None:
+        _refuse_links(root, [*listing.folders, *listing.files, *(f + ".tmp" for f in listing.files)])
     unlisted = _unlisted_data(root, listing)
     if unlisted and listing is not None and listing.complete:
-        raise ConfigError(f"out={root} holds dataset files agglom did not write there ({_describe(unlisted)}); "
+        raise ConfigError(f"out={shown(root)} holds dataset files agglom did not write there ({_describe(unlisted)}); "
                           "move them out of the folder or choose another out= (force=true removes only what "
                           "agglom wrote)")
     if unlisted:
-        raise ConfigError(f"out={root} holds a dataset agglom has no record of ({_describe(unlisted)}): written by "
+        raise ConfigError(f"out={shown(root)} holds a dataset agglom has no record of ({_describe(unlisted)}): written by "
                           "another tool, or copied in; force=true will not delete it: remove it yourself or "
                           "choose another out=")
     if listing is None:
         return
     if not listing.complete:
         if listing.writer_alive():
-            raise ConfigError(f"out={root}: agglom (pid {listing.pid}) is writing a dataset there now; wait for it "
+            raise ConfigError(f"out={shown(root)}: agglom (pid {listing.pid}) is writing a dataset there now; wait for it "
                               "to finish or choose another out=")
-        print(f"{tool}: removing the unfinished output of an earlier run in {root} "
+        print(f"{tool}: removing the unfinished output of an earlier run in {shown(root)} "
               f"({len(listing.files)} files it listed)", flush=True)
         _remove(root, listing)
         return
     shards = [f for f in listing.files if f.endswith(".tar")]
     what = f"{len([f for f in listing.files if f.endswith(DATASHEET)])} datasheet(s), {len(shards)} shard(s)"
     if not force:
-        raise ConfigError(f"output {root} already holds a dataset ({what}, written by {listing.tool}); pass "
+        raise ConfigError(f"output {shown(root)} already holds a dataset ({what}, written by {listing.tool}); pass "
                           "force=true to replace it (only the files agglom wrote there are removed)")
     kept = _remove(root, listing)
-    print(f"{tool}: force=true: removed the previous dataset in {root} ({what}, written by {listing.tool})"
+    print(f"{tool}: force=true: removed the previous dataset in {shown(root)} ({what}, written by {listing.tool})"
           + (f"; kept what agglom did not write: {_describe(kept, 6)}" if kept else ""), flush=True)
 
 
@@ -217,63 +241,94 @@ class DatasetOutput:
     manifest complete; leaving it with an exception removes what was written and turns an OSError into a
     ReadableError."""
 
-    def __init__(self, root: Path, tool: str, created_root: bool):
-        self.root, self.tool, self.created_root = Path(root), tool, created_root
+    def __init__(self, root: Path, tool: str, created_root: bool, given: Optional[Path] = None):
+        self.root, self.tool, self.created_root = Path(root), tool, created_root  # root: the resolved folder
+        self.given = Path(given) if given is not None else self.root  # as the user typed it (paths may start so)
         self.files: List[str] = []
         self.folders: List[str] = []
         self.current: Optional[Path] = None  # the file being written, for the error message
         self.complete = False
 
     @classmethod
-    def open(cls, root: os.PathLike, force: bool = False, tool: str = "agglom") -> "DatasetOutput":
-        """Refuse or clear ``root`` (see the module) and start a manifest there."""
+    def open(cls, root: os.PathLike, force: bool = False, tool: str = "agglom",
+             planned: Sequence[str] = ()) -> "DatasetOutput":
+        """Refuse or clear ``root`` (see the module) and start a manifest there. A ``root`` that is a symbolic
+        link (or lies under one) is followed: the write then happens in, and stays inside, its resolved folder.
+        ``planned``: the folders the write will create (its splits), checked for links before anything is removed
+        (a link met later, while writing, is refused too, but after the previous dataset was cleared)."""
         from agglom.config.load import ConfigError
 
-        root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise ConfigError(f"out={root} is a file, not a folder; give the path of a folder (a new one, or one "
-                              "agglom wrote)")
+        given = Path(root)
+        if given.exists() and not given.is_dir():
+            raise ConfigError(f"out={shown(given)} is a file, not a folder; give the path of a folder (a new one, or "
+                              "one agglom wrote)")
+        if given.is_symlink() and not given.exists():
+            raise ConfigError(f"out={shown(given)} is a symbolic link to {shown(os.readlink(given))}, which does not "
+                              "exist; create that folder, or give another out=")
         try:
-            created = not root.exists()
+            created = not given.exists()
             if created:
-                root.mkdir(parents=True)
-            else:
-                _clear(root, force, tool)
-            out = cls(root, tool, created)
+                given.mkdir(parents=True)
+            real = Path(os.path.realpath(given))
+            if not created:
+                _refuse_links(real, [p for p in planned if relative_parts(p) is not None])
+                _clear(real, force, tool)
+            out = cls(real, tool, created, given)
             out._save()
         except OSError as e:
-            raise write_failure(e, root) from None
+            raise write_failure(e, given) from None
         return out
 
     def _rel(self, path: os.PathLike) -> str:
-        return Path(path).relative_to(self.root).as_posix()
+        """``path`` (under the resolved root, or under the root as given) relative to the root, '/'-separated."""
+        path = Path(path)
+        for base in (self.root, self.given):
+            try:
+                return path.relative_to(base).as_posix()
+            except ValueError:
+                continue
+        from agglom.config.load import ConfigError
+
+        raise ConfigError(f"{shown(path)} is not inside out={shown(self.given)}; agglom writes only inside its "
+                          "output folder")
 
     def _save(self) -> None:
+        for name in (MANIFEST, MANIFEST + ".tmp"):
+            inside(self.root, name)
         write_json_atomic(self.root / MANIFEST, {
             "schema": SCHEMA, "tool": self.tool, "complete": self.complete,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "pid": os.getpid(), "host": socket.gethostname(), "files": self.files, "folders": self.folders})
 
     def folder(self, path: os.PathLike) -> Path:
-        """Create the folder ``path`` (inside root) and the missing ones above it, recording each it creates."""
-        path = Path(path)
-        missing = [p for p in [path, *path.parents] if p != self.root and self.root in p.parents and not p.exists()]
+        """Create the folder ``path`` (inside root) and the missing ones above it, recording each it creates;
+        returns it under the resolved root. A symbolic link on the way is refused (ConfigError), never entered."""
+        rel = self._rel(path)
+        if rel == ".":
+            return self.root
+        inside(self.root, rel)
+        parts = Path(rel).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        missing = [p for p in prefixes if not (self.root / p).exists()]
         if missing:
-            self.folders += [self._rel(p) for p in reversed(missing)]
+            self.folders += missing
             self._save()
-            path.mkdir(parents=True, exist_ok=True)
-        return path
+            for p in missing:
+                (self.root / p).mkdir(exist_ok=True)
+        return self.root / rel
 
     def file(self, path: os.PathLike) -> Path:
-        """Record the file ``path`` (inside root) before it is written (its ``.tmp`` sibling is covered too)."""
-        path = Path(path)
-        self.folder(path.parent)
-        self.current = path
+        """Record the file ``path`` (inside root) before it is written (its ``.tmp`` sibling is covered too); returns
+        it under the resolved root. The file or its ``.tmp`` being a symbolic link is refused (ConfigError)."""
         rel = self._rel(path)
+        self.folder((self.root / rel).parent)
+        for r in (rel, rel + ".tmp"):
+            inside(self.root, r)
+        self.current = self.root / rel
         if rel not in self.files:
             self.files.append(rel)
             self._save()
-        return path
+        return self.root / rel
 
     def write_json(self, path: os.PathLike, obj: Any) -> None:
         """``obj`` as JSON at ``path``, recorded and written atomically."""

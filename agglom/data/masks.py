@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from agglom.data.decode import DecodeError, check_npy, open_pil
+from agglom.data.paths import shown
 
 MASK_MEMBER = "mask.png"  # the member's extension in a WebDataset sample: <key>.mask.png
 IGNORE = -1  # mask value of pixels without ground truth (a sample without a mask, or outside a rotated image)
@@ -82,7 +83,7 @@ def decode_mask(data: bytes) -> np.ndarray:
 def read_mask_file(path: Path) -> np.ndarray:
     """A mask file on disk -> int64 [H, W] label map (PNG and the other PIL formats, or ``.npy``)."""
     if not Path(path).is_file():
-        raise MaskError(f"{path}: no such file")
+        raise MaskError(f"{shown(path)}: no such file")
     return decode_mask(Path(path).read_bytes())
 
 

@@ -23,6 +23,7 @@ from agglom.data.decode import DecodeError, decode_array
 from agglom.data.downsize import downsize_image, downsize_mask
 from agglom.data.groups import fmt_value
 from agglom.data.pack_csv import records_from_csv
+from agglom.data.paths import shown
 
 log = logging.getLogger("agglom.data.pack")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -49,7 +50,7 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
     """Source file -> (bytes, ext) ready for a shard; raises SkipImage with a reason. DICOM conversions (a palette
     applied, the middle frame of several) are counted in ``notes``."""
     if not path.is_file():
-        raise SkipImage("missing_file", f"{path}: no such file")
+        raise SkipImage("missing_file", f"{shown(path)}: no such file")
     suf = path.suffix.lower()
     if suf in (".dcm", ".dicom") or (suf == "" and _is_dicom(path)):
         from agglom.data.dicom import dicom_to_png
@@ -64,14 +65,14 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
         try:
             decode_array(data, ext)
         except DecodeError as e:
-            raise SkipImage("bad_image", f"{path}: {e}") from e
+            raise _bad_image(path, data, e) from e
         return data, ext
     from agglom.data.decode import open_pil
 
     try:
-        img = open_pil(data, suf[1:])  # the readers' pixel limit, checked from the header before decoding
+        img = open_pil(data, suf[1:] or "file")  # the readers' pixel limit, checked from the header before decoding
     except DecodeError as e:
-        raise SkipImage("bad_image", f"{path}: {e}") from e
+        raise _bad_image(path, data, e) from e
     if img.mode in ("I;16", "I;16B", "I;16L"):
         return png_bytes(np.asarray(img).astype(np.uint16)), "png"
     if img.mode not in ("L", "RGB"):
@@ -79,6 +80,18 @@ def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue(), "png"
+
+
+def _bad_image(path: Path, data: bytes, e: Exception) -> SkipImage:
+    """``bad_image`` for a source file that does not decode, named by its path: for bytes no image format
+    recognises, that (PIL's own message names an in-memory buffer, ``<_io.BytesIO object at 0x...>``, not the
+    file); otherwise the decoder's reason."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e.__cause__, UnidentifiedImageError):
+        return SkipImage("bad_image", f"{shown(path)}: not an image file ({len(data)} bytes in no format PIL "
+                                      "recognises); remove it from the source or convert it to PNG")
+    return SkipImage("bad_image", f"{shown(path)}: {e}")
 
 
 def load_mask(path: Path, image: bytes, ext: str) -> Tuple[bytes, float]:
@@ -89,10 +102,10 @@ def load_mask(path: Path, image: bytes, ext: str) -> Tuple[bytes, float]:
     try:
         arr = read_mask_file(path)
     except MaskError as e:
-        raise SkipImage("bad_mask", f"mask {path}: {e}") from e
+        raise SkipImage("bad_mask", f"mask {shown(path)}: {e}") from e
     shape = decode_array(image, ext).shape[:2]
     if tuple(arr.shape) != tuple(shape):
-        raise SkipImage("bad_mask", f"mask {path}: {arr.shape[0]}x{arr.shape[1]} pixels for an image of "
+        raise SkipImage("bad_mask", f"mask {shown(path)}: {arr.shape[0]}x{arr.shape[1]} pixels for an image of "
                                     f"{shape[0]}x{shape[1]}")
     return encode_mask(arr, binary_255=bool(arr.max() <= 1)), foreground_fraction(arr)
 
@@ -131,7 +144,7 @@ def records_from_folder(src: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
 
     classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ConfigError(f"src={src}: no class subfolders found")
+        raise ConfigError(f"src={shown(src)}: no class subfolders found")
     recs = []
     for li, c in enumerate(classes):
         for f in sorted((src / c).rglob("*")):
@@ -147,17 +160,17 @@ def _source_records(cfg: Any, skipped: Counter, converted: Counter) -> Tuple[Lis
     if cfg.src:
         src = Path(cfg.src)
         if not src.is_dir():
-            raise ConfigError(f"src={src} is not a folder")
+            raise ConfigError(f"src={shown(src)} is not a folder")
         out = Path(cfg.out).resolve()
         if out == src.resolve() or src.resolve() in out.parents:
-            raise ConfigError(f"out={cfg.out} is inside src={src}: the next pack would read its split folders as "
+            raise ConfigError(f"out={shown(cfg.out)} is inside src={shown(src)}: the next pack would read its split folders as "
                               "classes; write the shards outside the image folder")
         recs, names = records_from_folder(src)
         source = f"image folder {src.resolve()}"
     else:
         path = Path(cfg.csv)
         if not path.is_file():
-            raise ConfigError(f"csv={path}: file not found")
+            raise ConfigError(f"csv={shown(path)}: file not found")
         recs, names = records_from_csv(path, cfg.path_col, list(cfg.label_cols), list(cfg.attr_cols),
                                        cfg.key_col, cfg.split_col, skipped, cfg.uncertain, cfg.blank, converted,
                                        mask_col=cfg.get("mask_col"))
@@ -177,7 +190,7 @@ def _join_attrs(cfg: Any, keys: List[str], recs: List[Dict[str, Any]]) -> Dict[s
     joined, join_report = join(zip(keys, [r["rel"] for r in recs]), table)
     for key, r in zip(keys, recs):
         r["attrs"].update(joined.get(key, {}))
-    print(f"agglom data pack: attributes from {cfg.attrs_csv} joined on {cfg.attrs_on!r}: "
+    print(f"agglom data pack: attributes from {shown(cfg.attrs_csv)} joined on {cfg.attrs_on!r}: "
           f"{join_report['matched']} images matched, {join_report['samples_without_row']} without a row, "
           f"{join_report['rows_without_sample']} rows without an image", flush=True)
     return join_report
@@ -191,7 +204,7 @@ def _find_masks(cfg: Any, recs: List[Dict[str, Any]]) -> int:
 
     mdir = Path(cfg.masks)
     if not mdir.is_dir():
-        raise ConfigError(f"masks={mdir} is not a folder")
+        raise ConfigError(f"masks={shown(mdir)} is not a folder")
     if cfg.get("mask_col"):
         raise ConfigError("give masks either as a CSV column (mask_col=) or as a folder (masks=), not both")
     for r in recs:
@@ -220,13 +233,6 @@ def _masks_params(cfg: Any, recs: List[Dict[str, Any]], problems: Counter) -> Di
         return {}
     return {"masks_source": {"column": cfg.get("mask_col"), "folder": cfg.get("masks"),
                              "found": sum(1 for r in recs if "mask_path" in r), "dropped": dict(problems)}}
-
-
-def _check_max_side(max_side: int) -> None:
-    from agglom.config.load import ConfigError
-
-    if int(max_side) < 0:
-        raise ConfigError(f"max_side={max_side}: give a size >= 1 in pixels, or 0 to keep every image's size")
 
 
 def _write(w: Any, cfg: Any, keys: List[str], recs: List[Dict[str, Any]], assign: Dict[str, str],
@@ -271,9 +277,11 @@ def pack(cfg: Any) -> Dict[str, Any]:
     checked before the output folder is touched; the write goes through one
     :class:`agglom.data.manifest.DatasetOutput`, so a failure part-way (a full disk, Ctrl-C) leaves no shard."""
     from agglom.config.load import ConfigError
+    from agglom.data.args import check_writer_options
     from agglom.data.manifest import DatasetOutput
     from agglom.data.writer import DatasetWriter
 
+    check_writer_options(cfg)  # shard_size, val_frac/test_frac, max_side: before anything is read
     if bool(cfg.src) == bool(cfg.csv):
         raise ConfigError("give exactly one source: src=FOLDER (class subfolders) or csv=FILE")
     if not cfg.out:
@@ -287,9 +295,8 @@ def pack(cfg: Any) -> Dict[str, Any]:
     if cfg.get("masks"):
         _find_masks(cfg, recs)
     assign = _assign(cfg, keys, recs)
-    _check_max_side(cfg.max_side)
     mask_problems: Counter = Counter()
-    with DatasetOutput.open(cfg.out, cfg.force, "agglom data pack") as output, \
+    with DatasetOutput.open(cfg.out, cfg.force, "agglom data pack", planned=sorted(set(assign.values()))) as output, \
             DatasetWriter(output.root, shard_size=cfg.shard_size, output=output) as w:
         written, downsized = _write(w, cfg, keys, recs, assign, skipped, dicom_notes, mask_problems)
         if written == 0:

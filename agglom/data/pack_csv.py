@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from agglom.data.csvfile import read_csv
 from agglom.data.groups import parse_value
 from agglom.data.labels import binary_cell, class_of, label_names
+from agglom.data.paths import shown
 
 log = logging.getLogger("agglom.data.pack")
 LABEL_POLICIES = {"uncertain": ("zeros", "ones", "drop"), "blank": ("zeros", "drop")}
@@ -61,10 +62,10 @@ def _check_columns(path: Path, cols: List[str], needed: Sequence[Optional[str]],
 
     for c in needed:
         if c and c not in cols:
-            raise ConfigError(f"csv {path}: no column {c!r} (columns: {cols})")
+            raise ConfigError(f"csv {shown(path)}: no column {c!r} (columns: {cols})")
     for c in attr_cols:
         if c not in cols:
-            raise ConfigError(f"csv {path}: no attribute column {c!r} (columns: {cols})")
+            raise ConfigError(f"csv {shown(path)}: no attribute column {c!r} (columns: {cols})")
 
 
 def _lines(items: Sequence[Tuple[int, Any]], limit: int = 6) -> str:
@@ -80,18 +81,18 @@ def _check_keys_and_splits(path: Path, recs: List[Dict[str, Any]], key_col: Opti
     if key_col:
         bad = [(r["line"], r["key"]) for r in recs if r["key"] and not NAME_RE.match(r["key"])]
         if bad:
-            raise ConfigError(f"csv {path}: key_col {key_col!r} holds {bad[0][1]!r} (line {_lines(bad)}): a sample "
+            raise ConfigError(f"csv {shown(path)}: key_col {key_col!r} holds {bad[0][1]!r} (line {_lines(bad)}): a sample "
                               "key may use only letters, digits, '_' and '-'; fix those keys or leave key_col out")
         first: Dict[str, int] = {}
         for r in recs:
             if r["key"] and r["key"] in first:
-                raise ConfigError(f"csv {path}: key {r['key']!r} names two images (lines {first[r['key']]} and "
+                raise ConfigError(f"csv {shown(path)}: key {r['key']!r} names two images (lines {first[r['key']]} and "
                                   f"{r['line']}); give each image its own key")
             first.setdefault(r["key"], r["line"])
     if split_col:
         bad = [(r["line"], r["split"]) for r in recs if not NAME_RE.match(r["split"])]
         if bad:
-            raise ConfigError(f"csv {path}: split_col {split_col!r} holds {bad[0][1]!r} (line {_lines(bad)}): give "
+            raise ConfigError(f"csv {shown(path)}: split_col {split_col!r} holds {bad[0][1]!r} (line {_lines(bad)}): give "
                               "every row a split named with letters, digits, '_' and '-' (train, val, test)")
 
 
@@ -100,7 +101,7 @@ def _refuse_conflicts(path: Path, conflicts: List[Tuple[str, int, int, List[str]
 
     rel, a, b, differ = conflicts[0]
     more = f" (and {len(conflicts) - 1} more images on two rows that disagree)" if len(conflicts) > 1 else ""
-    raise ConfigError(f"csv {path}: {rel!r} is listed twice with a different {', '.join(differ)} (lines {a} and "
+    raise ConfigError(f"csv {shown(path)}: {rel!r} is listed twice with a different {', '.join(differ)} (lines {a} and "
                       f"{b}){more}; keep one row per image")
 
 
@@ -151,7 +152,7 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
             label = row_label(r, label_cols, names, uncertain, blank, row_conv)
         except ValueError as e:
             skipped["bad_label"] += 1
-            log.warning("pack: %s line %d: bad label (%s); skipped", path, ln, e)
+            log.warning("pack: %s line %d: bad label (%s); skipped", shown(path), ln, e)
             continue
         rec = _record(path, r, ln, which, label)
         ident = os.path.normpath(str(rec["path"]))
@@ -172,7 +173,7 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
         _refuse_conflicts(path, conflicts)
     if dups:
         skipped["duplicate_row"] += len(dups)
-        print(f"agglom data pack: {path}: {len(dups)} row(s) repeat an earlier row exactly (lines {_lines(dups)}); "
+        print(f"agglom data pack: {shown(path)}: {len(dups)} row(s) repeat an earlier row exactly (lines {_lines(dups)}); "
               "each image is packed once", flush=True)
     _check_keys_and_splits(path, recs, key_col, split_col)
     return recs, names

@@ -10,16 +10,17 @@ from agglom.config.load import ConfigError
 
 def run_synth(cfg: Any) -> str:
     """Write the synthetic benchmark (and its no-bias twin with ``twin=true``); the datasheet summary + a line."""
-    from agglom.data.synth import SynthParams, write_synth
+    from agglom.data.args import check_writer_options
+    from agglom.data.synth import SynthParams, check_size, write_synth
     from agglom.data.writer import summary_table
 
     params = SynthParams.from_config(cfg)
     try:
         params.validate()
-        if int(cfg.unlabeled) < 0:
-            raise ValueError(f"unlabeled must be >= 0 (extra subjects without labels), got {cfg.unlabeled}")
+        check_size(params, int(cfg.unlabeled), bool(cfg.twin))
     except ValueError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(str(e)) from None
+    check_writer_options(cfg)
     t0 = time.perf_counter()
     sheet = write_synth(cfg.out, params, twin=cfg.twin, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
                         shard_size=cfg.shard_size, force=cfg.force, unlabeled=int(cfg.unlabeled))

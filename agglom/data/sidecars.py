@@ -17,21 +17,31 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from agglom.data.groups import fmt_value, parse_value
 
-__all__ = ["load_sidecars", "datasheet_with_sidecars"]
+__all__ = ["load_sidecars", "datasheet_with_sidecars", "MAX_SIDECAR_JSON_BYTES"]
+
+# A JSON sidecar is parsed whole (a Python dict costs ~10x its file): 256 MiB holds millions of samples'
+# attributes; a larger table goes in as a CSV sidecar, read row by row.
+MAX_SIDECAR_JSON_BYTES = 256 << 20
 
 
 def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """key -> {attr: value} from sidecar files; later files override earlier ones. Accepted: the
     ``agglom.sidecar/1`` JSON that `agglom curate` writes (``{"schema", "attr", "values": {key: value}}``),
     plain JSON ``{key: {attr: value}}`` / ``{"samples": ...}`` / a list of rows with ``key``, or CSV with a
-    ``key`` column plus attribute columns."""
+    ``key`` column plus attribute columns. A JSON file that is not a regular file, is over
+    :data:`MAX_SIDECAR_JSON_BYTES` or nests too deeply is refused unread (:func:`agglom.data.jsonfile.read_json`)."""
     from agglom.config.load import ConfigError
+    from agglom.data.jsonfile import read_json
+    from agglom.data.paths import shown
 
     out: Dict[str, Dict[str, Any]] = {}
     for p in paths or []:
         path = Path(p)
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"data.sidecars: {shown(p)} is not a regular file (a folder, a device or a link to "
+                              "one); give a JSON or CSV sidecar file")
         if not path.is_file():
-            raise ConfigError(f"data.sidecars: file not found: {p}")
+            raise ConfigError(f"data.sidecars: file not found: {shown(p)}")
         try:
             if path.suffix.lower() == ".csv":
                 from agglom.data.csvfile import read_csv
@@ -43,7 +53,9 @@ def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
                         raise ValueError("a CSV sidecar needs a 'key' column")
                     out.setdefault(key, {}).update({k: parse_value(v) for k, v in row.items() if v not in ("", None)})
             else:
-                obj = json.loads(path.read_text())
+                obj = read_json(path, max_bytes=MAX_SIDECAR_JSON_BYTES,
+                                fix="data.sidecars takes a JSON sidecar {key: {attr: value}} (agglom data join, "
+                                    "agglom curate) or a CSV with a key column")
                 if isinstance(obj, dict) and str(obj.get("schema", "")).startswith("agglom.sidecar/"):
                     attr = obj.get("attr")  # `agglom curate`: {"schema", "attr", "values": {key: value}, "meta"}
                     if not isinstance(attr, str) or not attr or not isinstance(obj.get("values"), dict):
@@ -59,10 +71,12 @@ def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
                     if not isinstance(attrs, dict):
                         raise ValueError(f"entry {key!r} is not a mapping")
                     out.setdefault(str(key), {}).update({k: v for k, v in attrs.items() if v is not None})
-        except ConfigError:
-            raise
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"data.sidecars: cannot read {p}: {e}") from e
+        except ConfigError as e:
+            if str(e).startswith("data.sidecars"):
+                raise
+            raise ConfigError(f"data.sidecars: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"data.sidecars: cannot read {shown(p)}: {e}") from e
     return out
 
 

@@ -35,6 +35,14 @@ UNLABELED_SALT = 7  # its random stream (see _stream)
 NO_LABEL = -1  # agglom.data.pipeline.NO_LABEL (not imported: this module stays torch-free)
 CHUNK = 512  # subjects rendered per vectorised block (fixed: part of the random stream's definition)
 LESION_LEVEL = 0.5  # the lesion mask: where the disease blob is at least this fraction of its peak (half maximum)
+# Bounds on what one `agglom data synth` may ask for (SynthParams.validate, memory_needed): every image and mask is
+# rendered before any is written (1 byte a pixel each, twice with the twin) and a block of CHUNK images is rendered
+# in float32 with ~20 arrays alive (~80 bytes a pixel, measured): without bounds, image_size=100000 asks numpy for
+# hundreds of GiB and n=2e9 runs for days without a word.
+MAX_N = 10_000_000
+MAX_IMAGE_SIZE = 1024
+MAX_MEMORY = 16 << 30
+RENDER_BYTES_PER_PIXEL = 80
 
 
 @dataclass
@@ -62,8 +70,16 @@ class SynthParams:
         return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)})
 
     def validate(self) -> None:
-        if self.n < 1 or self.image_size < 8:
-            raise ValueError(f"need n >= 1 and image_size >= 8, got n={self.n} image_size={self.image_size}")
+        """ValueError naming the first parameter out of its range, the range and why."""
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n={self.n}: give 1..{MAX_N:,} subjects (every image is rendered in memory before it "
+                             "is written, and writing runs at a few thousand images a second)")
+        if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size={self.image_size}: give 8..{MAX_IMAGE_SIZE} pixels (the side of each square "
+                             "image; below 8 the anatomy does not fit, above it one block of images needs more "
+                             "memory than a workstation has)")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed}: give a seed >= 0 (numpy's generators take no negative seed)")
         if self.bias not in ("intensity", "morphology", "both"):
             raise ValueError(f"bias must be intensity | morphology | both, got {self.bias!r}")
         for name in ("p_disease", "shortcut_p_disease", "shortcut_p_healthy", "site_frac"):
@@ -72,6 +88,27 @@ class SynthParams:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if self.age_max <= self.age_min:
             raise ValueError(f"age_max must exceed age_min, got {self.age_min}..{self.age_max}")
+
+
+def memory_needed(p: SynthParams, unlabeled: int = 0, twin: bool = False) -> int:
+    """Bytes `agglom data synth` holds at its peak: all images and masks of a variant (and the previous variant's
+    while the twin renders) plus one block being rendered."""
+    pixels = p.image_size * p.image_size
+    held = (p.n * 2 + unlabeled) * pixels * (2 if twin else 1)
+    return held + RENDER_BYTES_PER_PIXEL * min(max(p.n, unlabeled), CHUNK) * pixels
+
+
+def check_size(p: SynthParams, unlabeled: int = 0, twin: bool = False) -> None:
+    """ValueError when ``unlabeled`` is out of range or the write would need more than :data:`MAX_MEMORY`."""
+    if not 0 <= unlabeled <= MAX_N:
+        raise ValueError(f"unlabeled={unlabeled}: give 0..{MAX_N:,} extra subjects without labels (rendered in "
+                         "memory like the others)")
+    need = memory_needed(p, unlabeled, twin)
+    if need > MAX_MEMORY:
+        raise ValueError(f"n={p.n} (+ unlabeled={unlabeled}) at image_size={p.image_size}"
+                         + (" with twin=true" if twin else "") + f" needs ~{need / (1 << 30):.0f} GiB of memory "
+                         f"(every image and mask is rendered before it is written); stay under "
+                         f"{MAX_MEMORY >> 30} GiB: fewer subjects or smaller images")
 
 
 def _exact_flags(rng: np.random.Generator, n: int, frac: float) -> np.ndarray:
@@ -260,8 +297,7 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     from agglom.data.writer import DatasetWriter
 
     p.validate()
-    if unlabeled < 0:
-        raise ValueError(f"unlabeled must be >= 0, got {unlabeled}")
+    check_size(p, unlabeled, twin)
     t0 = time.perf_counter()
     s = subjects(p)
     keys = [f"synth{i:06d}" for i in range(p.n)]
@@ -272,7 +308,9 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     pu = replace(p, n=unlabeled)
     s_un = subjects(pu, UNLABELED_SALT) if unlabeled else None
     sheet: Dict[str, Any] = {}
-    with DatasetOutput.open(out, force, "agglom data synth") as output:
+    splits = ["train", "val", "test"] + ([UNLABELED_SPLIT] if unlabeled else [])
+    planned = splits + ([f"twin/{s}" for s in splits] if twin else [])
+    with DatasetOutput.open(out, force, "agglom data synth", planned=planned) as output:
         for variant in (["main", "twin"] if twin else ["main"]):
             imgs, lesions = render(p, s, with_bias=(variant == "main"), lesions=True)
             dest = output.root if variant == "main" else output.root / "twin"
@@ -296,4 +334,5 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     return sheet
 
 
-__all__ = ["SynthParams", "subjects", "render", "write_synth", "attrs_of"]
+__all__ = ["SynthParams", "subjects", "render", "write_synth", "attrs_of", "check_size", "memory_needed", "MAX_N",
+           "MAX_IMAGE_SIZE", "MAX_MEMORY"]

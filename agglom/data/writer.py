@@ -176,10 +176,12 @@ class _SplitWriter:
         self.index = 0
         self.count = 0
         self.tmp: Optional[Path] = None
+        self.final: Optional[Path] = None
         self.writer: Optional[wds.TarWriter] = None
 
     def _open(self) -> None:
-        final = self.output.file(self.folder / shard_name(self.split, self.index))  # listed before it exists
+        # listed before it exists, and checked: no symbolic link on the way (its path under the resolved root)
+        self.final = final = self.output.file(self.folder / shard_name(self.split, self.index))
         self.tmp = final.with_name(final.name + ".tmp")
         self.writer = wds.TarWriter(str(self.tmp), encoder=False, mtime=0.0)
         self.count = 0
@@ -187,8 +189,8 @@ class _SplitWriter:
     def _finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            assert self.tmp is not None
-            os.replace(self.tmp, self.folder / shard_name(self.split, self.index))
+            assert self.tmp is not None and self.final is not None
+            os.replace(self.tmp, self.final)
             self.index += 1
             self.writer, self.tmp = None, None
 
@@ -229,12 +231,11 @@ class DatasetWriter:
 
     def __init__(self, root: os.PathLike, shard_size: int = 1000, force: bool = False,
                  output: Optional[DatasetOutput] = None):
-        if shard_size < 1:
+        if shard_size < 1:  # the commands refuse it first (agglom.data.args.check_writer_options)
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self._own = output is None
         self.output = DatasetOutput.open(root, force) if output is None else output
-        self.root = Path(root)
-        self.output.folder(self.root)
+        self.root = self.output.folder(self.output.root if self._own else root)  # under the resolved root
         self.shard_size = int(shard_size)
         self._writers: Dict[str, _SplitWriter] = {}
         self._keys: set = set()

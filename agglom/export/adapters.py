@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from agglom.config.schema import Recipe
-from agglom.export.sam_pack import pack_sam_decoder
+from agglom.data.jsonfile import read_json_object
+from agglom.export.sam_pack import EXPORT_FIX, pack_sam_decoder
 from agglom.model import AgglomModel, TeacherSpec
 from agglom.model.agglomerator import module_key
 from teachers.safe_load import load_safetensors
@@ -113,7 +114,7 @@ def load_pack_text_tower(export_dir: Path, name: str, device: Any = "cpu") -> An
     from teachers.text import TextTowerUnavailable, load_text_tower
 
     export_dir = Path(export_dir)
-    towers = json.loads((export_dir / "adapters.json").read_text()).get("text_towers") or {}
+    towers = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=64 << 20).get("text_towers") or {}
     info = towers.get(name)
     if info is None:
         raise TextTowerUnavailable(f"the adapter pack in {export_dir} has no text tower for teacher {name!r} (packed: "
@@ -128,7 +129,7 @@ def load_adapter_pack(export_dir: Path, student: nn.Module = None) -> AdapterPac
     import timm
 
     export_dir = Path(export_dir)
-    meta = json.loads((export_dir / "adapters.json").read_text())
+    meta = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=64 << 20)
     if meta.get("schema") != ADAPTER_SCHEMA:
         raise ValueError(f"{export_dir}/adapters.json: unsupported schema {meta.get('schema')!r}")
     if student is None:

@@ -19,7 +19,6 @@ OSErrors (read-only folder, full disk) are one-line ReadableErrors (:func:`agglo
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -29,10 +28,10 @@ MARKERS = {"agglom.json": "agglom.export/", "finetune.json": "agglom.finetune/"}
 
 
 def _schema(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """The marker file's JSON object, or None (missing, not a regular file, too large, not JSON, nested too deeply)."""
+    from agglom.data.jsonfile import peek_json
+
+    obj = peek_json(path)
     return obj if isinstance(obj, dict) else None
 
 

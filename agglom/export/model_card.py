@@ -2,10 +2,10 @@
 what it cost, and what it is (not) for. Groups smaller than `min_group_count` are suppressed."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
+from agglom.data.jsonfile import read_json_object
 from agglom.export.input_sizes import card_rows, input_sizes
 from agglom.runs import run_summary
 
@@ -88,7 +88,8 @@ def _fairness_rows(cfg: Any, run_dir: Path) -> List[str]:
                     (f", weights {dict(cfg.data.group_weights)}" if cfg.data.group_weights else ""))
     routing = Path(run_dir) / "routing.json"
     if routing.is_file():
-        r = json.loads(routing.read_text())
+        r = read_json_object(routing, fix="it is the run's teacher x group routing; rerun the audit or remove it",
+                             max_bytes=16 << 20)
         boosted = [f"{t} on {g} × {w:.2f}" for t, ws in zip(r["teachers"], r["weights"])
                    for g, w in zip(r["groups"], ws) if w != 1.0]
         rows.append(f"- teacher × group routing from a validation audit (strength {r.get('strength')}): "

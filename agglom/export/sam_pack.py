@@ -23,11 +23,13 @@ from typing import Any, Dict, Optional, Tuple
 from safetensors.torch import save_file
 from torch import nn
 
+from agglom.data.jsonfile import read_json_object
 from agglom.model import TeacherSpec
 from agglom.model.agglomerator import module_key
 from teachers.safe_load import load_safetensors
 
 SAM_SCHEMA = "agglom.sam/1"
+EXPORT_FIX = "export the run again with agglom export"  # a damaged or hand-edited export's index
 
 
 class SamDecoderUnavailable(ValueError):
@@ -86,7 +88,7 @@ def pack_sam_decoder(spec: TeacherSpec, out: Path) -> Optional[Dict[str, Any]]:
 def packed_sam_teacher(export_dir: Path, teacher: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
     """``(teacher, adapters.json entry)`` of the SAM decoder to use: ``teacher``, or the export's only one."""
     export_dir = Path(export_dir)
-    entries = json.loads((export_dir / "adapters.json").read_text()).get("sam_decoders") or {}
+    entries = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=64 << 20).get("sam_decoders") or {}
     packed = [k for k, v in entries.items() if "path" in v]
     if teacher is None:
         if len(packed) != 1:
@@ -110,7 +112,7 @@ def load_sam_decoder(export_dir: Path, teacher: Optional[str] = None) -> Tuple[n
 
     teacher, info = packed_sam_teacher(export_dir, teacher)
     folder = Path(export_dir) / info["path"]
-    meta = json.loads((folder / "sam.json").read_text())
+    meta = read_json_object(folder / "sam.json", fix=EXPORT_FIX, max_bytes=16 << 20)
     if meta.get("schema") != SAM_SCHEMA:
         raise SamDecoderUnavailable(f"{folder}/sam.json: unsupported schema {meta.get('schema')!r}")
     prompt, decoder = build_prompt_decoder(meta["decoder"])

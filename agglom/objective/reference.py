@@ -7,11 +7,11 @@ mean of the last logged ``group/<group>`` values of the combined loss.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from agglom.config.load import ConfigError
+from agglom.data.limits import MAX_JSON_BYTES, sample_json
 
 Ref = List[Optional[float]]
 
@@ -22,11 +22,22 @@ def _records(run_dir: Path) -> List[Dict[str, Any]]:
         raise ConfigError(f"objective.reference: {run_dir} has no metrics.jsonl (give the directory of a finished "
                           "λ = 0 run of the same recipe)")
     out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash
+    try:
+        with open(path, "rb") as f:  # line by line, each within the readers' JSON bounds (1 MiB, 64 levels)
+            while True:
+                raw = f.readline(MAX_JSON_BYTES + 1)
+                if not raw:
+                    break
+                if len(raw) > MAX_JSON_BYTES:  # not a line training writes: skip to its end
+                    while raw and not raw.endswith(b"\n"):
+                        raw = f.readline(MAX_JSON_BYTES + 1)
+                    continue
+                try:
+                    out.append(sample_json(raw))
+                except (ValueError, UnicodeDecodeError):
+                    continue  # a line cut by a crash
+    except OSError as e:
+        raise ConfigError(f"objective.reference: cannot read {path}: {e.strerror or e}") from None
     return out
 
 
