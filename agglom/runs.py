@@ -61,7 +61,7 @@ def run_specs(run_dir: Path) -> List[TeacherSpec]:
 def latest_checkpoint(run_dir: Path) -> Path:
     """The run's last checkpoint; refused while another process still trains the run (its latest checkpoint is
     then a step on the way, not the run's result) and when the pointer names anything but a checkpoint folder."""
-    from agglom.train.runlock import held_by
+    from agglom.runlock import held_by
 
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"

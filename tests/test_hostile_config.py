@@ -194,7 +194,7 @@ def test_a_name_with_leading_zeros_names_its_run_folder(tmp_path, synth_root, ma
 # --------------------------------------------------------------------------- runs in progress
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s run lock until killed (as `agglom train` or `agglom eval` does)."""
-    code = ("import sys, time; from agglom.train.runlock import RunLock\n"
+    code = ("import sys, time; from agglom.runlock import RunLock\n"
             f"with RunLock({str(folder)!r}):\n    print('held', flush=True); time.sleep(300)\n")
     p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          stdout=subprocess.PIPE, text=True)

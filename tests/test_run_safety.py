@@ -56,17 +56,17 @@ def test_a_second_train_on_a_running_run_is_refused_naming_the_holder(tiny_train
         first.send_signal(signal.SIGKILL)
         first.wait()
     # the kernel released the killed holder's lock: the next writer takes it over
-    from agglom.train.runlock import RunLock
+    from agglom.runlock import RunLock
 
     with RunLock(run) as lock:
         assert lock.previous.get("pid") == first.pid  # the stale lock named the killed process, and was taken
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
-    from agglom.train.runlock import RunLock, RunLockedError
+    from agglom.runlock import RunLock, RunLockedError
 
     run = tmp_path / "r"
-    code = ("import sys, time; from agglom.train.runlock import RunLock\n"
+    code = ("import sys, time; from agglom.runlock import RunLock\n"
             f"with RunLock({str(run)!r}):\n print('held', flush=True); sys.stdin.readline()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -2,13 +2,13 @@
 
 Two runs on one output write the same temporary shard and rename it from under each other (the second ended with
 "No such file or directory: .../.train-000000.tar.tmp") and race on ``manifest.json``. The lock is the run lock of
-:mod:`agglom.train.runlock` (a POSIX record lock the kernel drops when its holder exits in any way, kill -9
+:mod:`agglom.runlock` (a POSIX record lock the kernel drops when its holder exits in any way, kill -9
 included, so it is never left stale); only the refusal's wording is the cache's.
 """
 from __future__ import annotations
 
 from agglom.config.load import ConfigError
-from agglom.train.runlock import RunLock
+from agglom.runlock import RunLock
 
 
 class CacheLockedError(ConfigError):

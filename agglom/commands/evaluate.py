@@ -22,7 +22,7 @@ def _run(args: EvalArgs) -> int:
     import time
 
     from agglom.eval.run import eval_out_dir, run_evaluation
-    from agglom.train.runlock import RunLock
+    from agglom.runlock import RunLock
 
     out = eval_out_dir(args)
     _refuse_links(out)

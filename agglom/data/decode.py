@@ -9,6 +9,7 @@ error type above.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from typing import Any, Optional, Tuple
@@ -62,7 +63,8 @@ def open_pil(data: bytes, fmt: str) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - PIL's plugins raise many types on hostile bytes (struct.error, ...)
         what = "" if isinstance(e, (UnidentifiedImageError, OSError, SyntaxError, ValueError)) else f"{type(e).__name__}: "
-        raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {what}{e}") from e
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", str(e))  # PIL names its buffer
+        raise DecodeError(f"{fmt}: cannot decode {len(data)} bytes: {what}{detail}") from e
     return img
 
 

@@ -24,8 +24,8 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from agglom.data.limits import MAX_PIXELS
-from agglom.data.pack import SkipImage, png_bytes
 from agglom.data.paths import shown
+from agglom.data.png_io import SkipImage, png_bytes
 
 DICOM_REASONS = ("dicom_unreadable", "dicom_no_pixels", "dicom_codec", "dicom_unsupported")
 DICOM_NOTES = ("multiframe_middle_frame", "palette_color_applied", "color_kept")

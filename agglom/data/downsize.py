@@ -70,7 +70,7 @@ def _encode(arr: np.ndarray, ext: str) -> Tuple[bytes, str]:
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
         return buf.getvalue(), "npy"
-    from agglom.data.pack import png_bytes
+    from agglom.data.png_io import png_bytes
 
     return png_bytes(arr), "png"
 

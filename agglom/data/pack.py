@@ -24,26 +24,10 @@ from agglom.data.downsize import downsize_image, downsize_mask
 from agglom.data.groups import fmt_value
 from agglom.data.pack_csv import records_from_csv
 from agglom.data.paths import shown
+from agglom.data.png_io import SkipImage, png_bytes
 
 log = logging.getLogger("agglom.data.pack")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-
-
-class SkipImage(Exception):
-    """A source image that cannot be packed (reason in ``.reason``)."""
-
-    def __init__(self, reason: str, msg: str):
-        super().__init__(msg)
-        self.reason = reason
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    """An image array as PNG bytes (8- or 16-bit grey, RGB)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def load_image(path: Path, notes: Optional[Counter] = None) -> Tuple[bytes, str]:

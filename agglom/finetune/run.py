@@ -124,9 +124,9 @@ def train_and_export(a: Any, enc: Encoder, out: Path, run_dir: Path) -> Dict[str
     from agglom.finetune.family_export import export_family
     from agglom.finetune.lora import merge
     from agglom.finetune.task import Validation
+    from agglom.runlock import RunLock
     from agglom.train.loop import Loop, start_run
     from agglom.train.preflight import checkpoint_of
-    from agglom.train.runlock import RunLock
 
     t0 = time.perf_counter()
     cfg = loop_cfg(a, enc)

@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from agglom.engine import build_engine
+from agglom.runlock import RunLock
 from agglom.task import AgglomTask, teacher_spec
 from agglom.train.loop import Loop, LoopHooks, seed_everything, start_run
 from agglom.train.preflight import preflight
-from agglom.train.runlock import RunLock
 from agglom.train.setup import build_teachers, group_names, in_chans_of
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from agglom.config.load import ConfigError
+from agglom.errors import ConfigError
 
 LOCK_NAME = ".lock"
 
