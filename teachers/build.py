@@ -22,6 +22,7 @@ def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (
     """A frozen teacher for `card` (a TeacherCard or anything load_card accepts), taking batches normalised with
     the student's `input_mean`/`input_std`."""
     card = load_card(card)
+    _check_size(card)
     try:
         return get_family(card.family)(card, input_mean, input_std, device=device)
     except (UnsafeCheckpointError, CheckpointFormatError, WeightsUnavailableError):
@@ -36,6 +37,24 @@ def build_teacher(card: Union[str, TeacherCard], input_mean: Sequence[float] = (
                                         f"architecture ({card.family} {card.model}, model_args "
                                         f"{dict(card.model_args or {})}): {detail[:300]}") from None
         raise
+
+
+MAX_PARAMS = 30e9  # above ViT-22B: a card asking more is a typo or an attack (model_args: {embed_dim: 4800000})
+
+
+def _check_size(card: TeacherCard) -> None:
+    """Count the architecture's parameters on the meta device (no memory, well under a second) before allocating
+    it, so a card whose ``model_args`` ask for terabytes is refused by name instead of after a minute's attempt."""
+    try:
+        with torch.device("meta"):
+            t = get_family(card.family)(card, (0.5,), (0.5,), device="meta", load_weights=False)
+        n = sum(p.numel() for p in t.parameters())
+    except Exception:  # noqa: BLE001 - a family that cannot build on meta is built for real, as before
+        return
+    if n > MAX_PARAMS:
+        raise CardError(f"teacher card {card.name!r}: its architecture ({card.family} {card.model}, model_args "
+                        f"{dict(card.model_args or {})}) has {n:.3g} parameters, over the {MAX_PARAMS:.0e} agglom "
+                        "builds; check model_args")
 
 
 def describe_teacher(card: Union[str, TeacherCard]) -> Dict[str, Any]:

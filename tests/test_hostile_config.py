@@ -390,6 +390,7 @@ CARD = {"name": "odd", "family": "timm", "model": "vit_small_patch16_224", "inpu
     ("seed", 10 ** 23, "[0, 2^63)"),
     ("mean", [float("nan"), 0.5, 0.5], "finite numbers"),
     ("model_args", {"checkpoint_path": "evil.pth"}, "without checkpoint_path"),
+    ("model_args", {"patch_size": 8, "embed_dim": 4800000, "depth": 1, "num_heads": 2}, "parameters, over the"),
 ])
 def test_a_card_asking_too_much_is_refused_by_field(field, value, reason, tmp_path, capsys):
     import yaml
