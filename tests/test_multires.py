@@ -31,7 +31,7 @@ def test_schedule_is_a_pure_function_of_seed_and_step():
     ("[20,32]", {}, "not a multiple of the student's patch size 8"),
     ("[16,48]", {}, "exceeds data.image_size=32"),
     ("[16,32]", {"student.model_args": "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"}, "dynamic_img_size"),
-    ("[0,32]", {}, "must be all >= 1"),
+    ("[0,32]", {}, "must be all in [1, 8192]"),
 ])
 def test_bad_resolutions_exit_2_naming_the_key(tiny_train_args, capsys, value, over, message):
     args = tiny_train_args("bad", 2, **{"student.model_args": DYNAMIC, "data.resolutions": value, **over})
