@@ -8,7 +8,7 @@ a) reader samples/s (agglom train_loader, 2 workers, decode + augmentation) vs a
    header parser vs tarfile's stream mode over the same shards;
 b) training samples/s with cached vs online teachers (demo teachers; and "wide" teachers whose forward dominates,
    as with real foundation models);
-c) engine overhead: `agglom.train.distill.train` vs a minimal plain-PyTorch loop over the same task, teachers,
+c) engine overhead: `agglom.distill.train` vs a minimal plain-PyTorch loop over the same task, teachers,
    loader and AdamW;
 d) DeepSpeed ZeRO-2 vs the torch strategy, step time (cached teachers, same batches);
 e) peak RSS of the training runs;

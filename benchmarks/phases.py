@@ -28,7 +28,7 @@ def phase_fractions(records: List[Dict[str, Any]], batch: int, skip: int = 1) ->
 
 def phase_run(cfg: Any) -> List[Dict[str, Any]]:
     """Train ``cfg`` (quietly, from scratch) and return its metrics.jsonl records."""
-    from agglom.train.distill import train
+    from agglom.distill import train
     from agglom.train.logger import MetricLogger
     from benchmarks.common import quiet
 

@@ -14,7 +14,7 @@ def run_train(cfg) -> Dict[str, Any]:
     """agglom's loop; per-step seconds from the batch clock, FLOPs/sample from run.json."""
     import shutil
 
-    from agglom.train.distill import train
+    from agglom.distill import train
 
     shutil.rmtree(Path(cfg.out_dir) / cfg.name, ignore_errors=True)  # each timed round trains from scratch
     clock = StepClock()

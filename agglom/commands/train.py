@@ -8,7 +8,7 @@ from agglom.config.schema import Recipe
 
 
 def _run(cfg: DictConfig) -> int:
-    from agglom.train.distill import train as run_training
+    from agglom.distill import train as run_training
 
     run_training(cfg)
     return 0

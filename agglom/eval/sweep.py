@@ -39,8 +39,8 @@ def _done(run_dir: Path, steps: int) -> bool:
 
 
 def _train_and_eval(cfg: Any, base: Any, name: str, overrides: Dict[str, Any]) -> Path:
+    from agglom.distill import train
     from agglom.eval.run import EvalArgs, run_evaluation
-    from agglom.train.distill import train
 
     run_dir = Path(cfg.out_dir) / name
     point = OmegaConf.merge(base, {"name": name}, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
