@@ -1,7 +1,7 @@
 """The DeepSpeed strategy (ZeRO 0-3 on DeepSpeed's CPU accelerator), its config and its launcher.
 
-Run with DS_ACCELERATOR=cpu and TORCH_EXTENSIONS_DIR pointing inside the checkout (ENVIRONMENT.md): the first
-DeepSpeed start compiles a comm op (~35 s) and caches it there.
+Run with DS_ACCELERATOR=cpu and TORCH_EXTENSIONS_DIR pointing inside the checkout (as the Makefile sets it): the
+first DeepSpeed start compiles a comm op (~35 s) and caches it there; `make install` builds it once beforehand.
 """
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ class Engine:
         return [obj]
 
     def autocast(self):
-        """bf16 autocast on GPU (unless fp32 asked), nothing on CPU where bf16 is slower (ENVIRONMENT.md)."""
+        """bf16 autocast on GPU (unless fp32 asked), nothing on CPU where bf16 is slower (docs/guide/train.md)."""
         prec = self.cfg.engine.precision
         use_bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
