@@ -55,8 +55,9 @@ def write_text_atomic(path: os.PathLike, text: str) -> Path:
 def _schema_of(path: Path) -> Optional[str]:
     """The ``schema`` of the JSON file at ``path``, or None (missing, not a regular file, too large, not JSON)."""
     from agglom.data.jsonfile import peek_json
+    from agglom.data.sidecars import MAX_SIDECAR_JSON_BYTES
 
-    obj = peek_json(path, max_bytes=256 << 20)
+    obj = peek_json(path, max_bytes=MAX_SIDECAR_JSON_BYTES)
     return str(obj.get("schema")) if isinstance(obj, dict) else None
 
 

@@ -52,7 +52,7 @@ def open_pil(data: bytes, fmt: str) -> Any:
     if data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR" and len(data) >= 24:
         check_pixels(*struct.unpack(">II", data[16:24]), fmt)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # per call: a process-wide filter set once is undone by any caller's own
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
         check_pixels(*img.size, fmt)
@@ -69,16 +69,21 @@ def open_pil(data: bytes, fmt: str) -> Any:
 
 
 def check_npy(data: bytes, fmt: str = "npy") -> Tuple[int, ...]:
-    """The shape in an ``.npy`` header, checked before the array is loaded: a numeric dtype, no more data declared
-    than the bytes hold, and at most :data:`~agglom.data.limits.MAX_PIXELS` pixels (the channel axis, first or
-    last, of up to 4 values not counted)."""
+    """The shape in an ``.npy`` header, checked before the array is loaded (see :func:`_npy_header`)."""
+    return _npy_header(data, fmt)[0]
+
+
+def _npy_header(data: bytes, fmt: str = "npy") -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of an ``.npy``, checked before any array is built: a numeric
+    dtype, no more data declared than the bytes hold, and at most :data:`~agglom.data.limits.MAX_PIXELS` pixels
+    (the channel axis, first or last, of up to 4 values not counted). The header is parsed once per sample."""
     from numpy.lib import format as npf
 
     f = io.BytesIO(data)
     try:
         version = npf.read_magic(f)
         read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
-        shape, _, dtype = read(f)
+        shape, fortran, dtype = read(f)
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError/EOFError/SyntaxError for a bad header
         raise DecodeError(f"{fmt}: bad .npy header: {e}") from e
     if dtype.hasobject or dtype.kind not in "fiub":
@@ -94,7 +99,7 @@ def check_npy(data: bytes, fmt: str = "npy") -> Tuple[int, ...]:
             check_pixels(int(w), int(h), fmt)
         raise DecodeError(f"{fmt}: shape {tuple(shape)} holds over {MAX_PIXELS / 1e6:.0f} MP "
                           "(agglom.data.limits.MAX_PIXELS)")
-    return tuple(shape)
+    return tuple(shape), bool(fortran), dtype, f.tell()
 
 
 def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
@@ -122,10 +127,11 @@ def _pil_to_array(data: bytes, fmt: str) -> np.ndarray:
 
 
 def _npy_to_array(data: bytes) -> np.ndarray:
-    check_npy(data)
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad bytes
+    shape, fortran, dtype, offset = _npy_header(data)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    try:  # the checked header, read once: the array is a view of the bytes that follow it
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError for bytes that do not fit the header
         raise DecodeError(f"npy: cannot load {len(data)} bytes: {e}") from e
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
         raise DecodeError(f"npy: expected a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")

@@ -186,18 +186,6 @@ def _remaining(f: BinaryIO) -> Optional[int]:
     return end - here
 
 
-def iter_members(f: BinaryIO, first: Optional[bytes] = None) -> Iterator[Tuple[str, bool, bytes]]:
-    """``(name, is_regular_file, data)`` for each member of the plain tar stream ``f`` (``first``: its first
-    header block, already read by the caller), up to the end-of-archive marker or the end of the stream."""
-    left = _remaining(f)
-    if first is None:
-        first = f.read(BLOCK)
-    elif left is not None:
-        left += len(first)
-    for name, kind, _, _, data in _walk(f, first, keep_data=True, left=left):
-        yield (name.rstrip("/") if kind == b"5" else name), kind in _REGULAR, data  # tarfile's dir names
-
-
 def index(path: str, file_offsets: bool = False) -> Dict[str, Tuple[int, int]]:
     """``{member name: (data offset, size)}`` of the regular files of the tar file at ``path``, reading only the
     headers (the data is seeked over): what :class:`~agglom.cache.reader.CachedTeacher` looks features up by.
@@ -307,4 +295,4 @@ def members(stream: BinaryIO) -> Iterator[Tuple[str, bool, bytes]]:
         yield (name.rstrip("/") if kind == b"5" else name), kind in _REGULAR, data
 
 
-__all__ = ["members", "iter_members", "index", "is_plain_tar", "Prefixed", "BLOCK"]
+__all__ = ["members", "index", "is_plain_tar", "Prefixed", "BLOCK"]

@@ -28,7 +28,7 @@ from torch import nn
 
 from agglom.config.schema import Recipe
 from agglom.data.jsonfile import read_json_object
-from agglom.export.sam_pack import EXPORT_FIX, pack_sam_decoder
+from agglom.export.sam_pack import EXPORT_FIX, MAX_ADAPTERS_BYTES, pack_sam_decoder
 from agglom.model import AgglomModel, TeacherSpec
 from agglom.model.agglomerator import module_key
 from teachers.safe_load import load_safetensors
@@ -114,7 +114,7 @@ def load_pack_text_tower(export_dir: Path, name: str, device: Any = "cpu") -> An
     from teachers.text import TextTowerUnavailable, load_text_tower
 
     export_dir = Path(export_dir)
-    towers = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=64 << 20).get("text_towers") or {}
+    towers = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=MAX_ADAPTERS_BYTES).get("text_towers") or {}
     info = towers.get(name)
     if info is None:
         raise TextTowerUnavailable(f"the adapter pack in {export_dir} has no text tower for teacher {name!r} (packed: "
@@ -129,7 +129,7 @@ def load_adapter_pack(export_dir: Path, student: nn.Module = None) -> AdapterPac
     import timm
 
     export_dir = Path(export_dir)
-    meta = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=64 << 20)
+    meta = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=MAX_ADAPTERS_BYTES)
     if meta.get("schema") != ADAPTER_SCHEMA:
         raise ValueError(f"{export_dir}/adapters.json: unsupported schema {meta.get('schema')!r}")
     if student is None:

@@ -30,6 +30,7 @@ from teachers.safe_load import load_safetensors
 
 SAM_SCHEMA = "agglom.sam/1"
 EXPORT_FIX = "export the run again with agglom export"  # a damaged or hand-edited export's index
+MAX_ADAPTERS_BYTES = 64 << 20  # adapters.json: the index of an export's adapter pack, a few kB
 
 
 class SamDecoderUnavailable(ValueError):
@@ -88,7 +89,7 @@ def pack_sam_decoder(spec: TeacherSpec, out: Path) -> Optional[Dict[str, Any]]:
 def packed_sam_teacher(export_dir: Path, teacher: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
     """``(teacher, adapters.json entry)`` of the SAM decoder to use: ``teacher``, or the export's only one."""
     export_dir = Path(export_dir)
-    entries = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=64 << 20).get("sam_decoders") or {}
+    entries = read_json_object(export_dir / "adapters.json", fix=EXPORT_FIX, max_bytes=MAX_ADAPTERS_BYTES).get("sam_decoders") or {}
     packed = [k for k, v in entries.items() if "path" in v]
     if teacher is None:
         if len(packed) != 1:
