@@ -17,7 +17,7 @@ FORBIDDEN = {"teachers": ("agglom",)}  # package -> packages it must never impor
 # agglom's floors, lowest first (docs/ARCHITECTURE.md): a module may import from its own floor and the ones below
 LAYERS = (
     ("teachers",),
-    ("agglom.errors", "agglom.dist", "agglom.registry", "agglom.phases", "agglom.runlock"),
+    ("agglom.errors", "agglom.dist", "agglom.registry", "agglom.phases", "agglom.runlock", "agglom.metrics"),
     ("agglom.config",),
     ("agglom.data",),
     ("agglom.cache", "agglom.objective"),

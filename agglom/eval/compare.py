@@ -2,7 +2,7 @@
 
 A fair model is compared with its reference (the λ = 0 / ERM model) group by group: the difference of every
 group's AUC, of the overall AUC, of the worst-group AUC and of the AUC gap, each with a *paired* bootstrap
-interval — one set of resampled test indices per replicate, used for both models, stratified by group × label —
+interval — one set of resampled test indices per replicate, used for both models, stratified by group × label, drawn over patients when samples name them —
 so sample-level noise that both models share cancels out. BCa intervals, as everywhere in the report.
 
 Levelling down (Zietlow et al. 2022; Mittelstadt et al. 2023): a group whose AUC fell and whose interval of the
@@ -15,8 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from agglom.eval.group_stats import _stratified_indices, rank_auc
-from agglom.eval.intervals import bca_interval, jackknife_blocks
+from agglom.data.patients import PATIENT
+from agglom.eval.group_stats import rank_auc
+from agglom.metrics.bootstrap import Resampler, clusters_of, replicate, strata_by
+from agglom.metrics.intervals import bca_interval
 
 __all__ = ["paired_group_deltas", "compare_predictions", "levelled_down_groups", "COMPARE_SCHEMA"]
 
@@ -41,13 +43,13 @@ def _stats(y: np.ndarray, a: np.ndarray, b: np.ndarray, g: np.ndarray, names: Se
 
 
 def paired_group_deltas(y: Any, score_new: Any, score_ref: Any, groups: Any, *, n_boot: int = 200, ci: float = 0.95,
-                        seed: int = 0, exclude_unknown: bool = True) -> Dict[str, Any]:
+                        seed: int = 0, exclude_unknown: bool = True, patients: Any = None) -> Dict[str, Any]:
     """Differences new − reference for one binary label and one attribute, with paired-bootstrap intervals.
 
     Returns ``{"overall_auc", "worst_group_auc", "auc_gap": D, "groups": {g: D + {"n"}}, "levelled_down": [...],
     "lifted": [...]}`` where ``D = {"new", "reference", "delta", "ci": [lo, hi] | None}`` (a gap delta < 0 is an
     improvement). ``levelled_down``: groups with delta < 0 and interval entirely below 0; ``lifted``: delta > 0
-    and interval entirely above 0."""
+    and interval entirely above 0. With ``patients`` (an id per sample) the bootstrap resamples patients."""
     y = np.asarray(y).astype(int).reshape(-1)
     a, b = np.asarray(score_new, dtype=float).reshape(-1), np.asarray(score_ref, dtype=float).reshape(-1)
     g = np.asarray(groups).astype(str).reshape(-1)
@@ -59,14 +61,10 @@ def paired_group_deltas(y: Any, score_new: Any, score_ref: Any, groups: Any, *, 
     k = len(names)
     reps = np.empty((0, point.size))
     jack = None
+    resampler = Resampler(strata_by(g, y), clusters_of(patients, y.size))
     if n_boot:
-        rng = np.random.default_rng(seed)
-        strata = _stratified_indices(g, y)
-        reps = np.asarray([_stats(y[i], a[i], b[i], g[i], names, included) for i in
-                           (np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata])
-                            for _ in range(n_boot))])
-        jack = np.asarray([_stats(y[i], a[i], b[i], g[i], names, included)
-                           for i in jackknife_blocks(strata, 20, seed + 1)])
+        r = replicate(lambda i: _stats(y[i], a[i], b[i], g[i], names, included), resampler, n_boot, seed)
+        reps, jack = r["reps"], r["jack"]
 
     def delta(i_new: int, i_ref: int) -> Dict[str, Any]:
         new, ref = point[i_new], point[i_ref]
@@ -87,7 +85,7 @@ def paired_group_deltas(y: Any, score_new: Any, score_ref: Any, groups: Any, *, 
     res["levelled_down"] = levelled_down_groups(res)
     res["lifted"] = [n for n in included if _below(res["groups"][n], upper=False)]
     res["bootstrap"] = {"n_boot": int(n_boot), "ci": ci, "seed": seed,
-                        "method": "paired stratified (group x label) bootstrap, BCa" if n_boot else "none"}
+                        "method": f"paired {resampler.describe('group x label')}, BCa" if n_boot else "none"}
     return res
 
 
@@ -111,11 +109,12 @@ def levelled_down_groups(delta_result: Mapping[str, Any]) -> List[str]:
 
 def compare_predictions(new: Mapping[str, Any], reference: Mapping[str, Any], attributes: Sequence[str], *,
                         new_name: str = "new", reference_name: str = "reference", n_boot: int = 200,
-                        seed: int = 0, exclude_unknown: bool = True) -> Dict[str, Any]:
+                        seed: int = 0, exclude_unknown: bool = True, patients: Any = None) -> Dict[str, Any]:
     """Compare two sets of test predictions (``{"key": [N], "label": [N] or [N, L], "score": same, <attr>: [N]}``,
     e.g. columns of two ``predictions.csv``), aligned by sample key. Multi-label predictions are compared label by
     label. Returns ``{"schema", "new", "reference", "attributes": {attr: result | {label: result}},
-    "levels_down": bool, "levelled_down": {attr: [groups]}}``."""
+    "levels_down": bool, "levelled_down": {attr: [groups]}}``. The bootstrap resamples patients when ``patients``
+    (ids in ``new``'s order) or a ``patient`` column of ``new`` names them."""
     ka, kb = [str(k) for k in new["key"]], [str(k) for k in reference["key"]]
     common = sorted(set(ka) & set(kb))
     if len(common) < len(ka) or len(common) < len(kb):
@@ -128,11 +127,13 @@ def compare_predictions(new: Mapping[str, Any], reference: Mapping[str, Any], at
     if not np.array_equal(ya, yb):
         raise ValueError("the two prediction sets disagree on the labels of the same samples")
     sa, sb = np.asarray(new["score"], dtype=float)[pa], np.asarray(reference["score"], dtype=float)[pb]
+    patients = patients if patients is not None else new.get(PATIENT)
+    pat = None if patients is None else np.asarray(patients, dtype=object)[pa]
     out: Dict[str, Any] = {"schema": COMPARE_SCHEMA, "new": new_name, "reference": reference_name, "n": len(common),
                            "attributes": {}, "levelled_down": {}}
     for attr in attributes:
         g = np.asarray(new[attr])[pa]
-        kw = dict(n_boot=n_boot, seed=seed, exclude_unknown=exclude_unknown)
+        kw = dict(n_boot=n_boot, seed=seed, exclude_unknown=exclude_unknown, patients=pat)
         if ya.ndim == 2:
             labels = list(new.get("label_names") or [f"label{j}" for j in range(ya.shape[1])])
             per = {lab: paired_group_deltas(ya[:, j], sa[:, j], sb[:, j], g, **kw) for j, lab in enumerate(labels)}

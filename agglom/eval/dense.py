@@ -99,10 +99,11 @@ def dice_stats(dice: np.ndarray, iou: np.ndarray, g: np.ndarray, names: Sequence
 
 
 def dice_fairness(dice: Any, iou: Any, groups: Any, *, exclude_unknown: bool = True, n_boot: int = 200,
-                  seed: int = 0, ci: float = 0.95) -> Dict[str, Any]:
+                  seed: int = 0, ci: float = 0.95, patients: Any = None) -> Dict[str, Any]:
     """One attribute's dense result: ``{"n", "group_names", "excluded_from_gaps", <STAT_KEYS>: {"value", "ci"},
     "groups": {g: {"n", "dice", "iou"}}}``. Intervals: bootstrap resampling within each group (the group sizes
-    fixed, as for the classification metrics), BCa with a grouped jackknife (:mod:`agglom.eval.intervals`)."""
+    fixed, as for the classification metrics; patients rather than images when ``patients`` names them), BCa with a
+    grouped jackknife (:mod:`agglom.metrics.bootstrap`)."""
     dice = np.asarray(dice, dtype=float).reshape(-1)
     iou = np.asarray(iou, dtype=float).reshape(-1)
     g = np.asarray(groups).astype(str).reshape(-1)
@@ -114,20 +115,17 @@ def dice_fairness(dice: Any, iou: Any, groups: Any, *, exclude_unknown: bool = T
     keys = list(point)
     cis: Dict[str, Tuple[float, float, bool]] = {}
     if n_boot and dice.size > 1:
-        from agglom.eval.intervals import bca_interval, jackknife_blocks
-
-        rng = np.random.default_rng(seed)
-        strata = [np.flatnonzero(g == n) for n in names]
+        from agglom.metrics.bootstrap import Resampler, clusters_of, replicate
+        from agglom.metrics.intervals import bca_interval
 
         def row(idx: np.ndarray) -> List[float]:
             st = dice_stats(dice[idx], iou[idx], g[idx], names, included)
             return [st[k] for k in keys]
 
-        reps = np.asarray([row(np.concatenate([s[rng.integers(0, s.size, s.size)] for s in strata]))
-                           for _ in range(int(n_boot))])
-        jack = np.asarray([row(idx) for idx in jackknife_blocks(strata, 20, seed + 1)])
+        resampler = Resampler([np.flatnonzero(g == n) for n in names], clusters_of(patients, dice.size))
+        r = replicate(row, resampler, int(n_boot), seed)
         for j, k in enumerate(keys):
-            cis[k] = bca_interval(point[k], reps[:, j], jack[:, j], ci)
+            cis[k] = bca_interval(point[k], r["reps"][:, j], r["jack"][:, j], ci)
     out: Dict[str, Any] = {"n": int(dice.size), "group_names": names,
                            "excluded_from_gaps": [n for n in names if n not in included]}
     for k in STAT_KEYS:
@@ -137,6 +135,10 @@ def dice_fairness(dice: Any, iou: Any, groups: Any, *, exclude_unknown: bool = T
     out["best_group_dice"]["group"] = max(gd, key=gd.get) if gd else None
     out["groups"] = {n: {"n": int(np.sum(g == n)), "dice": _m(point[f"dice:{n}"], cis.get(f"dice:{n}")),
                          "iou": _m(point[f"iou:{n}"], cis.get(f"iou:{n}"))} for n in names}
+    if patients is not None:
+        from agglom.metrics.bootstrap import add_patient_counts
+
+        add_patient_counts(out, g, np.asarray(patients, dtype=object).reshape(-1))
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from agglom.data.masks import IGNORE
+from agglom.data.patients import PATIENT, patient_ids
 from agglom.eval.dense import PROTOCOL, dice_fairness, fit_and_score, has_foreground, has_mask
 from agglom.eval.extract import SplitFeatures, attribute_groups
 
@@ -73,8 +74,10 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
         raise ConfigError(f"eval.dense: {name}: {e}") from e
     masked, fg = has_mask(te.masks), has_foreground(te.masks)
     groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
+    patients = patient_ids(te.attrs)
+    pat_fg = None if patients is None else patients[fg]
     attributes = {a: dice_fairness(res["dice"][fg], res["iou"][fg], g[fg], exclude_unknown=exclude_unknown,
-                                   n_boot=int(ev.bootstrap), seed=seed) for a, g in groups.items()}
+                                   n_boot=int(ev.bootstrap), seed=seed, patients=pat_fg) for a, g in groups.items()}
     empty = masked & ~fg
     any_pred = res["pred_area"] > 0
     section = {"kind": kind, "features": _student_features(ev) if kind == "student" else "spatial map", "head": ev.dense_head,
@@ -92,7 +95,8 @@ def _model_section(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: A
         rows.append({"model": name, "key": te.keys[i], "split": "test", "evaluated": int(fg[i]),
                      "dice": float(res["dice"][i]), "iou": float(res["iou"][i]), "true_area": float(true_area[i]),
                      "pred_area": float(res["pred_area"][i]), "threshold": float(res["threshold"]),
-                     **{a: g[i] for a, g in groups.items()}})
+                     **{a: g[i] for a, g in groups.items()},
+                     **({} if patients is None else {PATIENT: patients[i]})})
     overlay: Dict[str, Any] = {}
     if groups:
         attr = overlay_attribute if overlay_attribute in groups else next(iter(groups))

@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Mapping, Sequence
 import numpy as np
 
 from agglom.eval.csv_cells import read_rows
-from agglom.eval.intervals import bca_interval, jackknife_blocks
+from agglom.eval.verdict import patients_in
+from agglom.metrics.bootstrap import Resampler, clusters_of, replicate
+from agglom.metrics.intervals import bca_interval
 
 __all__ = ["DICE_MARGIN", "load_dense_rows", "dense_verdict", "render_dense_verdict"]
 
@@ -72,7 +74,8 @@ def dense_verdict(students: Mapping[str, Sequence[Mapping[str, Any]]], teachers:
                   attribute: str, *, n_boot: int = 500, seed: int = 0,
                   margin: float = DICE_MARGIN) -> Dict[str, Any]:
     """``students``: ``{kind: [rows per seed]}``; ``teachers``: ``{name: rows}``; rows as :func:`load_dense_rows`
-    gives them. Compared on the samples every model evaluated. Returns a JSON-ready dict with every model's Dice
+    gives them. Compared on the samples every model evaluated, resampling patients when the rows carry a
+    ``patient`` column. Returns a JSON-ready dict with every model's Dice
     (overall, worst group, gap, per group; seed means for students) with intervals, the student − best teacher
     difference, and the check."""
     arrays = {f"{k}/{i}": r for k, per in students.items() for i, r in enumerate(per)}
@@ -93,12 +96,11 @@ def dense_verdict(students: Mapping[str, Sequence[Mapping[str, Any]]], teachers:
     def stats(idx: np.ndarray) -> np.ndarray:
         return np.stack([_stats(D[j, idx], groups[idx], names) for j in range(len(keys))])  # [models, 3 + G]
 
-    strata = [np.flatnonzero(groups == n) for n in sorted(set(groups.tolist()))]
-    rng = np.random.default_rng(seed)
+    resampler = Resampler([np.flatnonzero(groups == n) for n in sorted(set(groups.tolist()))],
+                          clusters_of(patients_in(first, order), len(order)))
     point = stats(np.arange(len(order)))
-    reps = np.stack([stats(np.concatenate([s[rng.integers(0, s.size, s.size)] for s in strata]))
-                     for _ in range(n_boot)]) if n_boot else np.zeros((0, *point.shape))
-    jack = np.stack([stats(ix) for ix in jackknife_blocks(strata, 20, seed + 1)]) if n_boot else reps
+    r = replicate(stats, resampler, n_boot, seed) if n_boot else {"reps": np.zeros((0, *point.shape))}
+    reps, jack = r["reps"], r.get("jack", r["reps"])
     col = {"dice": 0, "worst": 1, "gap": 2, **{f"g:{n}": 3 + j for j, n in enumerate(names)}}
 
     def q(models: Sequence[str]):

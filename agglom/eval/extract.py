@@ -182,9 +182,11 @@ def attribute_groups(attrs: List[Dict[str, Any]], names: Optional[List[str]] = N
     (the training split), so every split uses the same cut. Group specs of the recipe (`groups.specs`, e.g.
     declared bins or intersections such as sex x site) are evaluated as declared, through the same `indexer`
     training used. A sample without the attribute is in the explicit "unknown" group."""
+    from agglom.data.patients import PATIENT
+
     reference = reference if reference is not None else attrs
-    if not names:
-        names = sorted({k for a in reference for k in a})
+    if not names:  # every attribute but the patient id, which clusters the bootstrap instead of grouping
+        names = sorted({k for a in reference for k in a} - {PATIENT})
     out: Dict[str, np.ndarray] = {}
     for spec in specs:
         out[spec] = np.asarray([indexer.values_of(spec, a) for a in attrs], dtype=object)

@@ -168,12 +168,14 @@ def functional_fidelity(teacher_train: np.ndarray, y_train: np.ndarray, teacher_
 
 def fidelity_summaries(per_sample: Mapping[str, Mapping[str, np.ndarray]], groups: Mapping[str, np.ndarray],
                        n_boot: int = 0, seed: int = 0, exclude_unknown: bool = True,
-                       measures: Sequence[str] = MEASURES) -> Dict[str, Dict[str, Dict[str, Any]]]:
-    """``{measure: {attribute: {"<teacher>/<output>": group_mean_summary}}}`` from :meth:`FidelityAccumulator.result`."""
+                       measures: Sequence[str] = MEASURES,
+                       patients: Any = None) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """``{measure: {attribute: {"<teacher>/<output>": group_mean_summary}}}`` from :meth:`FidelityAccumulator.result`
+    (intervals over patients when ``patients`` gives an id per test sample)."""
     from agglom.eval.metrics import group_mean_summary
 
     return {m: {attr: {k: group_mean_summary(v, g, higher_is_better=True, exclude_unknown=exclude_unknown,
-                                             n_boot=n_boot, seed=seed)
+                                             n_boot=n_boot, seed=seed, patients=patients)
                        for k, v in per_sample.get(m, {}).items()}
                 for attr, g in groups.items()}
             for m in measures}

@@ -22,11 +22,13 @@ def group_mean_summary(
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
+    patients: Any = None,
 ) -> Dict[str, Any]:
     """Group means of a per-sample quantity (e.g. student-teacher cosine fidelity), with worst group and gap.
 
     Returns ``{"overall": M, "by_group": {g: M + {"n"}}, "worst_group": M + {"group"}, "gap": M,
-    "higher_is_better": bool, "excluded_from_gaps": [...]}`` (bootstrap: resampling within groups).
+    "higher_is_better": bool, "excluded_from_gaps": [...]}`` (bootstrap: resampling within groups, patients
+    rather than samples when ``patients`` gives an id per sample).
     """
     v = np.asarray(values, dtype=float).reshape(-1)
     g = _as_groups(groups, v.size)
@@ -43,24 +45,21 @@ def group_mean_summary(
     overall, means, worst, gap = stats(v, g)
     cis: Dict[str, tuple] = {}
     if n_boot:
-        from agglom.eval.intervals import bca_interval, jackknife_blocks
-
-        rng = np.random.default_rng(seed)
-        strata = [np.flatnonzero(g == n) for n in names]
+        from agglom.metrics.bootstrap import Resampler, clusters_of, replicate
+        from agglom.metrics.intervals import bca_interval
 
         def row(idx: np.ndarray) -> List[float]:
             o, mm, w, gp = stats(v[idx], g[idx])
             return [o, w, gp] + [mm[n] for n in names]
 
-        reps = np.asarray([row(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
-                           for _ in range(n_boot)])
-        jack = np.asarray([row(idx) for idx in jackknife_blocks(strata, 20, seed + 1)])
+        resampler = Resampler([np.flatnonzero(g == n) for n in names], clusters_of(patients, v.size))
+        r = replicate(row, resampler, n_boot, seed)
         points = [overall, worst, gap] + [means[n] for n in names]
         for j, k in enumerate(["overall", "worst", "gap"] + [f"g:{n}" for n in names]):
-            cis[k] = bca_interval(points[j], reps[:, j], jack[:, j], ci)
+            cis[k] = bca_interval(points[j], r["reps"][:, j], r["jack"][:, j], ci)
     inc_means = {n: means[n] for n in included if np.isfinite(means[n])}
     wg = (min if higher_is_better else max)(inc_means, key=inc_means.get) if inc_means else None
-    return {
+    out = {
         "overall": _m(overall, cis.get("overall")),
         "by_group": {n: _m(means[n], cis.get(f"g:{n}"), n=int(np.sum(g == n))) for n in names},
         "worst_group": _m(worst, cis.get("worst"), group=wg),
@@ -68,3 +67,8 @@ def group_mean_summary(
         "higher_is_better": higher_is_better,
         "excluded_from_gaps": [n for n in names if n not in included],
     }
+    if patients is not None:
+        from agglom.metrics.bootstrap import add_patient_counts
+
+        add_patient_counts(out, g, np.asarray(patients, dtype=object).reshape(-1), per_group="by_group")
+    return out

@@ -19,7 +19,7 @@ replicate. Thresholds are held fixed across replicates. Undefined values are NaN
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 from fairlearn.metrics import (
@@ -196,29 +196,24 @@ def _derive(stats: Dict[tuple, float], names: Sequence[str], included: Sequence[
 
 
 # --------------------------------------------------------------------------- bootstrap
-def _stratified_indices(g: np.ndarray, y: np.ndarray) -> List[np.ndarray]:
-    keys = np.char.add(np.char.add(g.astype(str), "\x00"), y.astype(int).astype(str))
-    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
-
-
 def bootstrap_cis(y: np.ndarray, s: np.ndarray, g: np.ndarray, names: Sequence[str], included: Sequence[str],
                   thresholds: Mapping[str, float], binnings: Sequence[str], keys: Sequence[tuple], *, n_boot: int,
                   ci: float, seed: int, point: Mapping[tuple, float] | None = None,
-                  n_jackknife: int = 20) -> Dict[tuple, tuple]:
+                  n_jackknife: int = 20, clusters: Any = None) -> Dict[tuple, tuple]:
     """Intervals ``{key: (lo, hi, widened)}`` of the derived statistics ``keys`` over ``n_boot`` stratified
-    (group x label) replicates with thresholds held fixed; ``{}`` when ``n_boot`` is 0.
+    (group x label) replicates with thresholds held fixed, resampling patients when ``clusters`` gives a patient
+    id per sample (:mod:`agglom.metrics.bootstrap`); ``{}`` when ``n_boot`` is 0.
 
     With ``point`` (the point estimates) the intervals are BCa with a grouped-jackknife acceleration
-    (:func:`agglom.eval.intervals.bca_interval`), widened to contain the point where even BCa cannot; without it,
-    plain percentile intervals (``widened`` False)."""
-    from agglom.eval.intervals import bca_interval, jackknife_blocks
+    (:func:`agglom.metrics.intervals.bca_interval`), widened to contain the point where even BCa cannot; without
+    it, plain percentile intervals (``widened`` False)."""
+    from agglom.metrics.bootstrap import Resampler, replicate, strata_by
+    from agglom.metrics.intervals import bca_interval
 
     lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
     cis: Dict[tuple, tuple] = {}
     if not n_boot or n_boot <= 0:
         return cis
-    rng = np.random.default_rng(seed)
-    strata = _stratified_indices(g, y)
     keys = list(keys)
 
     def values(idx: np.ndarray) -> List[float]:
@@ -226,15 +221,14 @@ def bootstrap_cis(y: np.ndarray, s: np.ndarray, g: np.ndarray, names: Sequence[s
                      names, included, thresholds, binnings)
         return [rs.get(k, np.nan) for k in keys]
 
-    reps = np.full((n_boot, len(keys)), np.nan)
-    for b in range(n_boot):
-        reps[b] = values(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in strata]))
+    r = replicate(values, Resampler(strata_by(g, y), clusters), n_boot, seed,
+                  n_jackknife if point is not None else 0)
+    reps, jack = r["reps"].astype(float).reshape(n_boot, len(keys)), r["jack"]
     if point is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             qs = np.nanquantile(reps, [lo_q, hi_q], axis=0)
         return {k: (float(qs[0, j]), float(qs[1, j]), False) for j, k in enumerate(keys)}
-    jack = np.asarray([values(idx) for idx in jackknife_blocks(strata, n_jackknife, seed + 1)]) if n_jackknife else None
     for j, k in enumerate(keys):
         cis[k] = bca_interval(float(point.get(k, np.nan)), reps[:, j], None if jack is None else jack[:, j], ci)
     return cis

@@ -29,4 +29,12 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
     return out + [""]
 
 
+
+def _n(entry: Mapping[str, Any]) -> Any:
+    """A group's size: its images, or "P patients / N images" when the samples name their patients."""
+    if entry.get("n_patients") is None:
+        return entry.get("n")
+    return f"{entry['n_patients']} patients / {entry.get('n')} images"
+
+
 __all__: List[str] = []

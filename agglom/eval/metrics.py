@@ -15,7 +15,7 @@ Everything works on numpy arrays: ``y_true [N]`` in {0, 1}, ``score [N]`` probab
 ``groups [N]`` strings (any number of groups; the explicit ``"unknown"`` group is allowed). Gaps are
 ``max_g - min_g`` over the *defined* groups (``MetricFrame.difference`` semantics with undefined groups skipped
 and listed). Intervals come from one stratified (group x label) bootstrap for every metric (BCa, see
-:mod:`agglom.eval.intervals`), with
+:mod:`agglom.metrics.intervals`), with
 thresholds held fixed across replicates (including the optimistic best-F1 one, chosen once on the evaluated split).
 
 Conventions (also stored in every result under ``"conventions"``):
@@ -48,7 +48,6 @@ from agglom.eval.group_stats import (
     bootstrap_cis,
     es_auc,
 )
-from agglom.eval.intervals import METHOD as INTERVAL_METHOD
 from agglom.eval.thresholds import (
     OPTIMISTIC_THRESHOLD,
     THRESHOLD_FIXED,
@@ -59,6 +58,8 @@ from agglom.eval.thresholds import (
     youden_threshold,
 )
 from agglom.eval.values import _as_groups, _f, _group_order, _m, nan_to_none  # noqa: F401 - re-exported
+from agglom.metrics.bootstrap import Resampler, add_patient_counts, clusters_of, strata_by
+from agglom.metrics.intervals import METHOD as INTERVAL_METHOD
 
 __all__ = [
     "ECE_BINNINGS",
@@ -187,6 +188,7 @@ def binary_group_metrics(
     seed: int = 0,
     exclude_unknown: bool = False,
     unknown: str = UNKNOWN,
+    patients: Any = None,
 ) -> Dict[str, Any]:
     """All per-group metrics for one binary label and one attribute.
 
@@ -201,6 +203,7 @@ def binary_group_metrics(
         n_boot: bootstrap replicates (0 = no intervals); ``ci``: interval mass; ``seed``: bootstrap seed.
         exclude_unknown: leave the ``unknown`` group out of worst-group values, gaps and ES-AUC (it is still
             reported per group).
+        patients: ``[N]`` patient ids; the bootstrap then resamples patients, and each group reports its patients.
 
     Returns a JSON-ready dict (undefined -> ``None``); every metric ``M`` is ``{"value", "ci"}``::
 
@@ -223,12 +226,14 @@ def binary_group_metrics(
 
     point = _derive(_fairlearn_base_stats(y, s, g, thr, binnings), names, included, thr, binnings)
 
+    clusters = clusters_of(patients, y.size)
     cis = bootstrap_cis(y, s, g, names, included, thr, binnings, list(point.keys()), n_boot=n_boot, ci=ci, seed=seed,
-                        point=point)
-
+                        point=point, clusters=clusters)
+    unit = Resampler(strata_by(g, y), clusters).describe("group x label")
     boot = {"n_boot": int(n_boot), "ci": ci, "seed": seed,
-            "method": f"stratified (group x label) bootstrap, {INTERVAL_METHOD}" if n_boot else "none"}
-    return _binary_result(point, cis, y, g, names, included, thr, binnings, boot)
+            "method": f"{unit}, {INTERVAL_METHOD}" if n_boot else "none"}
+    out = _binary_result(point, cis, y, g, names, included, thr, binnings, boot)
+    return out if clusters is None else add_patient_counts(out, g, clusters)
 
 
 #: the summary metrics that a multi-label macro mean averages (path into a binary result)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from agglom.data.patients import PATIENT, patient_ids
 from agglom.data.readers import eval_loader
 from agglom.eval.extract import SplitFeatures, attribute_groups
 from agglom.eval.metrics import evaluate_attributes, headline
@@ -41,6 +42,13 @@ def _optimistic_threshold(attributes: Dict[str, Any], label_names: Optional[List
     return {} if t is None else {OPTIMISTIC_THRESHOLD: t}
 
 
+def with_patients(columns: Dict[str, List[Any]], attrs: List[Dict[str, Any]]) -> Dict[str, List[Any]]:
+    """The prediction rows' attribute columns, plus a ``patient`` column when the samples name their patients (so a
+    later comparison or verdict resamples patients too)."""
+    patients = patient_ids(attrs)
+    return columns if patients is None else {**columns, PATIENT: list(patients)}
+
+
 def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any, attr_names: Optional[List[str]],
                 seed: int = 0, indexer: Any = None, specs: Sequence[str] = (),
                 exclude_unknown: bool = True, label_names: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -50,10 +58,11 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
     probe = fit_linear_probe(tr.features, ytr, va.features, yva, te.features, C=ev.probe_c, max_iter=ev.max_iter,
                              threshold_method=ev.threshold_method, seed=seed)
     groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
+    patients = patient_ids(te.attrs)
     thresholds = {k: (float(v[0]) if not probe.multilabel else v.tolist()) for k, v in probe.thresholds.items()}
     names = list(label_names) if label_names and yte.ndim == 2 and len(label_names) == yte.shape[1] else None
     kw = dict(thresholds=thresholds, optimistic_f1=ev.optimistic_f1, ece_binnings=list(ev.ece_binnings),
-              n_boot=ev.bootstrap, seed=seed, exclude_unknown=exclude_unknown, label_names=names)
+              n_boot=ev.bootstrap, seed=seed, exclude_unknown=exclude_unknown, label_names=names, patients=patients)
     attributes = evaluate_attributes(yte, probe.test_scores, groups, **kw)
 
     def quick(res) -> Dict[str, Any]:
@@ -87,11 +96,11 @@ def probe_model(name: str, kind: str, splits: Dict[str, SplitFeatures], ev: Any,
     if ev.optimistic_f1:  # the best-F1 threshold of the test split (FairMedFM's), so its numbers can be recomputed
         csv_thresholds.update(_optimistic_threshold(attributes, names))
     rows = prediction_rows(va.keys, "val", yva, probe.val_scores, csv_thresholds,
-                           {k: list(v) for k, v in val_groups.items()}, label_names=names)
+                           with_patients({k: list(v) for k, v in val_groups.items()}, va.attrs), label_names=names)
     rows += prediction_rows(te.keys, "test", yte, probe.test_scores, csv_thresholds,
-                            {k: list(v) for k, v in groups.items()}, label_names=names)
+                            with_patients({k: list(v) for k, v in groups.items()}, te.attrs), label_names=names)
     return {"section": section, "rows": rows, "scores": probe.test_scores, "labels": yte, "groups": groups,
-            "keys": list(te.keys),
+            "keys": list(te.keys), "patients": patients,
             "label_names": names or [f"label{i}" for i in range(yte.shape[1])] if yte.ndim == 2 else None}
 
 
@@ -108,7 +117,7 @@ def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, SplitFeat
     tr, te = splits_of[primary]["train"], splits_of[primary]["test"]
     groups = attribute_groups(te.attrs, attr_names or None, reference=tr.attrs, indexer=indexer, specs=specs)
     per = fidelity_summaries(fid.result(), groups, n_boot=int(args.eval.bootstrap), seed=args.seed,
-                             exclude_unknown=exclude_unknown)
+                             exclude_unknown=exclude_unknown, patients=patient_ids(te.attrs))
     out: Dict[str, Any] = {"fidelity": per["r2"], "fidelity_cosine": per["cosine"],
                            "fidelity_measure": "r2_global: 1 - squared error / per-channel variance of the teacher's "
                                                "features over the whole test split (one normaliser for all groups)"}
@@ -153,6 +162,8 @@ def reference_comparison(ref: Path, name: str, result: Dict[str, Any], n_boot: i
         raise ConfigError(f"reference: {e}") from e
     labels = result["labels"]
     new = {"key": result["keys"], "label": labels, "score": result["scores"], **result["groups"]}
+    if result.get("patients") is not None:
+        new[PATIENT] = result["patients"]
     if labels.ndim == 2:
         new["label_names"] = result.get("label_names")
     attrs = [a for a in result["groups"] if a in reference]

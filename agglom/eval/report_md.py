@@ -7,7 +7,7 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
-from agglom.eval.md_format import _mci, _num, _table
+from agglom.eval.md_format import _mci, _n, _num, _table
 from agglom.eval.metrics import headline, primary_threshold
 from agglom.eval.sam_report import sam_markdown
 
@@ -46,7 +46,7 @@ def _group_rows(r: Mapping[str, Any]) -> List[List[str]]:
         rates = r["thresholds"][t]["by_group"].get(g, {}) if t else {}
         rows.append([
             g + (" (excluded from gaps)" if g in r.get("excluded_from_gaps", []) else ""),
-            e["n"], e["n_pos"], _mci(e["auc"]),
+            _n(e), e["n_pos"], _mci(e["auc"]),
             *[_mci(e["ece"][b]) for b in ("range10", "unit15") if b in e["ece"]],
             _num(rates.get("tpr")), _num(rates.get("fpr")), _num(rates.get("selection_rate")),
         ])  # fmt: skip
@@ -243,7 +243,7 @@ def dense_markdown(dense: Mapping[str, Any]) -> List[str]:
         for attr, r in m.get("attributes", {}).items():
             L += _table(["group (" + attr + ")", "n", "Dice", "IoU"],
                         [[g + (" (excluded from gaps)" if g in r.get("excluded_from_gaps", []) else ""),
-                          r["groups"][g]["n"], _mci(r["groups"][g]["dice"]), _mci(r["groups"][g]["iou"])]
+                          _n(r["groups"][g]), _mci(r["groups"][g]["dice"]), _mci(r["groups"][g]["iou"])]
                          for g in r["group_names"]])
     return L
 

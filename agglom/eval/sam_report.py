@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping
 
-from agglom.eval.md_format import _mci, _num, _table
+from agglom.eval.md_format import _mci, _n, _num, _table
 from agglom.eval.values import _check_metric
 
 _STATS = ("dice", "iou", "worst_group_dice", "dice_gap", "es_dice", "es_dice_std")
@@ -63,7 +63,7 @@ def sam_markdown(section: Mapping[str, Any]) -> List[str]:
             for g in agree.get("group_names", []):
                 cell = [(r.get("groups") or {}).get(g, {}).get("dice") for r in (tr, sr, agree)]
                 rows.append([g + (" (excluded from gaps)" if g in agree.get("excluded_from_gaps", []) else ""),
-                             agree["groups"][g]["n"], *(_mci(c) for c in cell)])
+                             _n(agree["groups"][g]), *(_mci(c) for c in cell)])
             rows.append(["Dice gap", "", *(_mci(r.get("dice_gap")) for r in (tr, sr, agree))])
             L += _table([f"group ({attr})", "n", "Dice, teacher encoder", f"Dice, student encoder ({student_key})",
                          "agreement Dice (student vs teacher masks)"], rows)

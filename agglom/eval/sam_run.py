@@ -40,6 +40,7 @@ import torch
 from agglom.config.choices import SAM_PROMPTS, input_channels
 from agglom.config.load import ConfigError
 from agglom.data.masks import IGNORE
+from agglom.data.patients import patient_ids
 
 KEY = "eval.sam_prompts=true"
 PROTOCOL = ("prompts from each test mask with foreground (box: tight box; point: the foreground pixel nearest the "
@@ -204,8 +205,8 @@ def _teacher_section(plan: SamPlan, name: str, spec: Any, r: Dict[str, List[Any]
     from agglom.eval.dense import dice_fairness
 
     def fair(d: str, u: str) -> Dict[str, Any]:
-        return {a: dice_fairness(r[d], r[u], g, exclude_unknown=exclude_unknown, n_boot=n_boot, seed=seed)
-                for a, g in groups.items()}
+        return {a: dice_fairness(r[d], r[u], g, exclude_unknown=exclude_unknown, n_boot=n_boot, seed=seed,
+                                 patients=patient_ids(r["attrs"])) for a, g in groups.items()}
 
     pe = plan.predictors[name].model.prompt_encoder
     e = [int(v) for v in pe.image_embedding_size]

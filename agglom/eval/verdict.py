@@ -15,8 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from agglom.eval.group_stats import _stratified_indices, rank_auc
-from agglom.eval.intervals import bca_interval, jackknife_blocks
+from agglom.data.patients import PATIENT
+from agglom.eval.group_stats import rank_auc
+from agglom.metrics.bootstrap import Resampler, clusters_of, replicate, strata_by
+from agglom.metrics.intervals import bca_interval
 
 __all__ = ["TARGETS", "verdict", "render_verdict", "fmt_delta", "levelled_beyond"]
 
@@ -69,7 +71,7 @@ class _Replicates:
     interval, and differences of quantities pair up replicate by replicate."""
 
     def __init__(self, models: Mapping[str, _Scores], groups: np.ndarray, names: Sequence[str], n_boot: int,
-                 seed: int):
+                 seed: int, patients: Optional[np.ndarray] = None):
         self.keys = list(models)
         first = next(iter(models.values()))
         y = first.y
@@ -78,12 +80,10 @@ class _Replicates:
             return np.stack([_stats(y[idx], models[k].s[idx], groups[idx], names) for k in self.keys])
 
         self.point = stats(np.arange(len(y)))
-        self.strata = _stratified_indices(groups, y)
-        rng = np.random.default_rng(seed)
+        self.resampler = Resampler(strata_by(groups, y), clusters_of(patients, len(y)))
         self.n_boot = n_boot
-        self.reps = np.stack([stats(np.concatenate([st[rng.integers(0, st.size, st.size)] for st in self.strata]))
-                              for _ in range(n_boot)]) if n_boot else None
-        self.jack = np.stack([stats(ix) for ix in jackknife_blocks(self.strata, 20, seed + 1)]) if n_boot else None
+        r = replicate(stats, self.resampler, n_boot, seed) if n_boot else {"reps": None, "jack": None}
+        self.reps, self.jack = r["reps"], r["jack"]
 
     def model(self, name: str):
         i = self.keys.index(name)
@@ -130,7 +130,8 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
     for k, m in models.items():
         if not np.array_equal(m.y, y):
             raise ValueError(f"model {k} disagrees with the others on the labels of the same samples")
-    R = _Replicates(models, groups, names, n_boot, seed)
+    patients = patients_in(ref, order)
+    R = _Replicates(models, groups, names, n_boot, seed, patients)
     n_seeds = len(seeds)
     col = {"auc": 0, "worst": 1, "gap": 2, **{f"g:{n}": 3 + j for j, n in enumerate(names)}}
     erm, fair = R.mean([f"erm/{i}" for i in range(n_seeds)]), R.mean([f"fair/{i}" for i in range(n_seeds)])
@@ -139,8 +140,9 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
     out: Dict[str, Any] = {
         "attribute": attribute, "groups": names, "seeds": n_seeds, "n_test": int(len(y)),
         "n_per_group": {n: int(np.sum(groups == n)) for n in names}, "targets": dict(targets),
-        "bootstrap": {"n_boot": n_boot, "method": "paired stratified (group x label), BCa; differences averaged "
-                                                  "over seeds per replicate"},
+        "bootstrap": {"n_boot": n_boot, "method": ("paired stratified (group x label)" if patients is None else
+                                                   f"paired {R.resampler.describe('group x label')}")
+                                                  + ", BCa; differences averaged over seeds per replicate"},
         "teachers": {n: {"auc": float(st[0]), "worst_group_auc": float(st[1]), "auc_gap": float(st[2])}
                      for n, st in teacher_stats.items()},
         "best_teacher": best,
@@ -154,7 +156,7 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
         out["student_vs_best_teacher"] = {"erm": R.interval(erm, 0, minus=bt), "fair": R.interval(fair, 0, minus=bt)}
     d = out["fair_vs_erm"]
     out["levelled_down"] = levelled_beyond({n: d[f"g:{n}"] for n in names})
-    out["levelled_down_per_seed"] = _per_seed_levelling(models, n_seeds, groups, y, n_boot, seed)
+    out["levelled_down_per_seed"] = _per_seed_levelling(models, n_seeds, groups, y, n_boot, seed, patients)
     if fidelity:
         out["fidelity"] = _fidelity_summary(fidelity)
     out["checks"] = _checks(out, targets)
@@ -236,15 +238,23 @@ def _below_erm_interval(students: Mapping[str, Any], group: str) -> bool:
     return bool(f["value"] is not None and e.get("ci") and f["value"] < e["ci"][0])
 
 
+def patients_in(preds: Mapping[str, Any], order: Sequence[str]) -> Optional[np.ndarray]:
+    """The patient id of each sample in ``order`` when the predictions carry a ``patient`` column, else None."""
+    if preds.get(PATIENT) is None:
+        return None
+    pos = {str(k): i for i, k in enumerate(preds["key"])}
+    return np.asarray([str(preds[PATIENT][pos[k]]) for k in order], dtype=object)
+
+
 def _per_seed_levelling(models: Mapping[str, _Scores], n_seeds: int, groups: np.ndarray, y: np.ndarray, n_boot: int,
-                        seed: int) -> List[List[str]]:
+                        seed: int, patients: Optional[np.ndarray] = None) -> List[List[str]]:
     """Per seed: groups whose fair − ERM AUC difference has its whole paired interval below 0."""
     from agglom.eval.compare import paired_group_deltas
 
     if not n_boot:
         return [[] for _ in range(n_seeds)]
     return [list(paired_group_deltas(y, models[f"fair/{i}"].s, models[f"erm/{i}"].s, groups, n_boot=n_boot,
-                                     seed=seed + i)["levelled_down"]) for i in range(n_seeds)]
+                                     seed=seed + i, patients=patients)["levelled_down"]) for i in range(n_seeds)]
 
 
 def _fmt(d: Mapping[str, Any], spec: str) -> str:

@@ -5,20 +5,20 @@ replicates of a gap are biased upward, so the point can sit below the 2.5% quant
 interval [0.045, 0.128]). The bias-corrected and accelerated (BCa) interval (Efron 1987, as
 ``scipy.stats.bootstrap(method="BCa")``) shifts the quantiles by the fraction of replicates below the point
 (bias ``z0``) and by the skewness of a jackknife (acceleration ``a``). Here the jackknife deletes one of ``J``
-blocks of samples (a grouped jackknife: ``J`` evaluations instead of ``N``), drawn inside the same strata as the
-bootstrap. When even BCa cannot reach the point (almost every replicate on one side of it: the statistic sits at
+blocks of samples (a grouped jackknife: ``J`` evaluations instead of ``N``), drawn inside the same strata (and over the same
+patients) as the bootstrap (:mod:`agglom.metrics.bootstrap`). When even BCa cannot reach the point (almost every replicate on one side of it: the statistic sits at
 a boundary, such as a gap of 0), the interval is widened to include the point and marked ``widened`` rather
 than reported as an interval that excludes its own estimate.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["bca_interval", "jackknife_blocks", "percentile_interval", "METHOD"]
+__all__ = ["bca_interval", "percentile_interval", "METHOD"]
 
 METHOD = "BCa (grouped jackknife acceleration), widened to contain the point estimate when needed"
 
@@ -70,20 +70,3 @@ def _acceleration(jack: Optional[Sequence[float]]) -> float:
     d = j.mean() - j
     den = 6.0 * float(np.sum(d * d)) ** 1.5
     return float(np.sum(d ** 3) / den) if den > 0 else 0.0
-
-
-def jackknife_blocks(strata: List[np.ndarray], n_blocks: int, seed: int) -> List[np.ndarray]:
-    """Index sets, one per deleted block: every stratum's members are shuffled and dealt into ``n_blocks``
-    blocks, and set ``j`` keeps everything but block ``j`` (so each jackknife sample keeps every stratum)."""
-    rng = np.random.default_rng(seed)
-    block_of: List[np.ndarray] = []
-    members: List[np.ndarray] = []
-    for st in strata:
-        perm = rng.permutation(st)
-        members.append(perm)
-        block_of.append(np.arange(perm.size) % n_blocks)
-    out = []
-    for j in range(n_blocks):
-        keep = [m[(b != j) | (m.size <= 1)] for m, b in zip(members, block_of)]
-        out.append(np.concatenate(keep))
-    return out
