@@ -13,6 +13,9 @@ subject-level smooth random displacement field, with texture. Attributes and eff
 - ``site`` ("A"/"B"): a small site B (``site_frac``) acquired differently: inverted polarity, blur and grain
   (a representation gap).
 - ``sex`` ("F"/"M"): a small organ-size effect; ``age`` (int): a small intensity/texture effect.
+- ``images_per_patient=K`` (default 1): K follow-ups per subject: one anatomy, attributes (age too) and label, each
+  its own pose, intensity, texture and grain; attribute ``patient`` (agglom/data/patients.py) names the subject and
+  splits keep it whole. K=1 writes the one-image-per-subject benchmark unchanged (docs/guide/data.md).
 
 Counts are exact (disease prevalence, shortcut prevalence per class, site B and sex fractions are realised by
 permutation, not by coin flips), and splits are stratified over label x shortcut x site. The matched twin
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 from scipy import ndimage
+
+from agglom.data.patients import PATIENT
 
 UNLABELED_SPLIT = "unlabeled"  # the label-free split of `agglom data synth unlabeled=N`
 UNLABELED_SALT = 7  # its random stream (see _stream)
@@ -43,6 +48,11 @@ MAX_N = 10_000_000
 MAX_IMAGE_SIZE = 1024
 MAX_MEMORY = 16 << 30
 RENDER_BYTES_PER_PIXEL = 80
+MAX_IMAGES_PER_PATIENT = 64
+GRID = 5  # the control grid of the subject's smooth displacement field (GRID x GRID points)
+# a follow-up's own acquisition (images_per_patient > 1), standard deviations: rotation (radians, ~1.7 degrees),
+# shift (the field of view spans -1..1, so ~1.5% of its width), organ intensity level (0..1 scale)
+FOLLOW_UP_ROT, FOLLOW_UP_SHIFT, FOLLOW_UP_LEVEL = 0.03, 0.03, 0.02
 
 
 @dataclass
@@ -64,6 +74,9 @@ class SynthParams:
     age_max: int = 90
     deform: float = 0.08
     texture: float = 0.04
+    images_per_patient: int = field(default=1, metadata={"help": (
+        f"1..{MAX_IMAGES_PER_PATIENT}: follow-up studies per subject (same anatomy, attributes, label; new pose and "
+        "noise), each naming its subject as attribute `patient`; splits keep a patient whole")})
 
     @classmethod
     def from_config(cls, cfg: Any) -> "SynthParams":
@@ -74,6 +87,12 @@ class SynthParams:
         if not 1 <= self.n <= MAX_N:
             raise ValueError(f"n={self.n}: give 1..{MAX_N:,} subjects (every image is rendered in memory before it "
                              "is written, and writing runs at a few thousand images a second)")
+        k = self.images_per_patient
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_IMAGES_PER_PATIENT:
+            raise ValueError(f"images_per_patient={k!r}: give a whole number 1..{MAX_IMAGES_PER_PATIENT} (follow-up "
+                             "images per synthetic subject; 1 = one image each, no patient attribute)")
+        if self.n * k > MAX_N:
+            raise ValueError(f"n={self.n} x images_per_patient={k}: give at most {MAX_N:,} images in all")
         if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
             raise ValueError(f"image_size={self.image_size}: give 8..{MAX_IMAGE_SIZE} pixels (the side of each square "
                              "image; below 8 the anatomy does not fit, above it one block of images needs more "
@@ -92,10 +111,10 @@ class SynthParams:
 
 def memory_needed(p: SynthParams, unlabeled: int = 0, twin: bool = False) -> int:
     """Bytes `agglom data synth` holds at its peak: all images and masks of a variant (and the previous variant's
-    while the twin renders) plus one block being rendered."""
+    while the twin renders) plus one block being rendered; ``images_per_patient`` images per subject."""
     pixels = p.image_size * p.image_size
-    held = (p.n * 2 + unlabeled) * pixels * (2 if twin else 1)
-    return held + RENDER_BYTES_PER_PIXEL * min(max(p.n, unlabeled), CHUNK) * pixels
+    held = (p.n * 2 + unlabeled) * p.images_per_patient * pixels * (2 if twin else 1)
+    return held + RENDER_BYTES_PER_PIXEL * min(max(p.n, unlabeled) * p.images_per_patient, CHUNK) * pixels
 
 
 def check_size(p: SynthParams, unlabeled: int = 0, twin: bool = False) -> None:
@@ -105,7 +124,8 @@ def check_size(p: SynthParams, unlabeled: int = 0, twin: bool = False) -> None:
                          "memory like the others)")
     need = memory_needed(p, unlabeled, twin)
     if need > MAX_MEMORY:
-        raise ValueError(f"n={p.n} (+ unlabeled={unlabeled}) at image_size={p.image_size}"
+        k = f" x images_per_patient={p.images_per_patient}" if p.images_per_patient > 1 else ""
+        raise ValueError(f"n={p.n} (+ unlabeled={unlabeled}){k} at image_size={p.image_size}"
                          + (" with twin=true" if twin else "") + f" needs ~{need / (1 << 30):.0f} GiB of memory "
                          f"(every image and mask is rendered before it is written); stay under "
                          f"{MAX_MEMORY >> 30} GiB: fewer subjects or smaller images")
@@ -146,6 +166,24 @@ def subjects(p: SynthParams, salt: int = 0) -> Dict[str, np.ndarray]:
     }
 
 
+def follow_ups(p: SynthParams, s: Dict[str, np.ndarray], salt: int = 0) -> Dict[str, np.ndarray]:
+    """Per-image scalars from per-subject ones: ``s`` itself when ``images_per_patient`` is 1; else each entry
+    repeated K times (image ``j*K + v`` is subject j's follow-up v), the subject's anatomy (its displacement field,
+    drawn once: ``anatomy`` indexed by ``subject``) and each image's own pose and intensity jitter."""
+    k = p.images_per_patient
+    if k == 1:
+        return s
+    n = len(s["label"])
+    rng = _stream(p, salt, 3)
+    out = {name: np.repeat(v, k, axis=0) for name, v in s.items()}
+    out["anatomy"] = rng.standard_normal((n, 2, GRID, GRID)).astype(np.float32) * p.deform
+    out["subject"] = np.repeat(np.arange(n), k)
+    out["rot"] = out["rot"] + (FOLLOW_UP_ROT * rng.standard_normal(n * k)).astype(np.float32)
+    out["shift"] = (FOLLOW_UP_SHIFT * rng.standard_normal((n * k, 2))).astype(np.float32)
+    out["level"] = out["level"] + (FOLLOW_UP_LEVEL * rng.standard_normal(n * k)).astype(np.float32)
+    return out
+
+
 def _upsampler(g: int, size: int) -> np.ndarray:
     """[size, g] cubic B-spline weights: a smooth separable upsampling of a g x g control grid."""
     t = np.linspace(0.0, g - 1.0, size)[:, None] - np.arange(g)[None, :]
@@ -156,17 +194,17 @@ def _upsampler(g: int, size: int) -> np.ndarray:
 
 def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, with_bias: bool,
                   lesions: Optional[np.ndarray] = None, salt: int = 0) -> np.ndarray:
-    """Render subjects [lo, hi) -> uint8 [m, S, S]. All randomness comes from rng(seed, 2, lo). ``lesions`` (uint8
-    [m, S, S], filled in place when given): the ground-truth lesion mask, computed from the same geometry without
-    drawing anything, so images are the same with or without it."""
+    """Render images [lo, hi) of ``s`` (:func:`follow_ups`) -> uint8 [m, S, S]. The randomness drawn here comes from
+    rng(seed, 2, lo). ``lesions`` (uint8 [m, S, S], filled in place when given): the ground-truth lesion mask,
+    computed from the same geometry without drawing anything, so images are the same with or without it."""
     S = p.image_size
     m = hi - lo
     rng = _stream(p, salt, 2, lo)
-    g = 5
-    coarse = rng.standard_normal((m, 2, g, g)).astype(np.float32) * p.deform
+    coarse = (s["anatomy"][s["subject"][lo:hi]] if "anatomy" in s  # follow-ups: their subject's displacement field
+              else rng.standard_normal((m, 2, GRID, GRID)).astype(np.float32) * p.deform)
     tex = rng.standard_normal((m, S, S)).astype(np.float32)
     grain = rng.standard_normal((m, S, S)).astype(np.float32)
-    up = _upsampler(g, S)
+    up = _upsampler(GRID, S)
     disp = np.einsum("ik,nckl,jl->ncij", up, coarse, up, optimize=True)
 
     lin = np.linspace(-1.0, 1.0, S, dtype=np.float32)
@@ -174,6 +212,8 @@ def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, wi
     x = xx[None] + disp[:, 0]
     y = yy[None] + disp[:, 1]
     sl = slice(lo, hi)
+    if "shift" in s:  # a follow-up's own position in the field of view
+        x, y = x - s["shift"][sl, 0][:, None, None], y - s["shift"][sl, 1][:, None, None]
     shortcut = s["shortcut"][sl] & with_bias
     if p.bias in ("morphology", "both"):  # local bulge of the outline: push sampling points towards a centre
         cx, cy, rad = -0.45, 0.55, 0.35
@@ -224,17 +264,19 @@ def _site_b_acquisition(p: SynthParams, img: np.ndarray, site_b: np.ndarray, gra
 
 def render(p: SynthParams, s: Optional[Dict[str, np.ndarray]] = None, with_bias: bool = True,
            lesions: bool = False, salt: int = 0) -> Any:
-    """All images, uint8 [n, S, S]; ``with_bias=False`` renders the no-bias twin of the same subjects.
-    ``lesions=True`` returns ``(images, masks)``, masks uint8 [n, S, S] in {0, 1}: the disease lesion of each
+    """All images, uint8 [n * K, S, S] (K = ``images_per_patient``; ``s`` per subject, :func:`subjects`);
+    ``with_bias=False`` renders the no-bias twin of the same subjects.
+    ``lesions=True`` returns ``(images, masks)``, masks uint8 [n * K, S, S] in {0, 1}: the disease lesion of each
     diseased subject (all background for a healthy one), in the image's geometry (the morphology bias moves it
     with the anatomy; site B's acquisition changes intensities only)."""
     p.validate()
-    s = subjects(p, salt) if s is None else s
-    out = np.empty((p.n, p.image_size, p.image_size), dtype=np.uint8)
+    im = follow_ups(p, subjects(p, salt) if s is None else s, salt)
+    count = p.n * p.images_per_patient
+    out = np.empty((count, p.image_size, p.image_size), dtype=np.uint8)
     masks = np.zeros_like(out) if lesions else None
-    for lo in range(0, p.n, CHUNK):
-        hi = min(p.n, lo + CHUNK)
-        out[lo:hi] = _render_chunk(p, s, lo, hi, with_bias, None if masks is None else masks[lo:hi], salt)
+    for lo in range(0, count, CHUNK):
+        hi = min(count, lo + CHUNK)
+        out[lo:hi] = _render_chunk(p, im, lo, hi, with_bias, None if masks is None else masks[lo:hi], salt)
     return (out, masks) if lesions else out
 
 
@@ -246,15 +288,18 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def attrs_of(s: Dict[str, np.ndarray], i: int) -> Dict[str, Any]:
-    return {"site": "B" if s["site_b"][i] else "A", "sex": "M" if s["male"][i] else "F", "age": int(s["age"][i]),
-            "shortcut": "1" if s["shortcut"][i] else "0"}
+def attrs_of(s: Dict[str, np.ndarray], i: int, patient: Optional[str] = None) -> Dict[str, Any]:
+    """Subject ``i``'s attributes (+ ``patient``: its id, when it has several images)."""
+    attrs = {"site": "B" if s["site_b"][i] else "A", "sex": "M" if s["male"][i] else "F", "age": int(s["age"][i]),
+             "shortcut": "1" if s["shortcut"][i] else "0"}
+    return attrs if patient is None else {**attrs, PATIENT: patient}
 
 
 def split_design(p: SynthParams, val_frac: float, test_frac: float, unlabeled: int = 0) -> str:
     """How the splits were drawn, for the datasheet."""
     train = 1.0 - val_frac - test_frac
-    rare = int(round(p.n * test_frac * p.site_frac))
+    k = p.images_per_patient
+    rare = int(round(p.n * test_frac * p.site_frac)) * k
     text = (f"every split stratified by label x shortcut x site (natural group proportions in each: site B "
             f"{p.site_frac:.0%}); fractions train {train:.2f} / val {val_frac:.2f} / test {test_frac:.2f}, so the "
             f"test split holds ~{rare} samples of the rare site B: enough to tell a group's AUC apart within a few "
@@ -263,6 +308,9 @@ def split_design(p: SynthParams, val_frac: float, test_frac: float, unlabeled: i
         text += (f"; plus split {UNLABELED_SPLIT!r}: {unlabeled} further subjects drawn independently from the "
                  f"same distribution (site B {int(round(unlabeled * p.site_frac))}), written without labels (label "
                  f"{NO_LABEL}) or masks, for label-free distillation (data.distill_splits); no evaluation reads it")
+    if k > 1:
+        text += (f"; {k} images per patient (follow-up studies of one subject: its anatomy, attributes and label, "
+                 f"a new pose and noise; attribute {PATIENT!r}), splits drawn per patient so no patient spans two")
     return text
 
 
@@ -284,15 +332,29 @@ def _variant_info(p: SynthParams, variant: str, params: Dict[str, Any], val_frac
     )
 
 
+def _write_subject(w: Any, p: SynthParams, s: Dict[str, np.ndarray], j: int, key: str, split: str,
+                   imgs: np.ndarray, lesions: Optional[np.ndarray] = None) -> None:
+    """Subject j's K images ``imgs[j*K : j*K+K]`` as ``key`` (K=1) or ``key_<v>`` with patient ``key`` (K>1);
+    labelled, with their masks, when ``lesions`` is given, else without a label (the unlabeled split)."""
+    from agglom.data.masks import encode_mask
+
+    k = p.images_per_patient
+    for v, i in enumerate(range(j * k, j * k + k)):
+        name, attrs = (key, attrs_of(s, j)) if k == 1 else (f"{key}_{v}", attrs_of(s, j, key))
+        mask = {} if lesions is None else dict(mask=encode_mask(lesions[i], binary_255=True),
+                                               mask_area=float(lesions[i].mean()))
+        w.write(name, _png(imgs[i]), "png", NO_LABEL if lesions is None else int(s["label"][j]), attrs, split, **mask)
+
+
 def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 0.25, test_frac: float = 0.5,
                 shard_size: int = 1000, force: bool = False, unlabeled: int = 0) -> Dict[str, Any]:
     """Generate and write the benchmark (and its twin under ``<out>/twin``); returns the datasheet. ``unlabeled``: that
     many more subjects, an independent draw from the same distribution (its own random stream, so the benchmark's
     splits are the same image for image with or without it), written as split ``unlabeled`` with attributes but
     without labels or masks: the unlabeled images a hospital has far more of than labelled ones. Both variants go
-    through one :class:`agglom.data.manifest.DatasetOutput`: a failure part-way removes what this run wrote."""
+    through one :class:`agglom.data.manifest.DatasetOutput`: a failure part-way removes what this run wrote. Splits
+    are drawn per subject, so a subject's follow-ups (``images_per_patient``) share one."""
     from agglom.data.manifest import DatasetOutput
-    from agglom.data.masks import encode_mask
     from agglom.data.splits import default_fractions, stratified_split
     from agglom.data.writer import DatasetWriter
 
@@ -305,6 +367,8 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     assign = stratified_split(keys, strata, default_fractions(val_frac, test_frac), seed=p.seed)
     params = {**asdict(p), "val_frac": val_frac, "test_frac": test_frac, "shard_size": shard_size, "twin": twin,
               "unlabeled": unlabeled}
+    if p.images_per_patient == 1:  # the one-image-per-subject benchmark's datasheet, byte for byte
+        del params["images_per_patient"]
     pu = replace(p, n=unlabeled)
     s_un = subjects(pu, UNLABELED_SALT) if unlabeled else None
     sheet: Dict[str, Any] = {}
@@ -316,15 +380,13 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
             dest = output.root if variant == "main" else output.root / "twin"
             with DatasetWriter(dest, shard_size=shard_size, output=output) as w:
                 for split in ("train", "val", "test"):
-                    for i, k in enumerate(keys):
-                        if assign[k] == split:
-                            w.write(k, _png(imgs[i]), "png", int(s["label"][i]), attrs_of(s, i), split,
-                                    mask=encode_mask(lesions[i], binary_255=True),
-                                    mask_area=float(lesions[i].mean()))
+                    for j, key in enumerate(keys):
+                        if assign[key] == split:
+                            _write_subject(w, p, s, j, key, split, imgs, lesions)
                 if unlabeled:
                     uimgs = render(pu, s_un, with_bias=(variant == "main"), salt=UNLABELED_SALT)
-                    for i in range(unlabeled):
-                        w.write(f"unlab{i:06d}", _png(uimgs[i]), "png", NO_LABEL, attrs_of(s_un, i), UNLABELED_SPLIT)
+                    for j in range(unlabeled):
+                        _write_subject(w, pu, s_un, j, f"unlab{j:06d}", UNLABELED_SPLIT, uimgs)
                 got = w.close(**_variant_info(p, variant, params, val_frac, test_frac, unlabeled, t0))
             if variant == "main":
                 sheet = got
@@ -334,5 +396,5 @@ def write_synth(out: str, p: SynthParams, twin: bool = False, val_frac: float = 
     return sheet
 
 
-__all__ = ["SynthParams", "subjects", "render", "write_synth", "attrs_of", "check_size", "memory_needed", "MAX_N",
-           "MAX_IMAGE_SIZE", "MAX_MEMORY"]
+__all__ = ["SynthParams", "subjects", "follow_ups", "render", "write_synth", "attrs_of", "check_size",
+           "memory_needed", "MAX_N", "MAX_IMAGE_SIZE", "MAX_MEMORY", "MAX_IMAGES_PER_PATIENT"]
