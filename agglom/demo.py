@@ -24,6 +24,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from agglom.cli import main as cli
 from agglom.config.load import ConfigError, load_config, read_recipe
 
+
+def eval_report(run: Path) -> Optional[Dict[str, Any]]:
+    """The run's ``eval/report.json`` (:func:`agglom.runs.eval_report`, imported late: ``--help`` loads no torch)."""
+    from agglom.runs import eval_report as read
+
+    return read(run)
+
 #: the fair candidate's recipe, chosen by measurement (docs/fairness.md): partial group balancing (a group's share
 #: of the draws ∝ n_g^0.25), the normalisers at the natural distribution's statistics, and the one-sided ``excess``
 #: objective holding every group's distillation loss to its seed's ERM student's (the sampling cannot buy the rare
@@ -211,10 +218,9 @@ def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
 
 def _evaluated(run: Path, audit: bool) -> bool:
     """The run's report exists and holds what the demo reads (the dense section; the SAM-decoder one when audited)."""
-    p = run / "eval" / "report.json"
-    if not p.is_file():
+    r = eval_report(run)
+    if r is None:
         return False
-    r = json.loads(p.read_text())
     return "dense" in r and (not audit or "sam_prompts" in r)
 
 
@@ -223,7 +229,7 @@ def _dense_phase(z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, An
     from agglom.eval.dense_verdict import dense_verdict, load_dense_rows
 
     def models(run: Path) -> Dict[str, str]:
-        return {m: s["kind"] for m, s in json.loads((run / "eval" / "report.json").read_text())["dense"]["models"]
+        return {m: s["kind"] for m, s in eval_report(run)["dense"]["models"]
                 .items()}
 
     students = {k: [load_dense_rows(r, next(m for m, kd in models(r).items() if kd == "student")) for r in runs[k]]
@@ -243,7 +249,7 @@ def _verdict_inputs(z: Dict[str, int], runs: Dict[str, List[Path]], split: str) 
     preds = [{k: load_predictions(runs[k][s], split=split) for k in ("erm", "fair")} for s in seeds]
     if split != "test":
         return preds, {}, None
-    reports = [{k: json.loads((runs[k][s] / "eval" / "report.json").read_text()) for k in ("erm", "fair")}
+    reports = [{k: eval_report(runs[k][s]) for k in ("erm", "fair")}
                for s in seeds]
     audited = [m for m in reports[0]["erm"]["models"] if m.startswith("teacher:")]  # the seed-0 ERM audit
     teacher_preds = {Path(m.split(":", 1)[1]).name: load_predictions(runs["erm"][0], model=m) for m in audited}
@@ -349,7 +355,7 @@ def summary_markdown(a: Any, v: Dict[str, Any], runs: Dict[str, List[Path]], tdi
 
         lines += ["## Segmentation: dense probe Dice per group (students and teachers)", "",
                   *render_dense_verdict(v["dense"]), ""]
-        sam = json.loads((runs["erm"][0] / "eval" / "report.json").read_text()).get("sam_prompts")
+        sam = eval_report(runs["erm"][0]).get("sam_prompts")
         if sam:  # the seed-0 ERM student in place of SAM's image encoder
             lines += [*sam_markdown(sam), ""]
     lines += ["## Where everything is", ""]

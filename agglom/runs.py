@@ -112,3 +112,16 @@ def run_summary(run_dir: Path) -> Dict[str, Any]:
     from agglom.data.jsonfile import read_json
 
     return read_json(path) if path.is_file() else {}
+
+
+#: where `agglom eval RUN` writes a run's report (its folder holds predictions.csv and the plots too)
+EVAL_DIR = "eval"
+EVAL_REPORT = f"{EVAL_DIR}/report.json"
+
+
+def eval_report(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The run's evaluation report (``eval/report.json``), or None when the run was not evaluated."""
+    from agglom.data.jsonfile import read_json_object
+
+    path = Path(run_dir) / EVAL_REPORT
+    return read_json_object(path, fix=f"re-run `agglom eval {run_dir}`") if path.is_file() else None

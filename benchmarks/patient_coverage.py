@@ -47,7 +47,8 @@ def coverage(opts: Dict[str, Any]) -> Dict[str, Any]:
         strata = strata_by(np.zeros(y.size, dtype=int).astype(str), y)
         point = rank_auc(y, s)
         for unit, clusters in (("images", None), ("patients", data["patient"])):
-            r = replicate(lambda i: rank_auc(y[i], s[i]), Resampler(strata, clusters), int(opts["n_boot"]), d)
+            auc = lambda i, y=y, s=s: rank_auc(y[i], s[i])  # noqa: E731
+            r = replicate(auc, Resampler(strata, clusters), int(opts["n_boot"]), d)
             lo, hi, _ = bca_interval(point, r["reps"], r["jack"])
             hits[unit] += int(lo <= truth <= hi)
             width[unit] += (hi - lo) / int(opts["datasets"])

@@ -7,8 +7,8 @@ import torch
 
 from agglom.eval.compare import compare_predictions, paired_group_deltas
 from agglom.eval.fidelity import FidelityAccumulator, global_r2
-from agglom.metrics.intervals import bca_interval
 from agglom.eval.metrics import binary_group_metrics, group_mean_summary
+from agglom.metrics.intervals import bca_interval
 
 
 class _Out:

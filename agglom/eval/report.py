@@ -190,7 +190,7 @@ def _check_dense(dense: Any, problems: List[str]) -> None:
 
 
 def validate_report(d: Any) -> Dict[str, Any]:
-    """Check a report against ``agglom.eval/1``; returns it, or raises :class:`ReportError` listing problems."""
+    """Check a report against the current schema (:data:`SCHEMA`); returns it, or raises :class:`ReportError` listing problems."""
     problems: List[str] = []
     if not isinstance(d, Mapping):
         raise ReportError(["report is not a dict"])

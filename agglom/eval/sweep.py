@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from agglom.config.load import ConfigError
 from agglom.eval.metrics import headline
 from agglom.eval.pareto import front_summary
+from agglom.runs import eval_report
 
 
 def _short(key: str) -> str:
@@ -46,9 +47,9 @@ def _train_and_eval(cfg: Any, base: Any, name: str, overrides: Dict[str, Any]) -
     point = OmegaConf.merge(base, {"name": name}, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     if not _done(run_dir, int(cfg.optim.steps)):
         train(point)
-    report = run_dir / "eval" / "report.json"
+    report = eval_report(run_dir)
     dense = _dense_sweep(cfg)
-    if not report.is_file() or (dense and "dense" not in json.loads(report.read_text())):
+    if report is None or (dense and "dense" not in report):
         args = OmegaConf.structured(EvalArgs)
         args.run = str(run_dir)
         args.audit = bool(cfg.sweep.audit)
@@ -129,7 +130,7 @@ def _point(cfg: Any, objective: str, key: str, value: float, run_dir: Path, refe
     """One point of the front: its test utility and gap, validation worst group, and levelling down against the
     reference (on validation, which selects, and on test, which reports)."""
     sw = cfg.sweep
-    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    report = eval_report(run_dir)
     section = report["models"][report["primary"]]
     if attribute not in section["attributes"]:
         raise ConfigError(f"sweep.attribute {attribute!r} not in the report; attributes: "
