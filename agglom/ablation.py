@@ -1,0 +1,164 @@
+"""`python -m agglom.ablation [out=runs/demo] [variants=[...]] [attributes=[site]]`: what lifts the worst group.
+
+The demo's fair recipe changes three things at once: a fairness-tuned teacher (``ft-fair``) among the teachers,
+partial group balancing of the draws, and the one-sided ``excess`` objective held to ERM's losses. This runner
+trains, over the demo's seeds, the recipe with one part taken away (or only one kept), reusing the finished demo in
+``out=`` (its data, teachers, feature caches, ERM students and their evaluations; run ``make demo`` first), and
+reports each variant against the seed's ERM student and against the full recipe (the demo's own fair students)
+with the verdict's paired BCa intervals (:mod:`agglom.eval.verdict`). Writes ``<out>/ablation/summary.md`` and
+``summary.json``; finished students and evaluations are reused, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from agglom.config.load import ConfigError, load_config
+from agglom.demo import FAIR, FT_TEACHERS, STUDENT, TINY, _done, _run, demo_recipe, distill_overrides, eval_report
+
+BALANCE = ["data.group_balance=0.75", "heads.zscore_momentum=0"]  # the sampling half of the fair recipe
+OBJECTIVE = ["objective.group=excess", "objective.lam=1", "objective.reference=@erm"]  # the objective half
+ERM = ["objective.group=erm", "objective.lam=0"]
+#: variant -> (the students' overrides, teachers left out of the roster); "full" is the demo's own fair student
+VARIANTS: Dict[str, tuple] = {
+    "no-ft-fair": (FAIR, ["ft-fair"]),
+    "no-ft-general": (FAIR, ["ft-general"]),
+    "no-random-cards": (FAIR, list(TINY)),
+    "balance-only": (BALANCE, []),
+    "objective-only": (OBJECTIVE, []),
+    "erm-no-ft-fair": (ERM, ["ft-fair"]),
+}
+assert sorted(BALANCE + OBJECTIVE) == sorted(FAIR), "the two halves must make up the demo's fair recipe"
+
+
+@dataclass
+class AblationArgs:
+    out: str = "runs/demo"  # a finished demo's folder (teachers, caches, ERM and fair students)
+    data: str = "data/synth"  # the demo's benchmark
+    variants: List[str] = field(default_factory=lambda: list(VARIANTS))  # which of VARIANTS to train
+    attributes: List[str] = field(default_factory=lambda: ["site"])  # verdicts by these prediction columns
+    seeds: int = 3
+    steps: int = 600  # must be the demo's steps (the ERM students are reused)
+    bootstrap: int = 500  # the verdict's paired bootstrap replicates
+    report_bootstrap: int = 100
+    image_size: int = 64
+    batch_size: int = 32
+    num_workers: int = 2
+
+
+def roster(out: Path, leave_out: Sequence[str]) -> str:
+    """The demo's teachers (tiny random cards, the two fine-tuned ones) read from its cache, minus ``leave_out``."""
+    tdir, cache = out / "teachers", out / "cache"
+    names = [t for t in [*TINY, *FT_TEACHERS] if t not in leave_out]
+    return "[" + ", ".join(f"{{name: {t if t in TINY else tdir / t}, cache: {cache}}}" for t in names) + "]"
+
+
+def _train(a: Any, variant: str, seed: int, common: List[str]) -> Path:
+    out = Path(a.out)
+    overrides, leave_out = VARIANTS[variant]
+    run = out / "ablation" / f"{variant}-s{seed}"
+    if _done(run, a.steps):
+        print(f"reusing {run}")
+        return run
+    erm = out / f"student-erm-s{seed}"
+    extra = [x.replace("@erm", str(erm)) for x in overrides]
+    _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={run.parent}",
+          f"teachers={roster(out, leave_out)}", f"seed={seed}", f"data.seed={seed}", f"student.model_args={STUDENT}",
+          f"optim.steps={a.steps}", f"optim.warmup_steps={max(1, a.steps // 10)}",
+          f"log.interval={max(1, a.steps // 4)}", f"log.checkpoint_interval={a.steps}", *common, *extra])
+    return run
+
+
+def _evaluate(a: Any, run: Path) -> None:
+    if eval_report(run) is not None:
+        print(f"reusing {run / 'eval'}")
+        return
+    _run(["eval", str(run), "eval.features=adapters", f"eval.bootstrap={a.report_bootstrap}",
+          "eval.label_fractions=[]", "num_workers=0"])
+
+
+def _row(v: Dict[str, Any]) -> Dict[str, Any]:
+    d = v["fair_vs_erm"]
+    return {"worst": d["worst"], "auc": d["auc"], "groups": {g: d[f"g:{g}"] for g in v["groups"]},
+            "levelled_down": v["levelled_down"], "student_vs_best_teacher": v.get("student_vs_best_teacher", {})}
+
+
+def compare(a: Any, runs: Dict[str, List[Path]], attribute: str) -> Dict[str, Any]:
+    """Per variant: its verdict against ERM and against the full recipe, on test, over the seeds."""
+    from agglom.eval.report import load_predictions
+    from agglom.eval.verdict import verdict
+
+    out = Path(a.out)
+    preds = {k: [load_predictions(r) for r in rs] for k, rs in runs.items()}
+    audit = eval_report(out / "student-erm-s0")["models"]
+    teachers = {Path(m.split(":", 1)[1]).name: load_predictions(out / "student-erm-s0", model=m)
+                for m in audit if m.startswith("teacher:")}
+    res: Dict[str, Any] = {}
+    for name in ["full", *a.variants]:
+        seeds = [{"erm": e, "fair": f} for e, f in zip(preds["erm"], preds[name])]
+        vs_erm = verdict(seeds, teachers, attribute, n_boot=a.bootstrap)
+        row = {"vs_erm": _row(vs_erm), "n_per_group": vs_erm["n_per_group"]}
+        if name != "full":
+            full = [{"erm": f, "fair": x} for f, x in zip(preds["full"], preds[name])]
+            row["vs_full"] = _row(verdict(full, {}, attribute, n_boot=a.bootstrap))
+        res[name] = row
+    return res
+
+
+def run_ablation(a: Any) -> Dict[str, Any]:
+    out = Path(a.out)
+    unknown = [v for v in a.variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    missing = [p for s in range(a.seeds) for p in (out / f"student-erm-s{s}", out / f"student-fair-s{s}")
+               if eval_report(p) is None]
+    if missing:
+        raise ConfigError(f"{out}: the demo has not finished ({missing[0]} has no evaluation); run "
+                          f"`python -m agglom.demo out={out}` first")
+    common = [f"data.root={a.data}", f"data.image_size={a.image_size}", f"data.batch_size={a.batch_size}",
+              f"data.num_workers={a.num_workers}", "groups.by=site", *distill_overrides(Path(a.data))]
+    t0 = time.perf_counter()
+    runs: Dict[str, List[Path]] = {"erm": [out / f"student-erm-s{s}" for s in range(a.seeds)],
+                                   "full": [out / f"student-fair-s{s}" for s in range(a.seeds)]}
+    for variant in a.variants:
+        runs[variant] = []
+        for s in range(a.seeds):
+            run = _train(a, variant, s, common)
+            _evaluate(a, run)
+            runs[variant].append(run)
+    result = {"variants": {v: {"overrides": VARIANTS[v][0], "teachers_left_out": VARIANTS[v][1]}
+                           for v in a.variants},
+              "full": FAIR, "seeds": a.seeds, "steps": a.steps,
+              "by_attribute": {attr: compare(a, runs, attr) for attr in a.attributes},
+              "seconds": round(time.perf_counter() - t0, 1)}
+    from agglom.ablation_report import render
+
+    (out / "ablation").mkdir(parents=True, exist_ok=True)
+    (out / "ablation" / "summary.json").write_text(json.dumps(result, indent=1, default=float))
+    text = "\n".join(render(result))
+    (out / "ablation" / "summary.md").write_text(text + "\n")
+    print(text, flush=True)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(x in ("-h", "--help") for x in argv):
+        from agglom.config.load import describe
+
+        print((__doc__ or "").strip() + "\n\n" + describe(AblationArgs))
+        return 0
+    try:
+        run_ablation(load_config(AblationArgs, argv))
+    except ConfigError as e:
+        print(f"agglom ablation: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
