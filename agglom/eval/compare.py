@@ -93,12 +93,19 @@ def _f(x: float) -> Optional[float]:
     return float(x) if np.isfinite(x) else None
 
 
+def fell_beyond(value: Optional[float], ci: Optional[Sequence[float]], margin: float = 0.0) -> bool:
+    """The one rule for "this group got worse": the difference is negative and its whole interval lies below
+    ``-margin``. Margin 0 is the levelling-down flag (here and in the verdict); a margin > 0 the validation
+    choice's non-inferiority margin (:mod:`agglom.eval.selection`)."""
+    return value is not None and bool(ci) and value < 0 and ci[1] < -margin
+
+
 def _below(d: Mapping[str, Any], upper: bool = True) -> bool:
     """delta < 0 with the whole interval below 0 (``upper``), or delta > 0 with the interval above 0."""
     v, c = d.get("delta"), d.get("ci")
-    if v is None or c is None:
-        return False
-    return (v < 0 and c[1] < 0) if upper else (v > 0 and c[0] > 0)
+    if upper:
+        return fell_beyond(v, c)
+    return v is not None and c is not None and v > 0 and c[0] > 0
 
 
 def levelled_down_groups(delta_result: Mapping[str, Any]) -> List[str]:

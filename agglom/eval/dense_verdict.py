@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 import numpy as np
 
 from agglom.eval.csv_cells import read_rows
+from agglom.eval.md_format import with_interval
 from agglom.eval.verdict import patients_in
 from agglom.metrics.bootstrap import Resampler, clusters_of, replicate
 from agglom.metrics.intervals import bca_interval
@@ -132,10 +133,7 @@ def dense_verdict(students: Mapping[str, Sequence[Mapping[str, Any]]], teachers:
 
 
 def _fmt(d: Mapping[str, Any], spec: str) -> str:
-    if d.get("value") is None:
-        return "undefined"
-    s = format(d["value"], spec)
-    return s + (f" [{format(d['ci'][0], spec)}, {format(d['ci'][1], spec)}]" if d.get("ci") else "")
+    return with_interval(d, spec, empty="undefined")
 
 
 def render_dense_verdict(v: Mapping[str, Any]) -> List[str]:

@@ -12,14 +12,25 @@ def _num(v: Any, nd: int = 3) -> str:
     return f"{float(v):.{nd}f}"
 
 
+def with_interval(d: Optional[Mapping[str, Any]], spec: str = ".3f", key: str = "value", empty: str = "–") -> str:
+    """A reported number with its interval, e.g. ``0.912 [0.887, 0.934]`` or ``+0.0529 [+0.0377, +0.0702]``
+    (``spec`` formats each number); "undefined" for a missing or non-finite value, ``empty`` for no entry. The
+    one formatter of every report, verdict and comparison."""
+    if not d:
+        return empty
+    v = d.get(key)
+    if v is None or not math.isfinite(float(v)):
+        return "undefined"
+
+    def one(x: Any) -> str:
+        return "undefined" if x is None or not math.isfinite(float(x)) else format(float(x), spec)
+
+    ci = d.get("ci")
+    return one(v) + (f" [{one(ci[0])}, {one(ci[1])}]" if ci else "")
+
+
 def _mci(m: Optional[Mapping[str, Any]], nd: int = 3) -> str:
-    if not m:
-        return "–"
-    s = _num(m.get("value"), nd)
-    ci = m.get("ci")
-    if s != "undefined" and ci:
-        s += f" [{_num(ci[0], nd)}, {_num(ci[1], nd)}]"
-    return s
+    return with_interval(m, f".{nd}f")
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:

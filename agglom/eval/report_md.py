@@ -7,7 +7,7 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
-from agglom.eval.md_format import _mci, _n, _num, _table
+from agglom.eval.md_format import _mci, _n, _num, _table, with_interval
 from agglom.eval.metrics import headline, primary_threshold
 from agglom.eval.sam_report import sam_markdown
 
@@ -279,10 +279,7 @@ def _zero_shot_markdown(zs: Mapping[str, Any]) -> List[str]:
 
 
 def _delta(d: Mapping[str, Any]) -> str:
-    s = _num(d.get("delta"))
-    if s != "undefined" and d.get("ci"):
-        s += f" [{_num(d['ci'][0])}, {_num(d['ci'][1])}]"
-    return s
+    return with_interval(d, key="delta", empty="undefined")
 
 
 def _comparison_markdown(c: Mapping[str, Any]) -> List[str]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from agglom.data.patients import PATIENT
 from agglom.eval.group_stats import rank_auc
+from agglom.eval.md_format import with_interval
 from agglom.metrics.bootstrap import Resampler, clusters_of, replicate, strata_by
 from agglom.metrics.intervals import bca_interval
 
@@ -102,7 +103,9 @@ class _Replicates:
 def levelled_beyond(deltas: Mapping[str, Mapping[str, Any]], margin: float = 0.0) -> List[str]:
     """The groups whose AUC fell with the whole interval below ``-margin``; margin 0 is the verdict's levelling-down
     flag, a margin > 0 the validation choice's non-inferiority margin (:mod:`agglom.eval.selection`)."""
-    return [g for g, x in deltas.items() if x["ci"] and x["value"] < 0 and x["ci"][1] < -margin]
+    from agglom.eval.compare import fell_beyond
+
+    return [g for g, x in deltas.items() if fell_beyond(x["value"], x["ci"], margin)]
 
 
 def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[str, Mapping[str, Any]],
@@ -257,26 +260,16 @@ def _per_seed_levelling(models: Mapping[str, _Scores], n_seeds: int, groups: np.
                                      seed=seed + i, patients=patients)["levelled_down"]) for i in range(n_seeds)]
 
 
-def _fmt(d: Mapping[str, Any], spec: str) -> str:
-    """A value with its interval, e.g. ``+0.0529 [+0.0377, +0.0702]`` (``spec`` is the format, ``+.4f``)."""
-    if d.get("value") is None:
-        return "undefined"
-    s = format(d["value"], spec)
-    if d.get("ci"):
-        s += f" [{format(d['ci'][0], spec)}, {format(d['ci'][1], spec)}]"
-    return s
-
-
 def fmt_delta(d: Mapping[str, Any]) -> str:
     """A difference with its interval, ``+0.0529 [+0.0377, +0.0702]``."""
-    return _fmt(d, "+.4f")
+    return with_interval(d, "+.4f", empty="undefined")
 
 
 _fmt_d = fmt_delta
 
 
 def _fmt_v(d: Mapping[str, Any]) -> str:
-    return _fmt(d, ".4f")
+    return with_interval(d, ".4f", empty="undefined")
 
 
 def render_verdict(v: Mapping[str, Any]) -> List[str]:
