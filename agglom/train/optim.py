@@ -7,18 +7,19 @@ from typing import Any, Callable, List
 import torch
 from torch import nn
 
-_NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "dist_token", "mask_token")
+#: never decayed, wherever they sit in the model (timm's ``no_weight_decay`` names, as patterns)
+NO_DECAY_PATTERNS = tuple(f"*{n}*" for n in ("cls_token", "reg_token", "pos_embed", "dist_token", "mask_token"))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or any(t in name for t in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+    """``[decay, no_decay]``: timm's split (:func:`timm.optim.param_groups_weight_decay`: no decay on 1-d tensors,
+    biases and the token/position parameters), always both groups in this order whatever the decay, so an
+    optimiser state saved by one run loads into another of the same model."""
+    from timm.optim import param_groups_weight_decay
+
+    split = param_groups_weight_decay(model, 1.0, no_weight_decay_list=NO_DECAY_PATTERNS)  # 1.0: only to classify
+    decay = [p for g in split if g["weight_decay"] for p in g["params"]]
+    no_decay = [p for g in split if not g["weight_decay"] for p in g["params"]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
