@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from agglom.config.choices import input_channels
-from agglom.config.load import ConfigError, read_recipe
+from agglom.config.load import ConfigError
 from agglom.config.schema import Recipe
 from agglom.model import AgglomModel, TeacherSpec
 
@@ -16,23 +16,16 @@ from agglom.model import AgglomModel, TeacherSpec
 def run_config(run_dir: Path) -> DictConfig:
     """The run's saved ``config.yaml``, checked like a recipe (a run folder may come from someone else): keys the
     schema no longer has are left out, and every value goes through the config rules."""
-    from omegaconf.errors import OmegaConfBaseException
-
     from agglom.config.validate import validate
+    from agglom.train.rundir import saved_config
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
+    cfg = saved_config(run_dir, Recipe)
+    if cfg is None:
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `agglom train`")
-    loaded = read_recipe(str(path))
-    if not isinstance(loaded, dict) or not loaded:
-        raise ConfigError(f"{path}: not a run's config (a mapping of sections, as `agglom train` writes it)")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), {k: v for k, v in loaded.items() if k in Recipe.__dataclass_fields__})
         return validate(cfg)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {str(e).splitlines()[0]} (a damaged or hand-edited run config)") from None
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{Path(run_dir) / 'config.yaml'}: {e}") from None
 
 
 MAX_DIM, MAX_GRID = 1 << 16, 4096  # a teacher's feature width and token grid side, far above any real one

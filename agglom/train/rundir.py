@@ -58,12 +58,14 @@ def _safe(key: str, safe: Sequence[str] = SAFE_ON_RESUME) -> bool:
 
 
 def saved_config(run_dir: Path, schema: Any = None) -> Optional[DictConfig]:
+    """A run's saved ``config.yaml`` over ``schema``'s defaults (keys the schema no longer has are left out), or
+    None when there is none; not validated (:func:`agglom.runs.run_config` validates it, for reading a run)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
     loaded = read_recipe(str(path))
     base = OmegaConf.structured(schema or Recipe)
-    if not isinstance(loaded, dict):
+    if not isinstance(loaded, dict) or not loaded:
         raise ConfigError(f"{path}: not a run's config (a mapping of sections, as `agglom train` writes it)")
     try:
         return OmegaConf.merge(base, {k: v for k, v in loaded.items() if k in base})
