@@ -30,6 +30,9 @@ ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
 SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam_run derives from each mask
 FINETUNE_METHODS = ("full", "lora")
+EXPORT_FORMATS = ("timm", "onnx")  # agglom export format= (onnx: + student.onnx, agglom.export.onnx_export)
+#: agglom monitor alarm_on=: which findings raise the alarm (agglom.monitor.run)
+MONITOR_ALARMS = ("drift", "score", "proportions", "auc")
 DENSE_HEADS = ("linear", "conv")  # eval.dense_head (agglom.eval.dense)
 DENSE_FEATURES = ("tokens", "adapters")  # eval.dense_features (agglom.eval.extract.student_spatial_encoder)
 #: sweep.utility / sweep.gap: the classification headline (agglom.eval.metrics.headline) or the dense probe's Dice
@@ -48,6 +51,8 @@ CURATE_FEATURES = ("summary", "pooled", "both")
 DEDUP_SPACES = ("raw", "center", "zscore")
 RESUME_WORDS = ("auto", "never")
 JOIN_MATCHES = ("auto", "key", "path", "name", "stem")
+#: `agglom data pack patient_attrs=`: an attribute that differs between one patient's images (agglom.data.patients)
+PATIENT_ATTRS = ("per_image", "first", "refuse")
 
 # registry kind -> (module, its agglom.registry.Registry, built-in names)
 REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
@@ -76,5 +81,5 @@ def registry_names(kind: str) -> Tuple[str, ...]:
 
 __all__ = ["GRAYSCALE", "INTERPOLATION", "GRANULARITY", "TEACHER_BALANCE", "GROUP_SCOPE", "GROUPS_UNKNOWN",
            "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES", "SAM_PROMPTS",
-           "SWEEP_CLASSIFICATION", "SWEEP_DENSE", "DENSE_HEADS", "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "REGISTRIES", "registry_names",
+           "SWEEP_CLASSIFICATION", "SWEEP_DENSE", "DENSE_HEADS", "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "PATIENT_ATTRS", "REGISTRIES", "registry_names",
            "live_registry"]

@@ -155,12 +155,22 @@ RULES: Dict[str, Rule] = {
     "dedup_space": one_of(C.DEDUP_SPACES),
     "k": COUNT,
     "match": one_of(C.JOIN_MATCHES),
+    "patient_attrs": one_of(C.PATIENT_ATTRS), "patient_col": NON_EMPTY,  # agglom data pack / join
     "cache.dtype": one_of(C.CACHE_DTYPES),
     "cache.pool": COUNT, "cache.batch_size": COUNT,
     "cache.device": DEVICE,
     "cache.n": COUNT,
     "finetune.method": one_of(C.FINETUNE_METHODS), "finetune.lora_rank": COUNT, "finetune.lora_alpha": POSITIVE,
     "finetune.lora_dropout": between(0, 1, hi_open=True), "finetune.lora_targets": each(NON_EMPTY),
+    # agglom export: the ONNX graph and the card's energy estimates
+    "format": one_of(C.EXPORT_FORMATS), "opset": between(18, 23),
+    "tdp_watts": POSITIVE, "train_watts": POSITIVE, "grid_gco2_per_kwh": NON_NEGATIVE, "latency_runs": COUNT,
+    # agglom monitor
+    "embedding": one_of(C.EVAL_FEATURES), "alarm_on": Rule(lambda v: all(a in C.MONITOR_ALARMS for a in v),
+                                                               f"a list of {', '.join(C.MONITOR_ALARMS)}"),
+    "alpha": between(0, 1, lo_open=True, hi_open=True), "auc_drop": between(0, 1), "pca_dims": COUNT,
+    "permutations": between(19, 100_000), "max_samples": between(10, 1_000_000), "min_group": COUNT,
+    "bootstrap": between(0, 100_000), "reference_split": NON_EMPTY, "label_index": NON_NEGATIVE,
 }
 
 # keys whose choices are on/off: YAML 1.1 reads a bare on/off as a boolean, which a str field stores as 'True'

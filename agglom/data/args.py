@@ -12,6 +12,9 @@ from typing import Any, List, Optional
 
 from agglom.data.synth import SynthParams
 
+PATIENT_COL_HELP = ("the column with each image's patient id (the CSV's; a folder pack's attrs_csv's; with resplit= "
+                    "an attribute of the samples): stored as the attribute `patient`, and no patient is split")
+
 
 @dataclass
 class SynthConfig(SynthParams):
@@ -52,6 +55,16 @@ class PackConfig:
     mask_col: Optional[str] = None  # CSV column holding each image's segmentation mask file (blank: no mask)
     masks: Optional[str] = None  # a folder of masks: <masks>/<image path relative to src/CSV, suffix .png>, or by stem
     max_side: int = 0  # shrink images whose longer side exceeds this (px; 16-bit stays 16-bit; masks follow); 0 = keep
+    patient_col: Optional[str] = field(default=None, metadata={"help": PATIENT_COL_HELP})
+    patient_from_path: bool = field(default=False, metadata={"help": "take each image's patient from a CheXpert "
+                                    "(patientNNNNN/studyN/) or MIMIC (pNN/pNNNNNNNN/sNNNN/) path"})
+    patient_attrs: str = field(default="per_image", metadata={"help": "an attribute that differs between one "
+                               "patient's images: per_image (each keeps its own) | first (the patient's first value) "
+                               "| refuse"})
+    resplit: Optional[str] = field(default=None, metadata={"help": "a dataset folder whose shards are rewritten "
+                                   "with a patient-level split (instead of src= / csv=)"})
+    patient_sidecar: Optional[str] = field(default=None, metadata={"help": "with resplit=: a sidecar giving each "
+                                           "sample's patient (agglom data join patient_col=, or a CSV key,patient)"})
 
 
 @dataclass
@@ -66,6 +79,8 @@ class JoinConfig:
     attr_cols: List[str] = field(default_factory=list)  # default: every other column
     splits: List[str] = field(default_factory=lambda: ["train", "val", "test"])
     out: Optional[str] = None  # default <dataset folder>/<csv stem>_attrs.json
+    patient_col: Optional[str] = field(default=None, metadata={"help": "the table's patient id column: written to "
+                                       "the sidecar as `patient` (for pack resplit=); patients in two splits counted"})
 
 
 @dataclass

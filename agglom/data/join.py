@@ -14,11 +14,15 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from agglom.config.choices import JOIN_MATCHES as MATCHES
 from agglom.data.groups import parse_value
 from agglom.data.paths import shown
+from agglom.data.patients import PATIENT, leaked_patients
 
 
-def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+def read_table(path: Path, on: str, attr_cols: Sequence[str] = (), patient_col: Optional[str] = None
+               ) -> Dict[str, Dict[str, Any]]:
     """``{match value: {attr: value}}`` from a CSV (empty cells left out; read by :func:`agglom.data.csvfile.read_csv`:
-    a byte-order mark is fine, another encoding than UTF-8 is refused by line); ConfigError naming what is wrong."""
+    a byte-order mark is fine, another encoding than UTF-8 is refused by line); ConfigError naming what is wrong.
+    ``patient_col``: a column that must exist, whose cell becomes the attribute ``patient`` (the id as written)
+    and stays an attribute under its own name only when ``attr_cols`` lists it."""
     from agglom.config.load import ConfigError
     from agglom.data.csvfile import read_csv
 
@@ -27,10 +31,13 @@ def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, 
     cols, rows = read_csv(Path(path), "attribute table")
     if on not in cols:
         raise ConfigError(f"attribute table {shown(path)}: no column {on!r} to join on (columns: {cols})")
-    wanted = list(attr_cols) or [c for c in cols if c != on and c]
-    missing = [c for c in wanted if c not in cols]
+    wanted = list(attr_cols) or [c for c in cols if c not in (on, patient_col) and c]
+    missing = [c for c in wanted + ([patient_col] if patient_col else []) if c not in cols]
     if missing:
         raise ConfigError(f"attribute table {shown(path)}: no column(s) {missing} (columns: {cols})")
+    if PATIENT in wanted and patient_col != PATIENT:
+        raise ConfigError(f"attribute table {shown(path)}: column {PATIENT!r} is reserved for the patient id; give "
+                          f"patient_col={PATIENT} to use it as one, or list the attributes in attr_cols without it")
     table: Dict[str, Dict[str, Any]] = {}
     line: Dict[str, int] = {}
     for ln, r in rows:
@@ -41,6 +48,8 @@ def read_table(path: Path, on: str, attr_cols: Sequence[str] = ()) -> Dict[str, 
             raise ConfigError(f"attribute table {shown(path)}: {on}={k!r} appears twice (lines {line[k]} and {ln}); the join "
                               "would be ambiguous: keep one row per value")
         table[k], line[k] = {c: parse_value(r[c]) for c in wanted if (r.get(c) or "").strip() != ""}, ln
+        if patient_col and (r.get(patient_col) or "").strip():
+            table[k][PATIENT] = r[patient_col].strip()
     return table
 
 
@@ -80,8 +89,9 @@ def join(samples: Iterable[Tuple[str, Optional[str]]], table: Mapping[str, Dict[
     return out, report
 
 
-def shard_sources(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
-    """``(key, source)`` of every sample in the splits' shards, from the json members only."""
+def shard_sources(cfg: Any, splits: Sequence[str], with_split: bool = False) -> List[Tuple[str, Optional[str]]]:
+    """``(key, source)`` of every sample in the splits' shards, from the json members only; ``(key, source,
+    split)`` with ``with_split``."""
     from agglom.data.counts import SkipCounts
     from agglom.data.limits import sample_json
     from agglom.data.shards import read_shard, shard_urls
@@ -98,7 +108,7 @@ def shard_sources(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, Optional[s
                         source = meta.get("source") if isinstance(meta, dict) else None
                     except (ValueError, UnicodeDecodeError):
                         pass
-                out.append((s["__key__"], source))
+                out.append((s["__key__"], source, split) if with_split else (s["__key__"], source))
     return out
 
 
@@ -140,10 +150,12 @@ def _check_sidecar_target(path: Path) -> None:
 
 def join_onto_shards(root: str, shards: Optional[str], table_csv: str, on: str, match: str = "auto",
                      attr_cols: Sequence[str] = (), splits: Sequence[str] = ("train", "val", "test"),
-                     out: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
+                     out: Optional[str] = None, patient_col: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
     """`agglom data join`: the attribute table ``table_csv`` (keyed by column ``on``) matched onto the samples of existing
     shards (``root/<split>/*.tar`` or the ``shards`` pattern) and written as a sidecar (default
-    ``<dataset folder>/<csv stem>_attrs.json``); returns (sidecar path, match report). No shard is rewritten."""
+    ``<dataset folder>/<csv stem>_attrs.json``); returns (sidecar path, match report). No shard is rewritten.
+    ``patient_col``: the table's patient column, written as each sample's ``patient``; the report then counts the
+    patients and those the existing shards hold in two splits (``patients_in_two_splits``)."""
     from omegaconf import OmegaConf
 
     from agglom.config.load import ConfigError
@@ -161,13 +173,18 @@ def join_onto_shards(root: str, shards: Optional[str], table_csv: str, on: str, 
         raise ConfigError(f"no split folders {list(splits)} under {root} (or give shards=)")
     path = Path(out) if out else data_home(rcfg) / f"{Path(table_csv).stem}_attrs.json"
     _check_sidecar_target(path)  # before the shards are read: a refusal costs nothing
-    table = read_table(Path(table_csv), on, list(attr_cols))
-    values, report = join(shard_sources(rcfg, found), table, match)
+    table = read_table(Path(table_csv), on, list(attr_cols), patient_col)
+    samples = shard_sources(rcfg, found, with_split=True)
+    values, report = join([(k, src) for k, src, _ in samples], table, match)
+    if patient_col:
+        pids = [values.get(k, {}).get(PATIENT) for k, _, _ in samples]
+        report["patients"] = len({p for p in pids if p})
+        report["patients_in_two_splits"] = len(leaked_patients(pids, [s for _, _, s in samples]))
     if not values:
         raise ConfigError(f"no sample matched a row of {table_csv} on {on!r} (match={match}); e.g. samples "
                           f"{report['examples']['samples_without_row']}, rows {report['examples']['rows_without_sample']}")
     write_attr_sidecar(path, values, {"csv": str(Path(table_csv).resolve()), "on": on, "match": match, "splits": found,
-                                      **report})
+                                      "patient_col": patient_col, **report})
     return path, report
 
 

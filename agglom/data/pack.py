@@ -5,12 +5,13 @@ Images already in png/jpg/npy are stored as they are (after a decode check); DIC
 of a multi-frame file — each conversion counted in the datasheet's ``params.dicom_converted``); other formats
 PIL reads become PNGs. Unreadable files are skipped,
 counted by reason and reported in the datasheet (``skipped``). Splits are stratified over label x the
-``stratify`` attributes, seeded, unless a ``split_col`` gives them.
+``stratify`` attributes, seeded, unless a ``split_col`` gives them; with patients (``patient_col``,
+``patient_from_path``: agglom/data/pack_patients.py) the draw keeps each patient in one split, and a given split
+that divides a patient is refused.
 """
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections import Counter
@@ -21,7 +22,6 @@ import numpy as np
 
 from agglom.data.decode import DecodeError, decode_array
 from agglom.data.downsize import downsize_image, downsize_mask
-from agglom.data.groups import fmt_value
 from agglom.data.pack_csv import records_from_csv
 from agglom.data.paths import shown
 from agglom.data.png_io import SkipImage, png_bytes
@@ -157,7 +157,7 @@ def _source_records(cfg: Any, skipped: Counter, converted: Counter) -> Tuple[Lis
             raise ConfigError(f"csv={shown(path)}: file not found")
         recs, names = records_from_csv(path, cfg.path_col, list(cfg.label_cols), list(cfg.attr_cols),
                                        cfg.key_col, cfg.split_col, skipped, cfg.uncertain, cfg.blank, converted,
-                                       mask_col=cfg.get("mask_col"))
+                                       mask_col=cfg.get("mask_col"), patient_col=cfg.get("patient_col"))
         if len(cfg.label_cols) > 1:
             names = list(cfg.label_cols)  # a multi-label target keeps its column names
         source = f"csv {path.resolve()}"
@@ -170,7 +170,7 @@ def _join_attrs(cfg: Any, keys: List[str], recs: List[Dict[str, Any]]) -> Dict[s
     """Attributes from ``attrs_csv`` joined on file path, name or stem (or the key) into the records; the report."""
     from agglom.data.join import join, read_table
 
-    table = read_table(Path(cfg.attrs_csv), cfg.attrs_on)
+    table = read_table(Path(cfg.attrs_csv), cfg.attrs_on, patient_col=cfg.get("patient_col") if cfg.src else None)
     joined, join_report = join(zip(keys, [r["rel"] for r in recs]), table)
     for key, r in zip(keys, recs):
         r["attrs"].update(joined.get(key, {}))
@@ -242,18 +242,15 @@ def _write(w: Any, cfg: Any, keys: List[str], recs: List[Dict[str, Any]], assign
 
 
 def _assign(cfg: Any, keys: List[str], recs: List[Dict[str, Any]]) -> Dict[str, str]:
-    """key -> split: the ``split_col`` values, or a stratified draw (label x ``stratify``, seeded)."""
-    from agglom.config.load import ConfigError
-    from agglom.data.splits import default_fractions, stratified_split
+    """key -> split: the ``split_col`` values (refused when they put a patient in two splits), or a stratified draw
+    (label x ``stratify``, seeded; per patient when patients are known)."""
+    from agglom.data.pack_patients import draw_split
+    from agglom.data.patients import PATIENT, check_split_col
 
     if cfg.split_col:
+        check_split_col(cfg.split_col, [r["attrs"].get(PATIENT) for r in recs], [r["split"] for r in recs])
         return {k: r["split"] for k, r in zip(keys, recs)}
-    strata = [(json.dumps(r["label"]),) + tuple(fmt_value(r["attrs"].get(a, "unknown")) for a in cfg.stratify)
-              for r in recs]
-    try:
-        return stratified_split(keys, strata, default_fractions(cfg.val_frac, cfg.test_frac), seed=cfg.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    return draw_split(cfg, keys, [r["label"] for r in recs], [r["attrs"] for r in recs])
 
 
 def pack(cfg: Any) -> Dict[str, Any]:
@@ -266,10 +263,13 @@ def pack(cfg: Any) -> Dict[str, Any]:
     from agglom.data.writer import DatasetWriter
 
     check_writer_options(cfg)  # shard_size, val_frac/test_frac, max_side: before anything is read
-    if bool(cfg.src) == bool(cfg.csv):
-        raise ConfigError("give exactly one source: src=FOLDER (class subfolders) or csv=FILE")
+    if bool(cfg.src) + bool(cfg.csv) + bool(cfg.get("resplit")) != 1:
+        raise ConfigError("give exactly one source: src=FOLDER (class subfolders), csv=FILE or resplit=DATASET")
     if not cfg.out:
         raise ConfigError("out=DIR is required")
+    from agglom.data.pack_patients import check_patient_options, set_patients
+
+    check_patient_options(cfg)  # before anything is read
     skipped: Counter = Counter()
     converted: Counter = Counter()
     dicom_notes: Counter = Counter()
@@ -278,6 +278,7 @@ def pack(cfg: Any) -> Dict[str, Any]:
     join_report = _join_attrs(cfg, keys, recs) if cfg.get("attrs_csv") else None
     if cfg.get("masks"):
         _find_masks(cfg, recs)
+    patients = set_patients(cfg, keys, recs)
     assign = _assign(cfg, keys, recs)
     mask_problems: Counter = Counter()
     with DatasetOutput.open(cfg.out, cfg.force, "agglom data pack", planned=sorted(set(assign.values()))) as output, \
@@ -294,7 +295,8 @@ def pack(cfg: Any) -> Dict[str, Any]:
                                 "labels_converted": dict(converted), "dicom_converted": dict(dicom_notes),
                                 **({"attrs_join": {"csv": str(cfg.attrs_csv), "on": cfg.attrs_on, **join_report}}
                                    if join_report else {}),
-                                **_masks_params(cfg, recs, mask_problems)},
+                                **_masks_params(cfg, recs, mask_problems),
+                                **({"patients": patients} if patients else {})},
                         label=label, skipped=dict(skipped))
     return sheet
 

@@ -22,11 +22,12 @@ from agglom.data.csvfile import read_csv
 from agglom.data.groups import parse_value
 from agglom.data.labels import binary_cell, class_of, label_names
 from agglom.data.paths import shown
+from agglom.data.patients import PATIENT
 
 log = logging.getLogger("agglom.data.pack")
 LABEL_POLICIES = {"uncertain": ("zeros", "ones", "drop"), "blank": ("zeros", "drop")}
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
-COMPARED = ("label", "attrs", "key", "split", "mask_path")
+COMPARED = ("label", "attrs", "key", "split", "mask_path", "patient")
 
 
 def _uncertain(uncertain: str, converted: Counter) -> Optional[int]:
@@ -57,9 +58,14 @@ def row_label(r: Dict[str, str], label_cols: List[str], names: Optional[List[str
     return None if any(x is None for x in label) else label
 
 
-def _check_columns(path: Path, cols: List[str], needed: Sequence[Optional[str]], attr_cols: List[str]) -> None:
+def _check_columns(path: Path, cols: List[str], needed: Sequence[Optional[str]], attr_cols: List[str],
+                   patient_col: Optional[str] = None) -> None:
+    """Refuse a named column the CSV lacks, and an attribute ``patient`` that is not the patient column."""
     from agglom.config.load import ConfigError
 
+    if PATIENT in attr_cols and patient_col != PATIENT:
+        raise ConfigError(f"csv {shown(path)}: column {PATIENT!r} is reserved for the patient id; give "
+                          f"patient_col={PATIENT} to use it as one, or list attr_cols without it")
     for c in needed:
         if c and c not in cols:
             raise ConfigError(f"csv {shown(path)}: no column {c!r} (columns: {cols})")
@@ -114,6 +120,8 @@ def _record(path: Path, r: Dict[str, str], ln: int, cols: Dict[str, Any], label:
         rec["key"] = (r.get(cols["key"]) or "").strip()
     if cols["split"]:
         rec["split"] = (r.get(cols["split"]) or "").strip()
+    if cols["patient"] and (r.get(cols["patient"]) or "").strip():
+        rec["patient"] = r[cols["patient"]].strip()  # an id, kept as written (00012 stays 00012)
     if cols["mask"] and (r.get(cols["mask"]) or "").strip():
         m = Path(r[cols["mask"]].strip())
         rec["mask_path"] = m if m.is_absolute() else path.parent / m
@@ -123,12 +131,14 @@ def _record(path: Path, r: Dict[str, str], ln: int, cols: Dict[str, Any], label:
 def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols: List[str], key_col: Optional[str],
                      split_col: Optional[str], skipped: Counter, uncertain: str = "zeros", blank: str = "zeros",
                      converted: Optional[Counter] = None,
-                     mask_col: Optional[str] = None) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
+                     mask_col: Optional[str] = None, patient_col: Optional[str] = None
+                     ) -> Tuple[List[Dict[str, Any]], Optional[List[str]]]:
     """Rows -> records. One label column: class names or integers (a blank cell drops the image; with values in
     {1, 0, -1} the -1 follows `uncertain`). Several label columns: a multi-label target, each column binary,
     -1 (uncertain) mapped by `uncertain` (U-Zeros / U-Ones / drop, as in CheXpert) and blank cells (not mentioned)
     by `blank`. ``mask_col``: a column with each image's mask file (relative to the CSV, or absolute; a blank cell:
-    no mask), recorded as ``rec["mask_path"]``. Duplicate rows, keys and splits: see the module."""
+    no mask), recorded as ``rec["mask_path"]``; ``patient_col``: each image's patient id, ``rec["patient"]`` (an
+    attribute only when ``attr_cols`` lists it too). Duplicate rows, keys and splits: see the module."""
     from agglom.config.load import ConfigError
 
     converted = converted if converted is not None else Counter()
@@ -136,14 +146,16 @@ def records_from_csv(path: Path, path_col: str, label_cols: List[str], attr_cols
         if {"uncertain": uncertain, "blank": blank}[key] not in allowed:
             raise ConfigError(f"{key}= must be one of {', '.join(allowed)}")
     cols, rows = read_csv(path, "csv")
-    used = {path_col, *label_cols, key_col, split_col, mask_col}
+    used = {path_col, *label_cols, key_col, split_col, mask_col, patient_col}
     attr_cols = list(attr_cols) if attr_cols else [c for c in cols if c not in used and c]
-    _check_columns(path, cols, [path_col, *label_cols, key_col, split_col, mask_col], attr_cols)
+    _check_columns(path, cols, [path_col, *label_cols, key_col, split_col, mask_col, patient_col], attr_cols,
+                   patient_col)
     names = None
     if len(label_cols) == 1:
         c = label_cols[0]
         names = label_names(c, [(ln, r[c].strip()) for ln, r in rows if (r.get(c) or "").strip()])
-    which = {"path": path_col, "attrs": attr_cols, "key": key_col, "split": split_col, "mask": mask_col}
+    which = {"path": path_col, "attrs": attr_cols, "key": key_col, "split": split_col, "mask": mask_col,
+             "patient": patient_col}
     recs, dups, conflicts = [], [], []
     seen: Dict[str, Dict[str, Any]] = {}
     for ln, r in rows:

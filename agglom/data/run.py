@@ -29,11 +29,19 @@ def run_synth(cfg: Any) -> str:
 
 
 def run_pack(cfg: Any) -> str:
-    """Pack an image folder or a CSV into shards (:func:`agglom.data.pack.pack`); the summary + what was skipped."""
-    from agglom.data.pack import pack
+    """Pack an image folder or a CSV into shards (:func:`agglom.data.pack.pack`), or with ``resplit=`` rewrite
+    existing shards with a patient-level split (:func:`agglom.data.resplit.resplit`); the summary + what was
+    skipped."""
     from agglom.data.writer import summary_table
 
-    sheet = pack(cfg)
+    if cfg.get("resplit"):
+        from agglom.data.resplit import resplit
+
+        sheet = resplit(cfg)
+    else:
+        from agglom.data.pack import pack
+
+        sheet = pack(cfg)
     skipped = sheet.get("skipped") or {}
     return (summary_table(sheet) + f"\n\nwrote {sheet['samples']} samples to {cfg.out}; "
             f"skipped {sum(skipped.values())}" + (f" {skipped}" if skipped else ""))
@@ -44,10 +52,17 @@ def run_join(cfg: Any) -> str:
     from agglom.data.join import join_onto_shards
 
     out, report = join_onto_shards(cfg.root, cfg.shards, cfg.csv, cfg.on, cfg.match, list(cfg.attr_cols),
-                                   list(cfg.splits), cfg.out)
-    return (f"agglom data join: {report['matched']} samples matched, {report['samples_without_row']} without a row, "
+                                   list(cfg.splits), cfg.out, patient_col=cfg.get("patient_col"))
+    text = (f"agglom data join: {report['matched']} samples matched, {report['samples_without_row']} without a row, "
             f"{report['rows_without_sample']} rows without a sample -> {out}\n"
             f"  use it with data.sidecars=[{out}] (and groups.by=<attribute>)")
+    if "patients" in report:
+        leaked = report["patients_in_two_splits"]
+        text += (f"\n  patients: {report['patients']}, in two splits of these shards: {leaked}"
+                 + (f"\n  warning: {leaked} patients have images in more than one split; rewrite the shards with a "
+                    f"patient-level split: agglom data pack out=NEW_FOLDER resplit={cfg.root} patient_sidecar={out}"
+                    if leaked else ""))
+    return text
 
 
 def run_info(cfg: Any) -> str:

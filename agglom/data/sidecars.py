@@ -7,7 +7,8 @@ parsing, used on their own too (:func:`agglom.data.readers.group_indexer` over a
 
 - :func:`load_sidecars` reads JSON/CSV sidecar files into ``key -> {attr: value}``;
 - :func:`datasheet_with_sidecars` lists the sidecar attributes' values in a copy of the datasheet, so a
-  :class:`~agglom.data.groups.GroupIndexer` can group by them.
+  :class:`~agglom.data.groups.GroupIndexer` can group by them — all but ``patient`` (the patient id that
+  `agglom data join patient_col=` writes: no group attribute, agglom/data/patients.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from agglom.data.groups import fmt_value, parse_value
+from agglom.data.patients import PATIENT
 
 __all__ = ["load_sidecars", "datasheet_with_sidecars", "MAX_SIDECAR_JSON_BYTES"]
 
@@ -82,7 +84,7 @@ def load_sidecars(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
 
 def datasheet_with_sidecars(datasheet: Optional[Mapping[str, Any]], sidecars: Mapping[str, Mapping[str, Any]]
                             ) -> Optional[Dict[str, Any]]:
-    """A copy of the datasheet whose ``attributes`` also list the sidecar attributes' values."""
+    """A copy of the datasheet whose ``attributes`` also list the sidecar attributes' values (not the patient id)."""
     if not sidecars:
         return dict(datasheet) if datasheet else None
     sheet = json.loads(json.dumps(datasheet)) if datasheet else {}
@@ -90,7 +92,8 @@ def datasheet_with_sidecars(datasheet: Optional[Mapping[str, Any]], sidecars: Ma
     seen: Dict[str, set] = {}
     for row in sidecars.values():
         for a, v in row.items():
-            seen.setdefault(a, set()).add(fmt_value(v))
+            if a != PATIENT:
+                seen.setdefault(a, set()).add(fmt_value(v))
     for a, vals in seen.items():
         entry = attrs.setdefault(a, {"type": "categorical", "values": []})
         if entry.get("type") == "numeric" and "values" not in entry:

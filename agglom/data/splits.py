@@ -1,9 +1,10 @@
-"""Deterministic stratified train/val/test assignment (per stratum, seeded, independent of input order)."""
+"""Deterministic stratified train/val/test assignment (per stratum, seeded, independent of input order), of images
+(:func:`stratified_split`) or of whole patients (:func:`grouped_split`)."""
 from __future__ import annotations
 
 import hashlib
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Dict, Hashable, List, Mapping, Sequence, Tuple
 
 
@@ -45,6 +46,36 @@ def stratified_split(keys: Sequence[str], strata: Sequence[Hashable], fractions:
     return out
 
 
+def grouped_split(keys: Sequence[str], groups: Sequence[Hashable], strata: Sequence[Hashable],
+                  fractions: Mapping[str, float], seed: int = 0) -> Dict[str, str]:
+    """:func:`stratified_split` of whole groups (patients): every key of a group gets one split, so no patient is in
+    two splits.
+
+    A group is one unit named by its smallest key and stratified by the stratum its keys show most often (a tie
+    goes to the smallest by ``repr``); the units are then split exactly as :func:`stratified_split` splits keys.
+    So a group of one key is its key with its own stratum: with one image per patient the assignment is the
+    image-level one, key for key. The result depends only on the keys, groups, strata, fractions and seed, never
+    on their order. ``groups``: one id per key (a key whose patient is unknown needs an id of its own).
+    """
+    if len(set(keys)) != len(keys):
+        raise ValueError("grouped_split: keys must be unique")
+    members: Dict[Hashable, List[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    unit_of: Dict[int, str] = {}
+    unit_keys: List[str] = []
+    unit_strata: List[Hashable] = []
+    for idx in members.values():
+        votes = Counter(strata[i] for i in idx)
+        top = max(votes.values())
+        name = min(keys[i] for i in idx)
+        unit_keys.append(name)
+        unit_strata.append(min((s for s, n in votes.items() if n == top), key=repr))
+        unit_of.update((i, name) for i in idx)
+    unit = stratified_split(unit_keys, unit_strata, fractions, seed=seed)
+    return {k: unit[unit_of[i]] for i, k in enumerate(keys)}
+
+
 def default_fractions(val_frac: float, test_frac: float) -> Dict[str, float]:
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(f"val_frac + test_frac must be in [0, 1), got {val_frac} + {test_frac}")
@@ -58,4 +89,4 @@ def split_counts(assign: Mapping[str, str]) -> Tuple[Tuple[str, int], ...]:
     return tuple(sorted(c.items()))
 
 
-__all__ = ["stratified_split", "default_fractions", "split_counts"]
+__all__ = ["stratified_split", "grouped_split", "default_fractions", "split_counts"]

@@ -21,6 +21,7 @@ import webdataset as wds
 from agglom.data.groups import fmt_value
 from agglom.data.jsonfile import read_json, write_json_atomic
 from agglom.data.manifest import DATASHEET, FORMAT, DatasetOutput, shard_name
+from agglom.data.patients import PATIENT, PatientCounter, summary_lines
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 MAX_LISTED_NUMERIC_VALUES = 32
@@ -53,7 +54,8 @@ def _summary(xs: List[float]) -> Dict[str, float]:
 
 
 class DatasheetBuilder:
-    """Accumulates counts per split x label x attribute value while samples are written."""
+    """Accumulates counts per split x label x attribute value while samples are written. The patient id (attribute
+    ``patient``) is no attribute here: it is counted apart (:class:`agglom.data.patients.PatientCounter`)."""
 
     def __init__(self) -> None:
         self.split_counts: Counter = Counter()
@@ -72,9 +74,12 @@ class DatasheetBuilder:
         self.mask_area: Counter = Counter()
         self.mask_by_attr: Dict[str, Dict[str, Dict[str, List[float]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(lambda: [0, 0.0])))
+        self.patients = PatientCounter()
 
     def add(self, split: str, label: Any, attrs: Mapping[str, Any], mask_area: Optional[float] = None) -> None:
         self.split_counts[split] += 1
+        self.patients.add(split, attrs or {})
+        attrs = {a: v for a, v in (attrs or {}).items() if a != PATIENT}
         if mask_area is not None:
             self.mask_counts[split] += 1
             self.mask_area[split] += float(mask_area)
@@ -144,6 +149,8 @@ class DatasheetBuilder:
         }
         if self.mask_counts:
             sheet["masks"] = self._masks_section(splits, attributes)
+        if self.patients:
+            sheet["patients"] = self.patients.section(splits, attributes)
         sheet.update(info)
         return sheet
 
@@ -244,9 +251,10 @@ class DatasetWriter:
 
     def write(self, key: str, image: bytes, ext: str, label: Any, attrs: Mapping[str, Any], split: str,
               extra: Optional[Mapping[str, Any]] = None, mask: Optional[bytes] = None,
-              mask_area: Optional[float] = None) -> None:
+              mask_area: Optional[float] = None, members: Optional[Mapping[str, bytes]] = None) -> None:
         """One sample; ``mask``: the PNG bytes of its segmentation mask (:mod:`agglom.data.masks`), written as the
-        ``mask.png`` member, with ``mask_area`` its foreground fraction for the datasheet."""
+        ``mask.png`` member, with ``mask_area`` its foreground fraction for the datasheet; ``members``: further
+        members kept as they are (a sample copied from other shards)."""
         if not _KEY_RE.match(key):
             raise ValueError(f"sample key {key!r} must use only letters, digits, '_' and '-' (no dots or slashes)")
         if key in self._keys:
@@ -260,7 +268,8 @@ class DatasetWriter:
         w = self._writers.get(split)
         if w is None:
             w = self._writers[split] = _SplitWriter(self.output, self.root / split, split, self.shard_size)
-        sample = {"__key__": key, ext: bytes(image), "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
+        sample = {**(members or {}), "__key__": key, ext: bytes(image),
+                  "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
         if mask is not None:
             from agglom.data.masks import MASK_MEMBER, decode_mask, foreground_fraction
 
@@ -350,6 +359,8 @@ def summary_table(sheet: Mapping[str, Any]) -> str:
                 cells = [per.get(s, {}).get(v) for s in splits]
                 lines.append(f"{'  mask area ' + a + '=' + str(v):<24}" + "".join(
                     f"{'-' if not c or c['mean_area'] is None else format(c['mean_area'], '.4f'):>{w}}" for c in cells))
+    if sheet.get("patients"):
+        lines.extend(summary_lines(sheet["patients"], splits, w))
     if sheet.get("skipped"):
         lines.append(f"skipped while writing: {json.dumps(sheet['skipped'])}")
     if sheet.get("split_design"):
