@@ -31,7 +31,11 @@ VARIANTS: Dict[str, tuple] = {
     "balance-only": (BALANCE, []),
     "objective-only": (OBJECTIVE, []),
     "erm-no-ft-fair": (ERM, ["ft-fair"]),
+    # fairness without demographics: the balancing half over proxy clusters (`agglom curate`), judged on the true
+    # attribute; the objective half needs ERM's losses per group, which the ERM students logged by site only
+    "proxy-balance-only": (BALANCE + ["groups.by=proxy", "data.sidecars=[@proxy]"], []),
 }
+PROXY_TEACHER = "ft-general"  # whose summary embeddings `agglom curate` clusters for the proxy groups
 assert sorted(BALANCE + OBJECTIVE) == sorted(FAIR), "the two halves must make up the demo's fair recipe"
 
 
@@ -41,6 +45,7 @@ class AblationArgs:
     data: str = "data/synth"  # the demo's benchmark
     variants: List[str] = field(default_factory=lambda: list(VARIANTS))  # which of VARIANTS to train
     attributes: List[str] = field(default_factory=lambda: ["site"])  # verdicts by these prediction columns
+    proxy_k: int = 2  # proxy-balance-only: clusters `agglom curate` makes (the demo's sites: 2)
     seeds: int = 3
     steps: int = 600  # must be the demo's steps (the ERM students are reused)
     bootstrap: int = 500  # the verdict's paired bootstrap replicates
@@ -65,12 +70,25 @@ def _train(a: Any, variant: str, seed: int, common: List[str]) -> Path:
         print(f"reusing {run}")
         return run
     erm = out / f"student-erm-s{seed}"
-    extra = [x.replace("@erm", str(erm)) for x in overrides]
+    extra = [x.replace("@erm", str(erm)).replace("@proxy", str(_proxy_groups(a, common))) for x in overrides]
     _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={run.parent}",
           f"teachers={roster(out, leave_out)}", f"seed={seed}", f"data.seed={seed}", f"student.model_args={STUDENT}",
           f"optim.steps={a.steps}", f"optim.warmup_steps={max(1, a.steps // 10)}",
           f"log.interval={max(1, a.steps // 4)}", f"log.checkpoint_interval={a.steps}", *common, *extra])
     return run
+
+
+def _proxy_groups(a: Any, common: List[str]) -> Path:
+    """The proxy-group sidecar (k clusters of the general teacher's embeddings over every split the students read),
+    made once by `agglom curate` and reused."""
+    out = Path(a.out) / "ablation" / "proxy_groups.json"
+    if not out.is_file():
+        splits = ["train", "val", "test"] + [x.split("[", 1)[1].rstrip("]") for x in common
+                                             if x.startswith("data.distill_splits=")]
+        _run(["curate", f"root={a.data}", f"teacher={Path(a.out) / 'teachers' / PROXY_TEACHER}", f"k={a.proxy_k}",
+              f"splits=[{','.join(splits)}]", f"image_size={a.image_size}", "num_workers=0", "progress=off",
+              f"out={out}"])
+    return out
 
 
 def _evaluate(a: Any, run: Path) -> None:

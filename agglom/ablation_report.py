@@ -14,6 +14,7 @@ WHAT = {
     "balance-only": "balancing only (ERM objective), all teachers",
     "objective-only": "`excess` objective only (natural draws), all teachers",
     "erm-no-ft-fair": "ERM without the fairness-tuned teacher (what ft-fair does under ERM, with the sign flipped)",
+    "proxy-balance-only": "balancing only, over proxy clusters from `agglom curate` instead of the true site",
 }
 
 

@@ -52,13 +52,16 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert again.returncode == 0 and "reusing" in again.stdout
     # the ablation runner on the finished demo: two variants, their verdicts against ERM and the full recipe
     abl = [sys.executable, "-m", "agglom.ablation", f"out={out}", f"data={data}", "seeds=2", "steps=12",
-           "variants=[no-ft-fair,balance-only]", "attributes=[site,sex]", "bootstrap=30", "report_bootstrap=10",
+           "variants=[no-ft-fair,balance-only,proxy-balance-only]", "attributes=[site,sex]", "bootstrap=30", "report_bootstrap=10",
            "image_size=32", "num_workers=0"]
     proc = subprocess.run(abl, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "ablation" / "summary.json").read_text())
     rows = res["by_attribute"]["site"]
-    assert set(rows) == {"full", "no-ft-fair", "balance-only"} and set(res["by_attribute"]) == {"site", "sex"}
+    assert set(rows) == {"full", "no-ft-fair", "balance-only", "proxy-balance-only"}
+    assert set(res["by_attribute"]) == {"site", "sex"}
+    proxy_cfg = (out / "ablation" / "proxy-balance-only-s0" / "config.yaml").read_text()
+    assert "by: proxy" in proxy_cfg and "proxy_groups.json" in proxy_cfg
     assert "vs_full" in rows["no-ft-fair"] and "vs_full" not in rows["full"]
     assert "ft-fair" not in (out / "ablation" / "no-ft-fair-s0" / "config.yaml").read_text()
     assert "group: erm" in (out / "ablation" / "balance-only-s1" / "config.yaml").read_text()
