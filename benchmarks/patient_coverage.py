@@ -33,8 +33,8 @@ def coverage(opts: Dict[str, Any]) -> Dict[str, Any]:
     """Coverage and mean width of the image-level and the patient-clustered BCa interval of the overall AUC."""
     from scipy.stats import norm
 
-    from agglom.eval.group_stats import rank_auc
     from agglom.metrics.bootstrap import Resampler, replicate, strata_by
+    from agglom.metrics.group_stats import rank_auc
     from agglom.metrics.intervals import bca_interval
 
     truth = float(norm.cdf(opts["mu"] / np.sqrt(2.0)))

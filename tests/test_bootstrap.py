@@ -64,8 +64,8 @@ def _unique_ids(n):
 def test_every_interval_is_unchanged_by_one_image_patients():
     from agglom.eval.compare import paired_group_deltas
     from agglom.eval.dense import dice_fairness
-    from agglom.eval.group_means import group_mean_summary
     from agglom.eval.metrics import binary_group_metrics
+    from agglom.metrics.group_means import group_mean_summary
 
     g, y, a, b = _data(200, 1)
     ids = _unique_ids(y.size)

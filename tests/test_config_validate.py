@@ -135,7 +135,7 @@ def test_builtin_choices_match_the_registries(kind):
     (C.EVAL_FEATURES, "agglom.model.agglomerator", "FEATURE_KINDS"),
     (C.CURATE_FEATURES, "agglom.curate.embed", "FEATURE_KINDS"),
     (C.CACHE_DTYPES, "agglom.cache.codec", "DTYPES"),
-    (C.ECE_BINNINGS, "agglom.eval.calibration", "ECE_BINNINGS"),
+    (C.ECE_BINNINGS, "agglom.metrics.calibration", "ECE_BINNINGS"),
     (C.CURATE_METHODS, "agglom.curate.run", "METHODS"),
     (C.SWEEP_DENSE, "agglom.eval.dense", "STAT_KEYS"),
     (C.DENSE_HEADS, "agglom.eval.dense", "DENSE_HEADS"),
@@ -145,8 +145,8 @@ def test_closed_choices_match_the_code_that_acts_on_them(names, module, attr):
 
 
 def test_sweep_classification_metrics_are_the_headlines_keys():
-    from agglom.eval.group_stats import THRESHOLD_METRICS
     from agglom.eval.metrics import MACRO_KEYS
+    from agglom.metrics.group_stats import THRESHOLD_METRICS
 
     assert set(C.SWEEP_CLASSIFICATION) == {*MACRO_KEYS, "ece_gap", *THRESHOLD_METRICS}
 

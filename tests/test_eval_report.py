@@ -9,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 
 from agglom.eval import metrics as M
 from agglom.eval import plots
-from agglom.eval.pareto import front_summary
 from agglom.eval.report import (
     SCHEMA,
     ReportError,
@@ -21,6 +20,7 @@ from agglom.eval.report import (
     write_predictions_csv,
     write_report,
 )
+from agglom.metrics.pareto import front_summary
 
 
 def _data(n=300, seed=0):
@@ -161,7 +161,7 @@ def test_predictions_csv_carries_the_optimistic_threshold_when_asked(tmp_path):
     from agglom.config.schema import EvalConfig
     from agglom.eval.extract import SplitFeatures
     from agglom.eval.protocol import probe_model
-    from agglom.eval.thresholds import OPTIMISTIC_THRESHOLD
+    from agglom.metrics.thresholds import OPTIMISTIC_THRESHOLD
 
     rng = np.random.default_rng(0)
 

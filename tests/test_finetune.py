@@ -105,7 +105,7 @@ def test_teacher_source_and_refusals(synth, tmp_path, capsys):
 
 
 def test_group_metrics_undefined_and_worst_group():
-    from agglom.eval.group_auc import group_auc_metrics
+    from agglom.metrics.group_auc import group_auc_metrics
 
     logits = np.array([[2.0], [-1.0], [0.5], [1.0], [0.2], [3.0]])
     labels = np.array([1, 0, 1, 0, 1, 1])

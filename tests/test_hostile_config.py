@@ -431,3 +431,12 @@ def test_the_cli_prints_every_teacher_user_error_on_one_line():
     from teachers.build import USER_ERRORS
 
     assert {c.__module__ for c in USER_ERRORS} <= set(TEACHER_ERROR_MODULES)
+
+
+@pytest.mark.parametrize("argv", [["train", "data.group_weights=[1,2]"], ["train", "teachers={a: 1}"],
+                                  ["data", "pack", "out=unused", "src=unused", "attr_bins=[0,40]"]])
+def test_a_value_of_the_wrong_shape_is_one_line_and_exit_2(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "Traceback" not in err and not (tmp_path / "unused").exists()

@@ -186,6 +186,8 @@ def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[st
             cfg = OmegaConf.merge(cfg, OmegaConf.create(loaded))
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"recipe {path}") from e
+        except (TypeError, ValueError) as e:  # omegaconf's merge of a list into a mapping-typed key, and the like
+            raise ConfigError(f"recipe {path}: {e} (a key's value has the wrong shape)") from None
     for item in dotlist:
         try:
             cfg = OmegaConf.merge(cfg, _override(item, schema))
@@ -193,6 +195,10 @@ def load_config(schema: Type[Any], argv: Sequence[str] = (), recipe: Optional[st
             raise _explain(e, schema, f"override {item!r}") from e
         except YAMLInputError as e:
             raise ConfigError(f"override {item!r}: {e}") from None
+        except (TypeError, ValueError) as e:  # e.g. a list given for a mapping-typed key, or the reverse
+            key = item.split("=", 1)[0]
+            raise ConfigError(f"override {item!r}: the value's shape does not fit {key} (a list where a mapping "
+                              f"{{key: value}} is expected, or the reverse; see --help) ({e})") from None
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:

@@ -2,8 +2,8 @@
 
 Numpy in, dicts out. See each module's docstring; the exact metric definitions are those of
 ``docs/metrics.md``. :mod:`agglom.eval.metrics` builds the per-group results from
-:mod:`agglom.eval.calibration` (ECE), :mod:`agglom.eval.thresholds` (decision thresholds) and
-:mod:`agglom.eval.group_stats` (base statistics and the bootstrap), and re-exports their public names.
+:mod:`agglom.metrics.calibration` (ECE), :mod:`agglom.metrics.thresholds` (decision thresholds) and
+:mod:`agglom.metrics.group_stats` (base statistics and the bootstrap), and re-exports their public names.
 Plots live in :mod:`agglom.eval.plots` (imported lazily: it pulls in matplotlib).
 """
 
@@ -22,7 +22,6 @@ from agglom.eval.metrics import (
     headline,
     multilabel_group_metrics,
 )
-from agglom.eval.pareto import DEFAULT_REFERENCE, front_summary, hypervolume_2d, minimax_pareto_select, pareto_mask
 from agglom.eval.probe import ProbeResult, fit_linear_probe, label_efficiency, subsample_labels
 from agglom.eval.report import (
     SCHEMA,
@@ -35,6 +34,7 @@ from agglom.eval.report import (
     write_predictions_csv,
     write_report,
 )
+from agglom.metrics.pareto import DEFAULT_REFERENCE, front_summary, hypervolume_2d, minimax_pareto_select, pareto_mask
 
 __all__ = [
     "CONVENTIONS",

@@ -20,8 +20,8 @@ def teacher_group_auc(cfg: Any, teachers: Mapping[str, Any], group_names: Sequen
     teacher's val AUC within each group (a multi-label task: the mean over labels)."""
     from agglom.data.readers import eval_loader
     from agglom.eval.extract import teacher_output
-    from agglom.eval.group_stats import rank_auc
     from agglom.eval.probe import fit_linear_probe
+    from agglom.metrics.group_stats import rank_auc
 
     names = list(teachers)
 

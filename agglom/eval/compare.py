@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from agglom.data.patients import PATIENT
-from agglom.eval.group_stats import rank_auc
 from agglom.metrics.bootstrap import Resampler, clusters_of, replicate, strata_by
+from agglom.metrics.group_stats import rank_auc
 from agglom.metrics.intervals import bca_interval
 
 __all__ = ["paired_group_deltas", "compare_predictions", "levelled_down_groups", "COMPARE_SCHEMA"]

@@ -123,9 +123,9 @@ def functional_fidelity(teacher_train: np.ndarray, y_train: np.ndarray, teacher_
     """The teacher's own probe (fitted on its train features, threshold on val) scoring the teacher's and the
     student's test features. Returns, per attribute, group AUCs of both, their difference and the agreement of
     the two decisions (a :func:`~agglom.eval.metrics.group_mean_summary` of per-sample 0/1 agreement)."""
-    from agglom.eval.group_stats import rank_auc
     from agglom.eval.metrics import group_mean_summary
     from agglom.eval.probe import fit_linear_probe
+    from agglom.metrics.group_stats import rank_auc
 
     ytr, yva, yte = (np.asarray(v).reshape(-1).astype(int) for v in (y_train, y_val, y_test))
     both = np.concatenate([teacher_test, student_test])

@@ -5,10 +5,10 @@ Definitions follow ``docs/metrics.md``. This module assembles the documented, JS
 :func:`group_mean_summary`, :func:`headline`) and states their conventions; the pieces live in their own modules
 and are re-exported here so that ``agglom.eval.metrics`` stays the one import for callers:
 
-- :mod:`agglom.eval.calibration`: ECE and its binnings (:data:`ECE_BINNINGS`, :func:`ece`, :func:`ece_bins`);
-- :mod:`agglom.eval.thresholds`: choosing decision thresholds (:func:`choose_threshold`, Youden, best F1) and the
+- :mod:`agglom.metrics.calibration`: ECE and its binnings (:data:`ECE_BINNINGS`, :func:`ece`, :func:`ece_bins`);
+- :mod:`agglom.metrics.thresholds`: choosing decision thresholds (:func:`choose_threshold`, Youden, best F1) and the
   threshold a headline reports (:func:`primary_threshold`);
-- :mod:`agglom.eval.group_stats`: per-group base statistics (fairlearn point estimates, a vectorised numpy copy
+- :mod:`agglom.metrics.group_stats`: per-group base statistics (fairlearn point estimates, a vectorised numpy copy
   for replicates), the derived gaps/worst-group values/ES-AUC, and the stratified bootstrap (BCa intervals).
 
 Everything works on numpy arrays: ``y_true [N]`` in {0, 1}, ``score [N]`` probabilities of the positive class,
@@ -26,7 +26,7 @@ Conventions (also stored in every result under ``"conventions"``):
 - ``eod_mean`` = fairlearn ``equalized_odds_difference(agg="mean")`` = mean(ΔTPR, ΔFPR) = mean(ΔTPR, ΔTNR)
   (ΔTNR = ΔFPR since TNR = 1 - FPR); FairMedFM's EOD score is ``1 - eod_mean``.
 - ``eo_tpr_gap`` = equal opportunity difference = ΔTPR (fairlearn ``equal_opportunity_difference``).
-- ECE binnings ``"range10"`` (FairMedFM/MEDFAIR) and ``"unit15"`` (torchmetrics): see :mod:`agglom.eval.calibration`.
+- ECE binnings ``"range10"`` (FairMedFM/MEDFAIR) and ``"unit15"`` (torchmetrics): see :mod:`agglom.metrics.calibration`.
 - Undefined values (a group AUC with one class present, a TPR with no positives in the group, a gap with fewer
   than two defined groups) are NaN internally and ``None`` in the returned dicts, never 0.
 """
@@ -37,9 +37,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from agglom.eval.calibration import ECE_BINNINGS, ece, ece_bins
-from agglom.eval.group_means import group_mean_summary  # noqa: F401 - one of this module's results
-from agglom.eval.group_stats import (
+from agglom.metrics.bootstrap import Resampler, add_patient_counts, clusters_of, strata_by
+from agglom.metrics.calibration import ECE_BINNINGS, ece, ece_bins
+from agglom.metrics.group_means import group_mean_summary  # noqa: F401 - one of this module's results
+from agglom.metrics.group_stats import (
     RATES,
     THRESHOLD_METRICS,
     _derive,
@@ -48,7 +49,8 @@ from agglom.eval.group_stats import (
     bootstrap_cis,
     es_auc,
 )
-from agglom.eval.thresholds import (
+from agglom.metrics.intervals import METHOD as INTERVAL_METHOD
+from agglom.metrics.thresholds import (
     OPTIMISTIC_THRESHOLD,
     THRESHOLD_FIXED,
     best_f1_threshold,
@@ -57,9 +59,7 @@ from agglom.eval.thresholds import (
     primary_threshold,
     youden_threshold,
 )
-from agglom.eval.values import _as_groups, _f, _group_order, _m, nan_to_none  # noqa: F401 - re-exported
-from agglom.metrics.bootstrap import Resampler, add_patient_counts, clusters_of, strata_by
-from agglom.metrics.intervals import METHOD as INTERVAL_METHOD
+from agglom.metrics.values import _as_groups, _f, _group_order, _m, nan_to_none  # noqa: F401 - re-exported
 
 __all__ = [
     "ECE_BINNINGS",

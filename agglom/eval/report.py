@@ -80,7 +80,7 @@ from agglom.eval.csv_cells import cell, read_rows
 from agglom.eval.metrics import nan_to_none
 from agglom.eval.report_md import data_markdown, render_markdown, summary_table  # noqa: F401 - re-exported
 from agglom.eval.sam_report import check_sam_section
-from agglom.eval.values import _check_metric
+from agglom.metrics.values import _check_metric
 
 __all__ = [
     "SCHEMA",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, List, Mapping
 
 from agglom.eval.md_format import _mci, _n, _num, _table
-from agglom.eval.values import _check_metric
+from agglom.metrics.values import _check_metric
 
 _STATS = ("dice", "iou", "worst_group_dice", "dice_gap", "es_dice", "es_dice_std")
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from agglom.config.load import ConfigError
 from agglom.eval.metrics import headline
-from agglom.eval.pareto import front_summary
+from agglom.metrics.pareto import front_summary
 from agglom.runs import eval_report
 
 

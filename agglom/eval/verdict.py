@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from agglom.data.patients import PATIENT
-from agglom.eval.group_stats import rank_auc
 from agglom.eval.md_format import with_interval
 from agglom.metrics.bootstrap import Resampler, clusters_of, replicate, strata_by
+from agglom.metrics.group_stats import rank_auc
 from agglom.metrics.intervals import bca_interval
 
 __all__ = ["TARGETS", "verdict", "render_verdict", "fmt_delta", "levelled_beyond"]

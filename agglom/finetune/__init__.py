@@ -3,7 +3,7 @@
 `agglom finetune` (see :mod:`agglom.commands.finetune`, driver :mod:`agglom.finetune.run`) trains an encoder +
 linear head on the labelled training shards as a task of the shared training loop (:mod:`agglom.finetune.task`:
 the same engines, checkpoints and exact resume as `agglom train`), with the same group objectives as
-distillation (erm / balanced / variance / gap / groupdro); validates per group (:mod:`agglom.eval.group_auc`); and
+distillation (erm / balanced / variance / gap / groupdro); validates per group (:mod:`agglom.metrics.group_auc`); and
 exports the encoder (head dropped) with ``card.yaml`` + ``finetune.json`` as a folder that the teacher zoo loads
 with ``teachers.load_card(<folder>)`` and a recipe names as a teacher: a timm folder for timm models
 (:mod:`agglom.finetune.export`), the family's own format for open_clip / SAM / transformers cards

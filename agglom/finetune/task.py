@@ -3,7 +3,7 @@ over groups by the distillation objectives (erm / balanced / variance / gap / gr
 
 Per-sample losses: binary label: BCE with logits; multi-class: cross-entropy; multi-label: mean BCE over labels.
 The loop (:mod:`agglom.train.loop`) owns the engine, checkpoints and resume; :class:`Validation` looks in after
-each logged step and validates per group with :mod:`agglom.eval.group_auc`.
+each logged step and validates per group with :mod:`agglom.metrics.group_auc`.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from agglom.config.load import ConfigError
-from agglom.eval.group_auc import group_auc_metrics
 from agglom.finetune.model import Encoder
+from agglom.metrics.group_auc import group_auc_metrics
 from agglom.train.loop import LoopHooks
 
 

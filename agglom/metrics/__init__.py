@@ -1,5 +1,11 @@
-"""Statistics shared by every evaluation: one stratified (patient-clustered) bootstrap and its BCa intervals.
+"""The statistics every evaluation shares, on the ground floor (numpy, scipy, scikit-learn and fairlearn only).
 
-Kept below the data and evaluation floors (numpy and scipy only) so that the per-group metrics, the paired
-comparisons, the verdicts, Dice and fidelity all draw their intervals from :mod:`agglom.metrics.bootstrap`.
+- :mod:`~agglom.metrics.values`: how a reported number is written (``{value, ci}``, the one estimate type);
+- :mod:`~agglom.metrics.bootstrap`: the one stratified bootstrap, clustered by patient when samples name one;
+- :mod:`~agglom.metrics.intervals`: BCa intervals that contain their own estimate;
+- :mod:`~agglom.metrics.group_stats`, :mod:`~agglom.metrics.group_means`, :mod:`~agglom.metrics.group_auc`:
+  per-group AUC, calibration, rates, gaps and means; :mod:`~agglom.metrics.calibration`,
+  :mod:`~agglom.metrics.thresholds`, :mod:`~agglom.metrics.pareto`.
+
+Evaluation, fine-tuning and export import them from here, never from ``agglom.eval``.
 """

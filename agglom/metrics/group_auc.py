@@ -1,7 +1,7 @@
 """Per-group ROC-AUC of a supervised head's logits: what `agglom finetune` validates with.
 
 Binary labels: the sigmoid of the one logit; multi-class: one-vs-rest on the softmax; multi-label: one column per
-label. A column's AUC is defined only where both classes occur (:func:`agglom.eval.group_stats.rank_auc`); the AUC
+label. A column's AUC is defined only where both classes occur (:func:`agglom.metrics.group_stats.rank_auc`); the AUC
 of a set is the mean over its defined columns, and *undefined* (None, never 0) when no column is. The worst-group
 AUC is the minimum over the defined parity groups (the unknown group counts only when the caller says so), the
 AUC gap the best minus the worst.
@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from agglom.eval.group_stats import rank_auc
+from agglom.metrics.group_stats import rank_auc
 
 KINDS = ("binary", "multiclass", "multilabel")
 

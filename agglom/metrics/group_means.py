@@ -1,13 +1,13 @@
 """Group means of a per-sample quantity (fidelity, agreement) with the worst group, the gap and BCa intervals
-(resampling within groups); re-exported by :mod:`agglom.eval.metrics`; results as :mod:`agglom.eval.values` writes them."""
+(resampling within groups); re-exported by :mod:`agglom.eval.metrics`; results as :mod:`agglom.metrics.values` writes them."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
 import numpy as np
 
-from agglom.eval.group_stats import _spread
-from agglom.eval.values import _as_groups, _group_order, _m
+from agglom.metrics.group_stats import _spread
+from agglom.metrics.values import _as_groups, _group_order, _m
 
 __all__ = ["group_mean_summary"]
 

@@ -6,7 +6,7 @@ it is pure computation on flat ``{key tuple: float}`` maps, and it holds the two
 
 - :func:`_fairlearn_base_stats`: point estimates through fairlearn's :class:`~fairlearn.metrics.MetricFrame`
   (AUC via ``sklearn.metrics.roc_auc_score``; TPR/FPR/FNR/TNR/selection rate via fairlearn's base metrics; ECE via
-  :func:`agglom.eval.calibration.ece`);
+  :func:`agglom.metrics.calibration.ece`);
 - :func:`_numpy_base_stats`: the same statistics, vectorised numpy, for bootstrap replicates (fairlearn's
   per-replicate MetricFrame costs ~70 ms; this ~1 ms). The tests check that the two agree exactly.
 
@@ -33,7 +33,7 @@ from fairlearn.metrics import (
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from agglom.eval.calibration import ece
+from agglom.metrics.calibration import ece
 
 __all__ = ["RATES", "THRESHOLD_METRICS", "es_auc", "rank_auc", "bootstrap_cis"]
 
