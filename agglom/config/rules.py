@@ -64,6 +64,19 @@ def _non_empty(v: Any) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
 
+def _bin_edges(v: Any) -> bool:
+    """``attr_bins``: a mapping attribute -> at least two strictly increasing finite numbers (agglom/data/binning.py
+    says which edge is wrong when a pack is run without this check)."""
+    if not isinstance(v, dict):
+        return False
+    for attr, edges in v.items():
+        if not _non_empty(attr) or not isinstance(edges, list) or len(edges) < 2 or not all(map(_is_num, edges)):
+            return False
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            return False
+    return True
+
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 POSITIVE = at_least(0, open_=True)
 NON_NEGATIVE = at_least(0)
@@ -156,6 +169,8 @@ RULES: Dict[str, Rule] = {
     "k": COUNT,
     "match": one_of(C.JOIN_MATCHES),
     "patient_attrs": one_of(C.PATIENT_ATTRS), "patient_col": NON_EMPTY,  # agglom data pack / join
+    "attr_bins": Rule(_bin_edges, "a mapping attribute -> bin edges, each at least 2 strictly increasing finite "
+                                  "numbers, e.g. {Age: [0, 40, 60, 80, 200]}"),  # agglom data pack
     "cache.dtype": one_of(C.CACHE_DTYPES),
     "cache.pool": COUNT, "cache.batch_size": COUNT,
     "cache.device": DEVICE,

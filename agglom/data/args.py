@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from agglom.data.synth import SynthParams
 
 PATIENT_COL_HELP = ("the column with each image's patient id (the CSV's; a folder pack's attrs_csv's; with resplit= "
                     "an attribute of the samples): stored as the attribute `patient`, and no patient is split")
+ATTR_BINS_HELP = ("numeric attributes counted in bins in the datasheet, e.g. {Age: [0, 40, 60, 80, 200]}: images and "
+                  "patients per split x bin ([0,40) ...) and out of range / missing; the samples keep their values "
+                  "(with resplit=: default the source datasheet's bins)")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class PackConfig:
                                    "with a patient-level split (instead of src= / csv=)"})
     patient_sidecar: Optional[str] = field(default=None, metadata={"help": "with resplit=: a sidecar giving each "
                                            "sample's patient (agglom data join patient_col=, or a CSV key,patient)"})
+    attr_bins: Dict[str, List[float]] = field(default_factory=dict, metadata={"help": ATTR_BINS_HELP})
 
 
 @dataclass

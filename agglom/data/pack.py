@@ -7,7 +7,8 @@ PIL reads become PNGs. Unreadable files are skipped,
 counted by reason and reported in the datasheet (``skipped``). Splits are stratified over label x the
 ``stratify`` attributes, seeded, unless a ``split_col`` gives them; with patients (``patient_col``,
 ``patient_from_path``: agglom/data/pack_patients.py) the draw keeps each patient in one split, and a given split
-that divides a patient is refused.
+that divides a patient is refused. ``attr_bins`` counts numeric attributes per bin in the datasheet
+(agglom/data/binning.py); the samples keep their values.
 """
 from __future__ import annotations
 
@@ -267,9 +268,11 @@ def pack(cfg: Any) -> Dict[str, Any]:
         raise ConfigError("give exactly one source: src=FOLDER (class subfolders), csv=FILE or resplit=DATASET")
     if not cfg.out:
         raise ConfigError("out=DIR is required")
+    from agglom.data.binning import check_attr_bins, check_bin_option
     from agglom.data.pack_patients import check_patient_options, set_patients
 
     check_patient_options(cfg)  # before anything is read
+    check_bin_option(cfg.get("attr_bins"))
     skipped: Counter = Counter()
     converted: Counter = Counter()
     dicom_notes: Counter = Counter()
@@ -279,10 +282,11 @@ def pack(cfg: Any) -> Dict[str, Any]:
     if cfg.get("masks"):
         _find_masks(cfg, recs)
     patients = set_patients(cfg, keys, recs)
+    bins = check_attr_bins(cfg.get("attr_bins"), [r["attrs"] for r in recs])
     assign = _assign(cfg, keys, recs)
     mask_problems: Counter = Counter()
     with DatasetOutput.open(cfg.out, cfg.force, "agglom data pack", planned=sorted(set(assign.values()))) as output, \
-            DatasetWriter(output.root, shard_size=cfg.shard_size, output=output) as w:
+            DatasetWriter(output.root, shard_size=cfg.shard_size, output=output, attr_bins=bins) as w:
         written, downsized = _write(w, cfg, keys, recs, assign, skipped, dicom_notes, mask_problems)
         if written == 0:
             raise ConfigError(f"no readable images in the source (skipped: {dict(skipped)})")

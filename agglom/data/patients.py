@@ -231,9 +231,12 @@ def patients_text(n: int) -> str:
     return f"{n} patient{'' if n == 1 else 's'}"
 
 
-def summary_lines(section: Mapping[str, Any], splits: Sequence[str], width: int) -> List[str]:
+def summary_lines(section: Mapping[str, Any], splits: Sequence[str], width: int,
+                  binned: Optional[Mapping[str, List[str]]] = None) -> List[str]:
     """The datasheet's ``patients`` section as ``agglom data info`` prints it: patients and their images per split,
-    patients per attribute value, patients in two splits and attributes that change within a patient."""
+    patients per attribute value, patients in two splits and attributes that change within a patient. ``binned``:
+    attribute -> its rows of patients per bin (agglom/data/binning.py ``patient_lines``), printed instead of its
+    rows per value."""
     rows = section.get("splits", {})
 
     def row(name: str, cells: Sequence[Any]) -> str:
@@ -243,7 +246,13 @@ def summary_lines(section: Mapping[str, Any], splits: Sequence[str], width: int)
              row("  their images", [rows.get(s, {}).get("images", 0) for s in splits])]
     if section.get("images_without_patient"):
         lines.append(row("  images, no patient", [rows.get(s, {}).get("images_without_patient", 0) for s in splits]))
-    for a, per in section.get("by_attribute", {}).items():
+    by_attribute = section.get("by_attribute", {})
+    binned = binned or {}
+    for a in sorted(set(by_attribute) | set(binned)):
+        if a in binned:
+            lines.extend(binned[a])
+            continue
+        per = by_attribute[a]
         for v in sorted({v for s in splits for v in per.get(s, {})}):
             lines.append(row(f"  {a}={v}", [per.get(s, {}).get(v, {}).get("patients", 0) for s in splits]))
     varying = section.get("attributes_varying") or {}

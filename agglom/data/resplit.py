@@ -8,7 +8,8 @@ samples' own attributes (``patient``, or the attribute ``patient_col`` names), e
 ``seed``, ``val_frac``, ``test_frac`` and ``stratify`` of `agglom data pack`), and copies every sample into the new
 folder — its image, mask and other members byte for byte, its json with the new ``split`` and the ``patient``
 attribute. The splits train, val and test are pooled and redrawn; any other split folder (``unlabeled``) is
-copied as it is. The source folder is never written.
+copied as it is. The source folder is never written. ``attr_bins`` (else the source datasheet's
+``params.attr_bins``) counts numeric attributes per bin in the new datasheet (agglom/data/binning.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from agglom.data.binning import check_attr_bins, check_bin_option
 from agglom.data.counts import SkipCounts
 from agglom.data.pack_patients import check_patient_options, draw_split, finish_patients
 from agglom.data.paths import shown
@@ -141,6 +143,7 @@ def resplit(cfg: Any) -> Dict[str, Any]:
     from agglom.data.writer import DatasetWriter, read_datasheet
 
     check_writer_options(cfg)
+    check_bin_option(cfg.get("attr_bins"))
     if not cfg.out:
         raise ConfigError("out=DIR is required")
     src, splits = _folders(cfg)
@@ -150,13 +153,15 @@ def resplit(cfg: Any) -> Dict[str, Any]:
     if not samples:
         raise ConfigError(f"resplit={shown(src)}: no readable sample in its shards ({counts.describe()})")
     patients = _patients(cfg, samples)
+    bins = check_attr_bins(cfg.get("attr_bins") or (old.get("params") or {}).get("attr_bins"),
+                           [s["attrs"] for s in samples.values()])
     assign = _assign(cfg, samples)
     params = {**(old.get("params") or {}), "val_frac": cfg.val_frac, "test_frac": cfg.test_frac, "seed": cfg.seed,
               "stratify": list(cfg.stratify), "split_col": None, "shard_size": cfg.shard_size,
               "resplit_from": str(src.resolve()), "patients": patients}
     planned = sorted(set(assign.values()))
     with DatasetOutput.open(cfg.out, cfg.force, "agglom data pack", planned=planned) as output, \
-            DatasetWriter(output.root, shard_size=cfg.shard_size, output=output) as w:
+            DatasetWriter(output.root, shard_size=cfg.shard_size, output=output, attr_bins=bins) as w:
         if _copy(w, src, splits, samples, assign, counts) == 0:
             raise ConfigError(f"resplit={shown(src)}: no sample has an image member ({counts.describe()})")
         sheet = w.close(name=cfg.name or old.get("name") or Path(cfg.out).name,

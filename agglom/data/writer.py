@@ -18,10 +18,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import webdataset as wds
 
+from agglom.data.binning import BinCounter, attribute_lines, patient_lines
 from agglom.data.groups import fmt_value
 from agglom.data.jsonfile import read_json, write_json_atomic
 from agglom.data.manifest import DATASHEET, FORMAT, DatasetOutput, shard_name
-from agglom.data.patients import PATIENT, PatientCounter, summary_lines
+from agglom.data.patients import MAX_NUMERIC_GROUPS, PATIENT, PatientCounter, summary_lines
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 MAX_LISTED_NUMERIC_VALUES = 32
@@ -55,9 +56,11 @@ def _summary(xs: List[float]) -> Dict[str, float]:
 
 class DatasheetBuilder:
     """Accumulates counts per split x label x attribute value while samples are written. The patient id (attribute
-    ``patient``) is no attribute here: it is counted apart (:class:`agglom.data.patients.PatientCounter`)."""
+    ``patient``) is no attribute here: it is counted apart (:class:`agglom.data.patients.PatientCounter`).
+    ``attr_bins`` (attribute -> bin edges, checked by the caller: agglom/data/binning.py ``check_attr_bins``) adds
+    images and patients per split x bin (``attribute_bins``) and the edges (``params.attr_bins``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, attr_bins: Optional[Mapping[str, Any]] = None) -> None:
         self.split_counts: Counter = Counter()
         self.label_counts: Dict[str, Counter] = defaultdict(Counter)
         self.multilabel: Optional[int] = None
@@ -75,10 +78,12 @@ class DatasheetBuilder:
         self.mask_by_attr: Dict[str, Dict[str, Dict[str, List[float]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(lambda: [0, 0.0])))
         self.patients = PatientCounter()
+        self.bins = BinCounter(attr_bins)
 
     def add(self, split: str, label: Any, attrs: Mapping[str, Any], mask_area: Optional[float] = None) -> None:
         self.split_counts[split] += 1
         self.patients.add(split, attrs or {})
+        self.bins.add(split, attrs or {})
         attrs = {a: v for a, v in (attrs or {}).items() if a != PATIENT}
         if mask_area is not None:
             self.mask_counts[split] += 1
@@ -139,7 +144,7 @@ class DatasheetBuilder:
             "source": info.pop("source", ""),
             "licence": info.pop("licence", ""),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "params": info.pop("params", {}),
+            "params": {**info.pop("params", {}), **({"attr_bins": self.bins.params()} if self.bins else {})},
             "label": label_info,
             "samples": sum(self.split_counts.values()),
             "splits": {s: {"samples": self.split_counts[s], "shards": self.shards[s],
@@ -151,6 +156,8 @@ class DatasheetBuilder:
             sheet["masks"] = self._masks_section(splits, attributes)
         if self.patients:
             sheet["patients"] = self.patients.section(splits, attributes)
+        if self.bins:
+            sheet["attribute_bins"] = self.bins.section(splits)
         sheet.update(info)
         return sheet
 
@@ -230,6 +237,7 @@ class DatasetWriter:
     """Write samples into per-split shards and the datasheet; use as a context manager.
 
     ``write(key, image_bytes, ext, label, attrs, split)``; ``close(**info)`` writes ``dataset.json`` and returns it.
+    ``attr_bins``: numeric attributes counted in bins in the datasheet (:class:`DatasheetBuilder`).
     Every file goes through a :class:`agglom.data.manifest.DatasetOutput`: ``output`` when the caller holds one
     (several writers into one folder, as `agglom data synth` and its twin), else one opened here on ``root`` (which
     refuses or, with ``force``, clears a previous dataset). Leaving the ``with`` block with an exception removes what
@@ -237,7 +245,7 @@ class DatasetWriter:
     """
 
     def __init__(self, root: os.PathLike, shard_size: int = 1000, force: bool = False,
-                 output: Optional[DatasetOutput] = None):
+                 output: Optional[DatasetOutput] = None, attr_bins: Optional[Mapping[str, Any]] = None):
         if shard_size < 1:  # the commands refuse it first (agglom.data.args.check_writer_options)
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self._own = output is None
@@ -246,7 +254,7 @@ class DatasetWriter:
         self.shard_size = int(shard_size)
         self._writers: Dict[str, _SplitWriter] = {}
         self._keys: set = set()
-        self.sheet = DatasheetBuilder()
+        self.sheet = DatasheetBuilder(attr_bins)
         self.datasheet: Optional[Dict[str, Any]] = None
 
     def write(self, key: str, image: bytes, ext: str, label: Any, attrs: Mapping[str, Any], split: str,
@@ -317,8 +325,20 @@ def read_datasheet(root: os.PathLike) -> Optional[Dict[str, Any]]:
     return sheet
 
 
+def _numeric_lines(info: Mapping[str, Any], splits: List[str], w: int) -> List[str]:
+    """A numeric attribute with many values, summarised per split (min, median, max) instead of a row per value."""
+    summ = info.get("summary", {})
+    lines = []
+    for stat in ("min", "median", "max"):
+        cells = [format(summ[s][stat], "g") if summ.get(s, {}).get("n") else "-" for s in splits]
+        lines.append(f"{'  ' + stat:<24}" + "".join(f"{c:>{w}}" for c in cells))
+    return lines
+
+
 def summary_table(sheet: Mapping[str, Any]) -> str:
-    """A plain-text table of a datasheet: splits x labels, then each attribute's values per split."""
+    """A plain-text table of a datasheet: splits x labels, then each attribute's values per split — a binned
+    attribute (``attribute_bins``) per bin, a numeric one with more than
+    :data:`agglom.data.patients.MAX_NUMERIC_GROUPS` values as its min, median and max per split."""
     splits = list(sheet.get("splits", {}))
     lines = [f"dataset: {sheet.get('name') or '-'}   source: {sheet.get('source') or '-'}   "
              f"licence: {sheet.get('licence') or '-'}   samples: {sheet.get('samples', 0)}"]
@@ -333,19 +353,20 @@ def summary_table(sheet: Mapping[str, Any]) -> str:
     lines.append(f"{'shards':<24}" + "".join(f"{sheet['splits'][s].get('shards', 0):>{w}}" for s in splits))
     for lk in labels:
         lines.append(f"{'label=' + lk:<24}" + "".join(f"{sheet['splits'][s]['labels'].get(lk, 0):>{w}}" for s in splits))
+    binned = sheet.get("attribute_bins") or {}
     for a, info in sheet.get("attributes", {}).items():
-        lines.append(f"{a} ({info.get('type')})")
-        counts = info.get("counts")
-        if counts:
-            for v in info.get("values", []):
+        if a in binned:
+            lines.extend(attribute_lines(a, info, binned[a], splits, w))
+            continue
+        counts, values = info.get("counts"), info.get("values", [])
+        many = info.get("type") == "numeric" and (not counts or len(values) > MAX_NUMERIC_GROUPS)
+        n = f"{len(values)} values" if counts else f"more than {MAX_LISTED_NUMERIC_VALUES} values"
+        lines.append(f"{a} ({info.get('type')}" + (f", {n})" if many else ")"))
+        if many and info.get("summary"):
+            lines.extend(_numeric_lines(info, splits, w))
+        elif counts:
+            for v in values:
                 lines.append(f"{'  ' + str(v):<24}" + "".join(f"{counts.get(s, {}).get(str(v), 0):>{w}}" for s in splits))
-        summ = info.get("summary", {})
-        if summ and not counts:
-            for s in splits:
-                m = summ.get(s, {})
-                if m.get("n"):
-                    lines.append(f"  {s}: n={m['n']} min={m['min']:g} median={m['median']:g} max={m['max']:g} "
-                                 f"mean={m['mean']:g} std={m['std']:g}")
         lines.append(f"{'  (missing)':<24}" + "".join(f"{info.get('missing', {}).get(s, 0):>{w}}" for s in splits))
     masks = sheet.get("masks")
     if masks:
@@ -360,7 +381,8 @@ def summary_table(sheet: Mapping[str, Any]) -> str:
                 lines.append(f"{'  mask area ' + a + '=' + str(v):<24}" + "".join(
                     f"{'-' if not c or c['mean_area'] is None else format(c['mean_area'], '.4f'):>{w}}" for c in cells))
     if sheet.get("patients"):
-        lines.extend(summary_lines(sheet["patients"], splits, w))
+        lines.extend(summary_lines(sheet["patients"], splits, w, {a: patient_lines(a, e, splits, w)
+                                                                    for a, e in binned.items() if "patients" in e}))
     if sheet.get("skipped"):
         lines.append(f"skipped while writing: {json.dumps(sheet['skipped'])}")
     if sheet.get("split_design"):
