@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	# compat mode puts the checkout on sys.path (a .pth line) instead of an import hook, so a `teachers/` folder in
 	# the user's working directory can never shadow the teacher zoo as a namespace package
-	$(PY) -m pip install -q -e ".[dev,tensorboard,litemedsam]" --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e ".[dev,tensorboard,litemedsam,onnx]" --config-settings editable_mode=compat
 	# DeepSpeed's CPU accelerator JIT-builds a C++ comm op the first time it starts with a given TORCH_EXTENSIONS_DIR
 	# (~35 s on 2 cores). Build it once here, into the folder make's targets and the tests use, so that neither a
 	# first CPU DeepSpeed run nor `make test` stalls on it; without a C++ compiler only the note is printed and

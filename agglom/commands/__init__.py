@@ -32,4 +32,5 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "cache": ("agglom.commands.cache", "cache"),
     "cache check": ("agglom.commands.cache", "check"),
     "export": ("agglom.commands.export", "export"),
+    "monitor": ("agglom.commands.monitor", "monitor"),
 }

@@ -180,6 +180,7 @@ RULES: Dict[str, Rule] = {
     # agglom export: the ONNX graph and the card's energy estimates
     "format": one_of(C.EXPORT_FORMATS), "opset": between(18, 23),
     "tdp_watts": POSITIVE, "train_watts": POSITIVE, "grid_gco2_per_kwh": NON_NEGATIVE, "latency_runs": COUNT,
+    "latency_threads": between(0, 1024),
     # agglom monitor
     "embedding": one_of(C.EVAL_FEATURES), "alarm_on": Rule(lambda v: all(a in C.MONITOR_ALARMS for a in v),
                                                                f"a list of {', '.join(C.MONITOR_ALARMS)}"),

@@ -206,10 +206,14 @@ def attribute_groups(attrs: List[Dict[str, Any]], names: Optional[List[str]] = N
 
 
 def resolve_model_dir(path: Path) -> str:
-    """'run' for a training run dir, 'export' for an agglom export folder."""
+    """'run' for a training run dir, 'export' for an agglom export folder, 'onnx' for an exported ONNX graph
+    (:mod:`agglom.eval.onnx_encoder`)."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        return "onnx"
     if (path / "adapters.json").is_file():
         return "export"
     if (path / "config.yaml").is_file():
         return "run"
-    raise FileNotFoundError(f"{path} is neither an agglom run dir (config.yaml) nor an export (adapters.json)")
+    raise FileNotFoundError(f"{path} is neither an agglom run dir (config.yaml), an export (adapters.json) nor an "
+                            "exported ONNX file (.onnx)")

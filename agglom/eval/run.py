@@ -24,7 +24,12 @@ def _load_primary(args: Any, device: torch.device) -> tuple:
 
     if not args.run:
         return OmegaConf.structured(Recipe), None, f"teacher:{args.teacher}"
-    if resolve_model_dir(Path(args.run)) == "run":
+    kind = resolve_model_dir(Path(args.run))
+    if kind == "onnx":  # an exported ONNX graph, evaluated through onnxruntime (agglom.eval.onnx_encoder)
+        from agglom.eval.onnx_encoder import load_onnx_primary
+
+        return load_onnx_primary(args)
+    if kind == "run":
         from agglom.runs import load_run_model, run_config
 
         cfg = run_config(Path(args.run))
@@ -163,6 +168,10 @@ def _check_upfront(args: Any, cfg: Any, model: Any, device: torch.device) -> Any
 
 def eval_out_dir(args: Any) -> Path:
     """Where an evaluation writes: ``out=``, else ``<run>/eval``, else ``runs/audit-<teacher>/eval``."""
+    if not args.out and args.run and Path(args.run).suffix.lower() == ".onnx":
+        from agglom.eval.onnx_encoder import default_out
+
+        return default_out(Path(args.run))  # eval-<stem>/ beside the graph
     return Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else
                                             Path("runs") / f"audit-{args.teacher}" / "eval")
 

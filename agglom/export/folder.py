@@ -11,7 +11,8 @@ anything is written, ``out`` is checked:
   export`) or ``finetune.json`` (``agglom.finetune/*``, `agglom finetune`) — is replaced with ``force=true``
   (refused without). The marker lists the files the export wrote (``files``); a file there that it does not list
   (a user's notes, a copied checkpoint) refuses the replacement, naming it. `agglom eval <export>` writes its report
-  into ``<export>/eval/``: agglom's too, and replaced with the export it evaluated. An export written before markers
+  into ``<export>/eval/``, and `agglom eval <export>/student.onnx` into ``<export>/eval-student/``: agglom's too,
+  and replaced with the export it evaluated. An export written before markers
   listed their files is taken whole;
 - any other folder: refused, naming what is in it.
 
@@ -53,8 +54,16 @@ def _foreign(out: Path, marker: Dict[str, Any]) -> List[str]:
     listed = marker.get("files")
     if not isinstance(listed, list):
         return []  # an export from before markers listed files: the marker says the folder is agglom's
-    evaluated = str((_schema(out / "eval" / "report.json") or {}).get("schema", "")).startswith("agglom.eval/")
-    return [f for f in listing(out) if f not in listed and not (evaluated and f.startswith("eval/"))]
+    return [f for f in listing(out) if f not in listed and not _evaluated(out, f)]
+
+
+def _evaluated(out: Path, rel: str) -> bool:
+    """Whether ``rel`` lies in a report folder `agglom eval` wrote into the export: ``eval/`` (the export's) or
+    ``eval-<stem>/`` (an ONNX graph's, :func:`agglom.eval.onnx_encoder.default_out`), holding an agglom.eval report."""
+    top = rel.split("/", 1)[0]
+    if "/" not in rel or not (top == "eval" or top.startswith("eval-")):
+        return False
+    return str((_schema(out / top / "report.json") or {}).get("schema", "")).startswith("agglom.eval/")
 
 
 def check_target(out: Path, force: bool) -> None:

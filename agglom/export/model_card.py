@@ -3,10 +3,12 @@ what it cost, and what it is (not) for. Groups smaller than `min_group_count` ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from agglom.data.jsonfile import read_json_object
+from agglom.export.cost import card_rows as cost_rows
 from agglom.export.input_sizes import card_rows, input_sizes
+from agglom.export.onnx_export import card_rows as onnx_rows
 from agglom.runs import run_summary
 
 
@@ -131,6 +133,11 @@ def _read_rows(summary: Dict[str, Any], report: Dict[str, Any]) -> List[str]:
     return ["", *[f"- {r}" for r in rows]]
 
 
+def _section(title: str, data: Optional[Mapping[str, Any]], rows: Any) -> List[str]:
+    """A card section drawn by ``rows(data)`` (nothing when there is no ``data``)."""
+    return [f"## {title}", "", *rows(data), ""] if data else []
+
+
 def _inputs(run_dir: Path, cfg: Any) -> tuple:
     """(datasheet, eval report) of the run, each {} when absent; a broken file is one line naming it."""
     from agglom.data.jsonfile import read_json
@@ -141,7 +148,9 @@ def _inputs(run_dir: Path, cfg: Any) -> tuple:
     return read_datasheet(cfg.data.root) or {}, report
 
 
-def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_count: int = 10) -> Path:
+def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_count: int = 10,
+                     cost: Optional[Mapping[str, Any]] = None, onnx: Optional[Mapping[str, Any]] = None) -> Path:
+    """The export's ``README.md``; ``cost`` and ``onnx`` (their reports, agglom/export/cost.py, onnx_export.py) add sections."""
     summary = run_summary(run_dir)
     datasheet, report = _inputs(run_dir, cfg)
     hours = (summary.get("train_seconds") or 0) / 3600 * max(1, int(summary.get("world_size") or 1))
@@ -186,6 +195,8 @@ def write_model_card(out: Path, run_dir: Path, cfg: Any, model: Any, min_group_c
         f"- steps: {summary.get('step', 'n/a')}, samples seen: {summary.get('samples', 'n/a')}",
         f"- device: {summary.get('device', 'n/a')} × {summary.get('world_size', 1)}, device-hours: {hours:.4f}",
         f"- estimated training FLOPs: {flops:.3e}" if flops else "- estimated training FLOPs: n/a", "",
+        *_section("Compute and energy", cost, cost_rows),
+        *_section("ONNX", onnx, onnx_rows),
         "## Intended use and limitations", "",
         "- A research encoder for medical image analysis: frozen features for probes, fine-tuning, retrieval.",
         "- Not a medical device; not validated for clinical decisions. Evaluate per group on your own population "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import timm
 
@@ -23,20 +23,27 @@ EXPORT_SCHEMA = "agglom.export/1"
 
 
 def export_run(run_dir: Path, out_dir: Optional[Path] = None, use_ema: bool = True, min_group_count: int = 10,
-               force: bool = True, checkpoint: Optional[Path] = None) -> Path:
+               force: bool = True, checkpoint: Optional[Path] = None, onnx: Optional[Dict[str, Any]] = None,
+               cost: Optional[Dict[str, Any]] = None, data_root: Optional[str] = None) -> Path:
     """Export the run's student to ``out_dir`` (default ``<run>/export``): staged beside it and renamed into place;
-    an existing ``out`` is replaced only when it is an agglom export (:mod:`agglom.export.folder`)."""
+    an existing ``out`` is replaced only when it is an agglom export (:mod:`agglom.export.folder`).
+
+    ``onnx``: also ``student.onnx`` (``{"opset", "int8", "runs"}``, :func:`agglom.export.onnx_export.export_onnx`),
+    checked on the run's data (``data_root`` when it moved); ``cost``: the figures the card's energy section states
+    (``{"tdp_watts", "train_watts", "grid_intensity", "runs"}``, :func:`agglom.export.cost.cost_report`)."""
     from agglom.data.manifest import write_failure
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
     check_target(out, force)  # before the model is loaded: a refusal costs nothing
     cfg = run_config(run_dir)
+    if data_root:
+        cfg.data.root, cfg.data.shards = str(data_root), None
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     model = load_run_model(run_dir, ckpt, use_ema=use_ema)
     tmp = staging_path(out)
     try:
-        _write(tmp, run_dir, cfg, ckpt, model, use_ema, min_group_count)
+        _write(tmp, run_dir, cfg, ckpt, model, use_ema, min_group_count, onnx, cost)
     except BaseException as e:
         discard(tmp)
         if isinstance(e, OSError):
@@ -45,9 +52,12 @@ def export_run(run_dir: Path, out_dir: Optional[Path] = None, use_ema: bool = Tr
     return publish(tmp, out)
 
 
-def _write(tmp: Path, run_dir: Path, cfg: Any, ckpt: Path, model: Any, use_ema: bool, min_group_count: int) -> None:
+def _write(tmp: Path, run_dir: Path, cfg: Any, ckpt: Path, model: Any, use_ema: bool, min_group_count: int,
+           onnx: Optional[Dict[str, Any]] = None, cost: Optional[Dict[str, Any]] = None) -> None:
     """The export's files into the staging folder ``tmp``; ``agglom.json`` last, listing them all."""
     from agglom.data.jsonfile import read_json
+    from agglom.export.cost import cost_report
+    from agglom.runs import run_summary
 
     tmp.mkdir(parents=True)
     student = model.student
@@ -58,9 +68,18 @@ def _write(tmp: Path, run_dir: Path, cfg: Any, ckpt: Path, model: Any, use_ema: 
     _clean_config(tmp / "config.json")
     report_path = run_dir / "eval" / "report.json"
     report = read_json(report_path, fix="rerun agglom eval on the run, or remove it") if report_path.is_file() else {}
-    record_in_config(tmp / "config.json", input_sizes(student, cfg, report))  # the sizes timm may feed it
+    sizes = input_sizes(student, cfg, report)
+    record_in_config(tmp / "config.json", sizes)  # the sizes timm may feed it
     write_adapter_pack(model, cfg, tmp)
-    write_model_card(tmp, run_dir, cfg, model, min_group_count=min_group_count)
+    costs = cost_report(model, cfg, run_summary(run_dir), **(cost or {}))
+    (tmp / "cost.json").write_text(json.dumps(costs, indent=1))
+    onnx_result = None
+    if onnx is not None:
+        from agglom.export.onnx_export import export_onnx
+
+        onnx_result = export_onnx(model, cfg, sizes, tmp, **onnx)
+        (tmp / "onnx.json").write_text(json.dumps(onnx_result, indent=1))
+    write_model_card(tmp, run_dir, cfg, model, min_group_count=min_group_count, cost=costs, onnx=onnx_result)
     (tmp / "agglom.json").write_text(json.dumps({"schema": EXPORT_SCHEMA, "run": str(run_dir.resolve()),
                                                  "checkpoint": ckpt.name, "ema": use_ema,
                                                  "files": sorted(listing(tmp) + ["agglom.json"])}, indent=1))

@@ -1,0 +1,121 @@
+"""The two-sample statistics `agglom monitor` reports, in plain numpy/scipy.
+
+- Embedding drift: maximum mean discrepancy (MMD², biased estimate) with an RBF kernel whose bandwidth is the median
+  pairwise distance of the pooled sample (the median heuristic), on the reference's PCA projection, with a
+  permutation p-value: the pooled kernel matrix is computed once and every permutation is a quadratic form
+  ``aᵀKa`` of it, all permutations in one matrix product. A few lines of our own instead of a drift library
+  (alibi-detect, torchdrift): those pull in TensorFlow or a second framework for one test, and their defaults
+  (bandwidth, projection) would sit outside the report's reach.
+- Score shift: the two-sample Kolmogorov–Smirnov test (scipy) on the probe's scores.
+- Group proportions: the chi-square test of the 2 × k table (reference vs batch counts per group; scipy), which
+  counts the reference's own sampling noise too.
+- AUC: the rank (Mann–Whitney) AUC, and the difference batch − reference with a percentile bootstrap interval, each
+  sample resampled within its label (the two samples are independent: no pairing).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import stats as st
+
+
+def fit_pca(x: np.ndarray, dims: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(mean, components [k, D]) of ``x``; k = min(dims, rank bound)."""
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = max(1, min(int(dims), vt.shape[0], x.shape[0] - 1))
+    return mean, vt[:k]
+
+
+def project(x: np.ndarray, pca: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return (x - pca[0]) @ pca[1].T
+
+
+def subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n`` rows of ``x`` drawn without replacement (all of them when it has fewer)."""
+    return x if len(x) <= n else x[rng.choice(len(x), n, replace=False)]
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000, seed: int = 0) -> Dict[str, float]:
+    """``{"mmd2", "p", "bandwidth"}``: MMD² between the rows of ``x`` and ``y`` (RBF kernel, median heuristic) and
+    its permutation p-value ``(1 + #{perm >= observed}) / (1 + permutations)``."""
+    z = np.concatenate([x, y]).astype(np.float64)
+    n, m = len(x), len(y)
+    sq = (z * z).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    off = d2[np.triu_indices(n + m, 1)]
+    med = float(np.median(off[off > 0])) if np.any(off > 0) else 1.0
+    k = np.exp(-d2 / (2 * med))
+    a = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
+    observed = float(a @ k @ a)
+    rng = np.random.default_rng(seed)
+    perms = np.stack([a[rng.permutation(n + m)] for _ in range(int(permutations))], 1)  # [n + m, P]
+    null = np.einsum("ip,ip->p", perms, k @ perms)
+    p = (1.0 + float(np.sum(null >= observed - 1e-12))) / (1.0 + perms.shape[1])
+    return {"mmd2": observed, "p": p, "bandwidth": float(np.sqrt(med))}
+
+
+def ks_test(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
+    """Two-sample Kolmogorov–Smirnov: ``{"ks", "p", "mean_shift"}`` (mean of b − mean of a)."""
+    r = st.ks_2samp(a, b)
+    return {"ks": float(r.statistic), "p": float(r.pvalue), "mean_shift": float(np.mean(b) - np.mean(a))}
+
+
+def proportion_test(ref: Mapping[str, int], new: Mapping[str, int]) -> Dict[str, Any]:
+    """Chi-square test of the group counts of the reference against a batch's: ``{"chi2", "p", "dof", "reference",
+    "batch" (shares), "new_groups", "small_expected"}``; p None with a single group."""
+    names = sorted(set(ref) | set(new))
+    table = np.array([[ref.get(g, 0) for g in names], [new.get(g, 0) for g in names]], dtype=float)
+    table = table[:, table.sum(0) > 0]
+    shares = {label: {g: (c.get(g, 0) / max(1, sum(c.values()))) for g in names} for label, c in
+              (("reference", ref), ("batch", new))}
+    out: Dict[str, Any] = {**shares, "new_groups": sorted(g for g in new if new[g] and not ref.get(g)),
+                           "chi2": None, "p": None, "dof": 0, "small_expected": False}
+    if table.shape[1] >= 2 and table.sum(1).min() > 0:
+        chi2, p, dof, expected = st.chi2_contingency(table, correction=False)
+        out.update(chi2=float(chi2), p=float(p), dof=int(dof), small_expected=bool((expected < 5).any()))
+    return out
+
+
+def rank_auc(y: np.ndarray, s: np.ndarray) -> Optional[float]:
+    """AUC of scores ``s`` for binary labels ``y`` (ties count half); None when one class is absent."""
+    y = np.asarray(y).astype(int)
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if pos == 0 or neg == 0:
+        return None
+    r = st.rankdata(s)
+    return float((r[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _resample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap indices drawn within each label (both classes stay present)."""
+    return np.concatenate([rng.choice(idx, len(idx)) for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1))])
+
+
+def auc_delta(y_ref: np.ndarray, s_ref: np.ndarray, y_new: np.ndarray, s_new: np.ndarray, n_boot: int = 500,
+              seed: int = 0, ci: float = 0.95) -> Dict[str, Any]:
+    """``{"reference", "batch", "delta", "ci", "n_reference", "n_batch"}``: AUC of the batch − the reference's, with a
+    percentile bootstrap interval (None where either AUC is undefined or ``n_boot`` is 0)."""
+    a, b = rank_auc(y_ref, s_ref), rank_auc(y_new, s_new)
+    out: Dict[str, Any] = {"reference": a, "batch": b, "delta": None if a is None or b is None else b - a, "ci": None,
+                           "n_reference": int(len(y_ref)), "n_batch": int(len(y_new))}
+    if out["delta"] is None or n_boot <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(int(n_boot)):
+        i, j = _resample(y_ref, rng), _resample(y_new, rng)
+        reps.append(rank_auc(y_new[j], s_new[j]) - rank_auc(y_ref[i], s_ref[i]))
+    lo, hi = np.quantile(reps, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    out["ci"] = [float(lo), float(hi)]
+    return out
+
+
+def bonferroni(ps: Sequence[Optional[float]], alpha: float) -> float:
+    """The per-test threshold alpha / m over the tests that were run (m = the non-None p-values, at least 1)."""
+    return alpha / max(1, sum(p is not None for p in ps))
+
+
+__all__ = ["fit_pca", "project", "subsample", "mmd_test", "ks_test", "proportion_test", "rank_auc", "auc_delta",
+           "bonferroni"]
