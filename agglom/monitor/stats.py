@@ -9,7 +9,7 @@
 - Score shift: the two-sample Kolmogorov–Smirnov test (scipy) on the probe's scores.
 - Group proportions: the chi-square test of the 2 × k table (reference vs batch counts per group; scipy), which
   counts the reference's own sampling noise too.
-- AUC: the rank (Mann–Whitney) AUC, and the difference batch − reference with a percentile bootstrap interval, each
+- AUC: the rank (Mann–Whitney) AUC, and the difference batch − reference with a BCa bootstrap interval (agglom/metrics/bootstrap.py), each
   sample resampled within its label (the two samples are independent: no pairing).
 """
 from __future__ import annotations
@@ -79,36 +79,39 @@ def proportion_test(ref: Mapping[str, int], new: Mapping[str, int]) -> Dict[str,
 
 
 def rank_auc(y: np.ndarray, s: np.ndarray) -> Optional[float]:
-    """AUC of scores ``s`` for binary labels ``y`` (ties count half); None when one class is absent."""
-    y = np.asarray(y).astype(int)
-    pos, neg = int(y.sum()), int(len(y) - y.sum())
-    if pos == 0 or neg == 0:
-        return None
-    r = st.rankdata(s)
-    return float((r[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    """AUC of scores ``s`` for binary labels ``y`` (:func:`agglom.metrics.group_stats.rank_auc`); None when one
+    class is absent."""
+    from agglom.metrics.group_stats import rank_auc as auc
 
-
-def _resample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap indices drawn within each label (both classes stay present)."""
-    return np.concatenate([rng.choice(idx, len(idx)) for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1))])
+    v = auc(np.asarray(y).astype(int), np.asarray(s, dtype=float))
+    return None if not np.isfinite(v) else v
 
 
 def auc_delta(y_ref: np.ndarray, s_ref: np.ndarray, y_new: np.ndarray, s_new: np.ndarray, n_boot: int = 500,
               seed: int = 0, ci: float = 0.95) -> Dict[str, Any]:
-    """``{"reference", "batch", "delta", "ci", "n_reference", "n_batch"}``: AUC of the batch − the reference's, with a
-    percentile bootstrap interval (None where either AUC is undefined or ``n_boot`` is 0)."""
+    """``{"reference", "batch", "delta", "ci", "n_reference", "n_batch"}``: AUC of the batch − the reference's, with
+    a BCa interval from agglom's one bootstrap (:mod:`agglom.metrics.bootstrap`: each sample resampled within its
+    labels, independently; the jackknife leaves a block out of both); None where either AUC is undefined or
+    ``n_boot`` is 0."""
+    from agglom.metrics.bootstrap import Resampler, strata_by
+    from agglom.metrics.intervals import bca_interval
+
+    y_ref, y_new = np.asarray(y_ref).astype(int), np.asarray(y_new).astype(int)
     a, b = rank_auc(y_ref, s_ref), rank_auc(y_new, s_new)
     out: Dict[str, Any] = {"reference": a, "batch": b, "delta": None if a is None or b is None else b - a, "ci": None,
                            "n_reference": int(len(y_ref)), "n_batch": int(len(y_new))}
     if out["delta"] is None or n_boot <= 0:
         return out
-    rng = np.random.default_rng(seed)
-    reps = []
-    for _ in range(int(n_boot)):
-        i, j = _resample(y_ref, rng), _resample(y_new, rng)
-        reps.append(rank_auc(y_new[j], s_new[j]) - rank_auc(y_ref[i], s_ref[i]))
-    lo, hi = np.quantile(reps, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    out["ci"] = [float(lo), float(hi)]
+
+    def diff(i: np.ndarray, j: np.ndarray) -> float:
+        ra, rb = rank_auc(y_ref[i], s_ref[i]), rank_auc(y_new[j], s_new[j])
+        return float("nan") if ra is None or rb is None else rb - ra
+
+    ref, new = Resampler(strata_by(y_ref)), Resampler(strata_by(y_new))
+    reps = [diff(i, j) for i, j in zip(ref.replicates(n_boot, seed), new.replicates(n_boot, seed + 1))]
+    jack = [diff(i, j) for i, j in zip(ref.jackknife(20, seed + 2), new.jackknife(20, seed + 3))]
+    lo, hi, _ = bca_interval(out["delta"], reps, jack, ci)
+    out["ci"] = None if not np.isfinite(lo) else [float(lo), float(hi)]
     return out
 
 
