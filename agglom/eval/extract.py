@@ -159,11 +159,15 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
         summary = data_summary(loader)
         raise ConfigError(f"{desc}: no usable sample in the split"
                           + (f" (skipped: {loader.stats.describe()})" if summary else ""))
-    y = np.concatenate(labels)
+    # one order whatever the loader's workers interleaved: sorted by sample key, so a report's bootstrap draws
+    # (and every interval) do not depend on num_workers
+    order = np.argsort(np.asarray(keys), kind="stable")
+    y = np.concatenate(labels)[order]
+    keys, attrs = [keys[i] for i in order], [attrs[i] for i in order]
     data = data_summary(loader)
-    m = np.concatenate(masks) if masks else None
-    return {n: SplitFeatures(np.concatenate(f), y, keys, attrs, data,
-                             spatial=np.concatenate(spatial[n]) if n in spatial else None,
+    m = np.concatenate(masks)[order] if masks else None
+    return {n: SplitFeatures(np.concatenate(f)[order], y, keys, attrs, data,
+                             spatial=np.concatenate(spatial[n])[order] if n in spatial else None,
                              masks=m if n in spatial else None) for n, f in feats.items()}
 
 

@@ -42,6 +42,7 @@ class FidelityAccumulator:
         self.cosine: Dict[str, List[np.ndarray]] = {}
         self.moments: Dict[str, List[torch.Tensor]] = {}  # key -> [count, sum [C], sum of squares [C]] (float64)
         self.summaries: Dict[str, Dict[str, List[np.ndarray]]] = {}  # teacher -> {"teacher", "student"} [B, D]
+        self.keys: List[str] = []  # the samples seen, in order: results come back sorted by key (see _order)
 
     def _moments(self, key: str, tokens: torch.Tensor) -> None:
         t = tokens.double()
@@ -55,6 +56,7 @@ class FidelityAccumulator:
     def update(self, x: torch.Tensor, keys: Optional[Sequence[str]] = None) -> None:
         from agglom.eval.extract import teacher_output
 
+        self.keys += [str(k) for k in (keys or [])]
         preds = self.model(x)
         for name, teacher in self.teachers.items():
             if name not in preds:
@@ -94,13 +96,18 @@ class FidelityAccumulator:
         for key, chunks in self.sq_err.items():
             n, s, ss = self.moments[key]
             var = (ss / n - (s / n) ** 2).clamp_min(0).numpy()
-            r2[key] = global_r2(np.concatenate(chunks), var)
-        return {"r2": r2, "cosine": {k: np.concatenate(v) for k, v in self.cosine.items()}}
+            r2[key] = global_r2(np.concatenate(chunks), var)[self._order()]
+        return {"r2": r2, "cosine": {k: np.concatenate(v)[self._order()] for k, v in self.cosine.items()}}
+
+    def _order(self) -> Any:
+        """Sample order of the results: sorted by key, as :func:`agglom.eval.extract.extract_all` sorts the split
+        (how many loader workers read it must not change the bootstrap's draws); as seen when keys were not given."""
+        return np.argsort(np.asarray(self.keys), kind="stable") if self.keys else slice(None)
 
     def summary_features(self) -> Dict[str, Dict[str, np.ndarray]]:
         """``{teacher: {"teacher": [N, D], "student": [N, D]}}``: raw teacher summaries and the student's adapter
-        output for them (teacher space), in the order the samples were seen."""
-        return {n: {k: np.concatenate(v) for k, v in d.items()} for n, d in self.summaries.items()}
+        output for them (teacher space), sorted by sample key like the split's features."""
+        return {n: {k: np.concatenate(v)[self._order()] for k, v in d.items()} for n, d in self.summaries.items()}
 
 
 def global_r2(sq_err: np.ndarray, var: np.ndarray, floor: float = 1e-2) -> np.ndarray:

@@ -197,6 +197,10 @@ def sam_pass(plan: SamPlan, cfg: Any, model: Any, device: torch.device,
             _score(plan, name, t_emb, s_emb, masks, per[name], idx)
             per[name]["key"] += [batch["key"][i] for i in idx]
             per[name]["attrs"] += [batch["attrs"][i] for i in idx]
+    for r in per.values():  # sorted by key, as every split is (agglom.eval.extract): workers never change a draw
+        order = np.argsort(np.asarray(r["key"]), kind="stable")
+        for k in r:
+            r[k] = [r[k][i] for i in order] if isinstance(r[k], list) else r[k]
     return per, seen
 
 
