@@ -9,12 +9,14 @@
   threads (default 1: a figure that does not swing with what else the machine runs — on a loaded 2-core machine two
   threads took 0.2–0.3 s for a forward one thread did in 1–1.5 ms; 0: PyTorch's own thread count).
 - Energy per image: latency × a *stated* power (``tdp_watts``, default :data:`DEFAULT_TDP_WATTS`); for a teacher, the
-  student's energy scaled by their FLOP ratio. Training: the run's optimiser-step time (``train_seconds`` of
-  ``run.json``) × devices × ``train_watts`` (default by device, :data:`DEFAULT_TRAIN_WATTS`) → kWh, and × a grid
-  carbon intensity (``grid_gco2_per_kwh``, default :data:`DEFAULT_GRID_INTENSITY`) → gCO2e. Estimates from stated
-  figures, not measurements: no power meter is read (codecarbon is not used: it requires pandas, pydantic, requests
-  and more, and its default tracker finds the machine's location over the network, which agglom never does at run
-  time; docs/guide/deploy.md).
+  student's energy scaled by their FLOP ratio: an estimate, no meter is read for it.
+- Training: the energy ``run.json`` recorded (``energy``, agglom/train/energy.py): the CPU packages' RAPL counters
+  where training could read them, else the run's optimiser-step time (``train_seconds``) × devices × the device's
+  default power. ``train_watts=`` replaces that record with seconds × devices × the stated power (a run with no
+  record, from before it was kept, is estimated the same way, default by device, :data:`DEFAULT_TRAIN_WATTS`);
+  kWh × a grid carbon intensity (``grid_gco2_per_kwh``, default :data:`DEFAULT_GRID_INTENSITY`) → gCO2e.
+  codecarbon is not used: it requires pandas, pydantic, requests and more, and its default tracker finds the
+  machine's location over the network, which agglom never does at run time (docs/guide/deploy.md).
 """
 from __future__ import annotations
 
@@ -26,13 +28,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
-#: a desktop CPU package's thermal design power (a 65 W Core i5/i7 or Ryzen 5/7 class part), W
-DEFAULT_TDP_WATTS = 65.0
-#: power drawn while training, by device type, when ``train_watts`` is not given (W): the CPU figure above; 300 W
-#: is the board power of a data-centre GPU of the V100 / A100-PCIe class
-DEFAULT_TRAIN_WATTS = {"cpu": DEFAULT_TDP_WATTS, "cuda": 300.0}
-#: gCO2e per kWh: the world-average carbon intensity of electricity generation (IEA, about 475 g/kWh)
-DEFAULT_GRID_INTENSITY = 475.0
+from agglom.train.energy import DEFAULT_GRID_INTENSITY, DEFAULT_TDP_WATTS, DEFAULT_TRAIN_WATTS
 
 
 def count_flops(fn: Any, x: torch.Tensor) -> float:
@@ -125,14 +121,36 @@ def teacher_cost(name: str, size: int, mean: List[float], std: List[float]) -> D
 
 
 def training_cost(summary: Mapping[str, Any], watts: Optional[float], intensity: float) -> Dict[str, Any]:
-    """kWh and gCO2e of the run's optimiser steps: seconds × devices × watts, × the grid's intensity."""
+    """kWh and gCO2e of the run's optimiser steps: the energy ``run.json`` recorded (RAPL-measured or estimated,
+    ``method``), or seconds × devices × ``watts`` when they are stated (or no energy was recorded), × the grid's
+    intensity."""
     device = str(summary.get("device") or "cpu")
     w = float(watts) if watts is not None else DEFAULT_TRAIN_WATTS.get(device, DEFAULT_TRAIN_WATTS["cuda"])
     seconds = float(summary.get("train_seconds") or 0.0)
     devices = max(1, int(summary.get("world_size") or 1))
-    kwh = seconds * devices * w / 3.6e6
+    record = summary.get("energy") if isinstance(summary.get("energy"), Mapping) else None
+    if record is not None and watts is None and record.get("kwh") is not None:
+        kwh, method = float(record["kwh"]), str(record.get("method") or "estimate")
+        how = str(record.get("how") if "rapl" in method else record.get("unmetered_because") or "")
+    else:
+        kwh, method, how = seconds * devices * w / 3.6e6, "estimate", ""
     return {"seconds": seconds, "devices": devices, "device": device, "watts": w, "watts_stated": watts is not None,
-            "kwh": kwh, "grid_gco2_per_kwh": float(intensity), "gco2e": kwh * float(intensity)}
+            "method": method, "how": how, "recorded": record is not None and watts is None, "kwh": kwh,
+            "grid_gco2_per_kwh": float(intensity), "gco2e": kwh * float(intensity)}
+
+
+def _training_row(tr: Mapping[str, Any]) -> str:
+    """The card's training line: measured (RAPL) or estimated, and from what."""
+    head = f"Training: {tr['seconds']:.1f} s of optimiser steps × {tr['devices']} {tr['device']} device(s)"
+    tail = (f"{tr['kwh']:.3g} kWh ≈ {tr['gco2e']:.3g} gCO2e at {tr['grid_gco2_per_kwh']:g} gCO2e/kWh "
+            "(`grid_gco2_per_kwh`)")
+    if "rapl" in str(tr.get("method", "")):
+        return (f"{head}: {tail}, measured while training ({tr['method']}: {tr['how']}; run.json's `energy`). It "
+                "leaves out the statistics pass, evaluation and idle time.")
+    where = ("stated, `train_watts`" if tr["watts_stated"] else "default for the device type")
+    why = f" ({tr['how']})" if tr.get("how") else ""  # why no counter was read while training
+    return (f"{head} × {tr['watts']:g} W ({where}) = {tail}. An estimate from stated figures, not a metered "
+            f"measurement{why}; it leaves out the statistics pass, evaluation and idle time.")
 
 
 def cost_report(model: Any, cfg: Any, summary: Mapping[str, Any], tdp_watts: float = DEFAULT_TDP_WATTS,
@@ -177,11 +195,7 @@ def card_rows(cost: Mapping[str, Any]) -> List[str]:
         total = sum(t["flops"] for t in known)
         rows += ["", f"The {len(known)} counted teacher(s) together: {_g(total)}FLOPs per image, "
                  f"{total / s['flops']:.3g}× the student's."]
-    rows += ["", f"Training: {tr['seconds']:.1f} s of optimiser steps × {tr['devices']} {tr['device']} device(s) × "
-             f"{tr['watts']:g} W ({'stated, `train_watts`' if tr['watts_stated'] else 'default for the device type'}) "
-             f"= {tr['kwh']:.3g} kWh ≈ {tr['gco2e']:.3g} gCO2e at {tr['grid_gco2_per_kwh']:g} gCO2e/kWh "
-             "(`grid_gco2_per_kwh`). An estimate from stated figures, not a metered measurement; it leaves out the "
-             "statistics pass, evaluation and idle time."]
+    rows += ["", _training_row(tr)]
     return rows
 
 

@@ -1,5 +1,6 @@
 """One arriving batch against the reference, per group and overall: embedding drift, score shift, group proportions
-and, where labels arrived, AUC (the statistics of :mod:`agglom.monitor.stats`), and which of them raise the alarm.
+and, where labels arrived, AUC and calibration (the statistics of :mod:`agglom.monitor.stats`), and which of them
+raise the alarm.
 
 A group is ``<attribute>=<value>`` (numeric attributes binned as `agglom eval` bins them,
 :func:`agglom.eval.extract.attribute_groups`); a group with fewer than ``min_group`` samples on either side is
@@ -105,7 +106,7 @@ def _auc(ref: Reference, s: Optional[np.ndarray], y: Optional[np.ndarray], masks
         mb = mb & (y >= 0)
         mr = masks_r.get(g, np.zeros(len(ref.scores), dtype=bool))
         if min(int(mb.sum()), int(mr.sum())) < opts["min_group"]:
-            out[g] = {"n_reference": int(mr.sum()), "n_batch": int(mb.sum()), "delta": None, "ci": None}
+            out[g] = {"n_reference": int(mr.sum()), "n_batch": int(mb.sum()), "delta": None, "ci": None, "ece": None}
             continue
         out[g] = auc_delta(ref.labels[mr], ref.scores[mr], y[mb], s[mb], opts["bootstrap"], opts["seed"])
     return out
@@ -149,7 +150,8 @@ def _p_findings(kind: str, section: Optional[Mapping[str, Mapping[str, Any]]], a
 
 def findings(result: Mapping[str, Any], opts: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The batch's findings: drift, score shift, proportion shift (or a new group), AUC degradation beyond
-    ``auc_drop`` with its interval below 0; ``alarm``: the kind is one ``alarm_on`` names."""
+    ``auc_drop`` with its interval below 0, calibration worse beyond its interval (a note only); ``alarm``: the
+    kind is one ``alarm_on`` names."""
     alpha = float(opts["alpha"])
     out = _p_findings("drift", result["drift"], alpha, "embedding drift")
     out += _p_findings("score", result["score"], alpha, "score shift")
@@ -165,8 +167,22 @@ def findings(result: Mapping[str, Any], opts: Mapping[str, Any]) -> List[Dict[st
             out.append({"kind": "auc", "group": g, "delta": r["delta"], "ci": r["ci"],
                         "text": f"AUC of {g} fell by {-r['delta']:.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] "
                                 f"(from {r['reference']:.3f} to {r['batch']:.3f}; allowed {opts['auc_drop']:g})"})
+    out += _calibration_findings(result["auc"])
     for f in out:
         f["alarm"] = f["kind"] in opts["alarm_on"]
+    return out
+
+
+def _calibration_findings(section: Optional[Mapping[str, Mapping[str, Any]]]) -> List[Dict[str, Any]]:
+    """A note (never an alarm: not a kind ``alarm_on`` takes) for each group whose probe calibration error rose
+    with its interval above 0."""
+    out = []
+    for g, r in (section or {}).items():
+        e = r.get("ece") or {}
+        if e.get("delta") is not None and e.get("ci") and e["delta"] > 0 and e["ci"][0] > 0:
+            out.append({"kind": "calibration", "group": g, "delta": e["delta"], "ci": e["ci"],
+                        "text": f"calibration of {g} worsened: ECE {e['reference']:.3f} → {e['batch']:.3f}, "
+                                f"Δ {e['delta']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]"})
     return out
 
 

@@ -15,18 +15,23 @@ def _f(v: Optional[float], spec: str = ".3f") -> str:
 
 
 def _group_rows(b: Mapping[str, Any]) -> List[str]:
-    rows = ["| group | n ref | n batch | MMD² | drift p | KS | score p | AUC ref | AUC batch | Δ AUC [95% CI] |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| group | n ref | n batch | MMD² | drift p | KS | score p | AUC ref | AUC batch | Δ AUC [95% CI] | ECE ref "
+            "| ECE batch | Δ ECE [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     score, auc = b["score"] or {}, b["auc"] or {}
     flagged = {f["group"] for f in b["findings"] if f["kind"] in ("drift", "score", "auc")}
     for g, d in b["drift"].items():
         s, a = score.get(g, {}), auc.get(g, {})
-        ci = f" [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}]" if a.get("ci") else ""
+        e = a.get("ece") or {}
         name = f"**{g}**" if g in flagged else g
         rows.append(f"| {name} | {d['n_reference']} | {d['n_batch']} | {_f(d.get('mmd2'), '.3g')} | "
                     f"{_f(d.get('p'), '.3g')} | {_f(s.get('ks'))} | {_f(s.get('p'), '.3g')} | "
-                    f"{_f(a.get('reference'))} | {_f(a.get('batch'))} | {_f(a.get('delta'), '+.3f')}{ci} |")
+                    f"{_f(a.get('reference'))} | {_f(a.get('batch'))} | {_f(a.get('delta'), '+.3f')}{_ci(a)} | "
+                    f"{_f(e.get('reference'))} | {_f(e.get('batch'))} | {_f(e.get('delta'), '+.3f')}{_ci(e)} |")
     return rows
+
+
+def _ci(r: Mapping[str, Any]) -> str:
+    return f" [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]" if r.get("ci") else ""
 
 
 def _proportion_rows(b: Mapping[str, Any]) -> List[str]:
@@ -47,7 +52,8 @@ def markdown(report: Mapping[str, Any]) -> str:
              f"projected on its first {ref['pca_dims']} principal components; probe: "
              f"{'logistic regression on its labels, out-of-fold scores' if ref['probe'] else 'none (no usable labels)'}).",
              "", f"Tests: MMD² (RBF kernel, median-heuristic bandwidth) with {o['permutations']} permutations; KS on "
-             f"the probe's scores; χ² on group counts; AUC with {o['bootstrap']} bootstrap resamples. Each batch's "
+             f"the probe's scores; χ² on group counts; AUC and the calibration error (ECE, range10 binning, of the probe's "
+             f"probabilities) with {o['bootstrap']} bootstrap resamples. Each batch's "
              f"drift and score tests are held to alpha = {o['alpha']:g} over their number (Bonferroni); groups under "
              f"{o['min_group']} samples are not tested; an AUC alarms when it falls by more than {o['auc_drop']:g} "
              f"with its interval below 0. Alarms on: {', '.join(o['alarm_on']) or 'nothing'}.", ""]

@@ -11,6 +11,12 @@
   counts the reference's own sampling noise too.
 - AUC: the rank (Mann–Whitney) AUC, and the difference batch − reference with a BCa bootstrap interval (agglom/metrics/bootstrap.py), each
   sample resampled within its label (the two samples are independent: no pairing).
+- Calibration: the expected calibration error of the probe's probabilities (the logistic sigmoid of its scores;
+  agglom/metrics/calibration.py, the ``range10`` binning `agglom eval` reports first), batch − reference, from
+  the same bootstrap replicates as the AUC's difference, both sides at the same sample size: ECE grows as a
+  sample shrinks (fewer samples per bin), so a 200-image batch against a 1500-image reference would read as worse
+  calibration with nothing changed (measured: both i.i.d. batches of a quick run had a group flagged). The larger side's
+  ECE is the mean over random subsets of the smaller side's size (one subset per bootstrap replicate).
 """
 from __future__ import annotations
 
@@ -87,31 +93,75 @@ def rank_auc(y: np.ndarray, s: np.ndarray) -> Optional[float]:
     return None if not np.isfinite(v) else v
 
 
-def auc_delta(y_ref: np.ndarray, s_ref: np.ndarray, y_new: np.ndarray, s_new: np.ndarray, n_boot: int = 500,
-              seed: int = 0, ci: float = 0.95) -> Dict[str, Any]:
-    """``{"reference", "batch", "delta", "ci", "n_reference", "n_batch"}``: AUC of the batch − the reference's, with
-    a BCa interval from agglom's one bootstrap (:mod:`agglom.metrics.bootstrap`: each sample resampled within its
-    labels, independently; the jackknife leaves a block out of both); None where either AUC is undefined or
-    ``n_boot`` is 0."""
-    from agglom.metrics.bootstrap import Resampler, strata_by
+ECE_BINNING = "range10"  # the binning of agglom eval's first ECE figure (agglom/metrics/calibration.py)
+
+
+def probe_ece(y: np.ndarray, s: np.ndarray) -> Optional[float]:
+    """ECE (:data:`ECE_BINNING`) of the probabilities sigmoid(``s``) of the probe's scores for labels ``y``; None
+    for no samples."""
+    from agglom.metrics.calibration import ece
+
+    v = ece(np.asarray(y, dtype=float), 1.0 / (1.0 + np.exp(-np.asarray(s, dtype=float))), ECE_BINNING)
+    return None if not np.isfinite(v) else v
+
+
+ECE_DRAWS = 50  # random subsets behind the larger side's size-matched ECE
+
+
+def ece_at(y: np.ndarray, s: np.ndarray, size: int, rng: np.random.Generator, draws: int = ECE_DRAWS) -> Optional[float]:
+    """:func:`probe_ece` of ``(y, s)`` at ``size`` samples: of all of them when there are no more, else the mean
+    over ``draws`` random subsets of ``size`` (drawn without replacement)."""
+    if len(y) <= size:
+        return probe_ece(y, s)
+    vals = [probe_ece(y[i], s[i]) for i in (rng.choice(len(y), size, replace=False) for _ in range(max(1, draws)))]
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _interval(point: Optional[float], reps: Sequence[float], jack: Sequence[float], ci: float) -> Optional[list]:
     from agglom.metrics.intervals import bca_interval
 
+    if point is None:
+        return None
+    lo, hi, _ = bca_interval(point, list(reps), list(jack), ci)
+    return None if not np.isfinite(lo) else [float(lo), float(hi)]
+
+
+def auc_delta(y_ref: np.ndarray, s_ref: np.ndarray, y_new: np.ndarray, s_new: np.ndarray, n_boot: int = 500,
+              seed: int = 0, ci: float = 0.95) -> Dict[str, Any]:
+    """``{"reference", "batch", "delta", "ci", "n_reference", "n_batch", "ece"}``: AUC of the batch − the
+    reference's, with a BCa interval from agglom's one bootstrap (:mod:`agglom.metrics.bootstrap`: each sample
+    resampled within its labels, independently; the jackknife leaves a block out of both); None where either AUC is
+    undefined or ``n_boot`` is 0. ``ece``: the same for the calibration error of the probe's probabilities
+    (:func:`probe_ece` at the smaller side's size, :func:`ece_at`; ``{"reference", "batch", "delta", "ci",
+    "binning", "at_size"}``; its interval bias-corrected, no acceleration), from the same replicates."""
+    from agglom.metrics.bootstrap import Resampler, strata_by
+
     y_ref, y_new = np.asarray(y_ref).astype(int), np.asarray(y_new).astype(int)
+    s_ref, s_new = np.asarray(s_ref, dtype=float), np.asarray(s_new, dtype=float)
     a, b = rank_auc(y_ref, s_ref), rank_auc(y_new, s_new)
+    size, rng = min(len(y_ref), len(y_new)), np.random.default_rng(seed + 4)
+    ea, eb = ece_at(y_ref, s_ref, size, rng), ece_at(y_new, s_new, size, rng)
     out: Dict[str, Any] = {"reference": a, "batch": b, "delta": None if a is None or b is None else b - a, "ci": None,
-                           "n_reference": int(len(y_ref)), "n_batch": int(len(y_new))}
-    if out["delta"] is None or n_boot <= 0:
+                           "n_reference": int(len(y_ref)), "n_batch": int(len(y_new)),
+                           "ece": {"reference": ea, "batch": eb, "delta": None if ea is None or eb is None else eb - ea,
+                                   "ci": None, "binning": ECE_BINNING, "at_size": int(size)}}
+    if n_boot <= 0 or (out["delta"] is None and out["ece"]["delta"] is None):
         return out
 
-    def diff(i: np.ndarray, j: np.ndarray) -> float:
+    def auc_diff(i: np.ndarray, j: np.ndarray) -> float:
         ra, rb = rank_auc(y_ref[i], s_ref[i]), rank_auc(y_new[j], s_new[j])
         return float("nan") if ra is None or rb is None else rb - ra
 
+    def ece_diff(i: np.ndarray, j: np.ndarray) -> float:
+        xa, xb = ece_at(y_ref[i], s_ref[i], size, rng, 1), ece_at(y_new[j], s_new[j], size, rng, 1)
+        return float("nan") if xa is None or xb is None else xb - xa
+
     ref, new = Resampler(strata_by(y_ref)), Resampler(strata_by(y_new))
-    reps = [diff(i, j) for i, j in zip(ref.replicates(n_boot, seed), new.replicates(n_boot, seed + 1))]
-    jack = [diff(i, j) for i, j in zip(ref.jackknife(20, seed + 2), new.jackknife(20, seed + 3))]
-    lo, hi, _ = bca_interval(out["delta"], reps, jack, ci)
-    out["ci"] = None if not np.isfinite(lo) else [float(lo), float(hi)]
+    pairs = list(zip(ref.replicates(n_boot, seed), new.replicates(n_boot, seed + 1)))
+    jack = [auc_diff(i, j) for i, j in zip(ref.jackknife(20, seed + 2), new.jackknife(20, seed + 3))]
+    out["ci"] = _interval(out["delta"], [auc_diff(i, j) for i, j in pairs], jack, ci)
+    out["ece"]["ci"] = _interval(out["ece"]["delta"], [ece_diff(i, j) for i, j in pairs], [], ci)
     return out
 
 
@@ -121,4 +171,4 @@ def bonferroni(ps: Sequence[Optional[float]], alpha: float) -> float:
 
 
 __all__ = ["fit_pca", "project", "subsample", "mmd_test", "ks_test", "proportion_test", "rank_auc", "auc_delta",
-           "bonferroni"]
+           "probe_ece", "ece_at", "bonferroni", "ECE_BINNING"]

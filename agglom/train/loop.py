@@ -37,6 +37,7 @@ from agglom.config.load import ConfigError
 from agglom.data.counts import SkipCounts
 from agglom.phases import PhaseTimer
 from agglom.train.checkpoint import CheckpointManager
+from agglom.train.energy import EnergyMeter, energy_record
 from agglom.train.logger import MetricLogger
 from agglom.train.optim import warmup_cosine
 from agglom.train.preflight import checkpoint_of
@@ -240,6 +241,10 @@ class Loop:
             self.logger.event({"event": "config_change", "step": state["step"], "changes": start.changes})
         self.guard = NonFiniteGuard(self.engine, self.cfg.optim.max_bad_steps)
         self.clock = Throughput()
+        # the CPU packages' energy over the same steps as train_seconds (agglom/train/energy.py): one process only
+        ws = self.engine.info.world_size
+        self.meter = EnergyMeter(enabled=ws == 1, why_not="" if ws == 1 else f"a run over {ws} processes")
+        self.metered_to = state["train_seconds"]
 
     # ---- one epoch of the resampled stream (resumed mid-epoch at the saved batch) ----
     def epoch(self) -> None:
@@ -322,8 +327,18 @@ class Loop:
         for hook in self.hooks:
             hook.on_step(step, self.total, self.logger)
         if step % self.cfg.log.checkpoint_interval == 0 or last:
+            self.meter_lap()
             state["data"] = data_counts(engine, self.counts, loader).to_json()
             self.ckpts.save(step, engine, state, self.stateful)
+
+    def meter_lap(self) -> None:
+        """Add the RAPL joules since the last lap, and the optimiser-step seconds they cover, to the state (saved
+        with the checkpoint, like ``train_seconds``); nothing where no counter is read."""
+        joules, state = self.meter.lap(), self.state
+        if joules is not None:
+            state["rapl_j"] = float(state.get("rapl_j") or 0.0) + joules
+            state["rapl_seconds"] = float(state.get("rapl_seconds") or 0.0) + state["train_seconds"] - self.metered_to
+        self.metered_to = state["train_seconds"]
 
     # ---- the end: run.json and the data summary ----
     def finish(self) -> Dict[str, Any]:
@@ -337,6 +352,7 @@ class Loop:
             summary.update(data)  # skipped (reason -> distinct samples/shards), noted (reason -> reads), examples
             if summary["flops_per_sample"]:
                 summary["train_flops"] = summary["flops_per_sample"] * state["samples"]
+            summary["energy"] = energy_record(state, self.meter.why)  # kWh, gCO2e and how (agglom/train/energy.py)
             (self.run_dir / "run.json").write_text(json.dumps(summary, indent=1))
             if counts:
                 print(f"agglom: training data: {counts.describe()}", flush=True)
