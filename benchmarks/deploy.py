@@ -52,7 +52,7 @@ SHIFTS = {"blur": "blur and contrast change", "newsite": "new acquisition site",
 IID = "iid"
 NEW_SITE = "C"
 #: a batch alarms on these kinds (the monitor's defaults); a shift counts as detected when >= this share alarms
-ALARM_KINDS = ("drift", "score", "auc")
+ALARM_KINDS = ("drift", "score", "prevalence", "auc")
 DETECTION_SHARE = 0.8
 
 

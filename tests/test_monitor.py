@@ -143,3 +143,20 @@ def test_the_statistics_on_known_samples():
     good, bad = labels + rng.normal(0, 0.5, 100), labels + rng.normal(0, 3.0, 100)
     d = auc_delta(labels, good, labels, bad, 300, 0)
     assert d["delta"] < -0.1 and d["ci"][1] < 0 and d["reference"] > d["batch"]
+
+
+def test_a_prevalence_change_alarms_where_labels_arrive():
+    import numpy as np
+
+    from agglom.monitor.assess import Reference, _prevalence, findings
+
+    rng = np.random.default_rng(0)
+    ref = Reference(projected=rng.normal(size=(400, 2)), groups={}, labels=(np.arange(400) % 2).astype(int),
+                    scores=None)
+    same, fewer = (np.arange(200) % 2).astype(int), (np.arange(200) % 5 == 0).astype(int)
+    opts = {"alpha": 0.01, "alarm_on": ["prevalence"], "auc_drop": 0.05}
+    base = {"drift": {}, "score": None, "proportions": {}, "auc": None}
+    assert _prevalence(ref, -np.ones(200, dtype=int)) is None  # label-free: nothing to test
+    assert not findings({**base, "prevalence": _prevalence(ref, same)}, opts)
+    (f,) = findings({**base, "prevalence": _prevalence(ref, fewer)}, opts)
+    assert f["kind"] == "prevalence" and f["alarm"] and f["p"] < 1e-6 and "0.500 -> 0.200" in f["text"]

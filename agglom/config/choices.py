@@ -32,7 +32,7 @@ SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval
 FINETUNE_METHODS = ("full", "lora")
 EXPORT_FORMATS = ("timm", "onnx")  # agglom export format= (onnx: + student.onnx, agglom.export.onnx_export)
 #: agglom monitor alarm_on=: which findings raise the alarm (agglom.monitor.run)
-MONITOR_ALARMS = ("drift", "score", "proportions", "auc")
+MONITOR_ALARMS = ("drift", "score", "proportions", "prevalence", "auc")
 DENSE_HEADS = ("linear", "conv")  # eval.dense_head (agglom.eval.dense)
 DENSE_FEATURES = ("tokens", "adapters")  # eval.dense_features (agglom.eval.extract.student_spatial_encoder)
 #: sweep.utility / sweep.gap: the classification headline (agglom.eval.metrics.headline) or the dense probe's Dice

@@ -22,7 +22,7 @@ class MonitorArgs:
     alpha: float = 0.05  # family-wise level of each batch's drift tests, and of its score tests (Bonferroni)
     auc_drop: float = 0.05  # an AUC fall beyond this, with its interval below 0, is a degradation
     bootstrap: int = 500  # resamples behind each AUC interval
-    alarm_on: List[str] = field(default_factory=lambda: ["drift", "score", "auc"])  # + proportions
+    alarm_on: List[str] = field(default_factory=lambda: ["drift", "score", "prevalence", "auc"])  # + proportions
     label_index: int = 0  # the label column of a multi-label dataset
     image_size: Optional[int] = None  # default: the model's training size
     batch_size: int = 64

@@ -120,6 +120,22 @@ def _proportions(ref: Reference, groups: Mapping[str, np.ndarray]) -> Dict[str, 
     return out
 
 
+def _prevalence(ref: Reference, labels: Optional[np.ndarray]) -> Optional[Dict[str, Any]]:
+    """The label's prevalence in the batch's labelled samples against the reference's (chi-square of the 2 x 2
+    table); None without labels on both sides."""
+    if ref.labels is None or labels is None or not np.any(labels >= 0):
+        return None
+
+    def count(y: np.ndarray) -> Dict[str, int]:
+        y = y[y >= 0]
+        return {"negative": int(np.sum(y == 0)), "positive": int(np.sum(y == 1))}
+
+    r = proportion_test(count(np.asarray(ref.labels)), count(np.asarray(labels)))
+    r["reference_prevalence"] = float(np.mean(ref.labels[ref.labels >= 0]))
+    r["batch_prevalence"] = float(np.mean(labels[labels >= 0]))
+    return r
+
+
 def assess_batch(ref: Reference, z: np.ndarray, groups: Dict[str, np.ndarray], scores: Optional[np.ndarray],
                  labels: Optional[np.ndarray], opts: Mapping[str, Any]) -> Dict[str, Any]:
     """Every test of one batch (``z``: its PCA projection; ``scores``: the probe's; ``labels``: -1 where none) and
@@ -131,6 +147,7 @@ def assess_batch(ref: Reference, z: np.ndarray, groups: Dict[str, np.ndarray], s
         "score": _scores(ref, scores, masks_r, masks_b, opts["min_group"]),
         "proportions": _proportions(ref, groups),
         "auc": _auc(ref, scores, labels, masks_r, masks_b, opts),
+        "prevalence": _prevalence(ref, labels),
     }
     result["findings"] = findings(result, opts)
     return result
@@ -162,6 +179,11 @@ def findings(result: Mapping[str, Any], opts: Mapping[str, Any]) -> List[Dict[st
             text = f"group proportions of {attr} shifted: p = {p}" + (f", new groups {', '.join(r['new_groups'])}"
                                                                       if r["new_groups"] else "")
             out.append({"kind": "proportions", "group": attr, "p": r["p"], "threshold": limit, "text": text})
+    prev = result.get("prevalence")
+    if prev and prev.get("p") is not None and prev["p"] < alpha:
+        out.append({"kind": "prevalence", "group": "all", "p": prev["p"], "threshold": alpha,
+                    "text": f"label prevalence changed: {prev['reference_prevalence']:.3f} -> "
+                            f"{prev['batch_prevalence']:.3f} (p = {prev['p']:.3g})"})
     for g, r in (result["auc"] or {}).items():
         if r.get("delta") is not None and r["ci"] and r["delta"] < -opts["auc_drop"] and r["ci"][1] < 0:
             out.append({"kind": "auc", "group": g, "delta": r["delta"], "ci": r["ci"],

@@ -40,6 +40,10 @@ def _proportion_rows(b: Mapping[str, Any]) -> List[str]:
         shares = ", ".join(f"{g} {r['reference'][g]:.2f}→{r['batch'][g]:.2f}" for g in r["batch"])
         note = " (some expected counts under 5: read p with care)" if r["small_expected"] else ""
         rows.append(f"- {attr}: {shares}; χ² p = {_f(r['p'], '.3g')}{note}")
+    prev = b.get("prevalence")
+    if prev:
+        rows.append(f"- label prevalence: {prev['reference_prevalence']:.3f}→{prev['batch_prevalence']:.3f}; "
+                    f"χ² p = {_f(prev['p'], '.3g')}")
     return rows
 
 

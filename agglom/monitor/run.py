@@ -99,7 +99,7 @@ def run_monitor(args: Any) -> Dict[str, Any]:
 
 
 KIND_NAMES = {"drift": "embedding drift", "score": "score shift", "proportions": "group proportions",
-              "auc": "AUC fell"}
+              "prevalence": "label prevalence", "auc": "AUC fell"}
 
 
 def _strength(f: Dict[str, Any]) -> tuple:
