@@ -17,8 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from agglom.config.load import ConfigError, load_config
-from agglom.demo import FAIR, FT_TEACHERS, STUDENT, TINY, _done, _run, demo_recipe, distill_overrides, eval_report
+from agglom.config.load import ConfigError
+from agglom.demo import (
+    FAIR,
+    FT_TEACHERS,
+    STUDENT,
+    TINY,
+    _done,
+    _run,
+    demo_recipe,
+    distill_overrides,
+    eval_report,
+    module_main,
+)
 
 BALANCE = ["data.group_balance=0.75", "heads.zscore_momentum=0"]  # the sampling half of the fair recipe
 OBJECTIVE = ["objective.group=excess", "objective.lam=1", "objective.reference=@erm"]  # the objective half
@@ -164,18 +175,7 @@ def run_ablation(a: Any) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(x in ("-h", "--help") for x in argv):
-        from agglom.config.load import describe
-
-        print((__doc__ or "").strip() + "\n\n" + describe(AblationArgs))
-        return 0
-    try:
-        run_ablation(load_config(AblationArgs, argv))
-    except ConfigError as e:
-        print(f"agglom ablation: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return module_main(argv, AblationArgs, run_ablation, "ablation", (__doc__ or "").strip() + "\n")
 
 
 if __name__ == "__main__":

@@ -387,19 +387,25 @@ def _selection_lines(a: Any, v: Mapping[str, Any]) -> List[str]:
     return L
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def module_main(argv: Optional[Sequence[str]], schema: Any, run: Any, prog: str, usage: str) -> int:
+    """A ``python -m agglom.<prog>`` entry: ``--help`` describes ``schema``; otherwise ``run(config)``, a
+    ConfigError one line and exit 2 (the demo and the ablation)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(x in ("-h", "--help") for x in argv):
         from agglom.config.load import describe
 
-        print("python -m agglom.demo [key=value ...]\n" + describe(DemoArgs))
+        print(usage + "\n" + describe(schema))
         return 0
     try:
-        run_demo(load_config(DemoArgs, argv))
+        run(load_config(schema, argv))
     except ConfigError as e:
-        print(f"agglom demo: error: {e}", file=sys.stderr)
+        print(f"agglom {prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return module_main(argv, DemoArgs, run_demo, "demo", "python -m agglom.demo [key=value ...]")
 
 
 if __name__ == "__main__":
