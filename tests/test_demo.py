@@ -63,7 +63,8 @@ def test_reduced_demo_end_to_end(tmp_path):
     proxy_cfg = (out / "ablation" / "proxy-balance-only-s0" / "config.yaml").read_text()
     assert "by: proxy" in proxy_cfg and "proxy_groups.json" in proxy_cfg
     assert "vs_full" in rows["no-ft-fair"] and "vs_full" not in rows["full"]
-    assert "ft-fair" not in (out / "ablation" / "no-ft-fair-s0" / "config.yaml").read_text()
+    assert "teachers/ft-fair" not in (out / "ablation" / "no-ft-fair-s0" / "config.yaml").read_text()
+    assert "teachers/ft-general" in (out / "ablation" / "no-ft-fair-s0" / "config.yaml").read_text()
     assert "group: erm" in (out / "ablation" / "balance-only-s1" / "config.yaml").read_text()
     md = (out / "ablation" / "summary.md").read_text()
     assert "Δ worst-group AUC vs full recipe" in md and "Without ft-fair" in md
