@@ -16,8 +16,9 @@ from agglom.config.access import cfg_get
 from agglom.model import AgglomModel, TeacherSpec
 from agglom.model.agglomerator import module_key
 from agglom.model.student import resize_input
+from agglom.objective.columns import per_teacher
 from agglom.objective.groups import build_group_objective
-from agglom.objective.losses import distillation_losses
+from agglom.objective.losses import LossSettings, distillation_losses
 from agglom.objective.routing import apply_routing, build_routing
 from agglom.objective.teacher_balance import TeacherBalance
 from agglom.objective.tracking import GroupTeacherTracker
@@ -69,6 +70,8 @@ class AgglomTask(nn.Module):
 
             raise ConfigError(f"objective.group_scope must be one of {', '.join(GROUP_SCOPE)}, got {scope!r}")
         self.per_teacher = scope == "teacher"
+        self.loss_settings = LossSettings.of(cfg.objective)  # read once: the step reads plain values
+        self.resolutions = list(cfg_get(cfg.data, "resolutions", None) or [])
 
         routing = build_routing(dict(cfg.objective.routing or {}), self.names, self.group_names, base=auto_routing,
                                 aliases=self.keys)
@@ -94,6 +97,7 @@ class AgglomTask(nn.Module):
                                            cfg.objective.track_momentum),
         })
         self.register_buffer("routing", routing)
+        self.unrouted = bool((routing == 1).all())  # every weight 1: the step skips the (identity) routing
         # teachers stay outside the module tree: never trained, never checkpointed, never wrapped
         object.__setattr__(self, "teachers", teachers)
         object.__setattr__(self, "forward_model", self.model)
@@ -121,8 +125,9 @@ class AgglomTask(nn.Module):
                 t = {k: v.to(self.device, non_blocking=True) for k, v in read.items()}
             else:
                 t = self._online(self.teachers[s.name], image, self.chunk[s.name])
-            # clone outside inference mode: the loss keeps targets for backward
-            out[s.name] = {k: v.float().clone() for k, v in t.items()}
+            # an inference tensor (an online teacher's output) is cloned outside inference mode, as the loss keeps
+            # targets for backward; a cached feature from the batch is used as it is (nothing writes to targets)
+            out[s.name] = {k: v.float().clone() if v.is_inference() else v.float() for k, v in t.items()}
         return out
 
     def worker_reads(self) -> Optional[WorkerCacheRead]:
@@ -168,21 +173,18 @@ class AgglomTask(nn.Module):
         student_image = resize_input(image, batch["student_size"]) if "student_size" in batch else image
         with self.autocast:
             preds = self.forward_model(student_image)
-        loss_bt, _ = distillation_losses(preds, targets, self.names, self.cfg.objective)
+        loss_bt, _ = distillation_losses(preds, targets, self.names, self.loss_settings)
         balance = self.objective["balance"]
         mask = balance.mask(loss_bt.shape[0], loss_bt.device)
-        routed = apply_routing(loss_bt, group, self.routing)
+        routed = loss_bt if self.unrouted else apply_routing(loss_bt, group, self.routing)
         if self.per_teacher:
-            # groups first (per teacher: parity of each teacher's fidelity), then across teachers
-            per_teacher, parts = [], []
-            for i, objective in enumerate(self.objective["groups"]):
-                l_t, t_terms = objective(routed[:, i], group, weight=mask[:, i])
-                per_teacher.append(l_t)
-                parts.append(t_terms)
-            loss = balance.combine(torch.stack(per_teacher), mask.sum(0) > 0)
-            # a group absent for one teacher (teacher drop) is NaN there: the mean over the teachers that saw it
-            group_terms = {k: torch.stack([p[k] for p in parts if k in p]).nanmean() for k in set().union(*parts)}
-            teacher_terms = {f"teacher/{n}": p["utility"] for n, p in zip(self.keys, parts)}
+            # groups first (per teacher: parity of each teacher's fidelity), then across teachers; every teacher's
+            # objective in one pass (agglom/objective/columns.py), its terms averaged over the teachers that saw
+            # each group (a group absent for one teacher, teacher drop, is NaN there)
+            cols = per_teacher(self.objective["groups"], routed, group, mask)
+            loss = balance.combine(cols.loss, mask.sum(0) > 0)
+            group_terms = cols.terms
+            teacher_terms = {f"teacher/{n}": u for n, u in zip(self.keys, cols.utility.unbind(0))}
         else:
             # across teachers first, then groups on the combined per-sample loss
             per_sample, teacher_terms = balance(routed, mask)
@@ -198,6 +200,8 @@ class AgglomTask(nn.Module):
     def step_batch(self, batch: Dict[str, Any], step: int) -> Dict[str, Any]:
         """The loop's hook before each micro-batch: under ``data.resolutions`` the step's student size and sample
         count, a pure function of (seed, step) (:mod:`agglom.train.multires`); else the batch unchanged."""
+        if not self.resolutions:  # one size: the batch as it is, without reading the config each step
+            return batch
         return multires.step_batch(self.cfg, batch, step)
 
     def _named(self, terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

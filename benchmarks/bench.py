@@ -15,8 +15,12 @@ e) peak RSS of the training runs;
 f) cache bytes per sample per teacher (fp16, int8, int8 + 2x2 pooling) vs bf16 full maps, with cosines vs online;
 g) estimated FLOP utilisation: training FLOPs/sample x samples/s over the measured GEMM rate (fp32 2048^2 on
    the CPU; bf16 8192^2 on a GPU, where training runs bf16), and the same for the student's own timm step alone
-   (forward, backward and AdamW on random images, no heads, teachers or data): what PyTorch reaches at this width.
-   Each utilisation divides by the best of the first GEMM measurement and one taken right after its own runs;
+   (forward, backward and AdamW on random images, no heads, teachers or data): what PyTorch reaches at this width;
+   and the training step's FLOP rate over that timm step's, online and cached (rows "training step vs the
+   student's timm step", target >= 0.92x), and the same for agglom's step alone on one batch, interleaved step by
+   step with timm's (rows "agglom's step alone on one batch": no data loading or loop, so what agglom's heads,
+   targets, losses and objectives cost). Each utilisation divides by the best of the first GEMM measurement and
+   one taken right after its own runs;
 h) the step's time per phase (log.phases=true), online and cached, as fractions of the step (benchmarks/phases.py);
 i) high resolution (benchmarks/highres.py): peak RSS of the reader over 1024-px vs 256-px 16-bit shards (packed
    with `agglom data pack max_side=N`, read in a fresh process), and a 1024-px SAM card through the feature cache
@@ -117,7 +121,7 @@ def run(opts: Dict[str, Any]) -> Dict[str, Any]:
     cfg_ca = make_cfg(root, work, s, "cached", teachers, cache=str(cache_dir), realistic=realistic)
     print(f"  cache written (int8, train split) in {cache_s:.1f}s; training runs ...", flush=True)
     bench_online_cached(rows, cfg_on, cfg_ca, s, gemm, rss0, realistic, cache_s)  # (b), (c), (e), (g)
-    bench_timm_reference(rows, cfg_ca, s, gemm)  # (g) what the student's own timm step reaches at this width
+    bench_timm_reference(rows, cfg_on, cfg_ca, s, gemm)  # (g) the student's timm step, and the steps against it
     bench_phases(rows, root, work, s, teachers, cache_dir, realistic)  # (h) where the step's time goes
     if s["wide"]:
         bench_wide(rows, root, work, s, cards)  # (b) with teachers whose forward dominates

@@ -26,6 +26,13 @@ def test_bench_quick_smoke(tmp_path, capsys):
             assert r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0, r
     ref = [r for r in report["rows"] if r["section"] == "g" and "timm step alone" in r["metric"]]
     assert len(ref) == 1 and ref[0]["value"] > 0 and 0 < ref[0]["ratio"] and ref[0]["flops_per_sample"] > 0, ref
+    g = [r for r in report["rows"] if r["section"] == "g"]
+    vs = [r for r in g if "training step vs the student's timm step" in r["metric"]]
+    assert [r["metric"].rsplit("(", 1)[1] for r in vs] == ["online teachers)", "cached teachers)"], vs
+    assert all(r["ratio"] > 0 and r["baseline"] == ref[0]["value"] and r["met"] in (True, False) for r in vs), vs
+    alone = [r for r in g if "agglom's step alone on one batch" in r["metric"]]
+    assert [r["metric"].rsplit("(", 1)[1] for r in alone] == ["online teachers)", "cached teachers)"], alone
+    assert all(r["ratio"] > 0 and r["met"] in (True, False) and r["flops_per_sample"] > 0 for r in alone), alone
     f = [r for r in report["rows"] if r["section"] == "f"]
     assert len(f) == 9 and all(r["summary_cos"] > 0.99 for r in f)
     for mode in ("online", "cached"):  # (h): the six phases cover the step
@@ -39,6 +46,28 @@ def test_bench_quick_smoke(tmp_path, capsys):
     assert i[2]["unit"] == "s/image" and i[2]["samples"] == 4
     printed = capsys.readouterr().out
     assert "metric" in printed and "ratio" in printed and "met" in printed
+    assert "training step vs the student's timm step (cached teachers)" in printed  # the step-vs-timm rows
+    assert "agglom's step alone on one batch vs the student's timm step (online teachers)" in printed
+    assert "phase heads_loss (cached)" in printed and "phase backward (online)" in printed  # the phase breakdown
+
+
+def test_step_vs_timm_rows_divide_the_training_rates_by_the_timm_steps():
+    """Section g's step-vs-timm rows come from the utilisation rows: value = the step's GFLOP/s, baseline = the timm
+    step's, met against the 0.92x target; no row without a timm reference."""
+    from benchmarks.common import Rows
+    from benchmarks.training import add_step_vs_timm
+
+    rows = Rows()
+    add_step_vs_timm(rows)
+    assert rows.rows == []
+    rows.add("g", "FLOP utilisation, training (online teachers)", 9.3, 50.0, "GFLOP/s")
+    rows.add("g", "FLOP utilisation, training (cached teachers)", 8.0, 50.0, "GFLOP/s")
+    rows.add("g", "FLOP utilisation, the student's timm step alone (no heads, teachers or data)", 10.0, 50.0, "GFLOP/s")
+    add_step_vs_timm(rows)
+    online, cached = rows.rows[-2:]
+    assert online["metric"] == "FLOP rate, training step vs the student's timm step (online teachers)"
+    assert online["ratio"] == pytest.approx(0.93) and online["met"] is True and online["baseline"] == 10.0
+    assert cached["ratio"] == pytest.approx(0.8) and cached["met"] is False
 
 
 def test_highres_pieces_pack_16_bit_and_read_at_the_training_size(tmp_path):

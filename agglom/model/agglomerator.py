@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agglom.model.batched_heads import Runner, batched_runner, shared_runner
 from agglom.model.heads import build_head
 from agglom.model.normalisers import build_normaliser
 from agglom.model.student import build_student, student_tokens
@@ -64,6 +65,8 @@ def to_grid(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
 
 class AgglomModel(nn.Module):
     phases: PhaseTimer = OFF  # the step's phase timer; the training loop sets its own (log.phases)
+    #: run the heads together where they allow it (agglom/model/batched_heads.py); False: one call per head
+    batch_heads: bool = True
 
     def __init__(self, cfg: Any, specs: List[TeacherSpec], in_chans: int, student: Optional[nn.Module] = None) -> None:
         """`student`: an already-built timm model (e.g. loaded from an export) instead of a new one."""
@@ -93,6 +96,7 @@ class AgglomModel(nn.Module):
                                                                     hc.hidden)
                 self.spatial_norms[module_key(s.name)] = build_normaliser(hc.normaliser, s.spatial_dim, hc.zscore_momentum)
         self._tokens_memo: Optional[tuple] = None  # (batch, its version, tokens): see tokens()
+        self._runners: Dict[str, Tuple[List[str], Optional[Runner]]] = {}  # kind -> (head names, runner): _runner()
 
     def tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
         """The student's (prefix, patch tokens, grid) for ``x``. Evaluated without gradients, the last batch's
@@ -120,16 +124,15 @@ class AgglomModel(nn.Module):
         """Per-teacher predictions in *normalised* teacher space: {name: {summary: [B,Ds], spatial: [B,Cs,h,w]}}."""
         prefix, patches, grid = self.tokens(x)
         self.phases.mark("student")  # a no-op unless the loop's log.phases timer is set (agglom.phases)
+        summaries = self.summaries(x, prefix, patches)
+        spatial = self._spatial_outputs(patches)
         out: Dict[str, Dict[str, torch.Tensor]] = {}
         for s in self.specs:
             pred: Dict[str, torch.Tensor] = {}
             if s.summary:
-                head = self.summary_heads[module_key(s.name)]
-                tok = prefix[:, self.summary_token_index[s.name]].unsqueeze(1)
-                inp = torch.cat([tok, patches], 1) if head.uses_context else tok
-                pred["summary"] = head(inp)[:, 0]
+                pred["summary"] = summaries[s.name]
             if s.spatial:
-                y = self.spatial_heads[module_key(s.name)](patches)  # [B, N, C]
+                y = spatial[s.name]  # [B, N, C]
                 y = y.transpose(1, 2).reshape(y.shape[0], -1, grid[0], grid[1])
                 if self.upsample > 1:  # [B, C r², h, w] -> [B, C, h r, w r]: each token's r x r block
                     y = F.pixel_shuffle(y, self.upsample)
@@ -142,6 +145,11 @@ class AgglomModel(nn.Module):
         """Each teacher's summary head output (normalised teacher space), without the spatial heads' cost."""
         if prefix is None or patches is None:
             prefix, patches, _ = self.tokens(x)
+        names = [s.name for s in self.specs if s.summary]
+        runner = self._runner("summary", names)
+        if runner is not None:  # every summary head as one (agglom/model/batched_heads.py)
+            tokens = self._summary_tokens(prefix, [self.summary_token_index[n] for n in names])
+            return dict(zip(names, runner([self.summary_heads[module_key(n)] for n in names], tokens)))
         out: Dict[str, torch.Tensor] = {}
         for s in self.specs:
             if s.summary:
@@ -149,6 +157,43 @@ class AgglomModel(nn.Module):
                 tok = prefix[:, self.summary_token_index[s.name]].unsqueeze(1)
                 out[s.name] = head(torch.cat([tok, patches], 1) if head.uses_context else tok)[:, 0]
         return out
+
+    def _spatial_outputs(self, patches: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Each teacher's spatial head on the patch tokens, ``[B, N, C]``: their first LayerNorm shared where they
+        allow it (agglom/model/batched_heads.py), else one module call per head on one contiguous copy of the
+        tokens (rather than one copy by each head's LayerNorm)."""
+        names = [s.name for s in self.specs if s.spatial]
+        if len(names) > 1:
+            patches = patches.contiguous()
+        heads = [self.spatial_heads[module_key(n)] for n in names]
+        runner = self._runner("spatial", names)
+        return dict(zip(names, runner(heads, patches) if runner is not None else [h(patches) for h in heads]))
+
+    def _runner(self, kind: str, names: List[str]) -> Optional[Runner]:
+        """The batched runner of the ``kind`` heads of ``names`` (summary: :func:`batched_runner`, spatial:
+        :func:`shared_runner`), or None (:attr:`batch_heads` off, fewer than two, or heads that cannot run together);
+        their structure is checked once, ZeRO-3 partitioning at every call."""
+        if not self.batch_heads or len(names) < 2:
+            return None
+        heads = self.summary_heads if kind == "summary" else self.spatial_heads
+        first = heads[module_key(names[0])]
+        if any(hasattr(p, "ds_id") for p in first.parameters()):  # partitioned after the first check
+            return None
+        cached = self._runners.get(kind)
+        if cached is None or cached[0] != names:
+            find = batched_runner if kind == "summary" else shared_runner
+            cached = self._runners[kind] = (list(names), find([heads[module_key(n)] for n in names]))
+        return cached[1]
+
+    @staticmethod
+    def _summary_tokens(prefix: torch.Tensor, index: List[int]) -> torch.Tensor:
+        """``[T, B, D]``: teacher t's summary token (prefix token ``index[t]``) of every sample, in row t."""
+        first = index[0]
+        if index == list(range(first, first + len(index))):  # one register token per teacher
+            return prefix[:, first:first + len(index)].transpose(0, 1)
+        if all(i == first for i in index):  # every teacher reads the CLS token
+            return prefix[:, first].unsqueeze(0).expand(len(index), -1, -1)
+        return prefix[:, index].transpose(0, 1)
 
     def features(self, x: torch.Tensor, kind: str = "summary") -> torch.Tensor:
         """Frozen features for probes (see :data:`FEATURE_KINDS`)."""

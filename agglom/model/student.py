@@ -51,12 +51,15 @@ def build_student(student_cfg: Any, image_size: int, in_chans: int, num_summary_
 
 
 def student_tokens(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
-    """(prefix tokens [B, P, D], patch tokens [B, N, D], grid) through timm's own forward_features."""
+    """(prefix tokens [B, P, D], patch tokens [B, N, D], grid) through timm's own forward_features. One split, not
+    two slices: backward then writes the two gradients into one tensor, rather than zero-filling a full-size
+    gradient for each slice and adding them."""
     feats = model.forward_features(x)
     p = model.num_prefix_tokens
     grid = model.patch_embed.dynamic_feat_size(x.shape[-2:]) if getattr(model, "dynamic_img_size", False) \
         else tuple(model.patch_embed.grid_size)
-    return feats[:, :p], feats[:, p:], (int(grid[0]), int(grid[1]))
+    prefix, patches = feats.split([p, feats.shape[1] - p], 1)
+    return prefix, patches, (int(grid[0]), int(grid[1]))
 
 
 def resize_input(x: torch.Tensor, size: int) -> torch.Tensor:

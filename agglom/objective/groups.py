@@ -82,6 +82,7 @@ class GroupObjective(nn.Module):
 
     name = "base"
     note = ""  # one line for --help: what the objective does to the better-off groups
+    columnwise = False  # see one_call()
 
     def __init__(self, num_groups: int, unknown_index: Optional[int] = None, exclude_unknown: bool = True,
                  lam: float = 0.0, reference: Optional[Sequence[float]] = None, **_: Any) -> None:
@@ -108,26 +109,34 @@ class GroupObjective(nn.Module):
         self.register_buffer("reference", ref, persistent=False)
 
     # ------------------------------------------------------------------ statistics
+    # Each works on one loss column [B] or on every teacher's at once [B, T] (agglom/objective/columns.py):
+    # reductions run over dim 0, so a column of the [B, T] result is the [B] one's value.
     def _utility(self, loss: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
         if weight is None:
-            return loss.mean()
+            return loss.mean(0)
         w = weight.to(loss.dtype)
-        return (loss * w).sum() / w.sum().clamp_min(torch.finfo(loss.dtype).tiny)
+        return (loss * w).sum(0) / w.sum(0).clamp_min(torch.finfo(loss.dtype).tiny)
 
     def _group_stats(self, loss: torch.Tensor, group: torch.Tensor,
                      weight: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-group means [G] (0 where absent), per-group weight sums [G], presence mask [G]."""
+        """Per-group means [G] (0 where absent), per-group weight sums [G], presence mask [G] ([G, T] for [B, T])."""
         g = group.long().reshape(-1)
-        w = torch.ones_like(loss) if weight is None else weight.to(loss.dtype).reshape(-1)
+        w = torch.ones_like(loss) if weight is None else weight.to(loss.dtype).reshape(loss.shape)
+        size = (self.num_groups,) + tuple(loss.shape[1:])
         try:  # index_add checks the range itself (on CPU; a device assert on GPU): no host sync to check first
-            sums = loss.new_zeros(self.num_groups).index_add(0, g, loss * w)
+            sums = loss.new_zeros(size).index_add(0, g, loss * w)
         except IndexError:
             raise ValueError(f"group indices must lie in [0, {self.num_groups}); got "
                              f"min {int(g.min())}, max {int(g.max())}") from None
-        counts = loss.new_zeros(self.num_groups).index_add(0, g, w)
+        counts = loss.new_zeros(size).index_add(0, g, w)
         present = counts > 0
         means = sums / counts.clamp_min(torch.finfo(loss.dtype).tiny)
         return means, counts, present
+
+    def parity_mask(self, present: torch.Tensor) -> torch.Tensor:
+        """The parity groups present: ``present`` [G] or [G, T] and this objective's parity groups."""
+        parity = self.parity_groups.to(present.device)
+        return present & parity.view((-1,) + (1,) * (present.dim() - 1))
 
     def forward(self, loss: torch.Tensor, group: torch.Tensor,
                 weight: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Terms]:
@@ -139,7 +148,7 @@ class GroupObjective(nn.Module):
             raise ValueError(f"weight shape {tuple(weight.shape)} != loss shape {tuple(loss.shape)}")
         utility = self._utility(loss, weight)
         means, counts, present = self._group_stats(loss, group, weight)
-        parity_mask = present & self.parity_groups.to(present.device)
+        parity_mask = self.parity_mask(present)
         total, parity = self.aggregate(utility, means, counts, parity_mask, group)
         terms: Terms = {"utility": utility.detach(), "parity": parity.detach()}
         # every group's mean loss, NaN where the batch has none (logged as null): which groups a batch holds is
@@ -154,6 +163,24 @@ class GroupObjective(nn.Module):
         """Return ``(loss, parity_term)``; ``parity_mask`` marks the parity groups present in the batch."""
         raise NotImplementedError
 
+    def aggregate_columns(self, objectives: Sequence["GroupObjective"], utility: torch.Tensor, means: torch.Tensor,
+                          counts: torch.Tensor, parity_mask: torch.Tensor,
+                          group: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(loss [T], parity_term [T])`` of ``objectives`` (teacher t's is column t of ``means`` [G, T]): one
+        :meth:`aggregate` call over every column when :meth:`one_call` allows, else one call per column."""
+        if self.one_call(objectives):
+            return self.aggregate(utility, means, counts, parity_mask, group)
+        outs = [o.aggregate(utility[i], means[:, i], counts[:, i], parity_mask[:, i], group)
+                for i, o in enumerate(objectives)]
+        return torch.stack([a for a, _ in outs]), torch.stack([b for _, b in outs])
+
+    def one_call(self, objectives: Sequence["GroupObjective"]) -> bool:
+        """Whether one :meth:`aggregate` call may run every objective's column: the class itself declares
+        ``columnwise`` (its aggregate reduces over dim 0 and reads no state but ``lam``; a subclass that overrides
+        it is run a column at a time unless it declares it too) and every objective is of it, with its ``lam``."""
+        return bool(type(self).__dict__.get("columnwise", False)) and \
+            all(type(o) is type(self) and o.lam == self.lam for o in objectives)
+
     def extra_terms(self) -> Terms:
         return {}
 
@@ -164,17 +191,21 @@ class GroupObjective(nn.Module):
 
 @register_group_objective("erm")
 class ERM(GroupObjective):
+    columnwise = True
+
     def aggregate(self, utility, means, counts, parity_mask, group):
-        return utility, torch.zeros((), dtype=utility.dtype, device=utility.device)
+        return utility, torch.zeros_like(utility)
 
 
 @register_group_objective("balanced")
 class Balanced(GroupObjective):
     note = "mean of group means"
+    columnwise = True
+
     def aggregate(self, utility, means, counts, parity_mask, group):
         m = parity_mask.to(means.dtype)
-        n = m.sum()
-        loss = torch.where(n > 0, (means * m).sum() / n.clamp_min(1), utility)  # no parity group: the utility
+        n = m.sum(0)
+        loss = torch.where(n > 0, (means * m).sum(0) / n.clamp_min(1), utility)  # no parity group: the utility
         return loss, loss - utility
 
 
@@ -183,12 +214,13 @@ class Variance(GroupObjective):
     """mean + λ·population variance of the present parity groups' mean losses."""
 
     note = "symmetric: can level down"
+    columnwise = True
 
     def aggregate(self, utility, means, counts, parity_mask, group):
         m = parity_mask.to(means.dtype)
-        n = m.sum().clamp_min(1)  # no parity group present: m is all 0, so the penalty is 0
-        mu = (means * m).sum() / n
-        var = (((means - mu) ** 2) * m).sum() / n
+        n = m.sum(0).clamp_min(1)  # no parity group present: m is all 0, so the penalty is 0
+        mu = (means * m).sum(0) / n
+        var = (((means - mu) ** 2) * m).sum(0) / n
         penalty = self.lam * var
         loss = utility if self.lam == 0 else utility + penalty
         return loss, penalty
@@ -199,12 +231,13 @@ class Gap(GroupObjective):
     """mean + λ·(max − min) of the present parity groups' mean losses."""
 
     note = "symmetric: can level down"
+    columnwise = True
 
     def aggregate(self, utility, means, counts, parity_mask, group):
         inf = torch.full_like(means, float("inf"))
-        hi = torch.where(parity_mask, means, -inf).max()
-        lo = torch.where(parity_mask, means, inf).min()
-        spread = torch.where(parity_mask.any(), hi - lo, torch.zeros_like(utility))  # no parity group: 0
+        hi = torch.where(parity_mask, means, -inf).amax(0)
+        lo = torch.where(parity_mask, means, inf).amin(0)
+        spread = torch.where(parity_mask.any(0), hi - lo, torch.zeros_like(utility))  # no parity group: 0
         penalty = self.lam * spread
         loss = utility if self.lam == 0 else utility + penalty
         return loss, penalty
@@ -215,16 +248,26 @@ class Excess(GroupObjective):
     """mean + λ·(1/|G*|)·Σ relu(L_g − r_g): one-sided, only groups above their reference (or the group mean)."""
 
     note = "one-sided: pushes only groups above their reference"
+    columnwise = True
 
     def aggregate(self, utility, means, counts, parity_mask, group):
+        return self._penalised(utility, means, parity_mask, self.reference)
+
+    def aggregate_columns(self, objectives, utility, means, counts, parity_mask, group):
+        if not self.one_call(objectives):
+            return super().aggregate_columns(objectives, utility, means, counts, parity_mask, group)
+        reference = torch.stack([o.reference for o in objectives], 1)  # each teacher's own references, [G, T]
+        return self._penalised(utility, means, parity_mask, reference)
+
+    def _penalised(self, utility, means, parity_mask, reference):
         if self.lam == 0:
             return utility, torch.zeros_like(utility)
         m = parity_mask.to(means.dtype)
-        n = m.sum().clamp_min(1)  # no parity group present: every term below is masked to 0
-        mean_of_groups = ((means * m).sum() / n).detach()
-        ref = self.targets(self.reference.to(device=means.device, dtype=means.dtype), mean_of_groups.expand_as(means))
+        n = m.sum(0).clamp_min(1)  # no parity group present: every term below is masked to 0
+        mean_of_groups = ((means * m).sum(0) / n).detach()
+        ref = self.targets(reference.to(device=means.device, dtype=means.dtype), mean_of_groups.expand_as(means))
         excess = torch.relu(means - ref) * m
-        penalty = self.lam * excess.sum() / n
+        penalty = self.lam * excess.sum(0) / n
         return utility + penalty, penalty
 
     @staticmethod
@@ -239,6 +282,7 @@ class CatchUp(Excess):
     the others is pushed towards the group mean even where its reference (its ERM loss) is no better."""
 
     note = "one-sided: pushes groups above the group mean or above their reference"
+    columnwise = True
 
     @staticmethod
     def targets(ref: torch.Tensor, mean_of_groups: torch.Tensor) -> torch.Tensor:
