@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from agglom.config.load import ConfigError
 from agglom.demo import (
@@ -56,6 +56,8 @@ class AblationArgs:
     data: str = "data/synth"  # the demo's benchmark
     variants: List[str] = field(default_factory=lambda: [v for v in VARIANTS if v != "erm-no-ft-fair"])  # of VARIANTS
     attributes: List[str] = field(default_factory=lambda: ["site"])  # verdicts by these prediction columns
+    # a numeric attribute is judged in bins (the groups.specs code path: `[45,65)`, `unknown` outside every bin)
+    bins: Dict[str, List[float]] = field(default_factory=lambda: {"age": [20, 45, 65, 90]})
     proxy_k: int = 2  # proxy-balance-only: clusters `agglom curate` makes (the demo's sites: 2)
     seeds: int = 3
     steps: int = 600  # must be the demo's steps (the ERM students are reused)
@@ -113,7 +115,35 @@ def _evaluate(a: Any, run: Path) -> None:
 def _row(v: Dict[str, Any]) -> Dict[str, Any]:
     d = v["fair_vs_erm"]
     return {"worst": d["worst"], "auc": d["auc"], "groups": {g: d[f"g:{g}"] for g in v["groups"]},
-            "levelled_down": v["levelled_down"], "student_vs_best_teacher": v.get("student_vs_best_teacher", {})}
+            "levelled_down": v["levelled_down"], "student_vs_best_teacher": v.get("student_vs_best_teacher", {}),
+            # the absolute AUCs (mean over seeds, with intervals) of the reference and of the variant
+            "reference": _absolute(v["students"]["erm"], v["groups"]),
+            "variant": _absolute(v["students"]["fair"], v["groups"])}
+
+
+def _absolute(s: Mapping[str, Any], groups: Sequence[str]) -> Dict[str, Any]:
+    return {"auc": s["auc"], "worst": s["worst"], "groups": {g: s[f"g:{g}"] for g in groups}}
+
+
+def binned(preds: Dict[str, Any], bins: Mapping[str, Sequence[float]]) -> Dict[str, Any]:
+    """``preds`` with each numeric attribute of ``bins`` replaced by its bin's name (what the verdict groups by)."""
+    import numpy as np
+
+    from agglom.data.binning import BinCounter
+
+    out = dict(preds)
+    for attr, edges in bins.items():
+        if attr in out:
+            counter = BinCounter({attr: list(edges)})
+            out[attr] = np.asarray([counter.bin_of(attr, {attr: _number(v)})[0] for v in out[attr]])
+    return out
+
+
+def _number(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v  # not a number: its bin is `unknown`, counted as such
 
 
 def compare(a: Any, runs: Dict[str, List[Path]], attribute: str) -> Dict[str, Any]:
@@ -122,9 +152,10 @@ def compare(a: Any, runs: Dict[str, List[Path]], attribute: str) -> Dict[str, An
     from agglom.eval.verdict import verdict
 
     out = Path(a.out)
-    preds = {k: [load_predictions(r) for r in rs] for k, rs in runs.items()}
+    bins = {attribute: a.bins[attribute]} if attribute in a.bins else {}
+    preds = {k: [binned(load_predictions(r), bins) for r in rs] for k, rs in runs.items()}
     audit = eval_report(out / "student-erm-s0")["models"]
-    teachers = {Path(m.split(":", 1)[1]).name: load_predictions(out / "student-erm-s0", model=m)
+    teachers = {Path(m.split(":", 1)[1]).name: binned(load_predictions(out / "student-erm-s0", model=m), bins)
                 for m in audit if m.startswith("teacher:")}
     res: Dict[str, Any] = {}
     for name in ["full", *a.variants]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
+from agglom.eval.md_format import with_interval
 from agglom.eval.verdict import fmt_delta
 
 WHAT = {
@@ -72,6 +73,15 @@ def render(result: Mapping[str, Any]) -> List[str]:
             L.append(f"| `{name}` | {fmt_delta(e['worst'])} | {fmt_delta(e['auc'])} | " +
                      " | ".join(fmt_delta(e["groups"][g]) for g in groups) +
                      f" | {', '.join(e['levelled_down']) or 'none'} | {fmt_delta(f['worst']) if f else '—'} |")
+        L += ["", "Absolute AUCs (test, mean over seeds, 95% BCa intervals): ERM, the reference every Δ above is taken "
+              "against, and each variant.", "",
+              "| model | AUC | worst-group AUC | " + " | ".join(f"AUC {g}" for g in groups) + " |",
+              "|---" * (3 + len(groups)) + "|"]
+        first = next(iter(rows.values()))
+        for name, a in [("ERM", first.get("reference")), *[(f"`{k}`", r.get("variant")) for k, r in rows.items()]]:
+            if a:
+                L.append(f"| {name} | {with_interval(a['auc'], '.4f')} | {with_interval(a['worst'], '.4f')} | "
+                         + " | ".join(with_interval(a["groups"][g], ".4f") for g in groups) + " |")
         L += ["", *_sentences(rows), ""]
     L += ["Variants:", "", *[f"- `{k}`: {WHAT.get(k, k)}" for k in ["full", *result["variants"]]]]
     return L

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -82,6 +83,32 @@ def test_site_b_is_a_different_acquisition():
     assert corner[s["site_b"]].min() > 0.6 and corner[~s["site_b"]].max() < 0.2
     disease = imgs[s["label"] & ~s["site_b"]].mean(0) - imgs[~s["label"] & ~s["site_b"]].mean(0)
     assert disease.max() > 0.08  # the lesion is visible on average
+
+
+def test_age_and_sex_lesion_fade_the_disease_in_their_groups_only():
+    base = SynthParams(n=600, image_size=32, site_frac=0.0, seed=5)
+    s = subjects(base)
+    plain = render(base, s).astype(np.float32)
+    faded = render(replace(base, age_lesion=0.6, sex_lesion=0.4), s).astype(np.float32)
+    assert np.array_equal(render(replace(base, age_lesion=0.0, sex_lesion=0.0), s), plain.astype(np.uint8))
+    assert np.array_equal(faded[~s["label"]], plain[~s["label"]])  # healthy subjects: no lesion, nothing changes
+    _, lesions = render(base, s, lesions=True)
+    lesion = lesions.astype(bool)
+
+    def contrast(img, sel):  # the lesion's brightness over the rest of the organ, averaged over ``sel``
+        return np.mean([img[i][lesion[i]].mean() for i in np.flatnonzero(sel & s["label"]) if lesion[i].any()])
+
+    old, young = s["age"] >= 70, s["age"] < 40
+    women, men = ~s["male"], s["male"]
+    lost = {k: contrast(plain, sel) - contrast(faded, sel) for k, sel in
+            {"old": old, "young": young, "women": women, "men": men}.items()}
+    assert lost["old"] > lost["young"] > 0 and lost["women"] > lost["men"]
+
+
+@pytest.mark.parametrize("bad", [{"age_lesion": 1.0}, {"sex_lesion": -0.1}])
+def test_lesion_fades_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SynthParams(n=10, **bad).validate()
 
 
 def test_cli_round_trip(tmp_path, capsys):

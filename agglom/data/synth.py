@@ -12,7 +12,9 @@ subject-level smooth random displacement field, with texture. Attributes and eff
   P(shortcut=1 | disease) = ``shortcut_p_disease``, P(shortcut=1 | healthy) = ``shortcut_p_healthy``.
 - ``site`` ("A"/"B"): a small site B (``site_frac``) acquired differently: inverted polarity, blur and grain
   (a representation gap).
-- ``sex`` ("F"/"M"): a small organ-size effect; ``age`` (int): a small intensity/texture effect.
+- ``sex`` ("F"/"M"): a small organ-size effect; ``age`` (int): a small intensity/texture effect. Both leave the
+  disease equally visible unless ``age_lesion`` / ``sex_lesion`` fade the lesion with age / in women (a variant in
+  which the review's other biases matter: docs/ablations.md).
 - ``images_per_patient=K`` (default 1): K follow-ups per subject: one anatomy, attributes (age too) and label, each
   its own pose, intensity, texture and grain; attribute ``patient`` (agglom/data/patients.py) names the subject and
   splits keep it whole. K=1 writes the one-image-per-subject benchmark unchanged (docs/guide/data.md).
@@ -70,6 +72,11 @@ class SynthParams:
     site_blur: float = 0.8
     site_grain: float = 0.06
     sex_effect: float = 0.04
+    # the lesion's contrast lost by the oldest subject (age_max) against the youngest (age_min), a fraction in
+    # [0, 1), and by women against men: 0 (the default benchmark) leaves the disease equally visible in every group;
+    # e.g. 0.5 makes it harder to see with age (a group-dependent effect an attribute-blind model can miss)
+    age_lesion: float = 0.0
+    sex_lesion: float = 0.0
     age_min: int = 20
     age_max: int = 90
     deform: float = 0.08
@@ -105,6 +112,10 @@ class SynthParams:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+        for name in ("age_lesion", "sex_lesion"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: give a fraction in [0, 1) (the share of the lesion's "
+                                 "contrast that group loses; 1 would erase the disease from it)")
         if self.age_max <= self.age_min:
             raise ValueError(f"age_max must exceed age_min, got {self.age_min}..{self.age_max}")
 
@@ -240,7 +251,7 @@ def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, wi
     ly = -0.35 + s["lesion_xy"][sl, 1][:, None, None]
     lr = s["lesion_r"][sl][:, None, None]
     blob = np.exp(-((xr - lx) ** 2 + (yr - ly) ** 2) / (2 * lr ** 2))
-    organ = organ + p.disease_strength * s["label"][sl][:, None, None] * blob
+    organ = organ + p.disease_strength * s["label"][sl][:, None, None] * blob * _lesion_contrast(p, s, sl)
     if lesions is not None:  # the lesion: where the disease effect is at least half its peak, inside the organ
         lesions[...] = (s["label"][sl][:, None, None] & (blob >= LESION_LEVEL) & (mask >= 0.5)).astype(np.uint8)
     if p.bias in ("intensity", "both"):  # intensity + contrast shift inside the organ
@@ -250,6 +261,15 @@ def _render_chunk(p: SynthParams, s: Dict[str, np.ndarray], lo: int, hi: int, wi
     img = np.clip(img, 0.0, 1.0)
     _site_b_acquisition(p, img, s["site_b"][sl], grain)
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _lesion_contrast(p: SynthParams, s: Dict[str, np.ndarray], sl: slice) -> Any:
+    """The lesion's contrast per subject, [m, 1, 1] (``age_lesion``, ``sex_lesion``); exactly 1.0 when both are 0."""
+    if not (p.age_lesion or p.sex_lesion):
+        return np.float32(1.0)
+    age01 = (s["age"][sl].astype(np.float32) - p.age_min) / float(p.age_max - p.age_min)
+    female = 1.0 - s["male"][sl].astype(np.float32)
+    return ((1.0 - p.age_lesion * age01) * (1.0 - p.sex_lesion * female))[:, None, None]
 
 
 def _site_b_acquisition(p: SynthParams, img: np.ndarray, site_b: np.ndarray, grain: np.ndarray) -> None:
