@@ -76,6 +76,23 @@ def tiny_student() -> str:
 
 
 @pytest.fixture()
+def cli(capsys):
+    """The real CLI as a function: ``cli(args) -> (exit code, stdout, stderr)``; a failure must be one line on stderr
+    without a traceback (what every hostile-input test asserts first)."""
+    from agglom.cli import main
+
+    def run(args) -> tuple:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        if code:
+            assert len(err.strip().splitlines()) == 1, err
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture()
 def free_port() -> int:
     """A TCP port free at the moment of asking, for a launcher's rendezvous (never a fixed number two runs of
     the suite on one machine would share)."""
