@@ -1,7 +1,8 @@
 """The task: frozen teachers (outside the trainable module) -> targets; student + heads -> predictions;
 losses -> teacher balance -> group objective -> one scalar and named terms.
 
-The loop calls `task(batch)`; the engine only ever sees `task.model` (the trainable ModuleDict).
+:class:`AgglomTask` is a task of the shared loop (:class:`agglom.train.task_protocol.LoopTask`): the loop calls
+`task(batch)`; the engine only ever sees `task.model` (the trainable ModuleDict).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from agglom.objective.teacher_balance import TeacherBalance
 from agglom.objective.tracking import GroupTeacherTracker
 from agglom.phases import PhaseTimer
 from agglom.train import multires
+from agglom.train.task_protocol import LoopTask
 
 Targets = Dict[str, Dict[str, torch.Tensor]]
 
@@ -48,8 +50,10 @@ def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
                        spatial=bool(entry.spatial), digest=getattr(teacher, "digest", ""))
 
 
-class AgglomTask(nn.Module):
-    """Distillation of frozen teachers into the student, as a task of the shared loop (:mod:`agglom.train.loop`)."""
+class AgglomTask(LoopTask):
+    """Distillation of frozen teachers into the student, as a :class:`~agglom.train.task_protocol.LoopTask`: it
+    overrides every optional hook (the normalisers' stats pass, the objective's stateful modules and tracked
+    averages, cached teachers read in the workers, the per-step input size)."""
 
     def __init__(self, cfg: Any, specs: List[TeacherSpec], teachers: Dict[str, nn.Module], group_names: List[str],
                  in_chans: int, auto_routing: Any = None, routing_info: Optional[Dict[str, Any]] = None) -> None:
@@ -238,7 +242,7 @@ class AgglomTask(nn.Module):
         """The per-group x teacher moving averages of the losses, logged as ``ema/<teacher>/<group>``."""
         return {f"ema/{k}": float(v) for k, v in self.objective["tracker"].as_dict().items()}
 
-    # what the shared loop asks of a task (agglom.train.loop) ------------------------------------------------
+    # what the shared loop asks of a task (agglom.train.task_protocol.LoopTask) -------------------------------
     def param_groups(self) -> List[dict]:
         """AdamW groups over the student and heads (no decay on norms, biases, tokens)."""
         from agglom.train.optim import param_groups
