@@ -32,10 +32,11 @@ def run_plain(cfg, device: str) -> Dict[str, Any]:
     import torch
 
     from agglom.data.readers import train_loader
-    from agglom.task import AgglomTask, teacher_spec
+    from agglom.distill.setup import build_teachers, stats_batches
+    from agglom.distill.task import AgglomTask, teacher_spec
     from agglom.train.loop import seed_everything
     from agglom.train.optim import param_groups
-    from agglom.train.setup import build_teachers, group_names, in_chans_of, stats_batches
+    from agglom.train.setup import group_names, in_chans_of
 
     seed_everything(cfg.seed * 1000)
     dev = torch.device(device)
@@ -252,10 +253,11 @@ def agglom_step(cfg, dev) -> Tuple[Callable[[], None], float, int]:
     import torch
 
     from agglom.data.readers import train_loader
-    from agglom.task import AgglomTask, teacher_spec
+    from agglom.distill.setup import build_teachers, stats_batches
+    from agglom.distill.task import AgglomTask, teacher_spec
     from agglom.train.loop import seed_everything
     from agglom.train.optim import adamw
-    from agglom.train.setup import build_teachers, group_names, in_chans_of, stats_batches
+    from agglom.train.setup import group_names, in_chans_of
 
     seed_everything(cfg.seed * 1000)
     teachers = build_teachers(cfg, dev)

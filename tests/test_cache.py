@@ -133,8 +133,9 @@ def test_mixed_cached_and_online_training(caches, tiny_train_args, monkeypatch):
     from agglom.config.load import load_config
     from agglom.config.schema import Recipe
     from agglom.data.readers import train_loader
-    from agglom.task import AgglomTask, is_cached, teacher_spec
-    from agglom.train.setup import build_teachers, group_names
+    from agglom.distill.setup import build_teachers
+    from agglom.distill.task import AgglomTask, is_cached, teacher_spec
+    from agglom.train.setup import group_names
 
     d = caches["int8"]
     built = []
@@ -177,9 +178,10 @@ def test_cached_features_read_in_the_workers_equal_the_main_process_read(caches,
     from agglom.config.load import load_config
     from agglom.config.schema import Recipe
     from agglom.data.readers import train_loader
-    from agglom.task import AgglomTask, teacher_spec
+    from agglom.distill.setup import build_teachers
+    from agglom.distill.task import AgglomTask, teacher_spec
     from agglom.train.logger import MetricLogger
-    from agglom.train.setup import build_teachers, group_names
+    from agglom.train.setup import group_names
 
     d = caches["fp16"]
     both = f"[{{name: tiny-clip, cache: {d}}}, {{name: tiny-sam, cache: {d}}}]"

@@ -99,7 +99,7 @@ def test_a_cache_without_the_distill_split_is_refused_and_the_default_cache_cove
                                                                                        tmp_path, capsys):
     from agglom.cache import StaleCacheError
     from agglom.cache.writer import write_cache
-    from agglom.train.setup import build_teachers
+    from agglom.distill.setup import build_teachers
 
     _, pooled = with_unlabeled
     cfg = data_cfg(pooled, 320, **{"teachers": [{"name": "tiny-clip"}]})

@@ -15,8 +15,8 @@ from fairlearn.metrics import (
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 
 from agglom.eval import metrics as M
-from agglom.eval.probe import fit_linear_probe, label_efficiency, subsample_labels
 from agglom.metrics.pareto import front_summary, hypervolume_2d, minimax_pareto_select, pareto_mask
+from agglom.metrics.probe import fit_linear_probe, label_efficiency, subsample_labels
 
 # Three groups, four samples each. Hand computation:
 #   a: y 0 0 1 1, s .10 .40 .35 .80 -> AUC 3/4 ; at t=.5: yhat 0 0 0 1 -> TPR 1/2 FPR 0 FNR 1/2 sel 1/4

@@ -157,8 +157,9 @@ def test_real_dicoms_cache_distil_and_export(dicom_run, teacher):
     from agglom.config.load import load_config
     from agglom.config.schema import Recipe
     from agglom.data.readers import train_loader
-    from agglom.task import AgglomTask, teacher_spec
-    from agglom.train.setup import build_teachers, group_names
+    from agglom.distill.setup import build_teachers
+    from agglom.distill.task import AgglomTask, teacher_spec
+    from agglom.train.setup import group_names
 
     cfg = load_config(Recipe, [f"data.root={dicom_run['root'] / 'ds'}", "data.image_size=64", "data.num_workers=0",
                                "groups.by=none", "data.batch_size=2",

@@ -11,13 +11,13 @@ from omegaconf import OmegaConf
 
 import teachers as zoo
 from agglom.config.schema import Recipe
+from agglom.distill.task import AgglomTask, teacher_spec
 from agglom.model import HEADS, NORMALISERS, AgglomModel, TeacherSpec, build_normaliser
 from agglom.model.agglomerator import module_key
 from agglom.objective.columns import per_teacher
 from agglom.objective.groups import GROUP_OBJECTIVES, build_group_objective
 from agglom.objective.losses import distillation_losses, spatial_loss, summary_loss
 from agglom.objective.routing import apply_routing
-from agglom.task import AgglomTask, teacher_spec
 
 CLOSE = dict(rtol=1e-4, atol=1e-5)  # float32 (torch.testing's atol), sums taken in another order
 

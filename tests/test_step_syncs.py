@@ -96,7 +96,7 @@ class SyncCounter:
 ])
 def test_the_task_step_reads_nothing_back_to_the_host(tiny_train_args, monkeypatch, over):
     from agglom.cli import main
-    from agglom.task import AgglomTask
+    from agglom.distill.task import AgglomTask
 
     counter, steps = SyncCounter(monkeypatch), []
     real_forward = AgglomTask.forward

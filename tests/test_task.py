@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 import teachers as zoo
 from agglom.config.schema import Recipe
-from agglom.task import AgglomTask, teacher_spec
+from agglom.distill.task import AgglomTask, teacher_spec
 
 
 def _task(scope, group, lam=0.0):
@@ -56,7 +56,7 @@ def test_erm_scopes_agree_without_teacher_drop():
 
 
 def test_metric_names_use_the_card_name_of_a_teacher_given_by_path():
-    from agglom.task import metric_names
+    from agglom.distill.task import metric_names
 
     assert metric_names(["tiny-clip", "runs/demo/teachers/ft-general", "cards/my-card.yaml"]) == \
         ["tiny-clip", "ft-general", "my-card"]

@@ -113,7 +113,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tiny_train_args, monkeypatc
 
 
 def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(tiny_train_args, monkeypatch):
-    import agglom.task as task_mod
+    import agglom.distill.task as task_mod
 
     real = task_mod.distillation_losses
     calls = {"n": 0}

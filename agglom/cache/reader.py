@@ -1,4 +1,8 @@
-"""Reading cached teacher features by sample key (keys checked, never zipped blindly), refusing stale caches."""
+"""Reading cached teacher features by sample key (keys checked, never zipped blindly), refusing stale caches.
+
+:func:`teacher_output` gives a teacher's outputs for a batch whether it is cached or runs online; evaluation
+(:mod:`agglom.eval`) and the teacher audit (:mod:`agglom.distill.audit`) both read teachers through it.
+"""
 from __future__ import annotations
 
 import os
@@ -210,3 +214,14 @@ def cached_from_batch(batch: Dict[str, Any], name: str) -> Optional[Dict[str, to
     if key not in batch:
         return None
     return {"summary": batch[key], "spatial": batch[f"{CACHED_PREFIX}{name}/spatial"]}
+
+
+def teacher_output(teacher: Any, x: torch.Tensor, keys: Sequence[str]) -> Any:
+    """A teacher's (summary, spatial) for a batch: read from its feature cache by key when it is a cached
+    teacher (:class:`~agglom.cache.reader.CachedTeacher`), else computed online from the images."""
+    if hasattr(teacher, "lookup"):
+        from teachers import TeacherOutput
+
+        t = teacher.lookup(list(keys))
+        return TeacherOutput(summary=t["summary"].to(x.device).float(), spatial=t["spatial"].to(x.device).float())
+    return teacher(x)

@@ -3,7 +3,8 @@
 Numpy in, dicts out. See each module's docstring; the exact metric definitions are those of
 ``docs/metrics.md``. :mod:`agglom.eval.metrics` builds the per-group results from
 :mod:`agglom.metrics.calibration` (ECE), :mod:`agglom.metrics.thresholds` (decision thresholds) and
-:mod:`agglom.metrics.group_stats` (base statistics and the bootstrap), and re-exports their public names.
+:mod:`agglom.metrics.group_stats` (base statistics and the bootstrap), and re-exports their public names; the
+linear probe is :mod:`agglom.metrics.probe` (the teacher audit fits it too), re-exported here.
 Plots live in :mod:`agglom.eval.plots` (imported lazily: it pulls in matplotlib).
 """
 
@@ -22,7 +23,6 @@ from agglom.eval.metrics import (
     headline,
     multilabel_group_metrics,
 )
-from agglom.eval.probe import ProbeResult, fit_linear_probe, label_efficiency, subsample_labels
 from agglom.eval.report import (
     SCHEMA,
     ReportError,
@@ -35,6 +35,7 @@ from agglom.eval.report import (
     write_report,
 )
 from agglom.metrics.pareto import DEFAULT_REFERENCE, front_summary, hypervolume_2d, minimax_pareto_select, pareto_mask
+from agglom.metrics.probe import ProbeResult, fit_linear_probe, label_efficiency, subsample_labels
 
 __all__ = [
     "CONVENTIONS",

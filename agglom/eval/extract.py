@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from agglom.cache.reader import teacher_output
+
 
 @dataclass
 class SplitFeatures:
@@ -35,17 +37,6 @@ def data_summary(loader: Any) -> Optional[Dict[str, Any]]:
 
 
 Encoder = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]  # (images, sample keys) -> features
-
-
-def teacher_output(teacher: Any, x: torch.Tensor, keys: Sequence[str]) -> Any:
-    """A teacher's (summary, spatial) for a batch: read from its feature cache by key when it is a cached
-    teacher (:class:`~agglom.cache.reader.CachedTeacher`), else computed online from the images."""
-    if hasattr(teacher, "lookup"):
-        from teachers import TeacherOutput
-
-        t = teacher.lookup(list(keys))
-        return TeacherOutput(summary=t["summary"].to(x.device).float(), spatial=t["spatial"].to(x.device).float())
-    return teacher(x)
 
 
 class LastOutput:

@@ -54,7 +54,7 @@ class FidelityAccumulator:
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, keys: Optional[Sequence[str]] = None) -> None:
-        from agglom.eval.extract import teacher_output
+        from agglom.cache.reader import teacher_output
 
         self.keys += [str(k) for k in (keys or [])]
         preds = self.model(x)
@@ -131,8 +131,8 @@ def functional_fidelity(teacher_train: np.ndarray, y_train: np.ndarray, teacher_
     student's test features. Returns, per attribute, group AUCs of both, their difference and the agreement of
     the two decisions (a :func:`~agglom.eval.metrics.group_mean_summary` of per-sample 0/1 agreement)."""
     from agglom.eval.metrics import group_mean_summary
-    from agglom.eval.probe import fit_linear_probe
     from agglom.metrics.group_stats import rank_auc
+    from agglom.metrics.probe import fit_linear_probe
 
     ytr, yva, yte = (np.asarray(v).reshape(-1).astype(int) for v in (y_train, y_val, y_test))
     both = np.concatenate([teacher_test, student_test])

@@ -13,8 +13,8 @@ from agglom.data.patients import PATIENT, patient_ids
 from agglom.data.readers import eval_loader
 from agglom.eval.extract import SplitFeatures, attribute_groups
 from agglom.eval.metrics import evaluate_attributes, headline
-from agglom.eval.probe import fit_linear_probe, label_efficiency
 from agglom.eval.report import new_report, prediction_rows, summary_table, write_predictions_csv, write_report
+from agglom.metrics.probe import fit_linear_probe, label_efficiency
 
 
 def binary_labels(y: np.ndarray) -> np.ndarray:

@@ -2,9 +2,10 @@
 "Compute and energy" section, and ``cost.json`` in the export).
 
 - Parameters and FLOPs per image: the student with its adapter heads at its (largest) training size, counted by
-  ``torch.utils.flop_counter`` (as the training loop counts its FLOPs, :meth:`agglom.task.DistillTask.flops_per_sample`);
-  each teacher's the same way at the same input, built on the meta device (no weights loaded, no memory), so a
-  teacher whose weights are not on this machine is still counted; a family that cannot be built there is "n/a".
+  ``torch.utils.flop_counter`` (as the training loop counts its FLOPs,
+  :meth:`agglom.distill.task.AgglomTask.flops_per_sample`); each teacher's the same way at the same input, built on
+  the meta device (no weights loaded, no memory), so a teacher whose weights are not on this machine is still
+  counted; a family that cannot be built there is "n/a".
 - Latency: the median of ``runs`` timed forwards of one image on this machine's CPU (PyTorch), on ``latency_threads``
   threads (default 1: a figure that does not swing with what else the machine runs — on a loaded 2-core machine two
   threads took 0.2–0.3 s for a forward one thread did in 1–1.5 ms; 0: PyTorch's own thread count).

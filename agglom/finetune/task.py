@@ -21,6 +21,7 @@ from agglom.config.load import ConfigError
 from agglom.finetune.model import Encoder
 from agglom.metrics.group_auc import group_auc_metrics
 from agglom.train.loop import LoopHooks
+from agglom.train.task_protocol import LoopTask
 
 
 @dataclass
@@ -83,8 +84,10 @@ class Classifier(nn.Module):
         return self.head(summary)
 
 
-class FinetuneTask(nn.Module):
-    """``forward(batch) -> {"loss", "utility", "parity", "group/<name>", "q/<name>"}`` for the shared loop."""
+class FinetuneTask(LoopTask):
+    """``forward(batch) -> {"loss", "utility", "parity", "group/<name>", "q/<name>"}``: a task of the shared loop
+    (:class:`~agglom.train.task_protocol.LoopTask`); of its optional hooks it needs only :meth:`stateful` (nothing
+    to fit before the first step, nothing tracked, batches used as read)."""
 
     def __init__(self, cfg: Any, args: Any, enc: Encoder, task: Task, names: List[str], unknown_index: int) -> None:
         from agglom.objective.groups import build_group_objective
@@ -99,7 +102,7 @@ class FinetuneTask(nn.Module):
         self.device = torch.device("cpu")
         self.autocast: Any = torch.autocast("cpu", enabled=False)
 
-    # what the shared loop asks of a task ----------------------------------------------------------------------
+    # what the shared loop asks of a task (agglom.train.task_protocol.LoopTask) --------------------------------
     def param_groups(self) -> List[dict]:
         """AdamW groups: the encoder's (no decay on norms, biases, tokens) at optim.lr, the head's at head_lr."""
         from agglom.train.optim import param_groups
@@ -112,15 +115,14 @@ class FinetuneTask(nn.Module):
                          {"params": [head.bias], "weight_decay": 0.0, "base_lr": head_lr}]
 
     def attach(self, forward_model: nn.Module, device: torch.device, autocast: Any) -> None:
+        """Forward passes through the engine-wrapped classifier; the group objective on ``device``."""
         object.__setattr__(self, "forward_model", forward_model)
         self.device, self.autocast = device, autocast
         self.objective.to(device)
 
     def stateful(self) -> Dict[str, nn.Module]:
-        return {"objective": self.objective}  # GroupDRO's group weights
-
-    def prepare(self, fresh: bool) -> None:
-        """Nothing to fit before the first step."""
+        """The group objective, checkpointed beside the model: GroupDRO's group weights."""
+        return {"objective": self.objective}
 
     def write_run_files(self, run_dir: Path) -> None:
         """config.yaml (the finetune arguments: the run is reproduced from it) and groups.json."""
@@ -141,10 +143,8 @@ class FinetuneTask(nn.Module):
             self.model(image)
         return 3 * counter.get_total_flops() / image.shape[0]
 
-    def tracked(self) -> Dict[str, float]:
-        return {}
-
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """One micro-batch: per-sample supervised losses aggregated over groups by the group objective."""
         x = batch["image"].to(self.device, non_blocking=True)
         y = batch["label"].to(self.device)
         g = batch["group"].to(self.device)

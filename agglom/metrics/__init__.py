@@ -5,7 +5,9 @@
 - :mod:`~agglom.metrics.intervals`: BCa intervals that contain their own estimate;
 - :mod:`~agglom.metrics.group_stats`, :mod:`~agglom.metrics.group_means`, :mod:`~agglom.metrics.group_auc`:
   per-group AUC, calibration, rates, gaps and means; :mod:`~agglom.metrics.calibration`,
-  :mod:`~agglom.metrics.thresholds`, :mod:`~agglom.metrics.pareto`.
+  :mod:`~agglom.metrics.thresholds`, :mod:`~agglom.metrics.pareto`;
+- :mod:`~agglom.metrics.probe`: the linear probe on frozen features (evaluation and the teacher audit of
+  :mod:`agglom.distill.audit` fit the same one) and the label-efficiency protocol.
 
 Evaluation, fine-tuning and export import them from here, never from ``agglom.eval``.
 """

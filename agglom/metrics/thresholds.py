@@ -1,7 +1,7 @@
 """Decision thresholds: choosing one on validation scores, and naming the one a headline reports.
 
 Kept apart from the group metrics (:mod:`agglom.eval.metrics`) because thresholds are chosen elsewhere (the
-linear probe picks one per label on validation, :mod:`agglom.eval.probe`) and only *applied* by the metrics,
+linear probe picks one per label on validation, :mod:`agglom.metrics.probe`) and only *applied* by the metrics,
 which hold them fixed across bootstrap replicates. Threshold names used in results:
 
 - ``"fixed_0.5"`` (:data:`THRESHOLD_FIXED`): ``yhat = score >= 0.5``;

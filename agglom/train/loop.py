@@ -12,11 +12,10 @@ same engine strategies (torch/DDP, DeepSpeed), atomic checkpoints and exact resu
 A resumed run restores the model, optimiser, the task's stateful modules (group weights, teacher balance), EMA,
 RNG and data position, and so continues the same stream.
 
-The task interface (duck-typed; :class:`agglom.task.AgglomTask` and :class:`agglom.finetune.task.FinetuneTask`):
-``model``, ``param_groups()``, ``attach(forward_model, device, autocast)``, ``stateful() -> {name: module}``,
-``prepare(fresh)`` (first data read, e.g. the normalisers' stats pass), ``write_run_files(run_dir)``,
-``flops_per_sample(batch)``, ``tracked() -> {name: float}``, ``train()``, ``__call__(batch)``; the loop sets
-``task.phases`` (its :class:`agglom.phases.PhaseTimer`, enabled by ``log.phases``) for the task to mark.
+What the loop asks of a task is :class:`agglom.train.task_protocol.LoopTask` (agglom/train/task_protocol.py):
+the methods every task writes, and the optional hooks (``stateful``, ``prepare``, ``tracked``, ``worker_reads``,
+``step_batch``) with defaults, so the loop calls each one unconditionally. :class:`agglom.distill.task.AgglomTask`
+and :class:`agglom.finetune.task.FinetuneTask` implement it.
 """
 from __future__ import annotations
 
@@ -42,6 +41,7 @@ from agglom.train.logger import MetricLogger
 from agglom.train.optim import warmup_cosine
 from agglom.train.preflight import checkpoint_of
 from agglom.train.rundir import SAFE_ON_RESUME, check_resume, record_changes
+from agglom.train.task_protocol import LoopTask
 
 
 def seed_everything(seed: int) -> None:
@@ -183,7 +183,7 @@ def new_state(engine: Any) -> Dict[str, Any]:
 class Loop:
     """One run of ``task`` under ``engine`` into ``run_dir``; :meth:`run` reads top to bottom."""
 
-    def __init__(self, cfg: DictConfig, engine: Any, run_dir: Path, task: Any, start: RunStart,
+    def __init__(self, cfg: DictConfig, engine: Any, run_dir: Path, task: LoopTask, start: RunStart,
                  hooks: Sequence[LoopHooks] = ()) -> None:
         self.cfg, self.engine, self.run_dir, self.task, self.start = cfg, engine, Path(run_dir), task, start
         self.hooks = list(hooks)
@@ -251,7 +251,7 @@ class Loop:
         from agglom.data.readers import train_loader
 
         state = self.state
-        attach = self.task.worker_reads() if hasattr(self.task, "worker_reads") else None
+        attach = self.task.worker_reads()  # e.g. cached teacher features read in the data workers
         loader = train_loader(self.cfg, epoch=state["epoch"], skip_batches=state["batch_in_epoch"], attach=attach)
         finished, got_any = True, False
         self.clock.waiting()
@@ -280,8 +280,7 @@ class Loop:
         ``optim.accum_steps`` finite micro-batches. True when an optimiser step happened."""
         state = self.state
         self.phases.add("data", self.clock.arrived())
-        if hasattr(self.task, "step_batch"):  # e.g. the step's input size (data.resolutions): a function of the step
-            batch = self.task.step_batch(batch, state["step"])
+        batch = self.task.step_batch(batch, state["step"])  # e.g. the step's input size (data.resolutions)
         if state["flops_per_sample"] is None:
             state["flops_per_sample"] = self.task.flops_per_sample(batch)
         self.phases.start()  # the step-size and FLOP-count hooks above are charged to no phase

@@ -1,8 +1,9 @@
 """The teacher audit on the validation split, per group: what automatic teacher × group routing is built from.
 
 For every teacher: its summary features on the train split fit a logistic probe (the same protocol as
-`agglom eval`); the probe scores the val split; the AUC within each group is that teacher's measured usefulness for
-the group. Cached teachers are read from their feature cache (by sample key), others run online.
+`agglom eval`, :func:`agglom.metrics.probe.fit_linear_probe`); the probe scores the val split; the AUC within each
+group is that teacher's measured usefulness for the group. Cached teachers are read from their feature cache (by
+sample key), others run online (:func:`agglom.cache.reader.teacher_output`).
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ def teacher_group_auc(cfg: Any, teachers: Mapping[str, Any], group_names: Sequen
                       device: torch.device) -> Dict[str, Any]:
     """``{"auc": [T][G] (None where undefined), "teachers": [...], "groups": [...], "n_val": {group: n}}``: each
     teacher's val AUC within each group (a multi-label task: the mean over labels)."""
+    from agglom.cache.reader import teacher_output
     from agglom.data.readers import eval_loader
-    from agglom.eval.extract import teacher_output
-    from agglom.eval.probe import fit_linear_probe
     from agglom.metrics.group_stats import rank_auc
+    from agglom.metrics.probe import fit_linear_probe
 
     names = list(teachers)
 

@@ -2,7 +2,7 @@
 
 Checks data, teachers and paths first; holds the run's lock for the whole run (a second writer is refused,
 naming the holder); decides the resume point before anything is built; builds the frozen teachers, the optional
-audit routing and the :class:`~agglom.task.AgglomTask`; then hands over to :class:`~agglom.train.loop.Loop`.
+audit routing and the :class:`~agglom.distill.task.AgglomTask`; then hands over to :class:`~agglom.train.loop.Loop`.
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig
 
+from agglom.distill.audit import audit_routing
+from agglom.distill.setup import build_teachers
+from agglom.distill.task import AgglomTask, teacher_spec
 from agglom.engine import build_engine
 from agglom.runlock import RunLock
-from agglom.task import AgglomTask, teacher_spec
 from agglom.train.loop import Loop, LoopHooks, seed_everything, start_run
 from agglom.train.preflight import preflight
-from agglom.train.setup import build_teachers, group_names, in_chans_of
+from agglom.train.setup import group_names, in_chans_of
 
 
 def train(cfg: DictConfig, hooks: Sequence[LoopHooks] = ()) -> Path:
@@ -42,8 +44,6 @@ def build_task(cfg: DictConfig, engine: Any, run_dir: Path) -> AgglomTask:
     groups = group_names(cfg)
     routing = None
     if cfg.objective.route_by_audit > 0:  # teacher x group weights from a validation audit of the teachers
-        from agglom.eval.audit import audit_routing
-
         routing = audit_routing(cfg, teachers, groups, engine.device, run_dir)
     return AgglomTask(cfg, specs, teachers, groups, in_chans_of(cfg),
                       auto_routing=torch.tensor(routing["weights"]) if routing else None, routing_info=routing)

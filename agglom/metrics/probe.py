@@ -2,7 +2,7 @@
 
 A probe is ``StandardScaler -> LogisticRegression(C, max_iter)`` (sklearn), one per label for multi-label
 targets (one-vs-rest: each label is an independent binary problem). It is fitted on train features, its
-decision threshold is chosen per label on validation (:func:`agglom.eval.metrics.choose_threshold`), and it
+decision threshold is chosen per label on validation (:func:`agglom.metrics.thresholds.choose_threshold`), and it
 scores the test features. Everything here is numpy in, numpy out; group metrics are the caller's business
 (pass ``metric_fn`` to :func:`label_efficiency`).
 """
@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from agglom.eval.metrics import THRESHOLD_FIXED, choose_threshold
+from agglom.metrics.thresholds import THRESHOLD_FIXED, choose_threshold
 
 __all__ = ["ProbeResult", "fit_linear_probe", "subsample_labels", "label_efficiency"]
 

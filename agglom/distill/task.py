@@ -1,7 +1,8 @@
 """The task: frozen teachers (outside the trainable module) -> targets; student + heads -> predictions;
 losses -> teacher balance -> group objective -> one scalar and named terms.
 
-The loop calls `task(batch)`; the engine only ever sees `task.model` (the trainable ModuleDict).
+:class:`AgglomTask` is a task of the shared loop (:class:`agglom.train.task_protocol.LoopTask`): the loop calls
+`task(batch)`; the engine only ever sees `task.model` (the trainable ModuleDict).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from agglom.objective.teacher_balance import TeacherBalance
 from agglom.objective.tracking import GroupTeacherTracker
 from agglom.phases import PhaseTimer
 from agglom.train import multires
+from agglom.train.task_protocol import LoopTask
 
 Targets = Dict[str, Dict[str, torch.Tensor]]
 
@@ -41,12 +43,18 @@ def metric_names(names: List[str]) -> List[str]:
 
 
 def teacher_spec(entry: Any, teacher: Any) -> TeacherSpec:
+    """The model's description of a teacher (dims, grid, which heads, card digest) from its recipe entry and the
+    built (or cached) teacher."""
     return TeacherSpec(name=teacher.name, summary_dim=int(teacher.summary_dim), spatial_dim=int(teacher.spatial_dim),
                        grid=tuple(int(g) for g in teacher.grid), summary=bool(entry.summary),
                        spatial=bool(entry.spatial), digest=getattr(teacher, "digest", ""))
 
 
-class AgglomTask(nn.Module):
+class AgglomTask(LoopTask):
+    """Distillation of frozen teachers into the student, as a :class:`~agglom.train.task_protocol.LoopTask`: it
+    overrides every optional hook (the normalisers' stats pass, the objective's stateful modules and tracked
+    averages, cached teachers read in the workers, the per-step input size)."""
+
     def __init__(self, cfg: Any, specs: List[TeacherSpec], teachers: Dict[str, nn.Module], group_names: List[str],
                  in_chans: int, auto_routing: Any = None, routing_info: Optional[Dict[str, Any]] = None) -> None:
         """``auto_routing``: ``[T, G]`` weights from the teacher audit (``objective.route_by_audit``), which explicit
@@ -166,6 +174,8 @@ class AgglomTask(nn.Module):
 
     # the step -------------------------------------------------------------------------------------------------
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """One micro-batch: the teachers' normalised targets, the student's predictions, per sample x teacher
+        losses routed per group, balanced across teachers and aggregated over groups -> ``{"loss", **terms}``."""
         image = batch["image"].to(self.device, non_blocking=True)
         group = batch["group"].to(self.device, non_blocking=True)
         with torch.no_grad():
@@ -229,11 +239,12 @@ class AgglomTask(nn.Module):
                 norms[module_key(name)].fit(torch.cat(chunks).float())
 
     def tracked(self) -> Dict[str, float]:
+        """The per-group x teacher moving averages of the losses, logged as ``ema/<teacher>/<group>``."""
         return {f"ema/{k}": float(v) for k, v in self.objective["tracker"].as_dict().items()}
 
-
-    # what the shared loop asks of a task (agglom.train.loop) ------------------------------------------------
+    # what the shared loop asks of a task (agglom.train.task_protocol.LoopTask) -------------------------------
     def param_groups(self) -> List[dict]:
+        """AdamW groups over the student and heads (no decay on norms, biases, tokens)."""
         from agglom.train.optim import param_groups
 
         return param_groups(self.model, self.cfg.optim.weight_decay)
@@ -245,13 +256,13 @@ class AgglomTask(nn.Module):
     def prepare(self, fresh: bool) -> None:
         """A fresh run fits the normalisers on a stats pass (the first data read; a resumed run restores them)."""
         if fresh:
-            from agglom.train.setup import stats_batches
+            from agglom.distill.setup import stats_batches
 
             self.fit_normalisers(stats_batches(self.cfg))
 
     def write_run_files(self, run_dir: Path) -> None:
         """config.yaml, teachers.json, groups.json (+ routing.json) of a run that starts: written once per run."""
-        from agglom.train.setup import write_run_files
+        from agglom.distill.setup import write_run_files
 
         write_run_files(self.cfg, Path(run_dir), self.specs, self.group_names, self.routing_info)
 
