@@ -8,9 +8,9 @@ from fairlearn.metrics import MetricFrame, demographic_parity_difference, equali
 from sklearn.metrics import roc_auc_score
 
 from agglom.eval import metrics as M
+from agglom.eval.md_format import summary_table
 from agglom.eval.predictions import prediction_rows, read_predictions_csv, write_predictions_csv
 from agglom.eval.report import plots
-from agglom.eval.report.markdown import summary_table
 from agglom.eval.report.schema import SCHEMA, new_report, validate_report
 from agglom.eval.report.write import write_report
 from agglom.eval.section import ReportError

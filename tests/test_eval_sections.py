@@ -22,13 +22,14 @@ def test_each_section_follows_the_protocol_and_rejects_a_malformed_part(name):
     section = SECTIONS[name]
     assert isinstance(section, Section) and section.name == name
     assert isinstance(section.keys, tuple) and section.keys
-    for member in ("prepare", "enabled", "run", "check", "markdown"):
+    for member in ("prepare", "enabled", "run", "check", "markdown", "console"):
         assert callable(getattr(section, member))
     with pytest.raises(ReportError) as e:
         section.check(_malformed(section))
     first = section.keys[-1] if "models" in section.keys else section.keys[0]
     assert e.value.problems and all(p.startswith(first) for p in e.value.problems), e.value.problems
     assert section.markdown({}) == []
+    assert isinstance(section.console({}), list)
 
 
 def test_sections_own_distinct_keys_and_each_has_a_place_in_the_report():

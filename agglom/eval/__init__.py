@@ -7,6 +7,7 @@ Numpy in, dicts out. See each module's docstring; the exact metric definitions a
 Plots live in :mod:`agglom.eval.report.plots` (imported lazily: it pulls in matplotlib).
 """
 
+from agglom.eval.md_format import summary_table
 from agglom.eval.metrics import (
     CONVENTIONS,
     ECE_BINNINGS,
@@ -24,7 +25,6 @@ from agglom.eval.metrics import (
 )
 from agglom.eval.predictions import prediction_rows, read_predictions_csv, write_predictions_csv
 from agglom.eval.probe import ProbeResult, fit_linear_probe, label_efficiency, subsample_labels
-from agglom.eval.report.markdown import summary_table
 from agglom.eval.report.schema import SCHEMA, new_report, validate_report
 from agglom.eval.report.write import write_report
 from agglom.eval.section import ReportError

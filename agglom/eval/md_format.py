@@ -1,12 +1,13 @@
 """Markdown for the report: a number (``undefined`` for NaN), a metric with its interval, a table. Shared by
 :mod:`agglom.eval.report.markdown` and the sections that render their own part; the per-group table rows of a binary
-result (:func:`agglom.eval.metrics.binary_group_metrics`), which the probe's and zero-shot's sections both show."""
+result (:func:`agglom.eval.metrics.binary_group_metrics`), which the probe's and zero-shot's sections both show; the
+console summary table (:func:`summary_table`, the report's teacher audit and the sections' console lines)."""
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
-from agglom.eval.metrics import primary_threshold
+from agglom.eval.metrics import headline, primary_threshold
 
 
 def _num(v: Any, nd: int = 3) -> str:
@@ -91,3 +92,26 @@ def group_rows(r: Mapping[str, Any]) -> List[List[str]]:
             _num(rates.get("tpr")), _num(rates.get("fpr")), _num(rates.get("selection_rate")),
         ])  # fmt: skip
     return rows
+
+
+def summary_table(reports: Any, binning: str = "range10") -> str:
+    """Console table ``model | attribute | AUC | worst-group AUC | AUC gap | ES-AUC | ECE gap | EOD | DPD``.
+
+    ``reports``: one report dict, a list of them, or ``{name: report}``; every model in every report is listed
+    (multi-label attributes show the macro mean). EOD is the fairlearn worst-case form, at the headline threshold.
+    """
+    if isinstance(reports, Mapping) and "schema" in reports:
+        reports = [reports]
+    elif isinstance(reports, Mapping):
+        reports = list(reports.values())
+    header = ["model", "attribute", "AUC", "worst-group AUC", "AUC gap", "ES-AUC", "ECE gap", "EOD", "DPD", "threshold"]
+    rows: List[List[str]] = []
+    for rep in reports:
+        for mname, m in rep.get("models", {}).items():
+            for attr, r in m.get("attributes", {}).items():
+                h = headline(r, binning=binning)
+                rows.append([mname, attr, *[_num(h[k]) for k in ("auc", "worst_group_auc", "auc_gap", "es_auc",
+                             "ece_gap", "eod_worst_case", "dpd")], str(h["threshold"])])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(header), "-+-".join("-" * w for w in widths), *[fmt(r) for r in rows]])

@@ -12,7 +12,7 @@ section in the order of :data:`agglom.eval.sections.SECTIONS`. A section:
 - may add prediction files beside the report (``ctx.csvs[file name] = rows``), figures drawn after the report is
   written (``ctx.figures``), and values for a later section (``ctx.shared[its name]``);
 - validates its part of a report (:meth:`Section.check`, raising :class:`ReportError`) and renders its part of
-  ``report.md`` (:meth:`Section.markdown`).
+  ``report.md`` (:meth:`Section.markdown`) and its console lines (:meth:`Section.console`).
 
 Each section lives in its own folder under ``agglom/eval/`` (``<folder>/section.py`` beside its metric and runner
 modules); ``docs/ARCHITECTURE.md`` ("Evaluation sections") lists them.
@@ -99,6 +99,9 @@ class Section(Protocol):
 
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         """Its lines of ``report.md`` (none when its part is empty)."""
+
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        """What ``agglom eval`` prints of its part once the report is written (printed in report order)."""
 
 
 def part_of(section: Any, report: Mapping[str, Any]) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping
 
 from agglom.eval.checks import check_binary
 from agglom.eval.classification.markdown import comparison_markdown, model_markdown
+from agglom.eval.md_format import summary_table
 from agglom.eval.section import EvalContext, raise_problems
 
 __all__ = ["ClassificationSection", "ComparisonSection"]
@@ -71,6 +72,10 @@ class ClassificationSection:
             L += model_markdown(name, models[name])
         return L
 
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        """The summary table: one row per model x attribute."""
+        return [summary_table([{"models": part.get("models") or {}}])]
+
 
 def calibration_plots(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> None:
     """``calibration_<model>_<attribute>[_<label>].png`` for every probed model (they need the raw scores)."""
@@ -115,3 +120,6 @@ class ComparisonSection:
 
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         return comparison_markdown(part["comparison"]) if part.get("comparison") else []
+
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        return []

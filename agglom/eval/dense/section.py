@@ -66,6 +66,20 @@ class DenseSection:
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         return dense_markdown(part["dense"]) if part.get("dense") else []
 
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        """One line per model x attribute: Dice, the worst group, the gap."""
+        out = []
+        for name, m in ((part.get("dense") or {}).get("models") or {}).items():
+            for attr, r in m.get("attributes", {}).items():
+                d, wg, gap = r["dice"]["value"], r["worst_group_dice"], r["dice_gap"]["value"]
+                out.append(f"dense {name} / {attr}: Dice {_fmt(d)}, worst group {_fmt(wg['value'])} "
+                           f"({wg.get('group')}), gap {_fmt(gap)}")
+        return out
+
+
+def _fmt(v: Any) -> str:
+    return "undefined" if v is None else f"{float(v):.3f}"
+
 
 def _overlays(overlays: Mapping[str, Any], out: Any) -> None:
     from agglom.eval.report.plots import plot_dense_overlays

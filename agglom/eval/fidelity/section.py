@@ -50,6 +50,9 @@ class FidelitySection:
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         return fidelity_markdown(part)
 
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        return []
+
 
 def fidelity_report(cfg: Any, fid: Any, splits_of: Dict[str, Dict[str, Any]], args: Any,
                     device: Any, attr_names: Optional[List[str]], indexer: Any, specs: Sequence[str],

@@ -1,16 +1,16 @@
 """The Markdown side of evaluation reports: the report's tables (:func:`render_markdown`: the data read, then each
 section's own lines in report order, :mod:`agglom.eval.sections`, then the teacher audit and the front), the data
-summary, and the console summary table. The schema lives in :mod:`agglom.eval.report.schema`."""
+summary (the console summary table is :func:`agglom.eval.md_format.summary_table`). The schema lives in
+:mod:`agglom.eval.report.schema`."""
 from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional
 
-from agglom.eval.md_format import _num, _table
-from agglom.eval.metrics import headline
+from agglom.eval.md_format import _num, _table, summary_table
 from agglom.eval.section import part_of
 from agglom.eval.sections import in_report_order
 
-__all__ = ["render_markdown", "data_markdown", "summary_table"]
+__all__ = ["render_markdown", "data_markdown"]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -66,26 +66,3 @@ def data_markdown(data: Optional[Mapping[str, Any]]) -> List[str]:
                 ""]
     return out + _table(["split", "samples read", "listed in the datasheet", "skipped (distinct samples/shards)",
                          "noted (used)"], rows)
-
-
-def summary_table(reports: Any, binning: str = "range10") -> str:
-    """Console table ``model | attribute | AUC | worst-group AUC | AUC gap | ES-AUC | ECE gap | EOD | DPD``.
-
-    ``reports``: one report dict, a list of them, or ``{name: report}``; every model in every report is listed
-    (multi-label attributes show the macro mean). EOD is the fairlearn worst-case form, at the headline threshold.
-    """
-    if isinstance(reports, Mapping) and "schema" in reports:
-        reports = [reports]
-    elif isinstance(reports, Mapping):
-        reports = list(reports.values())
-    header = ["model", "attribute", "AUC", "worst-group AUC", "AUC gap", "ES-AUC", "ECE gap", "EOD", "DPD", "threshold"]
-    rows: List[List[str]] = []
-    for rep in reports:
-        for mname, m in rep.get("models", {}).items():
-            for attr, r in m.get("attributes", {}).items():
-                h = headline(r, binning=binning)
-                rows.append([mname, attr, *[_num(h[k]) for k in ("auc", "worst_group_auc", "auc_gap", "es_auc",
-                             "ece_gap", "eod_worst_case", "dpd")], str(h["threshold"])])  # fmt: skip
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: " | ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([fmt(header), "-+-".join("-" * w for w in widths), *[fmt(r) for r in rows]])

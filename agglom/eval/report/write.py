@@ -1,5 +1,5 @@
 """Writing an evaluation: ``report.json`` (validated, NaN -> null) and ``report.md``, the prediction files the
-sections added, the figures, and the console summary."""
+sections added, the figures, and each section's console lines."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -10,8 +10,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from agglom.eval.metrics import nan_to_none
 from agglom.eval.predictions import write_predictions_csv
-from agglom.eval.report.markdown import render_markdown, summary_table
+from agglom.eval.report.markdown import render_markdown
 from agglom.eval.report.schema import SCHEMA, validate_report
+from agglom.eval.section import part_of
+from agglom.eval.sections import in_report_order
 
 __all__ = ["write_report", "write_all"]
 
@@ -35,10 +37,9 @@ def write_all(out_dir: Path, report: Dict[str, Any], csvs: Optional[Mapping[str,
               figures: Sequence[Callable[[Path], Any]] = ()) -> Dict[str, Any]:
     """report.json/.md, the prediction files (``csvs``: ``{file name: rows}``, each written as
     :func:`agglom.eval.predictions.write_predictions_csv` writes; predictions.csv holds the probe protocol's models
-    only, every other section its own file), the report's figures and the sections' ``figures``, and the console
-    summary; returns the report."""
+    only, every other section its own file), the report's figures and the sections' ``figures``, and each section's
+    console lines (in report order); returns the report."""
     from agglom.eval.report.plots import plot_report
-    from agglom.eval.sam.report import sam_console
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_report(out_dir, report)
@@ -48,21 +49,8 @@ def write_all(out_dir: Path, report: Dict[str, Any], csvs: Optional[Mapping[str,
     for figure in figures:
         figure(out_dir)
     written = json.loads(Path(paths["json"]).read_text())
-    print(summary_table(written), flush=True)
-    if written.get("zero_shot"):
-        print("zero-shot (through the CLIP text tower):\n" + summary_table({"schema": written["schema"],
-                                                                          "models": written["zero_shot"]["models"]}),
-              flush=True)
-    for name, m in ((written.get("dense") or {}).get("models") or {}).items():
-        for attr, r in m.get("attributes", {}).items():
-            d, wg, gap = r["dice"]["value"], r["worst_group_dice"], r["dice_gap"]["value"]
-            print(f"dense {name} / {attr}: Dice {_fmt(d)}, worst group {_fmt(wg['value'])} ({wg.get('group')}), "
-                  f"gap {_fmt(gap)}", flush=True)
-    for line in sam_console(written.get("sam_prompts") or {}):
-        print(line, flush=True)
+    for section in in_report_order():  # each section's console lines, in report order
+        for line in section.console(part_of(section, written)):
+            print(line, flush=True)
     print(f"agglom eval: {paths['md']}", flush=True)
     return report
-
-
-def _fmt(v: Any) -> str:
-    return "undefined" if v is None else f"{float(v):.3f}"

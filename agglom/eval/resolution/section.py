@@ -66,3 +66,6 @@ class ResolutionSection:
 
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         return resolution_markdown(part["resolution"]) if part.get("resolution") else []
+
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        return []  # the pass prints the sizes and the validated range as it goes (agglom.eval.resolution.run)

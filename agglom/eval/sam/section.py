@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
-from agglom.eval.sam.report import check_sam_section, sam_markdown
+from agglom.eval.sam.report import check_sam_section, sam_console, sam_markdown
 from agglom.eval.section import EvalContext, raise_problems
 
 __all__ = ["SamSection"]
@@ -43,3 +43,6 @@ class SamSection:
 
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         return sam_markdown(part["sam_prompts"]) if part.get("sam_prompts") else []
+
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        return sam_console(part.get("sam_prompts") or {})

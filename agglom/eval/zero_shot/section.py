@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping
 
 from agglom.eval.checks import check_binary
+from agglom.eval.md_format import summary_table
 from agglom.eval.section import EvalContext, raise_problems
 from agglom.eval.zero_shot.markdown import zero_shot_markdown
 
@@ -62,3 +63,9 @@ class ZeroShotSection:
 
     def markdown(self, part: Mapping[str, Any]) -> List[str]:
         return zero_shot_markdown(part["zero_shot"]) if part.get("zero_shot") else []
+
+    def console(self, part: Mapping[str, Any]) -> List[str]:
+        """The summary table of the zero-shot models."""
+        if not part.get("zero_shot"):
+            return []
+        return ["zero-shot (through the CLIP text tower):\n" + summary_table([{"models": part["zero_shot"]["models"]}])]
