@@ -148,7 +148,7 @@ def _number(v: Any) -> Any:
 
 def compare(a: Any, runs: Dict[str, List[Path]], attribute: str) -> Dict[str, Any]:
     """Per variant: its verdict against ERM and against the full recipe, on test, over the seeds."""
-    from agglom.eval.report import load_predictions
+    from agglom.eval.predictions import load_predictions
     from agglom.eval.verdict import verdict
 
     out = Path(a.out)

@@ -226,7 +226,7 @@ def _evaluated(run: Path, audit: bool) -> bool:
 
 def _dense_phase(z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, Any]:
     """Dense probe Dice of every student (over seeds) and audited teacher (seed-0 ERM audit), paired on test."""
-    from agglom.eval.dense_verdict import dense_verdict, load_dense_rows
+    from agglom.eval.dense.verdict import dense_verdict, load_dense_rows
 
     def models(run: Path) -> Dict[str, str]:
         return {m: s["kind"] for m, s in eval_report(run)["dense"]["models"]
@@ -242,8 +242,8 @@ def _dense_phase(z: Dict[str, int], runs: Dict[str, List[Path]]) -> Dict[str, An
 def _verdict_inputs(z: Dict[str, int], runs: Dict[str, List[Path]], split: str) -> tuple:
     """Per seed ``{"erm": preds, "fair": preds}`` on ``split``, and (test only) the audited teachers' predictions
     and every student's fidelity headline."""
-    from agglom.eval.fidelity import fidelity_headline
-    from agglom.eval.report import load_predictions
+    from agglom.eval.fidelity.fidelity import fidelity_headline
+    from agglom.eval.predictions import load_predictions
 
     seeds = range(z["seeds"])
     preds = [{k: load_predictions(runs[k][s], split=split) for k in ("erm", "fair")} for s in seeds]
@@ -350,8 +350,8 @@ def summary_markdown(a: Any, v: Dict[str, Any], runs: Dict[str, List[Path]], tdi
                   f"- ERM: mean {f['erm']['mean']:.3f}, worst per-teacher site gap {f['erm']['worst_gap']:.3f}",
                   f"- fair: mean {f['fair']['mean']:.3f}, worst per-teacher site gap {f['fair']['worst_gap']:.3f}", ""]
     if v.get("dense"):
-        from agglom.eval.dense_verdict import render_dense_verdict
-        from agglom.eval.sam_report import sam_markdown
+        from agglom.eval.dense.verdict import render_dense_verdict
+        from agglom.eval.sam.report import sam_markdown
 
         lines += ["## Segmentation: dense probe Dice per group (students and teachers)", "",
                   *render_dense_verdict(v["dense"]), ""]

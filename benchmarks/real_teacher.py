@@ -141,8 +141,8 @@ def grid_ceiling(data: Path, pools: Sequence[int] = (4, 2), attribute: str = "si
     from segment_anything.utils.transforms import ResizeLongestSide
 
     import teachers as zoo
-    from agglom.eval.dense import dice_iou
-    from agglom.eval.sam_run import decode, prompts_from_mask
+    from agglom.eval.dense.dense import dice_iou
+    from agglom.eval.sam.run import decode, prompts_from_mask
     from agglom.export.sam_predictor import StudentSamPredictor
     from benchmarks.common import masked_test_samples
     from teachers.families.sam import sam_prompt_decoder

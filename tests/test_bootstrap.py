@@ -50,7 +50,7 @@ def test_a_patient_sits_in_the_stratum_of_its_first_image():
 
 
 def test_length_mismatch_is_refused():
-    from agglom.eval.compare import paired_group_deltas
+    from agglom.eval.classification.compare import paired_group_deltas
 
     g, y, a, b = _data()
     with pytest.raises(ValueError, match="patient ids"):
@@ -62,8 +62,8 @@ def _unique_ids(n):
 
 
 def test_every_interval_is_unchanged_by_one_image_patients():
-    from agglom.eval.compare import paired_group_deltas
-    from agglom.eval.dense import dice_fairness
+    from agglom.eval.classification.compare import paired_group_deltas
+    from agglom.eval.dense.dense import dice_fairness
     from agglom.eval.metrics import binary_group_metrics
     from agglom.metrics.group_means import group_mean_summary
 

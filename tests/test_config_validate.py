@@ -137,8 +137,8 @@ def test_builtin_choices_match_the_registries(kind):
     (C.CACHE_DTYPES, "agglom.cache.codec", "DTYPES"),
     (C.ECE_BINNINGS, "agglom.metrics.calibration", "ECE_BINNINGS"),
     (C.CURATE_METHODS, "agglom.curate.run", "METHODS"),
-    (C.SWEEP_DENSE, "agglom.eval.dense", "STAT_KEYS"),
-    (C.DENSE_HEADS, "agglom.eval.dense", "DENSE_HEADS"),
+    (C.SWEEP_DENSE, "agglom.eval.dense.dense", "STAT_KEYS"),
+    (C.DENSE_HEADS, "agglom.eval.dense.dense", "DENSE_HEADS"),
 ])
 def test_closed_choices_match_the_code_that_acts_on_them(names, module, attr):
     assert set(names) == set(getattr(importlib.import_module(module), attr))

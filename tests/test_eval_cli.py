@@ -9,7 +9,7 @@ from fairlearn.metrics import MetricFrame, equalized_odds_difference
 from sklearn.metrics import roc_auc_score
 
 from agglom.cli import main
-from agglom.eval.report import validate_report
+from agglom.eval.report.schema import validate_report
 
 FAST_EVAL = ["eval.bootstrap=20", "eval.label_fractions=[0.1,1.0]", "eval.seeds=1", "num_workers=0"]
 

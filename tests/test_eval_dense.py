@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import skew
 
 from agglom.data.masks import IGNORE
-from agglom.eval.dense import dice_fairness, dice_iou, fit_and_score, has_foreground
+from agglom.eval.dense.dense import dice_fairness, dice_iou, fit_and_score, has_foreground
 
 
 def test_dice_and_iou_by_hand():
@@ -106,7 +106,7 @@ def test_spatial_maps_above_the_grid_cap_are_average_pooled():
 
 
 def test_overlay_samples_are_the_first_with_foreground_per_group():
-    from agglom.eval.dense_run import overlay_indices
+    from agglom.eval.dense.run import overlay_indices
 
     masks = np.zeros((6, 4, 4), np.int16)
     masks[[1, 2, 3, 5], 1, 1] = 1  # 0 and 4 have no foreground

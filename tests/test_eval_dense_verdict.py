@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from agglom.eval.dense_verdict import dense_verdict, load_dense_rows, render_dense_verdict
+from agglom.eval.dense.verdict import dense_verdict, load_dense_rows, render_dense_verdict
 
 
 def _rows(dice, groups):

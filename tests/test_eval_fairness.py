@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from agglom.eval.compare import compare_predictions, paired_group_deltas
-from agglom.eval.fidelity import FidelityAccumulator, global_r2
+from agglom.eval.classification.compare import compare_predictions, paired_group_deltas
+from agglom.eval.fidelity.fidelity import FidelityAccumulator, global_r2
 from agglom.eval.metrics import binary_group_metrics, group_mean_summary
 from agglom.metrics.intervals import bca_interval
 

@@ -1,4 +1,4 @@
-"""Report schema, Markdown, PNG plots and the predictions.csv round trip (agglom.eval.report / plots)."""
+"""Report schema, Markdown, PNG plots and the predictions.csv round trip (agglom.eval.report, agglom.eval.predictions)."""
 
 import json
 
@@ -8,18 +8,12 @@ from fairlearn.metrics import MetricFrame, demographic_parity_difference, equali
 from sklearn.metrics import roc_auc_score
 
 from agglom.eval import metrics as M
-from agglom.eval import plots
-from agglom.eval.report import (
-    SCHEMA,
-    ReportError,
-    new_report,
-    prediction_rows,
-    read_predictions_csv,
-    summary_table,
-    validate_report,
-    write_predictions_csv,
-    write_report,
-)
+from agglom.eval.md_format import summary_table
+from agglom.eval.predictions import prediction_rows, read_predictions_csv, write_predictions_csv
+from agglom.eval.report import plots
+from agglom.eval.report.schema import SCHEMA, new_report, validate_report
+from agglom.eval.report.write import write_report
+from agglom.eval.section import ReportError
 from agglom.metrics.pareto import front_summary
 
 
@@ -159,8 +153,8 @@ def test_predictions_csv_carries_the_optimistic_threshold_when_asked(tmp_path):
     from omegaconf import OmegaConf
 
     from agglom.config.schema import EvalConfig
+    from agglom.eval.classification.protocol import probe_model
     from agglom.eval.extract import SplitFeatures
-    from agglom.eval.protocol import probe_model
     from agglom.metrics.thresholds import OPTIMISTIC_THRESHOLD
 
     rng = np.random.default_rng(0)

@@ -233,7 +233,7 @@ def test_two_evaluations_into_one_folder(trained, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- spreadsheets, signals, the machine
 def test_predictions_csv_keys_open_as_text_and_round_trip(tmp_path):
-    from agglom.eval.report import read_predictions_csv, write_predictions_csv
+    from agglom.eval.predictions import read_predictions_csv, write_predictions_csv
 
     keys = ["=HYPERLINK(\"http://x\")", "+1", "-cmd|' /C calc'!A0", "@SUM(1)", "'quoted", "plain"]
     path = tmp_path / "predictions.csv"

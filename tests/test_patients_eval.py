@@ -39,8 +39,8 @@ def test_report_resamples_patients_and_counts_them(patient_run):
 
 
 def test_predictions_carry_the_patient_and_the_comparison_clusters(patient_run):
-    from agglom.eval.compare import compare_predictions
-    from agglom.eval.report import load_predictions
+    from agglom.eval.classification.compare import compare_predictions
+    from agglom.eval.predictions import load_predictions
 
     with open(patient_run / "eval" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))

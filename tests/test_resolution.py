@@ -85,7 +85,7 @@ def _tiny_student(dynamic: bool):
 
 
 def test_switch_flag_fires_on_a_crafted_curve_and_not_on_smooth_ones():
-    from agglom.eval.resolution import eval_sizes, find_switches
+    from agglom.eval.resolution.resolution import eval_sizes, find_switches
 
     sizes = [16, 32, 64, 128]
     sw = find_switches(sizes, [0.90, 0.91, 0.90, 0.55], tol=0.02, jump=3.0)  # falls off a cliff at 128 px
@@ -101,7 +101,7 @@ def test_switch_flag_fires_on_a_crafted_curve_and_not_on_smooth_ones():
 
 
 def test_validated_range_is_contiguous_around_the_training_size():
-    from agglom.eval.resolution import resolution_section, validated_range
+    from agglom.eval.resolution.resolution import resolution_section, validated_range
 
     sizes = [16, 32, 64]
     single = resolution_section(32, [0.5, 1, 2], sizes, 64, {"t/summary": [0.6, 0.9, 0.55]}, [0.7, 0.8, 0.7],
@@ -131,7 +131,7 @@ def test_resolution_eval_refuses_a_fixed_size_student():
     from types import SimpleNamespace
 
     from agglom.config.load import ConfigError
-    from agglom.eval.resolution_run import check_resolution_eval
+    from agglom.eval.resolution.run import check_resolution_eval
 
     with pytest.raises(ConfigError, match="eval.resolutions.*dynamic_img_size"):
         check_resolution_eval(SimpleNamespace(student=_tiny_student(False)), [0.5, 1, 2])
@@ -195,8 +195,8 @@ def test_multiples_are_relative_to_the_trained_size_not_the_read_size():
 
     from omegaconf import OmegaConf
 
-    from agglom.eval.resolution import eval_sizes
-    from agglom.eval.resolution_run import training_size
+    from agglom.eval.resolution.resolution import eval_sizes
+    from agglom.eval.resolution.run import training_size
 
     model = SimpleNamespace(student=_tiny_student(True))  # recorded input size 32 px
     read64 = OmegaConf.create({"data": {"image_size": 64, "resolutions": [32]}})

@@ -16,7 +16,7 @@ from segment_anything.modeling import Sam
 
 import teachers
 from agglom.cli import main
-from agglom.eval.report import validate_report
+from agglom.eval.report.schema import validate_report
 from teachers.families.sam import build_prompt_decoder, decoder_args
 
 FAST_EVAL = ["eval.bootstrap=20", "eval.label_fractions=[1.0]", "eval.seeds=1", "num_workers=0", "eval.fidelity=false"]
@@ -86,7 +86,7 @@ def test_export_packs_the_checkpoints_decoder(sam_run):
 def test_the_teachers_own_encoder_in_place_reproduces_sam_predictor_exactly(sam_run):
     """The decoder path (packed decoder, SamPredictor semantics, the eval's decode) with the teacher's encoder where
     the student goes gives segment-anything's own SamPredictor's logits and masks bit for bit."""
-    from agglom.eval.sam_run import decode
+    from agglom.eval.sam.run import decode
     from agglom.export import load_sam_decoder
     from agglom.export.sam_predictor import StudentSamPredictor
 

@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 
 import teachers
 from agglom.cli import main
-from agglom.eval.report import validate_report
-from agglom.eval.zero_shot import (
+from agglom.eval.report.schema import validate_report
+from agglom.eval.zero_shot.zero_shot import (
     PromptError,
     class_embeddings,
     label_scores,

@@ -28,15 +28,15 @@ EVAL_FEATURES = ("summary", "pooled", "adapters")
 THRESHOLD_METHODS = ("youden", "f1")
 ECE_BINNINGS = ("range10", "unit15")
 CACHE_DTYPES = ("fp16", "int8", "fp32")
-SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam_run derives from each mask
+SAM_PROMPTS = ("box", "point", "box+point")  # eval.sam_prompt: what agglom.eval.sam.run derives from each mask
 FINETUNE_METHODS = ("full", "lora")
 EXPORT_FORMATS = ("timm", "onnx")  # agglom export format= (onnx: + student.onnx, agglom.export.onnx_export)
 #: agglom monitor alarm_on=: which findings raise the alarm (agglom.monitor.run)
 MONITOR_ALARMS = ("drift", "score", "proportions", "prevalence", "auc")
-DENSE_HEADS = ("linear", "conv")  # eval.dense_head (agglom.eval.dense)
+DENSE_HEADS = ("linear", "conv")  # eval.dense_head (agglom.eval.dense.dense)
 DENSE_FEATURES = ("tokens", "adapters")  # eval.dense_features (agglom.eval.extract.student_spatial_encoder)
 #: sweep.utility / sweep.gap: the classification headline (agglom.eval.metrics.headline) or the dense probe's Dice
-#: statistics (agglom.eval.dense.STAT_KEYS; the point then runs `eval.dense=true`); a test keeps them in sync
+#: statistics (agglom.eval.dense.dense.STAT_KEYS; the point then runs `eval.dense=true`); a test keeps them in sync
 SWEEP_CLASSIFICATION = ("auc", "worst_group_auc", "auc_gap", "es_auc", "ece_gap", "dpd", "eod_worst_case", "eod_mean",
                         "eod_fairmedfm_score", "eo_tpr_gap", "fnr_gap", "fpr_gap")
 SWEEP_DENSE = ("dice", "iou", "worst_group_dice", "best_group_dice", "dice_gap", "dice_std", "dice_skewness",

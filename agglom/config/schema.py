@@ -207,7 +207,7 @@ class EvalConfig:
     # datasheet's class name) -> [prompt, ...]; multi-label: label -> {0: [negative prompts], 1: [positive prompts]}
     zero_shot_prompts: Dict[Any, Any] = field(default_factory=dict)
     zero_shot_teachers: List[str] = field(default_factory=list)  # empty: every teacher with a text tower
-    # dense (segmentation) probe on spatial features against the samples' masks (agglom.eval.dense): off by default,
+    # dense (segmentation) probe on spatial features against the samples' masks (agglom.eval.dense.dense): off by default,
     # because it adds a pass of spatial maps and a probe per model; the dataset needs masks in every split
     dense: bool = False
     dense_steps: int = 300  # Adam steps of the 1x1 probe (batches of 64 masked training samples)
@@ -216,11 +216,11 @@ class EvalConfig:
     dense_features: str = "tokens"  # the student's dense-probe input: tokens (its patch tokens) | adapters (its
     # spatial adapters' maps, i.e. the teachers' feature spaces it emulates; the SAM decoder reads the same maps)
     dense_grid: int = 16  # spatial maps with a side above this are average-pooled to it (memory: SAM's 64x64 neck); 0: never
-    # prompted segmentation through each SAM-family teacher's own prompt encoder + mask decoder (agglom.eval.sam_run):
+    # prompted segmentation through each SAM-family teacher's own prompt encoder + mask decoder (agglom.eval.sam.run):
     # the teacher's encoder vs the student's SAM adapter in its place, prompts from each test mask; needs run=
     sam_prompts: bool = False
     sam_prompt: str = "box"  # box (around the mask) | point (its centre) | box+point
-    # the mode-switch test (agglom.eval.resolution): fidelity and the probe at these multiples of the training size
+    # the mode-switch test (agglom.eval.resolution.resolution): fidelity and the probe at these multiples of the training size
     # (e.g. [0.5, 1, 2]; each rounded to the patch size), a `resolution` section, resolution.png; empty: off
     resolutions: List[float] = field(default_factory=list)
     resolution_tol: float = 0.02  # fidelity within this of its best size counts as validated; smaller jumps are noise

@@ -1,7 +1,8 @@
 """Frozen features (+ labels, attributes, keys, and optionally fidelity) from a student, export or teacher.
 
 The encoders evaluated here are all "x -> features" functions over the same eval reader, so the probe
-protocol is identical for the student and for each teacher (the audit baseline).
+protocol is identical for the student and for each teacher (the audit baseline). :func:`collect_splits` is the
+evaluation's shared pass: train/val/test read once for every encoder (every section reads its features).
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
                 dense_grid: int = 0) -> Dict[str, SplitFeatures]:
     """One pass over a split for every encoder: ``{name: SplitFeatures}`` (labels, keys and attrs shared), so the
     images are read and decoded once however many models are evaluated; ``fidelity`` (a
-    :class:`~agglom.eval.fidelity.FidelityAccumulator`) sees every batch too. ``dense`` (names of ``encoders`` ->
+    :class:`~agglom.eval.fidelity.fidelity.FidelityAccumulator`) sees every batch too. ``dense`` (names of ``encoders`` ->
     spatial encoders; the loader must read masks): their maps (float16, pooled to at most ``dense_grid`` cells a
     side) and the batch masks are kept as well."""
     feats: Dict[str, List[np.ndarray]] = {n: [] for n in encoders}
@@ -160,6 +161,33 @@ def extract_all(loader: Any, encoders: Dict[str, Encoder], device: torch.device,
     return {n: SplitFeatures(np.concatenate(f)[order], y, keys, attrs, data,
                              spatial=np.concatenate(spatial[n])[order] if n in spatial else None,
                              masks=m if n in spatial else None) for n, f in feats.items()}
+
+
+def collect_splits(cfg: Any, encoders: Dict[str, Any], device: torch.device, fidelity: Any = None,
+                   batch_size: Optional[int] = None,
+                   dense: Optional[Dict[str, Any]] = None, dense_grid: int = 0) -> Dict[str, Dict[str, SplitFeatures]]:
+    """``{encoder name: {"train"|"val"|"test": SplitFeatures}}``: one pass over each split for all encoders;
+    ``fidelity`` sees the test split. The probe is supervised: a split with unlabelled samples is refused.
+    ``dense`` (encoder name -> spatial encoder): the same pass reads masks and keeps those models' spatial maps
+    (average-pooled to at most ``dense_grid`` cells a side)."""
+    from agglom.config.load import ConfigError
+    from agglom.data.pipeline import NO_LABEL
+    from agglom.data.readers import eval_loader
+
+    out: Dict[str, Dict[str, SplitFeatures]] = {n: {} for n in encoders}
+    for role, split in (("train", cfg.data.train_split), ("val", cfg.data.val_split), ("test", cfg.data.test_split)):
+        loader = eval_loader(cfg, split, batch_size=batch_size, masks=bool(dense))
+        got = extract_all(loader, encoders, device, desc=split, fidelity=fidelity if role == "test" else None,
+                          dense=dense, dense_grid=dense_grid)
+        labels = next(iter(got.values())).labels
+        unlabelled = int((labels == NO_LABEL).reshape(len(labels), -1).any(1).sum())
+        if unlabelled:
+            raise ConfigError(f"eval: {unlabelled} of {len(labels)} samples of the {split!r} split have no "
+                              "label; the evaluation fits a supervised probe, so it needs labelled train/val/test "
+                              "splits (distillation itself does not)")
+        for n, f in got.items():
+            out[n][role] = f
+    return out
 
 
 def extract(loader: Any, encoder: Encoder, device: torch.device, desc: str = "features",

@@ -1,5 +1,5 @@
 """matplotlib on the Agg backend (no display needed) and how a report figure is written: the base of
-:mod:`agglom.eval.plots` and of the sections that draw their own figure (:mod:`agglom.eval.resolution`)."""
+:mod:`agglom.eval.report.plots` and of the sections that draw their own figure (:mod:`agglom.eval.resolution.resolution`)."""
 from __future__ import annotations
 
 import os

@@ -1,12 +1,14 @@
-"""The evaluation driver behind `agglom eval` and `agglom sweep`: build the encoders (the student, and each teacher
-for the audit), run the probe protocol on each, measure fidelity, classify zero-shot through CLIP-family text
-towers (``zero_shot=``, :mod:`agglom.eval.zero_shot_run`), compare with a reference model, write the report. The
-command module only parses arguments and calls :func:`run_evaluation`."""
+"""The evaluation driver behind `agglom eval` and `agglom sweep`: load the model, build the context every section
+reads (:class:`agglom.eval.section.EvalContext`: the datasheet looked up once, the grouping, the encoders — the
+student and each audited teacher — and the shared pass over train/val/test), let each section check its settings
+before any work, run the enabled sections in registry order (:data:`agglom.eval.sections.SECTIONS`: the probe
+protocol, fidelity, resolution, dense, zero-shot, SAM, comparison) and write the report. The command module only
+parses arguments and calls :func:`run_evaluation`."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import torch
 from omegaconf import OmegaConf
@@ -14,7 +16,8 @@ from omegaconf import OmegaConf
 from agglom.config.choices import input_channels
 from agglom.config.eval_args import EvalArgs
 from agglom.config.load import ConfigError
-from agglom.eval.sam_run import plan_sam, run_sam
+from agglom.eval.section import EvalContext
+from agglom.eval.sections import SECTIONS
 
 
 def _load_primary(args: Any, device: torch.device) -> tuple:
@@ -82,10 +85,9 @@ def _apply_data_overrides(cfg: Any, args: Any) -> None:
     cfg.data.sidecars = list(cfg.data.sidecars) + list(args.sidecars)
 
 
-def _encoders(args: Any, cfg: Any, model: Any, primary: str, device: torch.device) -> tuple:
-    """(encoders by model name, spatial encoders for the dense probe (``eval.dense``), audited teacher modules,
-    zero-shot plan or None, fidelity accumulator or None)."""
-    from agglom.data.shards import dataset_datasheet
+def _encoders(ctx: EvalContext) -> Dict[str, Any]:
+    """The probe's encoders by model name; fills the context's audited teachers, spatial encoders (``eval.dense``)
+    and fidelity accumulator (``eval.fidelity``, the student's test pass measures every teacher it can rebuild)."""
     from agglom.eval.extract import (
         LastOutput,
         student_encoder,
@@ -93,44 +95,35 @@ def _encoders(args: Any, cfg: Any, model: Any, primary: str, device: torch.devic
         teacher_encoder,
         teacher_spatial_encoder,
     )
-    from agglom.eval.fidelity import FidelityAccumulator
+    from agglom.eval.fidelity.fidelity import FidelityAccumulator
 
+    args, cfg, model, primary, device = ctx.args, ctx.cfg, ctx.model, ctx.primary, ctx.device
     c = input_channels(cfg.data.grayscale)
     mean, std = list(cfg.student.mean)[:c], list(cfg.student.std)[:c]
     encoders = {}
-    dense: Dict[str, Any] = {}  # model -> spatial encoder (eval.dense)
     if model is not None:
         encoders[primary] = student_encoder(model, args.eval.features)
         if args.eval.dense:
-            dense[primary] = student_spatial_encoder(model, args.eval.dense_features)
-    audit_names = [args.teacher] if args.teacher else []
-    if model is not None and args.audit:
-        audit_names += [e.name for e in cfg.teachers if e.name not in audit_names]
-    zs_plan = None
-    if args.zero_shot:  # checked before any work: prompts, and which teachers have a usable text tower
-        from agglom.eval.zero_shot_run import plan_zero_shot
-
-        zs_plan = plan_zero_shot(args, cfg, model, audit_names, (dataset_datasheet(cfg) or {}).get("label") or {})
-    teacher_mods = _teachers(audit_names, cfg, mean, std, device)
-    for name, t in teacher_mods.items():
+            ctx.spatial[primary] = student_spatial_encoder(model, args.eval.dense_features)
+    ctx.teachers = _teachers(ctx.audit_names, cfg, mean, std, device)
+    for name, t in ctx.teachers.items():
         outputs = LastOutput(t)  # the probe's and the dense probe's features from one teacher forward
         encoders[f"teacher:{name}"] = teacher_encoder(t, args.eval.features, outputs)
         if args.eval.dense:
-            dense[f"teacher:{name}"] = teacher_spatial_encoder(outputs)
-    fid = None
+            ctx.spatial[f"teacher:{name}"] = teacher_spatial_encoder(outputs)
     if model is not None and args.eval.fidelity:
-        missing = [s.name for s in model.specs if s.name not in teacher_mods]
-        fid_teachers = {**{n: t for n, t in teacher_mods.items() if n in model.teacher_names},
+        missing = [s.name for s in model.specs if s.name not in ctx.teachers]
+        fid_teachers = {**{n: t for n, t in ctx.teachers.items() if n in model.teacher_names},
                         **_teachers(missing, cfg, mean, std, device, required=False)}
-        fid = FidelityAccumulator(model, fid_teachers)
-    return encoders, dense, teacher_mods, zs_plan, fid
+        ctx.fidelity = FidelityAccumulator(model, fid_teachers)
+    return encoders
 
 
-def _grouping(cfg: Any) -> Dict[str, Any]:
+def _grouping(cfg: Any, sheet: Any) -> Dict[str, Any]:
     """How samples are grouped: the recipe's group specs (declared bins, intersections) as in training, or plain
-    attributes on another dataset without the run's attributes; the unknown group's role; the label names."""
+    attributes on another dataset without the run's attributes; the unknown group's role; the label names (from the
+    datasheet ``sheet``)."""
     from agglom.data.readers import group_indexer
-    from agglom.data.shards import dataset_datasheet
 
     specs = [s.name for s in cfg.groups.specs if s.name]
     try:
@@ -138,32 +131,7 @@ def _grouping(cfg: Any) -> Dict[str, Any]:
     except ValueError:
         indexer, specs = None, []
     return {"indexer": indexer, "specs": specs, "exclude_unknown": cfg.groups.unknown != "include",
-            "label_names": ((dataset_datasheet(cfg) or {}).get("label") or {}).get("names")}
-
-
-def _run_dense(splits_of: Dict[str, Any], primary: str, model: Any, args: Any, cfg: Any, g: Dict[str, Any],
-               attr_names: Optional[List[str]], extra: Dict[str, Any]) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
-    """Put the dense section into ``extra``; return the rows of dense_predictions.csv and the overlay masks."""
-    from agglom.eval.dense_run import dense_report
-
-    kinds = {n: ("student" if n == primary and model is not None else "teacher") for n in splits_of}
-    extra["dense"], rows, overlays = dense_report(splits_of, kinds, args.eval, attr_names, args.seed, g["indexer"],
-                                                  g["specs"], g["exclude_unknown"], overlay_attribute=cfg.groups.by)
-    return rows, overlays
-
-
-def _check_upfront(args: Any, cfg: Any, model: Any, device: torch.device) -> Any:
-    """What the optional sections need, checked before any work: masks in every split (``eval.dense``), a
-    dynamic-size student (``eval.resolutions``); returns the SAM plan (teachers + decoders) or None."""
-    if args.eval.dense:
-        from agglom.eval.dense_run import check_dense_data
-
-        check_dense_data(cfg)
-    if args.eval.resolutions:
-        from agglom.eval.resolution_run import check_resolution_eval
-
-        check_resolution_eval(model, list(args.eval.resolutions))
-    return plan_sam(args, cfg, model, device) if args.eval.sam_prompts else None
+            "label_names": ((sheet or {}).get("label") or {}).get("names")}
 
 
 def eval_out_dir(args: Any) -> Path:
@@ -177,64 +145,48 @@ def eval_out_dir(args: Any) -> Path:
 
 
 def run_evaluation(args: Any) -> Dict[str, Any]:
-    """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv and
-    plots; returns the report."""
+    """Evaluate ``args.run`` (and/or ``args.teacher``) and write ``<out>/report.{json,md}``, predictions.csv, each
+    section's prediction file and plots; returns the report."""
+    from agglom.data.shards import dataset_datasheet
     from agglom.dist import dist_info
     from agglom.engine.base import pick_device
-    from agglom.eval.protocol import collect_splits, fidelity_report, probe_model, reference_comparison, write_all
+    from agglom.eval.extract import collect_splits
+    from agglom.eval.report.schema import new_report
+    from agglom.eval.report.write import write_all
 
     if not args.run and not args.teacher:
         raise ConfigError("eval: give run=<run or export dir> and/or teacher=<card name>")
     device = pick_device(dist_info(), args.device)
     cfg, model, primary = _load_primary(args, device)
     _apply_data_overrides(cfg, args)
-    sam = _check_upfront(args, cfg, model, device)
-    encoders, dense, teacher_mods, zs_plan, fid = _encoders(args, cfg, model, primary, device)
-    g = _grouping(cfg)
-    attr_names = list(args.eval.attributes) or None
-    results = {}
+    sheet = dataset_datasheet(cfg)
+    audit_names = [args.teacher] if args.teacher else []
+    if model is not None and args.audit:
+        audit_names += [e.name for e in cfg.teachers if e.name not in audit_names]
+    ctx = EvalContext(args=args, cfg=cfg, model=model, primary=primary, device=device, out=eval_out_dir(args),
+                      datasheet=sheet, label_info=(sheet or {}).get("label") or {}, grouping=_grouping(cfg, sheet),
+                      attr_names=list(args.eval.attributes) or None, audit_names=audit_names)
+    for section in SECTIONS.values():  # what each section needs, checked before any work
+        section.prepare(ctx)
+    encoders = _encoders(ctx)
     with torch.no_grad():
-        splits_of = collect_splits(cfg, encoders, device, fidelity=fid, batch_size=args.batch_size, dense=dense or None,
-                                   dense_grid=int(args.eval.dense_grid))
-        for name, splits in splits_of.items():
-            results[name] = probe_model(name, "student" if name == primary and model is not None else "teacher",
-                                        splits, args.eval, attr_names, seed=args.seed, indexer=g["indexer"],
-                                        specs=g["specs"], exclude_unknown=g["exclude_unknown"],
-                                        label_names=g["label_names"])
-        extra: Dict[str, Any] = {}
-        if fid is not None and fid.sq_err:
-            extra = fidelity_report(cfg, fid, splits_of, args, device, attr_names, g["indexer"], g["specs"],
-                                    g["exclude_unknown"])
-    if args.eval.resolutions:  # the mode-switch test: the student at other input sizes (agglom.eval.resolution_run)
-        from agglom.eval.resolution_run import resolution_report
-
-        extra["resolution"] = resolution_report(args, cfg, model, fid.teachers if fid is not None else {}, device, g,
-                                                attr_names)
-    dense_rows, overlays = _run_dense(splits_of, primary, model, args, cfg, g, attr_names, extra) if dense else ([], {})
-    zs_rows: List[Dict[str, Any]] = []
-    if zs_plan is not None:
-        from agglom.eval.zero_shot_run import run_zero_shot
-
-        with torch.no_grad():
-            extra["zero_shot"], zs_rows = run_zero_shot(args, cfg, zs_plan, model, primary, teacher_mods, splits_of,
-                                                        device, attr_names, g["indexer"], g["specs"],
-                                                        g["exclude_unknown"], g["label_names"])
-    sam_rows = run_sam(sam, extra, args, cfg, model, primary, device, g, attr_names, splits_of) if sam else []
-    if args.reference and model is not None:
-        extra["comparison"] = reference_comparison(Path(args.reference), primary, results[primary], args.eval.bootstrap,
-                                                   args.seed, g["exclude_unknown"])
-    primary_splits = splits_of.get(primary) or next(iter(splits_of.values()))
-    extra["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
-    out = eval_out_dir(args)
-    report = write_all(out, primary, results, extra, meta={"data_root": str(cfg.data.root),
-                                                           "features": args.eval.features, "device": device.type},
-                       extra_csvs={"zero_shot_predictions.csv": zs_rows, "dense_predictions.csv": dense_rows,
-                                   "sam_predictions.csv": sam_rows})
-    if any(overlays.values()):
-        from agglom.eval.plots import plot_dense_overlays
-
-        plot_dense_overlays(overlays, out / "dense_overlays.png")
-    return report
+        ctx.splits_of = collect_splits(cfg, encoders, device, fidelity=ctx.fidelity, batch_size=args.batch_size,
+                                       dense=ctx.spatial or None, dense_grid=int(args.eval.dense_grid))
+    parts: Dict[str, Dict[str, Any]] = {}
+    for name, section in SECTIONS.items():
+        if section.enabled(ctx):
+            parts[name] = section.run(ctx)
+            foreign = set(parts[name]) - set(section.keys)
+            if foreign:  # a programming error: a section writes only the report keys it owns
+                raise ValueError(f"eval section {name!r} returned keys it does not own: {sorted(foreign)}")
+    probe = parts.pop("classification")
+    report = new_report(probe["primary"], probe["models"], meta={"data_root": str(cfg.data.root),
+                                                                 "features": args.eval.features, "device": device.type})
+    for part in parts.values():
+        report.update(part)
+    primary_splits = ctx.splits_of.get(primary) or next(iter(ctx.splits_of.values()))
+    report["data"] = {role: sf.data for role, sf in primary_splits.items() if sf.data is not None}
+    return write_all(ctx.out, report, ctx.csvs, ctx.figures)
 
 
 __all__ = ["EvalArgs", "run_evaluation"]

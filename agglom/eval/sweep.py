@@ -4,7 +4,7 @@ front, with every point compared group by group against the knob-at-0 reference.
 The knob is ``sweep.key`` (default ``objective.lam``; also e.g. ``data.group_balance`` or
 ``objective.route_by_audit``), over ``sweep.lams``. The reference is the point whose value is 0 (trained as an
 extra run when the grid has no 0). Each point's validation predictions are compared with the reference's (paired
-bootstrap, :mod:`agglom.eval.compare`): a point under which some group's validation AUC fell beyond its interval is
+bootstrap, :mod:`agglom.eval.classification.compare`): a point under which some group's validation AUC fell beyond its interval is
 flagged ``levels_down`` and the minimax-Pareto choice never takes it while an unflagged point exists
 (``sweep.levelling_margin`` > 0: only a fall whose whole interval lies below −margin flags it, the selection's
 non-inferiority margin). The test split is compared too, for the report, always with margin 0.
@@ -81,7 +81,7 @@ def _metric(report: Dict[str, Any], attribute: str, name: str) -> Any:
 
 
 def levelled_beyond_margin(result: Mapping[str, Any], margin: float) -> List[str]:
-    """The groups of one attribute's comparison (:func:`agglom.eval.compare.paired_group_deltas`, or one per label
+    """The groups of one attribute's comparison (:func:`agglom.eval.classification.compare.paired_group_deltas`, or one per label
     for a multi-label task) whose AUC fell with the whole paired interval below ``-margin``; margin 0 is the
     comparison's own ``levelled_down``."""
     from agglom.eval.verdict import levelled_beyond
@@ -97,8 +97,8 @@ def levelled_beyond_margin(result: Mapping[str, Any], margin: float) -> List[str
 
 def _levelling(point: Path, reference: Path, attribute: str, split: str, n_boot: int,
                margin: float = 0.0) -> Dict[str, Any]:
-    from agglom.eval.compare import compare_predictions
-    from agglom.eval.report import load_predictions
+    from agglom.eval.classification.compare import compare_predictions
+    from agglom.eval.predictions import load_predictions
 
     new, ref = load_predictions(point, split=split), load_predictions(reference, split=split)
     c = compare_predictions(new, ref, [attribute], new_name=point.name, reference_name=reference.name,
@@ -169,7 +169,7 @@ def _print_front(summary: Dict[str, Any], out_dir: Path) -> None:
 
 def run_sweep(cfg: Any) -> Dict[str, Any]:
     """Train + evaluate every (objective, value) of the grid and the value-0 reference; write the front."""
-    from agglom.eval.plots import plot_front
+    from agglom.eval.report.plots import plot_front
 
     sw = cfg.sweep
     base, key, objectives = _sweep_plan(cfg)

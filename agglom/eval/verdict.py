@@ -103,7 +103,7 @@ class _Replicates:
 def levelled_beyond(deltas: Mapping[str, Mapping[str, Any]], margin: float = 0.0) -> List[str]:
     """The groups whose AUC fell with the whole interval below ``-margin``; margin 0 is the verdict's levelling-down
     flag, a margin > 0 the validation choice's non-inferiority margin (:mod:`agglom.eval.selection`)."""
-    from agglom.eval.compare import fell_beyond
+    from agglom.eval.classification.compare import fell_beyond
 
     return [g for g, x in deltas.items() if fell_beyond(x["value"], x["ci"], margin)]
 
@@ -114,9 +114,9 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
     """The comparison over seeds.
 
     ``seeds``: one ``{"erm": preds, "fair": preds}`` per seed; ``teachers``: ``{name: preds}`` (the audit);
-    ``preds`` as :func:`agglom.eval.report.load_predictions` returns them (binary label; ``attribute`` a column).
+    ``preds`` as :func:`agglom.eval.predictions.load_predictions` returns them (binary label; ``attribute`` a column).
     ``fidelity``: optional, per seed ``{"erm": headline, "fair": headline}`` of
-    :func:`agglom.eval.fidelity.fidelity_headline`. Returns a JSON-ready dict with every number and the verdicts.
+    :func:`agglom.eval.fidelity.fidelity.fidelity_headline`. Returns a JSON-ready dict with every number and the verdicts.
     """
     if not seeds:
         raise ValueError("verdict: no seeds")
@@ -252,7 +252,7 @@ def patients_in(preds: Mapping[str, Any], order: Sequence[str]) -> Optional[np.n
 def _per_seed_levelling(models: Mapping[str, _Scores], n_seeds: int, groups: np.ndarray, y: np.ndarray, n_boot: int,
                         seed: int, patients: Optional[np.ndarray] = None) -> List[List[str]]:
     """Per seed: groups whose fair − ERM AUC difference has its whole paired interval below 0."""
-    from agglom.eval.compare import paired_group_deltas
+    from agglom.eval.classification.compare import paired_group_deltas
 
     if not n_boot:
         return [[] for _ in range(n_seeds)]

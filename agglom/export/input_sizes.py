@@ -4,7 +4,7 @@ A timm ViT built with ``dynamic_img_size: true`` takes any input whose sides are
 position embedding is resampled to the grid); one built without it takes its training size only. What the export
 states: whether the size is dynamic, the patch size, the size(s) it was trained at (``data.image_size``, or the
 sizes ``data.resolutions`` sampled from), and — when the run's evaluation measured it (``eval.resolutions``,
-:mod:`agglom.eval.resolution`) — the range of sizes at which every teacher's fidelity stayed within tolerance of
+:mod:`agglom.eval.resolution.resolution`) — the range of sizes at which every teacher's fidelity stayed within tolerance of
 its best and no mode switch was flagged (the *validated* range). Sizes outside that range load and run, but
 nothing says how the features behave there.
 """

@@ -1,7 +1,7 @@
 """Expected calibration error (ECE) of positive-class probabilities under named binnings.
 
 Kept apart from the group metrics (:mod:`agglom.eval.metrics`) because the binning rules are used on their own
-too: the reliability plots (:mod:`agglom.eval.plots`) bin with :func:`ece_bins` so that they match the reported
+too: the reliability plots (:mod:`agglom.eval.report.plots`) bin with :func:`ece_bins` so that they match the reported
 numbers. Definitions follow ``docs/metrics.md``:
 
 - ``"range10"`` (FairMedFM/MEDFAIR) = 10 equal-width bins spanning the observed score range

@@ -1,6 +1,6 @@
 """How one reported number is written (``{"value", "ci"}``, NaN as null) and how group labels are read: the shared
 conventions of every metric module (:mod:`agglom.eval.metrics`, :mod:`agglom.metrics.group_means`,
-:mod:`agglom.eval.dense`)."""
+:mod:`agglom.eval.dense.dense`)."""
 from __future__ import annotations
 
 import math

@@ -11,13 +11,13 @@ same preprocessing as in training, online); the student's is its adapter for tha
 SAM's embedding grid. Both go through segment-anything's ``SamPredictor.predict`` (coordinate transform, decoder,
 post-processing, mask threshold 0) at the mask's size. Per sample: Dice/IoU of each encoder's mask against the
 ground truth, and the agreement Dice/IoU of the student-encoder mask against the teacher-encoder mask (IGNORE pixels
-left out; both empty scores 1); per attribute, :func:`agglom.eval.dense.dice_fairness` (per-group means with BCa
+left out; both empty scores 1); per attribute, :func:`agglom.eval.dense.dense.dice_fairness` (per-group means with BCa
 intervals, Dice gap, worst group, equity-scaled Dice). ``adapter_grid`` is the grid the student's adapter predicts (the
 student's tokens already resampled to the teacher's grid in training, or a pooled feature cache's); ``resampled``:
 it differs from SAM's embedding grid and was resized to it bilinearly. ``embedding_cosine``: the mean per-position
 cosine between the two embeddings.
 
-Section shape (documented in :mod:`agglom.eval.report` too)::
+Section shape (documented in :mod:`agglom.eval.report.schema` too)::
 
     "sam_prompts": {
       "protocol": "...", "prompt": "box" | "point" | "box+point", "split": "test", "mask_size": [H, W],
@@ -32,7 +32,7 @@ Section shape (documented in :mod:`agglom.eval.report` too)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,11 +77,11 @@ def _decoder(run: Any, name: str, card: Any) -> Tuple[Any, Any, str]:
     return sam_prompt_decoder(card)
 
 
-def plan_sam(args: Any, cfg: Any, model: Any, device: torch.device) -> SamPlan:
-    """Check ``eval.sam_prompts`` before any work (a student, a SAM-family teacher, masks in the test split, the
-    teacher and its decoder buildable here) and build what the pass needs; :class:`ConfigError` (exit 2) otherwise."""
+def plan_sam(args: Any, cfg: Any, model: Any, device: torch.device, sheet: Optional[Mapping[str, Any]]) -> SamPlan:
+    """Check ``eval.sam_prompts`` before any work (a student, a SAM-family teacher, masks in the test split by the
+    dataset's datasheet ``sheet`` where it has one, the teacher and its decoder buildable here) and build what the pass
+    needs; :class:`ConfigError` (exit 2) otherwise."""
     import teachers as zoo
-    from agglom.data.shards import dataset_datasheet
     from agglom.export.sam_pack import sam_teachers
     from agglom.export.sam_predictor import StudentSamPredictor, assemble_student_sam
 
@@ -93,7 +93,6 @@ def plan_sam(args: Any, cfg: Any, model: Any, device: torch.device) -> SamPlan:
     if not names:
         raise ConfigError(f"{KEY}: the run has no SAM-family teacher with a spatial head (teachers: "
                           f"{', '.join(s.name for s in model.specs)}); train with e.g. {{name: tiny-sam}} or medsam")
-    sheet = dataset_datasheet(cfg)
     test = cfg.data.test_split
     if sheet is not None and not (sheet.get("masks") or {}).get("splits", {}).get(test, {}).get("samples", 0):
         raise ConfigError(f"{KEY}: the dataset has no segmentation masks in split {test} (its datasheet's 'masks' "
@@ -149,7 +148,7 @@ def _score(plan: SamPlan, name: str, t_emb: torch.Tensor, s_emb: torch.Tensor, m
     """Decode every sample ``idx`` of a batch with both embeddings and append its per-sample numbers to ``rows``."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from agglom.eval.dense import dice_iou
+    from agglom.eval.dense.dense import dice_iou
 
     pred = plan.predictors[name]
     size = tuple(int(v) for v in masks.shape[-2:])
@@ -206,7 +205,7 @@ def sam_pass(plan: SamPlan, cfg: Any, model: Any, device: torch.device,
 
 def _teacher_section(plan: SamPlan, name: str, spec: Any, r: Dict[str, List[Any]], primary: str, groups: Any,
                      n_boot: int, seed: int, exclude_unknown: bool) -> Dict[str, Any]:
-    from agglom.eval.dense import dice_fairness
+    from agglom.eval.dense.dense import dice_fairness
 
     def fair(d: str, u: str) -> Dict[str, Any]:
         return {a: dice_fairness(r[d], r[u], g, exclude_unknown=exclude_unknown, n_boot=n_boot, seed=seed,
@@ -222,11 +221,14 @@ def _teacher_section(plan: SamPlan, name: str, spec: Any, r: Dict[str, List[Any]
             "agreement": {"attributes": fair("agreement", "agreement_iou")}}
 
 
-def run_sam(plan: SamPlan, extra: Dict[str, Any], args: Any, cfg: Any, model: Any, primary: str, device: torch.device,
-            grouping: Dict[str, Any], attr_names: Optional[List[str]], splits_of: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Put the report's ``sam_prompts`` section (see the module docstring) into ``extra``; return the rows of
-    ``sam_predictions.csv``. Attributes are binned as the probe's (``splits_of[primary]["train"]`` the reference)."""
+def run_sam(ctx: Any, plan: SamPlan) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The report's ``sam_prompts`` section (see the module docstring) and the rows of ``sam_predictions.csv``, from
+    the evaluation's context (:class:`agglom.eval.section.EvalContext`). Attributes are binned as the probe's (the
+    primary's train split the reference)."""
     from agglom.eval.extract import attribute_groups
+
+    args, cfg, model, primary, device = ctx.args, ctx.cfg, ctx.model, ctx.primary, ctx.device
+    grouping, attr_names, splits_of = ctx.grouping, ctx.attr_names, ctx.splits_of
 
     train_attrs = splits_of[primary]["train"].attrs
 
@@ -249,8 +251,7 @@ def run_sam(plan: SamPlan, extra: Dict[str, Any], args: Any, cfg: Any, model: An
             rows.append({"model": primary, "teacher": name, "key": key, "split": cfg.data.test_split,
                          "prompt": plan.prompt, **{k: r[k][i] for k in _COLS},
                          **{a: g[i] for a, g in groups.items()}})
-    extra["sam_prompts"] = section
-    return rows
+    return section, rows
 
 
 __all__ = ["SamPlan", "plan_sam", "run_sam", "sam_pass", "prompts_from_mask", "decode", "PROTOCOL"]

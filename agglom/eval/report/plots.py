@@ -11,7 +11,7 @@ import numpy as np
 
 from agglom.eval.figure import _save, plt
 from agglom.eval.metrics import UNKNOWN, ece_bins
-from agglom.eval.resolution import plot_resolution
+from agglom.eval.resolution.resolution import plot_resolution
 
 __all__ = ["plot_group_auc", "plot_fidelity_heatmap", "plot_calibration", "plot_front", "plot_group_dice"]
 

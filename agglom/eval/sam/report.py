@@ -1,27 +1,12 @@
-"""The report's ``sam_prompts`` section (:mod:`agglom.eval.sam_run`): its schema check, its Markdown and its console
+"""The report's ``sam_prompts`` section (:mod:`agglom.eval.sam.run`): its schema check, its Markdown and its console
 lines — prompted-segmentation Dice per group with the SAM teacher's decoder on the teacher's embedding and on the
 student's adapter output, and the agreement between the two encoders' masks."""
 from __future__ import annotations
 
 from typing import Any, List, Mapping
 
+from agglom.eval.checks import check_fairness
 from agglom.eval.md_format import _mci, _n, _num, _table
-from agglom.metrics.values import _check_metric
-
-_STATS = ("dice", "iou", "worst_group_dice", "dice_gap", "es_dice", "es_dice_std")
-
-
-def _check_fairness(attrs: Any, where: str, problems: List[str]) -> None:
-
-    if not isinstance(attrs, Mapping):
-        problems.append(f"{where}: expected {{attribute: dice_fairness dict}}")
-        return
-    for attr, r in attrs.items():
-        if not isinstance(r, Mapping) or "groups" not in r or "group_names" not in r:
-            problems.append(f"{where}.{attr}: expected a dice_fairness dict")
-            continue
-        for k in _STATS:
-            _check_metric(r.get(k), f"{where}.{attr}.{k}", problems)
 
 
 def check_sam_section(section: Any, problems: List[str]) -> None:
@@ -35,8 +20,8 @@ def check_sam_section(section: Any, problems: List[str]) -> None:
             problems.append(f"{where}: expected {{'decoder', 'embedding', 'models', 'agreement', ...}}")
             continue
         for model, m in t["models"].items():
-            _check_fairness((m or {}).get("attributes"), f"{where}.models.{model}.attributes", problems)
-        _check_fairness((t.get("agreement") or {}).get("attributes"), f"{where}.agreement.attributes", problems)
+            check_fairness((m or {}).get("attributes"), f"{where}.models.{model}.attributes", problems)
+        check_fairness((t.get("agreement") or {}).get("attributes"), f"{where}.agreement.attributes", problems)
 
 
 def sam_markdown(section: Mapping[str, Any]) -> List[str]:

@@ -6,9 +6,9 @@ own size), every student size is an antialiased resize of that image (:func:`agg
 the rule training uses), and each teacher sees the image at its own input size as always — so a teacher's
 targets are the same at every student size and only the student changes. Per size: the linear probe of the
 classification section refitted on that size's features (its test AUC and worst-group AUC), and the
-global-normalised R² fidelity of every teacher × output (:class:`~agglom.eval.fidelity.FidelityAccumulator`;
+global-normalised R² fidelity of every teacher × output (:class:`~agglom.eval.fidelity.fidelity.FidelityAccumulator`;
 teachers run once per batch whatever the number of sizes). The curves, the switch flag and the validated range
-are :mod:`agglom.eval.resolution`'s.
+are :mod:`agglom.eval.resolution.resolution`'s.
 """
 from __future__ import annotations
 
@@ -108,15 +108,19 @@ def _probe_curves(results: Mapping[int, Mapping[str, Any]], sizes: Sequence[int]
     return auc, worst
 
 
-def resolution_report(args: Any, cfg: Any, model: Any, teachers: Mapping[str, Any], device: torch.device,
-                      g: Mapping[str, Any], attr_names: Optional[List[str]]) -> Dict[str, Any]:
-    """The ``resolution`` section for ``args.eval.resolutions`` (see the module docstring); ``teachers``: the
-    fidelity teachers of the main evaluation (name -> teacher or cached teacher), ``g``: its grouping."""
+def resolution_report(ctx: Any) -> Dict[str, Any]:
+    """The ``resolution`` section for ``eval.resolutions`` (see the module docstring), from the evaluation's context
+    (:class:`agglom.eval.section.EvalContext`): its student, its fidelity teachers (name -> teacher or cached
+    teacher; none without a fidelity accumulator) and its grouping."""
     from omegaconf import OmegaConf
 
-    from agglom.eval.fidelity import FidelityAccumulator
-    from agglom.eval.protocol import collect_splits, probe_model
-    from agglom.eval.resolution import eval_sizes, resolution_section
+    from agglom.eval.classification.protocol import probe_model
+    from agglom.eval.extract import collect_splits
+    from agglom.eval.fidelity.fidelity import FidelityAccumulator
+    from agglom.eval.resolution.resolution import eval_sizes, resolution_section
+
+    args, cfg, model, device, g, attr_names = ctx.args, ctx.cfg, ctx.model, ctx.device, ctx.grouping, ctx.attr_names
+    teachers: Mapping[str, Any] = ctx.fidelity.teachers if ctx.fidelity is not None else {}
 
     ev = args.eval
     check_resolution_eval(model, list(ev.resolutions))

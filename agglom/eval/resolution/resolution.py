@@ -2,7 +2,7 @@
 range of sizes the student is validated at (``agglom eval eval.resolutions=[0.5,1,2]``).
 
 Pure functions of the curves (numbers in, numbers out) plus the report's markdown and plot; the pass over the data
-is :mod:`agglom.eval.resolution_run`.
+is :mod:`agglom.eval.resolution.run`.
 
 **The rules** (stated in the report as :func:`rule_text`):
 

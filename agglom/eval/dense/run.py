@@ -1,8 +1,8 @@
 """The report's optional ``dense`` section (``agglom eval eval.dense=true``): the dense probe of
-:mod:`agglom.eval.dense` on the student and on each audited teacher, per attribute, and the rows of
+:mod:`agglom.eval.dense.dense` on the student and on each audited teacher, per attribute, and the rows of
 ``dense_predictions.csv`` (one per masked test sample and model, so every number can be recomputed).
 
-Section shape (documented in :mod:`agglom.eval.report` too)::
+Section shape (documented in :mod:`agglom.eval.report.schema` too)::
 
     "dense": {
       "protocol": "...", "mask_size": [H, W],
@@ -14,23 +14,21 @@ Section shape (documented in :mod:`agglom.eval.report` too)::
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from agglom.data.masks import IGNORE
 from agglom.data.patients import PATIENT, patient_ids
-from agglom.eval.dense import PROTOCOL, dice_fairness, fit_and_score, has_foreground, has_mask
+from agglom.eval.dense.dense import PROTOCOL, dice_fairness, fit_and_score, has_foreground, has_mask
 from agglom.eval.extract import SplitFeatures, attribute_groups
 
 
-def check_dense_data(cfg: Any) -> None:
-    """Refuse ``eval.dense=true`` before any work when the dataset's datasheet says it has no masks (a dataset
-    without a datasheet is checked after reading: no masked training sample)."""
+def check_dense_data(cfg: Any, sheet: Optional[Mapping[str, Any]]) -> None:
+    """Refuse ``eval.dense=true`` before any work when the dataset's datasheet (``sheet``, None without one) says it
+    has no masks (a dataset without a datasheet is checked after reading: no masked training sample)."""
     from agglom.config.load import ConfigError
-    from agglom.data.shards import dataset_datasheet
 
-    sheet = dataset_datasheet(cfg)
     if sheet is None:
         return
     masked = {s: (sheet.get("masks") or {}).get("splits", {}).get(s, {}).get("samples", 0)
@@ -113,7 +111,7 @@ def dense_report(splits_of: Dict[str, Dict[str, SplitFeatures]], kinds: Dict[str
                  ) -> Tuple[Dict[str, Any], List[Dict[str, Any]], Dict[str, Any]]:
     """``(section, rows, overlays)`` for every model whose splits carry spatial features (``kinds``: model ->
     kind); ``overlays``: ``{model: {"keys", "groups", "masks", "pred", "dice"}}`` of the same few test samples, for
-    :func:`agglom.eval.plots.plot_dense_overlays`, grouped by ``overlay_attribute`` (default: the first)."""
+    :func:`agglom.eval.report.plots.plot_dense_overlays`, grouped by ``overlay_attribute`` (default: the first)."""
     models: Dict[str, Any] = {}
     rows: List[Dict[str, Any]] = []
     overlays: Dict[str, Any] = {}

@@ -7,7 +7,7 @@
   (read from the run's feature cache where it has one, else online) against its text tower built from its card.
   Entry ``teacher:<T>``.
 
-The scoring and metrics are :mod:`agglom.eval.zero_shot`. The report gets a ``zero_shot`` section, and
+The scoring and metrics are :mod:`agglom.eval.zero_shot.zero_shot`. The report gets a ``zero_shot`` section, and
 ``zero_shot_predictions.csv`` (predictions.csv's format, val and test rows, model column = the entry) the
 per-sample scores, so every zero-shot number can be recomputed.
 """
@@ -23,8 +23,9 @@ from omegaconf import OmegaConf
 from agglom.config.load import ConfigError
 from agglom.data.readers import eval_loader
 from agglom.eval.extract import SplitFeatures, attribute_groups, extract, resolve_model_dir, teacher_encoder
-from agglom.eval.report import prediction_rows
-from agglom.eval.zero_shot import (
+from agglom.eval.predictions import prediction_rows
+from agglom.eval.section import EvalContext
+from agglom.eval.zero_shot.zero_shot import (
     SCORING,
     class_embeddings,
     label_scores,
@@ -128,12 +129,13 @@ def plan_zero_shot(args: Any, cfg: Any, model: Any, audit_names: List[str],
     return {"prompts": prompts, "student": student, "audit": audit}
 
 
-def run_zero_shot(args: Any, cfg: Any, plan: Dict[str, Any], model: Any, primary: str, teacher_mods: Dict[str, Any],
-                  splits_of: Dict[str, Dict[str, SplitFeatures]], device: torch.device, attr_names: Optional[List[str]],
-                  indexer: Any, specs: List[str], exclude_unknown: bool,
-                  label_names: Optional[List[str]]) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def run_zero_shot(ctx: EvalContext, plan: Dict[str, Any]) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """The report's ``zero_shot`` section and its prediction rows (see the module docstring), for a
-    :func:`plan_zero_shot` plan."""
+    :func:`plan_zero_shot` plan, from the evaluation's context (its shared pass, audited teachers, grouping)."""
+    args, cfg, model, primary, device = ctx.args, ctx.cfg, ctx.model, ctx.primary, ctx.device
+    teacher_mods, splits_of, attr_names = ctx.teachers, ctx.splits_of, ctx.attr_names
+    indexer, specs, exclude_unknown = ctx.grouping["indexer"], ctx.grouping["specs"], ctx.grouping["exclude_unknown"]
+    label_names = ctx.grouping["label_names"]
     prompts = plan["prompts"]
     ref = next(iter(splits_of.values()))
     multilabel = ref["test"].labels.ndim == 2

@@ -1,7 +1,7 @@
 """Zero-shot classification from prompts, scored per group with the report's fairness metrics.
 
 The math, numpy/torch in and dicts out (the driver that picks encoders and text towers is
-:mod:`agglom.eval.zero_shot_run`):
+:mod:`agglom.eval.zero_shot.run`):
 
 1. prompts per class (:func:`parse_prompts`): a single-label task takes ``{class: [prompt, ...]}`` where a class is
    a label value (``0``, ``1``, ...) or the datasheet's name for it; a multi-label task takes

@@ -2,7 +2,7 @@
 teacher's, and how does each group fare? (Issue target: the student's probe Dice >= the best single teacher's
 − 0.01, per-group Dice with intervals for every student and teacher; ``make demo``.)
 
-Inputs are the per-sample rows of ``dense_predictions.csv`` (:mod:`agglom.eval.dense_run`): every model's Dice on
+Inputs are the per-sample rows of ``dense_predictions.csv`` (:mod:`agglom.eval.dense.run`): every model's Dice on
 the same masked test samples with foreground. One paired bootstrap serves every comparison, as in
 :mod:`agglom.eval.verdict`: each replicate resamples the test samples within each group and recomputes every
 model's mean, per-group and worst-group Dice; a student's number over seeds is the mean over seeds on that
