@@ -46,7 +46,19 @@ VARIANTS: Dict[str, tuple] = {
     # attribute; the objective half needs ERM's losses per group, which the ERM students logged by site only
     "proxy-balance-only": (BALANCE + ["groups.by=proxy", "data.sidecars=[@proxy]"], []),
 }
-PROXY_TEACHER = "ft-general"  # whose summary embeddings `agglom curate` clusters for the proxy groups
+PROXY_TEACHER = "ft-general"  # whose summary embeddings `agglom curate` clusters for the proxy groups by default
+
+
+def split_variant(name: str) -> tuple:
+    """``proxy-balance-only:tiny-clip`` -> ("proxy-balance-only", "tiny-clip"): the proxy variant takes the teacher
+    whose embeddings `agglom curate` clusters after a colon (a demo teacher; default :data:`PROXY_TEACHER`), so one
+    run compares proxies that do and do not recover the attribute. Any other variant takes no argument."""
+    base, _, arg = name.partition(":")
+    return base, arg or None
+
+
+def _proxy_teacher(a: Any, variant: str) -> str:
+    return split_variant(variant)[1] or PROXY_TEACHER
 assert sorted(BALANCE + OBJECTIVE) == sorted(FAIR), "the two halves must make up the demo's fair recipe"
 
 
@@ -77,13 +89,14 @@ def roster(out: Path, leave_out: Sequence[str]) -> str:
 
 def _train(a: Any, variant: str, seed: int, common: List[str]) -> Path:
     out = Path(a.out)
-    overrides, leave_out = VARIANTS[variant]
-    run = out / "ablation" / f"{variant}-s{seed}"
+    overrides, leave_out = VARIANTS[split_variant(variant)[0]]
+    run = out / "ablation" / f"{variant.replace(':', '-')}-s{seed}"
     if _done(run, a.steps):
         print(f"reusing {run}")
         return run
     erm = out / f"student-erm-s{seed}"
-    extra = [x.replace("@erm", str(erm)).replace("@proxy", str(_proxy_groups(a, common))) for x in overrides]
+    extra = [x.replace("@erm", str(erm)).replace("@proxy", str(_proxy_groups(a, common, _proxy_teacher(a, variant))))
+             for x in overrides]
     _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={run.parent}",
           f"teachers={roster(out, leave_out)}", f"seed={seed}", f"data.seed={seed}", f"student.model_args={STUDENT}",
           f"optim.steps={a.steps}", f"optim.warmup_steps={max(1, a.steps // 10)}",
@@ -91,14 +104,15 @@ def _train(a: Any, variant: str, seed: int, common: List[str]) -> Path:
     return run
 
 
-def _proxy_groups(a: Any, common: List[str]) -> Path:
-    """The proxy-group sidecar (k clusters of the general teacher's embeddings over every split the students read),
-    made once by `agglom curate` and reused."""
-    out = Path(a.out) / "ablation" / "proxy_groups.json"
+def _proxy_groups(a: Any, common: List[str], teacher: str) -> Path:
+    """The proxy-group sidecar (k clusters of ``teacher``'s embeddings over every split the students read), made once
+    by `agglom curate` and reused."""
+    name = "proxy_groups.json" if teacher == PROXY_TEACHER else f"proxy_groups-{teacher}.json"
+    out = Path(a.out) / "ablation" / name
     if not out.is_file():
         splits = ["train", "val", "test"] + [x.split("[", 1)[1].rstrip("]") for x in common
                                              if x.startswith("data.distill_splits=")]
-        _run(["curate", f"root={a.data}", f"teacher={Path(a.out) / 'teachers' / PROXY_TEACHER}", f"k={a.proxy_k}",
+        _run(["curate", f"root={a.data}", f"teacher={teacher if teacher in TINY else Path(a.out) / 'teachers' / teacher}", f"k={a.proxy_k}",
               f"splits=[{','.join(splits)}]", f"image_size={a.image_size}", "num_workers=0", "progress=off",
               f"out={out}"])
     return out
@@ -171,9 +185,12 @@ def compare(a: Any, runs: Dict[str, List[Path]], attribute: str) -> Dict[str, An
 
 def run_ablation(a: Any) -> Dict[str, Any]:
     out = Path(a.out)
-    unknown = [v for v in a.variants if v not in VARIANTS]
+    unknown = [v for v in a.variants if split_variant(v)[0] not in VARIANTS
+               or (split_variant(v)[1] and (split_variant(v)[0] != "proxy-balance-only"
+                                            or split_variant(v)[1] not in [*TINY, *FT_TEACHERS]))]
     if unknown:
-        raise ConfigError(f"variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"variants: unknown {unknown}; choose from {', '.join(VARIANTS)} (proxy-balance-only:<teacher> "
+                          f"with a teacher of {', '.join([*TINY, *FT_TEACHERS])})")
     missing = [p for s in range(a.seeds) for p in (out / f"student-erm-s{s}", out / f"student-fair-s{s}")
                if eval_report(p) is None]
     if missing:
@@ -190,7 +207,10 @@ def run_ablation(a: Any) -> Dict[str, Any]:
             run = _train(a, variant, s, common)
             _evaluate(a, run)
             runs[variant].append(run)
-    result = {"variants": {v: {"overrides": VARIANTS[v][0], "teachers_left_out": VARIANTS[v][1]}
+    result = {"variants": {v: {"overrides": VARIANTS[split_variant(v)[0]][0],
+                               "teachers_left_out": VARIANTS[split_variant(v)[0]][1],
+                               **({"proxy_teacher": _proxy_teacher(a, v), "proxy_k": a.proxy_k}
+                                  if v.startswith("proxy") else {})}
                            for v in a.variants},
               "full": FAIR, "seeds": a.seeds, "steps": a.steps,
               "by_attribute": {attr: compare(a, runs, attr) for attr in a.attributes},

@@ -19,6 +19,14 @@ WHAT = {
 }
 
 
+def _what(name: str, spec: Mapping[str, Any]) -> str:
+    base = name.partition(":")[0]
+    text = WHAT.get(base, base)
+    if "proxy_teacher" in spec:
+        text += f" (k={spec['proxy_k']} clusters of `{spec['proxy_teacher']}`'s summary embeddings)"
+    return text
+
+
 def _excludes_zero(d: Mapping[str, Any]) -> bool:
     c = d.get("ci")
     return bool(c) and (c[0] > 0 or c[1] < 0)
@@ -83,7 +91,7 @@ def render(result: Mapping[str, Any]) -> List[str]:
                 L.append(f"| {name} | {with_interval(a['auc'], '.4f')} | {with_interval(a['worst'], '.4f')} | "
                          + " | ".join(with_interval(a["groups"][g], ".4f") for g in groups) + " |")
         L += ["", *_sentences(rows), ""]
-    L += ["Variants:", "", *[f"- `{k}`: {WHAT.get(k, k)}" for k in ["full", *result["variants"]]]]
+    L += ["Variants:", "", *[f"- `{k}`: {_what(k, result['variants'].get(k, {}))}" for k in ["full", *result["variants"]]]]
     return L
 
 

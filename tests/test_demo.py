@@ -52,13 +52,15 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert again.returncode == 0 and "reusing" in again.stdout
     # the ablation runner on the finished demo: two variants, their verdicts against ERM and the full recipe
     abl = [sys.executable, "-m", "agglom.ablation", f"out={out}", f"data={data}", "seeds=2", "steps=12",
-           "variants=[no-ft-fair,balance-only,proxy-balance-only]", "attributes=[site,sex,age]", "bootstrap=30", "report_bootstrap=10",
+           "variants=[no-ft-fair,balance-only,proxy-balance-only,proxy-balance-only:tiny-clip]", "attributes=[site,sex,age]", "bootstrap=30", "report_bootstrap=10",
            "image_size=32", "num_workers=0"]
     proc = subprocess.run(abl, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "ablation" / "summary.json").read_text())
     rows = res["by_attribute"]["site"]
-    assert set(rows) == {"full", "no-ft-fair", "balance-only", "proxy-balance-only"}
+    assert set(rows) == {"full", "no-ft-fair", "balance-only", "proxy-balance-only", "proxy-balance-only:tiny-clip"}
+    assert res["variants"]["proxy-balance-only:tiny-clip"]["proxy_teacher"] == "tiny-clip"
+    assert "proxy_groups-tiny-clip.json" in (out / "ablation" / "proxy-balance-only-tiny-clip-s0" / "config.yaml").read_text()
     assert set(res["by_attribute"]) == {"site", "sex", "age"}
     assert set(res["by_attribute"]["age"]["full"]["vs_erm"]["groups"]) <= {"[20,45)", "[45,65)", "[65,90)"}  # binned
     assert "reference" in rows["full"]["vs_erm"] and "variant" in rows["no-ft-fair"]["vs_erm"]
