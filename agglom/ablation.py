@@ -29,6 +29,7 @@ from agglom.demo import (
     distill_overrides,
     eval_report,
     module_main,
+    run_jobs,
 )
 
 BALANCE = ["data.group_balance=0.75", "heads.zscore_momentum=0"]  # the sampling half of the fair recipe
@@ -78,6 +79,7 @@ class AblationArgs:
     image_size: int = 64
     batch_size: int = 32
     num_workers: int = 2
+    jobs: int = 0  # students side by side, as in the demo (agglom/demo.py `jobs`): 0 one per core, 1 in this process
 
 
 def roster(out: Path, leave_out: Sequence[str]) -> str:
@@ -87,21 +89,28 @@ def roster(out: Path, leave_out: Sequence[str]) -> str:
     return "[" + ", ".join(f"{{name: {t if t in TINY else tdir / t}, cache: {cache}}}" for t in names) + "]"
 
 
-def _train(a: Any, variant: str, seed: int, common: List[str]) -> Path:
+def _run_dir(a: Any, variant: str, seed: int) -> Path:
+    return Path(a.out) / "ablation" / f"{variant.replace(':', '-')}-s{seed}"
+
+
+def _train_job(a: Any, variant: str, seed: int, common: List[str]) -> Optional[Any]:
+    """The `agglom train` of one variant and seed, or None when it finished before (reused)."""
+    from agglom.parallel_runs import Job
+
     out = Path(a.out)
     overrides, leave_out = VARIANTS[split_variant(variant)[0]]
-    run = out / "ablation" / f"{variant.replace(':', '-')}-s{seed}"
+    run = _run_dir(a, variant, seed)
     if _done(run, a.steps):
         print(f"reusing {run}")
-        return run
+        return None
     erm = out / f"student-erm-s{seed}"
     extra = [x.replace("@erm", str(erm)).replace("@proxy", str(_proxy_groups(a, common, _proxy_teacher(a, variant))))
              for x in overrides]
-    _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={run.parent}",
-          f"teachers={roster(out, leave_out)}", f"seed={seed}", f"data.seed={seed}", f"student.model_args={STUDENT}",
-          f"optim.steps={a.steps}", f"optim.warmup_steps={max(1, a.steps // 10)}",
-          f"log.interval={max(1, a.steps // 4)}", f"log.checkpoint_interval={a.steps}", *common, *extra])
-    return run
+    return Job(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={run.parent}",
+                f"teachers={roster(out, leave_out)}", f"seed={seed}", f"data.seed={seed}",
+                f"student.model_args={STUDENT}", f"optim.steps={a.steps}", f"optim.warmup_steps={max(1, a.steps // 10)}",
+                f"log.interval={max(1, a.steps // 4)}", f"log.checkpoint_interval={a.steps}", *common, *extra],
+               run.name, run.parent / "logs" / f"{run.name}.log")
 
 
 def _proxy_groups(a: Any, common: List[str], teacher: str) -> Path:
@@ -118,12 +127,16 @@ def _proxy_groups(a: Any, common: List[str], teacher: str) -> Path:
     return out
 
 
-def _evaluate(a: Any, run: Path) -> None:
+def _eval_job(a: Any, run: Path) -> Optional[Any]:
+    """The `agglom eval` of one finished variant student, or None when its evaluation exists (reused)."""
+    from agglom.parallel_runs import Job
+
     if eval_report(run) is not None:
         print(f"reusing {run / 'eval'}")
-        return
-    _run(["eval", str(run), "eval.features=adapters", f"eval.bootstrap={a.report_bootstrap}",
-          "eval.label_fractions=[]", "num_workers=0"])
+        return None
+    return Job(["eval", str(run), "eval.features=adapters", f"eval.bootstrap={a.report_bootstrap}",
+                "eval.label_fractions=[]", "num_workers=0"], f"eval {run.name}",
+               run.parent / "logs" / f"eval-{run.name}.log")
 
 
 def _row(v: Dict[str, Any]) -> Dict[str, Any]:
@@ -202,11 +215,10 @@ def run_ablation(a: Any) -> Dict[str, Any]:
     runs: Dict[str, List[Path]] = {"erm": [out / f"student-erm-s{s}" for s in range(a.seeds)],
                                    "full": [out / f"student-fair-s{s}" for s in range(a.seeds)]}
     for variant in a.variants:
-        runs[variant] = []
-        for s in range(a.seeds):
-            run = _train(a, variant, s, common)
-            _evaluate(a, run)
-            runs[variant].append(run)
+        runs[variant] = [_run_dir(a, variant, s) for s in range(a.seeds)]
+    pairs = [(v, s) for v in a.variants for s in range(a.seeds)]
+    run_jobs(a, [j for j in (_train_job(a, v, s, common) for v, s in pairs) if j is not None])
+    run_jobs(a, [j for j in (_eval_job(a, _run_dir(a, v, s)) for v, s in pairs) if j is not None])
     result = {"variants": {v: {"overrides": VARIANTS[split_variant(v)[0]][0],
                                "teachers_left_out": VARIANTS[split_variant(v)[0]][1],
                                **({"proxy_teacher": _proxy_teacher(a, v), "proxy_k": a.proxy_k}

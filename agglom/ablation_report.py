@@ -85,8 +85,9 @@ def render(result: Mapping[str, Any]) -> List[str]:
               "against, and each variant.", "",
               "| model | AUC | worst-group AUC | " + " | ".join(f"AUC {g}" for g in groups) + " |",
               "|---" * (3 + len(groups)) + "|"]
-        first = next(iter(rows.values()))
-        for name, a in [("ERM", first.get("reference")), *[(f"`{k}`", r.get("variant")) for k, r in rows.items()]]:
+        first = next(iter(rows.values()))["vs_erm"]
+        for name, a in [("ERM", first.get("reference")),
+                        *[(f"`{k}`", r["vs_erm"].get("variant")) for k, r in rows.items()]]:
             if a:
                 L.append(f"| {name} | {with_interval(a['auc'], '.4f')} | {with_interval(a['worst'], '.4f')} | "
                          + " | ".join(with_interval(a["groups"][g], ".4f") for g in groups) + " |")

@@ -62,6 +62,9 @@ class DemoArgs:
     bootstrap: int = 500  # replicates of the verdict's paired bootstrap
     report_bootstrap: int = 100  # replicates behind each report's intervals
     quick: bool = False  # a reduced run (tests): fewer samples, steps, seeds and replicates
+    # independent runs side by side, each a child process with cores/jobs threads (0: one per core, at most 4);
+    # 1: one at a time in this process with torch's default threads. Students differ in rounding between settings
+    jobs: int = 0
 
 
 STUDENT = "{patch_size: 8, embed_dim: 96, depth: 4, num_heads: 3, dynamic_img_size: true}"
@@ -89,6 +92,20 @@ def _run(argv: List[str]) -> None:
     code = cli(argv)
     if code:
         raise SystemExit(f"agglom demo: `agglom {' '.join(argv[:2])} ...` failed with exit code {code}")
+
+
+def run_jobs(a: Any, jobs: Sequence[Any]) -> None:
+    """Independent agglom commands (:class:`agglom.parallel_runs.Job`): side by side as child processes
+    (``a.jobs`` != 1, :mod:`agglom.parallel_runs`), or one after another in this process (``jobs=1``)."""
+    from agglom.parallel_runs import plan, run_all
+
+    if not jobs:
+        return
+    if a.jobs == 1:
+        for job in jobs:
+            _run(job.argv)
+        return
+    run_all(jobs, *plan(a.jobs, len(jobs)))
 
 
 def _done(run_dir: Path, steps: int) -> bool:
@@ -123,15 +140,20 @@ def distill_overrides(data: Path) -> List[str]:
 def _teachers_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, distill: List[str]) -> tuple:
     """The two fine-tuned teachers (reused when exported; fine-tuned on the labelled train split only), then every
     teacher's feature cache (over the distill splits too); (roster, tdir)."""
+    from agglom.parallel_runs import Job
+
     tdir = out / "teachers"
+    jobs = []
     for name, extra in FT_TEACHERS.items():
         if (tdir / name / "card.yaml").is_file():
             print(f"reusing {tdir / name}")
             continue
         ft = z["ft_steps"]
-        _run(["finetune", "model=vit_small_patch16_224", f"model_args={FT_MODEL}", f"name={name}", f"out_dir={tdir}",
-              f"optim.steps={ft}", f"optim.warmup_steps={max(1, ft // 20)}", "val_interval=0",
-              f"log_interval={max(1, ft // 4)}", *common, *extra])
+        jobs.append(Job(["finetune", "model=vit_small_patch16_224", f"model_args={FT_MODEL}", f"name={name}",
+                         f"out_dir={tdir}", f"optim.steps={ft}", f"optim.warmup_steps={max(1, ft // 20)}",
+                         "val_interval=0", f"log_interval={max(1, ft // 4)}", *common, *extra],
+                        f"teacher {name}", out / "logs" / f"finetune-{name}.log"))
+    run_jobs(a, jobs)
     teachers = TINY + [str(tdir / name) for name in FT_TEACHERS]
     cache = out / "cache"
     _run(["cache", f"recipe={demo_recipe()}", *common, *distill, "teachers=[" + ", ".join(f"{{name: {x}}}" for x in teachers)
@@ -173,15 +195,19 @@ def recipe_mismatch(run: Path, overrides: Sequence[str]) -> List[str]:
 
 def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str,
                  distill: List[str]) -> Dict[str, List[Path]]:
-    """An ERM and a fair student per seed (reused when finished and trained on the same splits)."""
+    """An ERM and a fair student per seed (reused when finished and trained on the same splits): every seed's ERM
+    student first (side by side), then the fair ones, each held to its seed's ERM losses."""
+    from agglom.parallel_runs import Job
+
     recipes = {"erm": [*distill, "objective.group=erm", "objective.lam=0"], "fair": [*distill, *a.fair]}
     runs: Dict[str, List[Path]] = {"erm": [], "fair": []}
     steps = z["steps"]
-    for s in range(z["seeds"]):
-        for kind, extra in recipes.items():
+    for kind, recipe in recipes.items():
+        jobs = []
+        for s in range(z["seeds"]):
             run = out / f"student-{kind if kind == 'erm' else fair_tag(a.fair)}-s{s}"
             runs[kind].append(run)
-            extra = with_erm_run(extra, runs["erm"][s])  # the seed's ERM student is trained first
+            extra = with_erm_run(recipe, out / f"student-erm-s{s}")
             if _done(run, steps):
                 bad = recipe_mismatch(run, extra)
                 if bad:
@@ -189,10 +215,12 @@ def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster
                                       "the demo another out=")
                 print(f"reusing {run}")
                 continue
-            _run(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={out}", f"teachers={roster}",
-                  f"seed={s}", f"data.seed={s}", f"student.model_args={STUDENT}", f"optim.steps={steps}",
-                  f"optim.warmup_steps={max(1, steps // 10)}", f"log.interval={max(1, steps // 4)}",
-                  f"log.checkpoint_interval={steps}", *common, *extra])
+            jobs.append(Job(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={out}",
+                             f"teachers={roster}", f"seed={s}", f"data.seed={s}", f"student.model_args={STUDENT}",
+                             f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+                             f"log.interval={max(1, steps // 4)}", f"log.checkpoint_interval={steps}", *common,
+                             *extra], run.name, out / "logs" / f"{run.name}.log"))
+        run_jobs(a, jobs)
     return runs
 
 
@@ -201,8 +229,11 @@ def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
     ev = ["eval.features=adapters", f"eval.bootstrap={z['rboot']}", "eval.label_fractions=[]",
           f"num_workers={a.eval_workers}", "eval.dense=true"] + (
         [f"eval.dense_steps={z['dense_steps']}"] if "dense_steps" in z else [])
-    for s in range(z["seeds"]):
-        for kind in ("erm", "fair"):
+    from agglom.parallel_runs import Job
+
+    for kind in ("erm", "fair"):  # the fair students are compared with their seed's evaluated ERM twin
+        jobs = []
+        for s in range(z["seeds"]):
             run = runs[kind][s]
             audit = kind == "erm" and s == 0
             if _evaluated(run, audit) and (kind == "erm" or (run / "eval" / ".compared").is_file()):
@@ -211,8 +242,11 @@ def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
             extra = ["audit=true", "eval.sam_prompts=true"] if audit else []
             if kind == "fair":
                 extra.append(f"reference={runs['erm'][s]}")
-            _run(["eval", str(run), *ev, *extra])
-            if kind == "fair":
+            jobs.append(Job(["eval", str(run), *ev, *extra], f"eval {run.name}",
+                            run.parent / "logs" / f"eval-{run.name}.log"))
+        run_jobs(a, jobs)
+        if kind == "fair":
+            for run in runs["fair"]:
                 (run / "eval" / ".compared").write_text("")
 
 
