@@ -12,7 +12,7 @@ The same rules everywhere:
 
 Stdlib only (the engine registry holds ``"module:Class"`` strings and is read before torch loads). The teacher
 zoo cannot import agglom, so ``teachers/registry.py`` holds the same class for the teacher families;
-``tests/test_registries.py`` holds every registry to these rules.
+``tests/registry/test_registries.py`` holds every registry to these rules.
 """
 from __future__ import annotations
 

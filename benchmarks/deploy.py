@@ -43,7 +43,7 @@ DEFAULTS: Dict[str, Any] = {
     "sizes": "32,64,128", "repeats": 50, "eval_bootstrap": 200, "batches": 10, "iid": 20, "batch_n": 200,
     "site_share": 0.2, "prevalence": 0.2, "alpha": 0.01, "permutations": 4999, "bootstrap": 500, "seed": 0,
 }
-#: quick=true: a toy student and sizes, seconds per phase (tests/test_bench_deploy.py)
+#: quick=true: a toy student and sizes, seconds per phase (tests/bench/test_bench_deploy.py)
 QUICK = {"n": 400, "image_size": 32, "steps": 4, "num_workers": 0, "sizes": "16,32,64", "repeats": 5,
          "eval_bootstrap": 20, "batches": 2, "iid": 2, "batch_n": 100, "permutations": 999, "bootstrap": 50}
 QUICK_STUDENT = "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, dynamic_img_size: true}"

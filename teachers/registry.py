@@ -3,7 +3,8 @@
 :class:`Registry` is the zoo's copy of ``agglom.registry.Registry`` (the zoo never imports agglom): the same
 duplicate-name rule (the same object again is a no-op, a different one under a taken name raises
 :class:`DuplicateNameError` naming both) and the same unknown-name message (here a ``KeyError``: a card's family is
-checked by :func:`teachers.card_loader.load_card` first). ``tests/test_registries.py`` holds both copies to one rule.
+checked by :func:`teachers.card_loader.load_card` first). ``tests/registry/test_registries.py`` holds both copies to
+one rule.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# The longest files (pytest --durations, 2 cores: ~45-60 s each), longest first. `make test` runs xdist's loadfile
+# The longest files (pytest --durations, 2 cores: ~45-60 s each), longest first, by basename (the files sit in
+# per-package folders, tests/<package>/, and basenames stay unique across them). `make test` runs xdist's loadfile
 # with --no-loadscope-reorder, so files are handed out in this collection order: the long ones start first and the
 # two workers finish together (xdist's own order, by test count, started the 60 s demo file near the end). The
 # two DeepSpeed files are not handed out together, so without make install's prebuilt comm op one worker builds it

@@ -3,7 +3,7 @@
 Each teacher's head stays its own module and the owner of its parameters (state_dict, checkpoints, exact resume,
 export and the optimiser's parameter order are those of the per-teacher modules); a batched run reads their
 weights, stacks them (``[T, ...]``) and runs every head's layers as one ``bmm`` each, with the same values and
-gradients to float rounding (``tests/test_step_fused.py``). The output projections, whose widths differ between
+gradients to float rounding (``tests/distill/test_step_fused.py``). The output projections, whose widths differ between
 teachers, run per teacher.
 
 Used for the summary heads (:meth:`agglom.model.agglomerator.AgglomModel.summaries`): one token per teacher and

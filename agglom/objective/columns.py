@@ -7,7 +7,7 @@ statistics are computed once for all columns (a ``[G, T]`` ``index_add``), the o
 in one call where they allow it (:meth:`agglom.objective.groups.GroupObjective.aggregate_columns`; GroupDRO, which
 keeps state per teacher, runs a column at a time), and the logged terms come out already averaged over the
 teachers. Each column's values are those of calling its objective on it alone, to float rounding
-(``tests/test_step_fused.py``).
+(``tests/distill/test_step_fused.py``).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ The spatial loss runs through one autograd function (:class:`CosSmoothL1`) with 
 as ``p·t / (max(|p|, eps) max(|t|, eps))`` (``F.cosine_similarity``'s value) and the smooth-L1 share in one pass
 each, on token-major views (the heads' layout, read contiguously), a few times faster than ``F.cosine_similarity`` +
 ``F.smooth_l1_loss`` under autograd on channel-first views, with the same values and gradients to float rounding
-(``tests/test_step_fused.py``). A term whose weight is 0 (a part's weight, a cosine or smooth-L1 share) is not
+(``tests/distill/test_step_fused.py``). A term whose weight is 0 (a part's weight, a cosine or smooth-L1 share) is not
 computed.
 """
 from __future__ import annotations

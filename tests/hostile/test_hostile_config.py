@@ -18,7 +18,7 @@ import pytest
 
 from agglom.cli import main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 TINY = {"teachers": "[{name: tiny-clip}]", "data.num_workers": 0}
 
 

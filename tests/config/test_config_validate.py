@@ -14,7 +14,7 @@ from agglom.config import choices as C
 from agglom.config.load import ConfigError, load_config
 from agglom.config.schema import Recipe
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PATCH8 = "student.model_args={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
 
 # (command, overrides, what stderr must say); each case differs from a valid tiny recipe in one place

@@ -36,7 +36,7 @@ from agglom.data.shards import read_shard
 from agglom.data.tarstream import index, members
 from agglom.data.writer import DatasetWriter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUARD_S = 60  # a hang fails the test after this long (the cases take well under a second)
 END = b"\0" * 1024
 

@@ -1,6 +1,6 @@
-"""A worker for tests/test_deepspeed.py, run under the real launcher:
+"""A worker for tests/engine/test_deepspeed.py, run under the real launcher:
 
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 tests/ds_worker.py OUT_DIR [ZERO_STAGE]
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 tests/engine/ds_worker.py OUT_DIR [ZERO_STAGE]
 
 Each rank trains a tiny model (with a running-statistics buffer) through DeepSpeedEngine on its own data
 (ZeRO, accum_steps=2), saves, trains on; then a second engine loads the checkpoint into a fresh model and

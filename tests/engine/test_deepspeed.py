@@ -25,7 +25,8 @@ from agglom.engine.launch import main as launch_main
 
 pytestmark = pytest.mark.deepspeed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (this file is tests/engine/test_deepspeed.py)
+WORKER = Path(__file__).resolve().parent / "ds_worker.py"  # beside this file
 
 
 @pytest.fixture(autouse=True)
@@ -304,7 +305,7 @@ def test_deepspeed_launcher_two_ranks(tmp_path, free_port):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     port = str(free_port)
     for attempt in range(2):
-        r = subprocess.run([str(exe), "--num_gpus", "2", "--master_port", port, str(ROOT / "tests" / "ds_worker.py"),
+        r = subprocess.run([str(exe), "--num_gpus", "2", "--master_port", port, str(WORKER),
                             str(tmp_path), "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         # one rerun, only for the intermittent C++ abort a rank can hit while its comm threads are torn down on a
         # loaded 2-core machine (seen once in ~10 full suites; the rerun must then pass cleanly)

@@ -116,7 +116,7 @@ def test_stale_cache_is_refused_naming_what_changed(synth_root, caches, tiny_tra
     assert main(["train", *args]) == 2
     assert "image_size 32 != 48" in capsys.readouterr().err
     # another card (same name, other seed -> other weights): the digest differs
-    card = yaml.safe_load((Path(__file__).parents[1] / "teachers" / "cards" / "tiny-clip.yaml").read_text())
+    card = yaml.safe_load((Path(__file__).parents[2] / "teachers" / "cards" / "tiny-clip.yaml").read_text())
     card["seed"] = 99
     path = tmp_path / "tiny-clip.yaml"
     path.write_text(yaml.safe_dump(card))

@@ -1,6 +1,6 @@
 """More hostile input to the dataset writers and the JSON files agglom reads: symbolic links in an output folder
 (``force=true`` must never delete or write outside it), options out of range, JSON nested 100000 deep or too large,
-and messages that name a file on one line. As in tests/test_hostile_data.py: exit 0 (the problem counted), or a
+and messages that name a file on one line. As in tests/hostile/test_hostile_data.py: exit 0 (the problem counted), or a
 one-line message naming the file (exit 2: the user's to fix), never a traceback, and nothing outside the target
 folder touched."""
 from __future__ import annotations

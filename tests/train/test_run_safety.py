@@ -20,7 +20,7 @@ import torch
 
 from agglom.cli import main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _args(tiny_train_args, name: str, steps: int = 4, **over) -> list:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from agglom.train.logger import MetricLogger
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = "model_args={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}"
 
 

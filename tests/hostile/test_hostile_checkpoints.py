@@ -3,7 +3,7 @@ resume, with one line naming the file, and nothing in them runs.
 
 The run's config.yaml chooses the engine that reads the checkpoint, so the DeepSpeed engine's files (its model
 states, the ZeRO optimiser states) are attacked as well as the torch engine's; the torch engine's resume is
-covered by tests/test_run_safety.py. A genuine DeepSpeed run still exports, consolidates as DeepSpeed itself
+covered by tests/train/test_run_safety.py. A genuine DeepSpeed run still exports, consolidates as DeepSpeed itself
 does, and resumes.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from agglom.engine.safe_checkpoint import (
 )
 from teachers.safe_load import UnsafeCheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST_EVAL = ["eval.bootstrap=20", "eval.label_fractions=[0.1,1.0]", "eval.seeds=1", "num_workers=0"]
 MODEL_STATES = "mp_rank_00_model_states.pt"
 OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -213,7 +213,7 @@ def torch_run(tmp_path_factory, synth_root, make_tiny_args):
 
 
 def test_torch_engine_export_and_eval_never_open_optim_or_rng_files(torch_run, tmp_path):
-    """optim.pt and rng-*.pt are read only on resume (through the safe loader: tests/test_run_safety.py); export
+    """optim.pt and rng-*.pt are read only on resume (through the safe loader: tests/train/test_run_safety.py); export
     and eval read model.safetensors alone, so a payload in the others never runs."""
     run = _copy(torch_run, tmp_path)
     ckpt = run / "checkpoints" / "00000002"

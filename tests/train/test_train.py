@@ -148,7 +148,7 @@ def test_bad_recipe_input_fails_clearly(tiny_train_args, capsys, bad, expect):
 
 def test_bogus_key_via_console_script_exits_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "agglom", "train", "recipe=recipes/demo.yaml", "bogus.key=1"],
-                         capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                         capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert out.returncode == 2
     assert "unknown key 'bogus'" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
