@@ -64,6 +64,31 @@ REGISTRIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
 }
 
 
+#: each built-in group objective's one line for --help (its class's ``note`` in agglom/objective/groups.py; a test
+#: keeps the two equal), so the schema's help text needs no torch and no import up the floors
+GROUP_OBJECTIVE_NOTES: Dict[str, str] = {
+    "balanced": "mean of group means",
+    "catchup": "one-sided: pushes groups above the group mean or above their reference",
+    "erm": "",
+    "excess": "one-sided: pushes only groups above their reference",
+    "gap": "symmetric: can level down",
+    "groupdro": "online worst-group weights; with a reference, excess-loss weights",
+    "variance": "symmetric: can level down",
+}
+
+
+def describe_group_objectives() -> str:
+    """``objective.group``'s choices with their notes (what `--help` shows); a plugin objective registered at run
+    time is listed with the note its class carries."""
+    module, attr, _ = REGISTRIES["group objective"]
+    live = getattr(sys.modules[module], attr) if module in sys.modules else {}
+
+    def note(name: str) -> str:
+        return GROUP_OBJECTIVE_NOTES[name] if name in GROUP_OBJECTIVE_NOTES else getattr(live[name], "note", "")
+
+    return " | ".join(n + (f" ({note(n)})" if note(n) else "") for n in registry_names("group objective"))
+
+
 def live_registry(kind: str) -> Tuple[str, ...]:
     """The names the registry of ``kind`` holds, importing its module (torch) if needed."""
     module, attr, _ = REGISTRIES[kind]
@@ -82,4 +107,4 @@ def registry_names(kind: str) -> Tuple[str, ...]:
 __all__ = ["GRAYSCALE", "INTERPOLATION", "GRANULARITY", "TEACHER_BALANCE", "GROUP_SCOPE", "GROUPS_UNKNOWN",
            "PRECISION", "BACKEND", "PROGRESS", "EVAL_FEATURES", "THRESHOLD_METHODS", "ECE_BINNINGS", "CACHE_DTYPES", "SAM_PROMPTS",
            "SWEEP_CLASSIFICATION", "SWEEP_DENSE", "DENSE_HEADS", "CURATE_METHODS", "CURATE_FEATURES", "DEDUP_SPACES", "RESUME_WORDS", "JOIN_MATCHES", "PATIENT_ATTRS", "REGISTRIES", "registry_names",
-           "live_registry"]
+           "live_registry", "GROUP_OBJECTIVE_NOTES", "describe_group_objectives"]

@@ -116,7 +116,7 @@ class HeadsConfig:
 
 # --------------------------------------------------------------------------- objective
 def _group_objectives() -> str:
-    from agglom.objective.groups import describe_group_objectives
+    from agglom.config.choices import describe_group_objectives
 
     return describe_group_objectives()
 

@@ -71,12 +71,6 @@ def list_group_objectives() -> list:
     return sorted(GROUP_OBJECTIVES)
 
 
-def describe_group_objectives() -> str:
-    """The choices with their one-line notes (what `--help` shows for objective.group)."""
-    return " | ".join(name + (f" ({GROUP_OBJECTIVES[name].note})" if GROUP_OBJECTIVES[name].note else "")
-                      for name in list_group_objectives())
-
-
 class GroupObjective(nn.Module):
     """Base class: shared per-group statistics; subclasses implement :meth:`aggregate`."""
 

@@ -170,3 +170,12 @@ def test_help_lists_choices_from_the_registries(capsys):
     out = capsys.readouterr().out
     assert "objective.granularity" in out and "one of token | image" in out
     assert "one of attn | mlp | resmlp" in out and "one of deepspeed | torch" in out
+
+
+def test_group_objective_notes_equal_their_classes():
+    """The --help notes of objective.group live torch-free in config/choices.py; each equals its class's note."""
+    from agglom.objective.groups import GROUP_OBJECTIVES
+
+    assert C.GROUP_OBJECTIVE_NOTES == {name: cls.note for name, cls in GROUP_OBJECTIVES.items()}
+    text = C.describe_group_objectives()
+    assert "excess (one-sided: pushes only groups above their reference)" in text and text.startswith("balanced")
