@@ -69,7 +69,8 @@ class AblationArgs:
     data: str = "data/synth"  # the demo's benchmark
     variants: List[str] = field(default_factory=lambda: [v for v in VARIANTS if v != "erm-no-ft-fair"])  # of VARIANTS
     attributes: List[str] = field(default_factory=lambda: ["site"])  # verdicts by these prediction columns
-    # a numeric attribute is judged in bins (the groups.specs code path: `[45,65)`, `unknown` outside every bin)
+    # a numeric attribute column is judged in bins (the groups.specs code path: `[45,65)`, `unknown` outside every
+    # bin); the evaluation's predictions usually hold age already grouped (`<60`, `>=60`), used as they are
     bins: Dict[str, List[float]] = field(default_factory=lambda: {"age": [20, 45, 65, 90]})
     proxy_k: int = 2  # proxy-balance-only: clusters `agglom curate` makes (the demo's sites: 2)
     seeds: int = 3
@@ -104,8 +105,9 @@ def _train_job(a: Any, variant: str, seed: int, common: List[str]) -> Optional[A
         print(f"reusing {run}")
         return None
     erm = out / f"student-erm-s{seed}"
-    extra = [x.replace("@erm", str(erm)).replace("@proxy", str(_proxy_groups(a, common, _proxy_teacher(a, variant))))
-             for x in overrides]
+    proxy = (str(_proxy_groups(a, common, _proxy_teacher(a, variant))) if any("@proxy" in x for x in overrides)
+             else "")  # `agglom curate` runs only for a proxy variant
+    extra = [x.replace("@erm", str(erm)).replace("@proxy", proxy) for x in overrides]
     return Job(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={run.parent}",
                 f"teachers={roster(out, leave_out)}", f"seed={seed}", f"data.seed={seed}",
                 f"student.model_args={STUDENT}", f"optim.steps={a.steps}", f"optim.warmup_steps={max(1, a.steps // 10)}",
@@ -160,7 +162,8 @@ def binned(preds: Dict[str, Any], bins: Mapping[str, Sequence[float]]) -> Dict[s
 
     out = dict(preds)
     for attr, edges in bins.items():
-        if attr in out:
+        # a column the evaluation already wrote as groups (e.g. age as `<60` / `>=60`) is kept as it is
+        if attr in out and any(isinstance(_number(v), float) for v in out[attr]):
             counter = BinCounter({attr: list(edges)})
             out[attr] = np.asarray([counter.bin_of(attr, {attr: _number(v)})[0] for v in out[attr]])
     return out

@@ -40,8 +40,8 @@ _TARS = {
     "val/val-000000.tar": "5292ce4c8387c102e6c29d0455a24e47fd13a76ee5886a5a15384e046ef6af68",
 }
 _SHEETS = {
-    "dataset.json": "bd948e0cc27183fce09822b118bdd20e9de2dc87c5e53794cdc4ddbcf0fa5492",
-    "twin/dataset.json": "a4cdf08efbce4efbf6d215e200c5bce767ab1ba0b7a6c1c064c066ebbd841ae3",
+    "dataset.json": "007d3c236517bd649080c7ea2b6e39f328e31d26d88c94aeb84224c105a853f6",
+    "twin/dataset.json": "6e5efe024f663c0062c0e1dad3bdaae981c9e2846d43891f32fb0ce509428e8b",
 }
 _CONTENT = "962f7dde63e632dd9f6674487916d7c5fc255a32ae8d771aaf223b558baefeda"
 _PNG_PROBE = "70ea786bb77032363fbcd75a2f38da74d2fcb03168b77d1375a59de1ff73e711"

@@ -87,7 +87,7 @@ def test_transformers_text_tower_is_the_models_own(tmp_path, arch):
     tok = byte_tokenizer(16)
     model.save_pretrained(str(tmp_path / "m"))
     tok.save_pretrained(str(tmp_path / "m"))
-    from tests.test_teachers import _hf_processor
+    from tests.teachers.test_teachers import _hf_processor
 
     _hf_processor(teachers.load_card("tiny-hf-siglip")).save_pretrained(str(tmp_path / "m"))
     card = teachers.load_card(tmp_path / "m")
