@@ -1,4 +1,4 @@
-"""Per-sample x per-teacher distillation losses, in fp32 (ANCHORS: granularity must be explicit).
+"""Per-sample x per-teacher distillation losses, in fp32 (the granularity, token or image, is explicit).
 
 summary: cos_w * (1 - cos(pred, target)) + (1 - cos_w) * smooth-L1, one value per sample (cos_w = summary_cos;
 1 = cosine only).
