@@ -246,8 +246,11 @@ def test_predictions_csv_keys_open_as_text_and_round_trip(tmp_path):
 
 def test_sigint_ends_with_one_line_and_code_130(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # Ctrl-C's default action in the child, whatever the suite inherited: a suite started in the background by a
+    # non-interactive shell (`make test &`) has SIGINT ignored, the child would inherit that and never be interrupted
     p = subprocess.Popen([sys.executable, "-m", "agglom", "data", "synth", f"out={tmp_path / 'ds'}", "n=200000",
-                          "image_size=32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "image_size=32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "ds").exists():
         time.sleep(0.05)  # interrupt it once the command runs (it has made its output folder)
