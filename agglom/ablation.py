@@ -201,9 +201,11 @@ def compare(a: Any, runs: Dict[str, List[Path]], attribute: str) -> Dict[str, An
 
 def run_ablation(a: Any) -> Dict[str, Any]:
     out = Path(a.out)
-    unknown = [v for v in a.variants if split_variant(v)[0] not in VARIANTS
-               or (split_variant(v)[1] and (split_variant(v)[0] != "proxy-balance-only"
-                                            or split_variant(v)[1] not in [*TINY, *FT_TEACHERS]))]
+    def known(v: str) -> bool:
+        base, teacher = split_variant(v)
+        return base in VARIANTS and (teacher is None or (base == "proxy-balance-only" and teacher in [*TINY, *FT_TEACHERS]))
+
+    unknown = [v for v in a.variants if not known(v)]
     if unknown:
         raise ConfigError(f"variants: unknown {unknown}; choose from {', '.join(VARIANTS)} (proxy-balance-only:<teacher> "
                           f"with a teacher of {', '.join([*TINY, *FT_TEACHERS])})")

@@ -99,18 +99,22 @@ def read_predictions_csv(path: str | os.PathLike) -> Dict[str, np.ndarray]:
     return out
 
 
+def find_eval_file(path: str | os.PathLike, name: str, hint: str) -> Path:
+    """``name`` of an evaluation given a run dir, its ``eval/`` dir or the file itself; FileNotFoundError with
+    ``hint`` (how to make it) otherwise."""
+    p = Path(path)
+    for cand in (p / "eval" / name, p / name, p):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{path}: no {name} ({hint})")
+
+
 def load_predictions(path: str | os.PathLike, model: Optional[str] = None, split: str = "test") -> Dict[str, Any]:
     """One model's predictions on ``split`` (test or val) from an evaluation (a run dir, its ``eval/`` dir, or a
     predictions.csv), in the form :func:`agglom.eval.classification.compare.compare_predictions` takes: ``{"model", "key",
     "label" [N] or [N, L], "score", "label_names" (multi-label), <attribute>: [N] ...}``. ``model`` defaults to the
     report's primary."""
-    p = Path(path)
-    for cand in (p / "eval" / "predictions.csv", p / "predictions.csv", p):
-        if cand.is_file():
-            p = cand
-            break
-    else:
-        raise FileNotFoundError(f"{path}: no predictions.csv (evaluate it first with `agglom eval`)")
+    p = find_eval_file(path, "predictions.csv", "evaluate it first with `agglom eval`")
     if model is None:
         rep = p.parent / "report.json"
         if not rep.is_file():

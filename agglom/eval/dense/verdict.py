@@ -17,6 +17,7 @@ import numpy as np
 
 from agglom.eval.csv_cells import read_rows
 from agglom.eval.md_format import with_interval
+from agglom.eval.predictions import find_eval_file
 from agglom.eval.verdict import patients_in
 from agglom.metrics.bootstrap import Resampler, clusters_of, replicate
 from agglom.metrics.intervals import bca_interval
@@ -30,13 +31,7 @@ DICE_MARGIN = 0.01
 def load_dense_rows(path: str | Path, model: str) -> Dict[str, Any]:
     """``{"key": [N], "dice": [N], <attribute>: [N]}`` of one model's evaluated test samples, from a run dir, its
     ``eval/`` dir or a ``dense_predictions.csv``."""
-    p = Path(path)
-    for cand in (p / "eval" / "dense_predictions.csv", p / "dense_predictions.csv", p):
-        if cand.is_file():
-            p = cand
-            break
-    else:
-        raise FileNotFoundError(f"{path}: no dense_predictions.csv (evaluate it with `agglom eval ... eval.dense=true`)")
+    p = find_eval_file(path, "dense_predictions.csv", "evaluate it with `agglom eval ... eval.dense=true`")
     rows = [r for r in read_rows(p) if r["model"] == model and r["split"] == "test" and r["evaluated"] == "1"]
     if not rows:
         raise ValueError(f"{p}: no evaluated test rows of model {model!r}")
