@@ -18,17 +18,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from agglom.config.load import ConfigError
-from agglom.demo import (
-    FAIR,
+from agglom.demo import FAIR, distill_overrides
+from agglom.demo_steps import (
     FT_TEACHERS,
     STUDENT,
     TINY,
-    _done,
-    _run,
     demo_recipe,
-    distill_overrides,
     eval_report,
+    finished,
     module_main,
+    run_cli,
     run_jobs,
 )
 
@@ -101,7 +100,7 @@ def _train_job(a: Any, variant: str, seed: int, common: List[str]) -> Optional[A
     out = Path(a.out)
     overrides, leave_out = VARIANTS[split_variant(variant)[0]]
     run = _run_dir(a, variant, seed)
-    if _done(run, a.steps):
+    if finished(run, a.steps):
         print(f"reusing {run}")
         return None
     erm = out / f"student-erm-s{seed}"
@@ -123,7 +122,7 @@ def _proxy_groups(a: Any, common: List[str], teacher: str) -> Path:
     if not out.is_file():
         splits = ["train", "val", "test"] + [x.split("[", 1)[1].rstrip("]") for x in common
                                              if x.startswith("data.distill_splits=")]
-        _run(["curate", f"root={a.data}", f"teacher={teacher if teacher in TINY else Path(a.out) / 'teachers' / teacher}", f"k={a.proxy_k}",
+        run_cli(["curate", f"root={a.data}", f"teacher={teacher if teacher in TINY else Path(a.out) / 'teachers' / teacher}", f"k={a.proxy_k}",
               f"splits=[{','.join(splits)}]", f"image_size={a.image_size}", "num_workers=0", "progress=off",
               f"out={out}"])
     return out

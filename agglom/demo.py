@@ -21,15 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from agglom.cli import main as cli
-from agglom.config.load import ConfigError, load_config, read_recipe
-
-
-def eval_report(run: Path) -> Optional[Dict[str, Any]]:
-    """The run's ``eval/report.json`` (:func:`agglom.runs.eval_report`, imported late: ``--help`` loads no torch)."""
-    from agglom.runs import eval_report as read
-
-    return read(run)
+from agglom.config.load import ConfigError, read_recipe
+from agglom.demo_steps import (
+    FT_MODEL,
+    FT_TEACHERS,
+    STUDENT,
+    TINY,
+    demo_recipe,
+    eval_report,
+    finished,
+    module_main,
+    run_cli,
+    run_jobs,
+    step,
+)
 
 #: the fair candidate's recipe, chosen by measurement (docs/fairness.md): partial group balancing (a group's share
 #: of the draws ∝ n_g^0.25), the normalisers at the natural distribution's statistics, and the one-sided ``excess``
@@ -65,52 +70,9 @@ class DemoArgs:
     # independent runs side by side, each a child process with cores/jobs threads (0: one per core, at most 4);
     # 1: one at a time in this process with torch's default threads. Students differ in rounding between settings
     jobs: int = 0
-
-
-STUDENT = "{patch_size: 8, embed_dim: 96, depth: 4, num_heads: 3, dynamic_img_size: true}"
-FT_MODEL = "{patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2}"
-#: the two fine-tuned teachers: a general one (the rare site down-weighted) and a fairness-tuned one
-FT_TEACHERS = {"ft-general": ["data.group_weights={B: 0.1}"], "ft-fair": ["data.group_balanced=true"]}
-TINY = ["tiny-clip", "tiny-dinov2", "tiny-sam"]
-
-
-def demo_recipe() -> Path:
-    """recipes/demo.yaml of this checkout, wherever the demo is started from."""
-    for p in (Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml", Path("recipes") / "demo.yaml"):
-        if p.is_file():
-            return p
-    raise ConfigError("recipes/demo.yaml not found: run the demo from an editable install of the agglom repository "
-                      "(`make install`) or from its root")
-
-
-def _step(title: str) -> float:
-    print(f"\n=== {title}", flush=True)
-    return time.perf_counter()
-
-
-def _run(argv: List[str]) -> None:
-    code = cli(argv)
-    if code:
-        raise SystemExit(f"agglom demo: `agglom {' '.join(argv[:2])} ...` failed with exit code {code}")
-
-
-def run_jobs(a: Any, jobs: Sequence[Any]) -> None:
-    """Independent agglom commands (:class:`agglom.parallel_runs.Job`): side by side as child processes
-    (``a.jobs`` != 1, :mod:`agglom.parallel_runs`), or one after another in this process (``jobs=1``)."""
-    from agglom.parallel_runs import plan, run_all
-
-    if not jobs:
-        return
-    if a.jobs == 1:
-        for job in jobs:
-            _run(job.argv)
-        return
-    run_all(jobs, *plan(a.jobs, len(jobs)))
-
-
-def _done(run_dir: Path, steps: int) -> bool:
-    p = run_dir / "run.json"
-    return p.is_file() and json.loads(p.read_text()).get("step") == steps
+    # the teacher set: synthetic = the tiny random cards and two fine-tuned teachers (this demo); real = LiteMedSAM
+    # and the two fine-tuned teachers on a 360-image subset (agglom/demo_real.py; `teachers=real --help` lists its keys)
+    teachers: str = "synthetic"
 
 
 def _sizes(a: Any) -> Dict[str, int]:
@@ -156,7 +118,7 @@ def _teachers_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, dis
     run_jobs(a, jobs)
     teachers = TINY + [str(tdir / name) for name in FT_TEACHERS]
     cache = out / "cache"
-    _run(["cache", f"recipe={demo_recipe()}", *common, *distill, "teachers=[" + ", ".join(f"{{name: {x}}}" for x in teachers)
+    run_cli(["cache", f"recipe={demo_recipe()}", *common, *distill, "teachers=[" + ", ".join(f"{{name: {x}}}" for x in teachers)
           + "]", f"cache.out={cache}"])
     return "[" + ", ".join(f"{{name: {x}, cache: {cache}}}" for x in teachers) + "]", tdir
 
@@ -193,61 +155,81 @@ def recipe_mismatch(run: Path, overrides: Sequence[str]) -> List[str]:
     return bad
 
 
-def _train_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str,
-                 distill: List[str]) -> Dict[str, List[Path]]:
-    """An ERM and a fair student per seed (reused when finished and trained on the same splits): every seed's ERM
-    student first (side by side), then the fair ones, each held to its seed's ERM losses."""
+def _students_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str,
+                    distill: List[str]) -> Dict[str, List[Path]]:
+    """Per seed an ERM and a fair student, and their evaluations, as one batch of jobs, each started as soon as what
+    it needs has finished (:class:`agglom.parallel_runs.Job` ``after``): a fair student after its seed's ERM student
+    (it is held to that student's losses), an evaluation after its student, a fair student's evaluation after its ERM
+    twin's (it is compared with it). Run as phases, one after another, three students on two cores left one core
+    idle while the third ran alone, twice per phase. Finished students and evaluations are reused."""
+    train, runs = _train_jobs(a, z, common, out, roster, distill)
+    evals = _eval_jobs(a, z, runs, retrained={j.label for j in train.values()})
+    jobs = {**train, **evals}
+    run_jobs(a, [jobs[k] for s in range(z["seeds"]) for k in (("train", "erm", s), ("train", "fair", s),
+                                                              ("eval", "erm", s), ("eval", "fair", s)) if k in jobs])
+    for run in runs["fair"]:
+        (run / "eval" / ".compared").write_text("")
+    return runs
+
+
+def _train_jobs(a: Any, z: Dict[str, int], common: List[str], out: Path, roster: str,
+                distill: List[str]) -> tuple:
+    """``({("train", kind, seed): Job}, {kind: [run dir per seed]})``: an ERM and a fair student per seed, those
+    finished with the same settings reused (a finished one trained otherwise is refused)."""
     from agglom.parallel_runs import Job
 
     recipes = {"erm": [*distill, "objective.group=erm", "objective.lam=0"], "fair": [*distill, *a.fair]}
     runs: Dict[str, List[Path]] = {"erm": [], "fair": []}
+    jobs: Dict[tuple, Any] = {}
     steps = z["steps"]
     for kind, recipe in recipes.items():
-        jobs = []
         for s in range(z["seeds"]):
             run = out / f"student-{kind if kind == 'erm' else fair_tag(a.fair)}-s{s}"
             runs[kind].append(run)
-            extra = with_erm_run(recipe, out / f"student-erm-s{s}")
-            if _done(run, steps):
+            erm = out / f"student-erm-s{s}"
+            extra = with_erm_run(recipe, erm)
+            if finished(run, steps):
                 bad = recipe_mismatch(run, extra)
                 if bad:
                     raise ConfigError(f"{run} was trained with other settings ({'; '.join(bad)}): delete it, or give "
                                       "the demo another out=")
                 print(f"reusing {run}")
                 continue
-            jobs.append(Job(["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={out}",
-                             f"teachers={roster}", f"seed={s}", f"data.seed={s}", f"student.model_args={STUDENT}",
-                             f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
-                             f"log.interval={max(1, steps // 4)}", f"log.checkpoint_interval={steps}", *common,
-                             *extra], run.name, out / "logs" / f"{run.name}.log"))
-        run_jobs(a, jobs)
-    return runs
+            jobs[("train", kind, s)] = Job(
+                ["train", f"recipe={demo_recipe()}", f"name={run.name}", f"out_dir={out}", f"teachers={roster}",
+                 f"seed={s}", f"data.seed={s}", f"student.model_args={STUDENT}", f"optim.steps={steps}",
+                 f"optim.warmup_steps={max(1, steps // 10)}", f"log.interval={max(1, steps // 4)}",
+                 f"log.checkpoint_interval={steps}", *common, *extra], run.name, out / "logs" / f"{run.name}.log",
+                after=(erm.name,) if kind == "fair" else ())
+    return jobs, runs
 
 
-def _eval_phase(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]]) -> None:
-    """The same probe on every student (seed 0's ERM run also audits the teachers); fair against ERM."""
+def _eval_jobs(a: Any, z: Dict[str, int], runs: Dict[str, List[Path]], retrained: set) -> Dict[tuple, Any]:
+    """``{("eval", kind, seed): Job}``: the same probe on every student (seed 0's ERM run also audits the teachers
+    and runs the SAM-decoder swap), a fair student against its seed's ERM twin; an evaluation already there is
+    reused unless its student is trained again (``retrained``: the labels of the training jobs)."""
     ev = ["eval.features=adapters", f"eval.bootstrap={z['rboot']}", "eval.label_fractions=[]",
           f"num_workers={a.eval_workers}", "eval.dense=true"] + (
         [f"eval.dense_steps={z['dense_steps']}"] if "dense_steps" in z else [])
     from agglom.parallel_runs import Job
 
-    for kind in ("erm", "fair"):  # the fair students are compared with their seed's evaluated ERM twin
-        jobs = []
+    jobs: Dict[tuple, Any] = {}
+    for kind in ("erm", "fair"):
         for s in range(z["seeds"]):
-            run = runs[kind][s]
+            run, erm = runs[kind][s], runs["erm"][s]
             audit = kind == "erm" and s == 0
-            if _evaluated(run, audit) and (kind == "erm" or (run / "eval" / ".compared").is_file()):
+            fresh = run.name not in retrained and (kind == "erm" or erm.name not in retrained)
+            if fresh and _evaluated(run, audit) and (kind == "erm" or (run / "eval" / ".compared").is_file()):
                 print(f"reusing {run / 'eval'}")
                 continue
             extra = ["audit=true", "eval.sam_prompts=true"] if audit else []
+            after = [run.name]
             if kind == "fair":
-                extra.append(f"reference={runs['erm'][s]}")
-            jobs.append(Job(["eval", str(run), *ev, *extra], f"eval {run.name}",
-                            run.parent / "logs" / f"eval-{run.name}.log"))
-        run_jobs(a, jobs)
-        if kind == "fair":
-            for run in runs["fair"]:
-                (run / "eval" / ".compared").write_text("")
+                extra.append(f"reference={erm}")
+                after.append(f"eval {erm.name}")
+            jobs[("eval", kind, s)] = Job(["eval", str(run), *ev, *extra], f"eval {run.name}",
+                                          run.parent / "logs" / f"eval-{run.name}.log", after=tuple(after))
+    return jobs
 
 
 def _evaluated(run: Path, audit: bool) -> bool:
@@ -320,34 +302,34 @@ def run_demo(a: Any) -> Dict[str, Any]:
     t_all = time.perf_counter()
     timings: Dict[str, float] = {}
     z = _sizes(a)
+    if a.teachers != "synthetic":
+        raise ConfigError(f"teachers={a.teachers!r}: choose synthetic (the default) or real")
     if a.select not in SELECT_MODES or not a.levelling_margin >= 0:
         raise ConfigError(f"select={a.select!r}, levelling_margin={a.levelling_margin!r}: choose select from "
                           f"{', '.join(SELECT_MODES)} and a margin >= 0")
-    t = _step("1/6 synthetic bias benchmark")
+    t = step("1/6 synthetic bias benchmark")
     if (data / "dataset.json").is_file():
         print(f"reusing {data} (delete it to regenerate)")
-        _run(["data", "info", str(data)])
+        run_cli(["data", "info", str(data)])
     else:
-        _run(["data", "synth", f"out={data}", f"n={z['n']}", f"unlabeled={z['unlabeled']}", f"image_size={a.image_size}",
+        run_cli(["data", "synth", f"out={data}", f"n={z['n']}", f"unlabeled={z['unlabeled']}", f"image_size={a.image_size}",
               *a.synth])
     timings["data"] = time.perf_counter() - t
     common = [f"data.root={data}", f"data.image_size={a.image_size}", f"data.batch_size={a.batch_size}",
               f"data.num_workers={a.num_workers}", "groups.by=site"]
-    t = _step("2/6 teachers: a general one (site B down-weighted) and a fairness-tuned one (group-balanced)")
+    t = step("2/6 teachers: a general one (site B down-weighted) and a fairness-tuned one (group-balanced)")
     distill = distill_overrides(data)
     roster, tdir = _teachers_phase(a, z, common, out, distill)
     timings["teachers"] = time.perf_counter() - t
-    t = _step(f"3/6 agglomeration: {z['seeds']} seed(s) x (ERM, fair: {' '.join(a.fair) or 'nothing'})")
-    runs = _train_phase(a, z, common, out, roster, distill)
-    timings["train"] = time.perf_counter() - t
-    t = _step("4/6 evaluation: the same probe on every student and teacher; fair vs ERM, group by group")
-    _eval_phase(a, z, runs)
-    timings["eval"] = time.perf_counter() - t
-    t = _step("5/6 export: timm folder + adapter pack + model card")
+    t = step(f"3-4/6 agglomeration, {z['seeds']} seed(s) x (ERM, fair: {' '.join(a.fair) or 'nothing'}), and "
+             "evaluation: the same probe on every student and teacher; fair vs ERM, group by group")
+    runs = _students_phase(a, z, common, out, roster, distill)
+    timings["students"] = time.perf_counter() - t  # training and evaluation, overlapped
+    t = step("5/6 export: timm folder + adapter pack + model card")
     for kind in ("erm", "fair"):
-        _run(["export", str(runs[kind][0]), f"out={runs[kind][0] / 'export'}"])
+        run_cli(["export", str(runs[kind][0]), f"out={runs[kind][0] / 'export'}"])
     timings["export"] = time.perf_counter() - t
-    _step("6/6 verdict")
+    step("6/6 verdict")
     v = _verdict_phase(a, z, runs)
     timings["total"] = time.perf_counter() - t_all
     text = summary_markdown(a, v, runs, tdir, data, out, timings)
@@ -421,25 +403,13 @@ def _selection_lines(a: Any, v: Mapping[str, Any]) -> List[str]:
     return L
 
 
-def module_main(argv: Optional[Sequence[str]], schema: Any, run: Any, prog: str, usage: str) -> int:
-    """A ``python -m agglom.<prog>`` entry: ``--help`` describes ``schema``; otherwise ``run(config)``, a
-    ConfigError one line and exit 2 (the demo and the ablation)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(x in ("-h", "--help") for x in argv):
-        from agglom.config.load import describe
-
-        print(usage + "\n" + describe(schema))
-        return 0
-    try:
-        run(load_config(schema, argv))
-    except ConfigError as e:
-        print(f"agglom {prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return module_main(argv, DemoArgs, run_demo, "demo", "python -m agglom.demo [key=value ...]")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "teachers=real" in argv:  # a real foundation model as the teacher: its own pipeline and sizes
+        from agglom.demo_real import main as real_main
+
+        return real_main(argv)
+    return module_main(argv, DemoArgs, run_demo, "demo", "python -m agglom.demo [teachers=real] [key=value ...]")
 
 
 if __name__ == "__main__":

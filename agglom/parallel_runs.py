@@ -28,6 +28,7 @@ class Job:
     argv: List[str]  # the agglom command line, without the program: ["train", "recipe=...", ...]
     label: str  # what the progress lines call it, e.g. "student-erm-s1"
     log: Path  # where its stdout and stderr go
+    after: Tuple[str, ...] = ()  # labels of jobs in the same run that must finish first (others: done already)
 
 
 def cores() -> int:
@@ -47,16 +48,46 @@ def plan(jobs: int, n: int) -> Tuple[int, int]:
     return max(1, min(k, n)), max(1, c // k)
 
 
+def in_order(jobs: Sequence[Job]) -> List[Job]:
+    """``jobs`` in an order that runs each after the jobs it waits for (the given order where it already does); a
+    label named in ``after`` but missing from ``jobs`` counts as done. ValueError on a cycle or a repeated label."""
+    labels = [j.label for j in jobs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"job labels repeat: {labels}")
+    done: set = set()
+    pending, out = list(jobs), []
+    while pending:
+        job = _next_ready(pending, done, set(labels))
+        if job is None:
+            raise ValueError("jobs wait for each other in a circle: " + ", ".join(j.label for j in pending))
+        pending.remove(job)
+        out.append(job)
+        done.add(job.label)
+    return out
+
+
+def _next_ready(pending: Sequence[Job], done: set, known: set) -> "Job | None":
+    """The first pending job whose ``after`` jobs (those in this run) have all finished."""
+    return next((j for j in pending if all(a in done or a not in known for a in j.after)), None)
+
+
 def run_all(jobs: Sequence[Job], at_once: int, threads: int) -> None:
-    """Run ``jobs`` as ``python -m agglom ...`` children, ``at_once`` at a time with ``threads`` threads each.
+    """Run ``jobs`` as ``python -m agglom ...`` children, ``at_once`` at a time with ``threads`` threads each; a job
+    starts once the jobs it waits for (``Job.after``) have finished, the first ready one in the given order first.
     Prints a line when each starts and ends; a failure prints the end of its log and raises SystemExit."""
+    in_order(jobs)  # a cycle or a repeated label fails here, before any child starts
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     pending = list(jobs)
+    known = {j.label for j in jobs}
+    finished: set = set()
     running: List[tuple] = []
     try:
         while pending or running:
-            while pending and len(running) < at_once:
-                job = pending.pop(0)
+            while len(running) < at_once:
+                job = _next_ready(pending, finished, known)
+                if job is None:
+                    break
+                pending.remove(job)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 fh = open(job.log, "w")
                 proc = subprocess.Popen([sys.executable, "-m", "agglom", *job.argv], stdout=fh,
@@ -77,6 +108,7 @@ def run_all(jobs: Sequence[Job], at_once: int, threads: int) -> None:
                     print("\n".join(["  " + x for x in tail]), file=sys.stderr)
                     raise SystemExit(f"agglom: `agglom {' '.join(job.argv[:2])} ...` ({job.label}) failed with exit "
                                      f"code {code}; its log: {job.log}")
+                finished.add(job.label)
                 print(f"  done {job.label} in {time.perf_counter() - t0:.0f} s", flush=True)
     finally:
         for _job, proc, fh, _ in running:  # a failure or Ctrl-C: stop the others (their finished work stays)

@@ -101,7 +101,7 @@ def make_data(o: Mapping[str, Any], data: Path) -> Dict[str, Any]:
 
 
 def train_student(o: Mapping[str, Any], data: Path, runs: Path) -> Dict[str, Any]:
-    from agglom.demo import STUDENT, TINY, demo_recipe
+    from agglom.demo_steps import STUDENT, TINY, demo_recipe
 
     run, steps = runs / "student", int(o["steps"])
     done = (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get("step") == steps
@@ -360,7 +360,7 @@ def demo_roster_flops(size: int) -> Dict[str, float]:
     import torch
     import yaml
 
-    from agglom.demo import FT_MODEL, FT_TEACHERS
+    from agglom.demo_steps import FT_MODEL, FT_TEACHERS
     from agglom.export.cost import count_flops
 
     with torch.device("meta"):
