@@ -47,6 +47,11 @@ class Teacher(nn.Module):
     summary_kinds: Tuple[str, ...] = SUMMARY_KINDS
     spatial_kinds: Tuple[str, ...] = ("patch",)
 
+    #: the most images one frozen forward takes; a larger batch runs in chunks of this many, with the same outputs
+    #: (a teacher in eval mode treats each image alone). 0: no cap. A family sets it where a batch that suits the
+    #: student would not fit in memory (LiteMedSAM: teachers/families/sam.py)
+    max_batch: int = 0
+
     # set by build_model
     summary_dim: int
     spatial_dim: int
@@ -152,6 +157,9 @@ class Teacher(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> TeacherOutput:
+        if self.max_batch and x.shape[0] > self.max_batch:
+            parts = [self(chunk) for chunk in x.split(self.max_batch)]
+            return TeacherOutput(torch.cat([p.summary for p in parts]), torch.cat([p.spatial for p in parts]))
         with torch.inference_mode():
             y = self.preprocess(x).to(self.dtype)
             summary, spatial = self.features(y)

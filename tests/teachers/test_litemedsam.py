@@ -102,6 +102,7 @@ def test_the_embedding_is_the_packages_own(teacher, package_net):
     assert (fast - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert (teacher.summary_dim, teacher.spatial_dim, teacher.grid) == (256, 256, (64, 64))
     assert sum(p.numel() for p in teacher.model.parameters()) == 5_726_740
+    assert teacher.max_batch == 8  # the evaluation's batch of 128 would take over 20 GiB at once
 
 
 def test_preprocessing_is_the_packages_for_a_square_image_and_pads_a_long_one(teacher):

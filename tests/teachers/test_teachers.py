@@ -108,6 +108,10 @@ def test_tiny_teacher_contract(name, export_dir):
     # determinism: the same card builds the same teacher
     out3 = build_teacher(card_for(name, export_dir), STUDENT_MEAN, STUDENT_STD)(x)
     assert torch.equal(out.summary, out3.summary) and torch.equal(out.spatial, out3.spatial)
+    # a batch cap (Teacher.max_batch) runs the batch in chunks, with the same outputs (to GEMM rounding)
+    t.max_batch = 2
+    out4 = t(x)
+    assert torch.allclose(out.summary, out4.summary, atol=1e-5) and torch.allclose(out.spatial, out4.spatial, atol=1e-5)
     # 3-channel student input works as well
     x3 = student_batch(torch.rand(2, 3, 40, 40), mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2])
     t3 = build_teacher(card, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
