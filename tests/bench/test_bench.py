@@ -114,10 +114,11 @@ def test_scaling_pieces_train_in_process_and_report_step_time_and_peak_rss(tmp_p
     assert (tmp_path / "runs" / "t2" / "run.json").is_file()
 
 
-def test_real_teacher_benchmark_options_and_summary():
+def test_real_teacher_benchmark_options_and_summary(tmp_path):
     """benchmarks.real_teacher: options are checked like bench's, and its summary lifts per-group values with their
     intervals out of the eval report's fidelity, dense, sam_prompts and probe sections."""
-    from benchmarks.real_teacher import parse_args, summarise
+    from agglom.demo_real import summarise
+    from benchmarks.real_teacher import parse_args
 
     assert parse_args(["quick=true", "pool=1", "upsample=4"])["n"] == 100
     with pytest.raises(SystemExit, match="unknown option 'pools'"):
@@ -135,10 +136,16 @@ def test_real_teacher_benchmark_options_and_summary():
         "sam_prompts": {"teachers": {"t": {"models": {"s": {"attributes": {"site": dice(0.7, 0.5)}}},
                                            "agreement": {"attributes": {"site": dice(0.8, 0.6)}}, "n": 9,
                                            "adapter_grid": [64, 64], "embedding_cosine": 0.9}}},
-        "models": {"s": {"attributes": {"site": {"auc": {"value": 0.8}, "worst_group_auc": {"value": 0.7}}}}},
+        "models": {"s": {"attributes": {"site": {"auc": {"value": 0.8, "ci": [0.7, 0.9]},
+                                                 "worst_group_auc": {"value": 0.7, "group": "B"}}}}},
     }
     s = summarise(report)
     assert s["fidelity_r2"]["t/spatial"] == {"A": [0.8, 0.7, 0.9], "B": [0.5, 0.4, 0.6], "overall": [0.7, 0.6, 0.8]}
     assert s["dense_dice"]["s"] == {"A": [0.6, 0.5, 0.7], "B": [0.4, None, None], "overall": [0.5, 0.1, 0.9]}
     assert s["sam_box_dice"]["t"]["agreement"]["A"] == [0.8, 0.7, 0.9] and s["sam_box_dice"]["t"]["n"] == 9
-    assert s["probe_auc"] == {"s": {"overall": 0.8, "worst_group": 0.7}}
+    assert s["probe_auc"] == {"s": {"overall": [0.8, 0.7, 0.9], "worst_group": [0.7, None, None], "worst": "B"}}
+    from agglom.demo_real import summary_markdown
+
+    md = summary_markdown(s, {"eval": 5.0, "total": 5.0}, tmp_path, tmp_path / "runs" / "student")
+    assert "| t/spatial | 0.800 [0.700, 0.900] | 0.500 [0.400, 0.600] | 0.700 [0.600, 0.800] |" in md
+    assert "| s | 0.800 [0.700, 0.900] | 0.700 (B) |" in md and "total 5 s (eval 5 s)" in md
