@@ -164,9 +164,12 @@ def _students_phase(a: Any, z: Dict[str, int], common: List[str], out: Path, ros
     idle while the third ran alone, twice per phase. Finished students and evaluations are reused."""
     train, runs = _train_jobs(a, z, common, out, roster, distill)
     evals = _eval_jobs(a, z, runs, retrained={j.label for j in train.values()})
+    # the first ready job in this order starts first: the students before the evaluations, ERM before fair, so
+    # the longest chain (an ERM student, its fair twin, the twin's evaluation) starts early; ordered seed by seed,
+    # the last seed's ERM student waited behind two evaluations and its chain ran alone at the end (a core idle)
     jobs = {**train, **evals}
-    run_jobs(a, [jobs[k] for s in range(z["seeds"]) for k in (("train", "erm", s), ("train", "fair", s),
-                                                              ("eval", "erm", s), ("eval", "fair", s)) if k in jobs])
+    run_jobs(a, [jobs[k] for k in [(stage, kind, s) for stage in ("train", "eval") for kind in ("erm", "fair")
+                                   for s in range(z["seeds"])] if k in jobs])
     for run in runs["fair"]:
         (run / "eval" / ".compared").write_text("")
     return runs
