@@ -16,7 +16,8 @@ benchmark sized for about half an hour on 2 cores:
    fidelity to every teacher (global R²), linear-probe AUC of the student and of each teacher, the dense probe's
    Dice for the student (its adapter maps) and each teacher, and the decoder swap (box prompts: Dice of the student's
    and LiteMedSAM's masks against the lesion masks, and their agreement); with ``resolutions=true`` also the
-   mode-switch curve (``eval.resolutions``).
+   mode-switch curve (``eval.resolutions``); then the student against each teacher, paired on the same test images
+   (:func:`agglom.eval.verdict.student_vs_teachers`).
 
 Writes ``<out>/summary.md`` and ``summary.json``. Resumable phase by phase: a phase whose output exists is not redone
 (another ``out=`` for other options). ``benchmarks/real_teacher.py`` runs the same pipeline with LiteMedSAM alone.
@@ -121,6 +122,29 @@ def summarise(report: Dict[str, Any], attribute: str = ATTRIBUTE) -> Dict[str, A
     return out
 
 
+def _paired_lines(p: Optional[Dict[str, Any]], short: Callable[[str], str]) -> List[str]:
+    from agglom.eval.verdict import fmt_delta
+
+    if not p:
+        return []
+    worst = "worst group"
+    return [f"### The student − each teacher, paired on the same {p['n_test']} test images ({p['method']}, "
+            f"{p['n_boot']} replicates)", "", f"| teacher | Δ overall AUC | Δ {worst} AUC |", "|---|---|---|",
+            *(f"| {short(n)} | {fmt_delta(d['auc'])} | {fmt_delta(d['worst'])} |"
+              for n, d in p["student_minus_teacher"].items()), ""]
+
+
+def paired_against_teachers(run_dir: Path, report: Dict[str, Any], n_boot: int) -> Dict[str, Any]:
+    """The student against each audited teacher on the same test images: paired differences of overall and
+    worst-group AUC with BCa intervals (:func:`agglom.eval.verdict.student_vs_teachers`)."""
+    from agglom.eval.predictions import load_predictions
+    from agglom.eval.verdict import student_vs_teachers
+
+    teachers = {m.split(":", 1)[1]: load_predictions(run_dir, model=m) for m in report.get("models", {})
+                if m.startswith("teacher:")}
+    return student_vs_teachers(load_predictions(run_dir), teachers, ATTRIBUTE, n_boot=max(n_boot, 1))
+
+
 def _fmt(c: Optional[List[Any]]) -> str:
     if not c or c[0] is None:
         return "–"
@@ -154,6 +178,7 @@ def summary_markdown(s: Dict[str, Any], times: Dict[str, float], out: Path, run_
     L += ["### Linear-probe AUC (lesion vs none)", "", "| model | overall | worst group |", "|---|---|---|",
           *(f"| {short(m)} | {_fmt(r['overall'])} | {_fmt(r['worst_group'])} ({r['worst']}) |"
             for m, r in s["probe_auc"].items()), "",
+          *_paired_lines(s.get("student_vs_teachers"), short),
           f"The student: run `{run_dir}`, report `{run_dir / 'eval' / 'report.md'}`, export `{run_dir / 'export'}` "
           f"(LiteMedSAM's decoder in `{run_dir / 'export' / 'sam' / REAL}`).", ""]
     return "\n".join(L)
@@ -207,7 +232,8 @@ def run_real_demo(a: RealDemoArgs) -> Dict[str, Any]:
     seconds = json.loads(times.read_text()) if times.is_file() else {}  # each phase as first run, resumed or not
     seconds["total"] = round(sum(seconds.values()), 1)
     summary = {"options": {k: _plain(getattr(a, k)) for k in RealDemoArgs.__dataclass_fields__}, "seconds": seconds,
-               "teachers": [REAL, *finetuned], **summarise(report)}
+               "teachers": [REAL, *finetuned], **summarise(report),
+               "student_vs_teachers": paired_against_teachers(run_dir, report, z["boot"])}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     text = summary_markdown(summary, seconds, out, run_dir)
     (out / "summary.md").write_text(text)

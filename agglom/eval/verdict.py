@@ -21,7 +21,7 @@ from agglom.metrics.bootstrap import Resampler, clusters_of, replicate, strata_b
 from agglom.metrics.group_stats import rank_auc
 from agglom.metrics.intervals import bca_interval
 
-__all__ = ["TARGETS", "verdict", "render_verdict", "fmt_delta", "levelled_beyond"]
+__all__ = ["TARGETS", "verdict", "student_vs_teachers", "render_verdict", "fmt_delta", "levelled_beyond"]
 
 #: the targets of the claims (issue: "Fairness that lifts the worst group without levelling down")
 TARGETS = {
@@ -164,6 +164,27 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
         out["fidelity"] = _fidelity_summary(fidelity)
     out["checks"] = _checks(out, targets)
     return out
+
+
+def student_vs_teachers(student: Mapping[str, Any], teachers: Mapping[str, Mapping[str, Any]], attribute: str, *,
+                        n_boot: int = 500, seed: int = 0) -> Dict[str, Any]:
+    """One student against each teacher on the same test samples, with the verdict's paired bootstrap: per teacher
+    the differences (student − teacher) of overall AUC, worst-group AUC and AUC per group, each with its BCa
+    interval. ``student``, ``teachers``: predictions as in :func:`verdict`."""
+    order = [str(k) for k in student["key"]]
+    groups = np.asarray([str(g) for g in student[attribute]])
+    names = sorted(set(groups.tolist()) - {"unknown"})
+    models = {"student": _Scores(student, order), **{f"teacher/{n}": _Scores(p, order) for n, p in teachers.items()}}
+    for k, m in models.items():
+        if not np.array_equal(m.y, models["student"].y):
+            raise ValueError(f"model {k} disagrees with the student on the labels of the same samples")
+    R = _Replicates(models, groups, names, n_boot, seed, patients_in(student, order))
+    col = {"auc": 0, "worst": 1, **{f"g:{n}": 3 + j for j, n in enumerate(names)}}
+    st = R.model("student")
+    return {"attribute": attribute, "groups": names, "n_test": len(order), "n_boot": n_boot,
+            "method": f"paired {R.resampler.describe('group x label')}, BCa",
+            "student_minus_teacher": {n: {k: R.interval(st, c, minus=R.model(f"teacher/{n}")) for k, c in col.items()}
+                                      for n in teachers}}
 
 
 def _seed_row(st: np.ndarray, names: Sequence[str]) -> Dict[str, Any]:

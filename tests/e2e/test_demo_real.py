@@ -25,10 +25,12 @@ def test_real_teacher_demo_end_to_end(tmp_path):
     assert {"student", "teacher:litemedsam"} <= set(s["dense_dice"])
     swap = s["sam_box_dice"]["litemedsam"]
     assert {"student", "teacher:litemedsam", "agreement"} <= set(swap) and swap["n"] > 0
+    paired = s["student_vs_teachers"]["student_minus_teacher"]  # paired on the same test images
+    assert set(paired) == set(s["teachers"]) and {"auc", "worst"} <= set(paired["litemedsam"])
     run = out / "runs" / "student"
     assert (run / "export" / "sam" / "litemedsam" / "sam.json").is_file()
     md = (out / "summary.md").read_text()
-    assert "decoder with box prompts" in md and "| ft-fair/spatial |" in md
+    assert "decoder with box prompts" in md and "| ft-fair/spatial |" in md and "paired on the same" in md
     # the same command again reuses every phase
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 7, again.stdout[-2000:]

@@ -181,3 +181,28 @@ def test_verdict_over_seeds_states_each_claim_plainly():
     assert mirror["levelled_down"] == ["B"]
     assert not next(c for c in mirror["checks"] if "levelling down" in c["claim"])["holds"]
     assert checks  # every claim has a verdict
+
+
+def test_student_against_each_teacher_is_paired_on_the_same_samples():
+    """agglom.eval.verdict.student_vs_teachers: student − teacher AUC differences with paired BCa intervals; a
+    teacher with the student's own scores differs by exactly 0, a noisier one falls below it beyond the interval."""
+    from sklearn.metrics import roc_auc_score
+
+    from agglom.eval.verdict import student_vs_teachers
+
+    rng = np.random.default_rng(0)
+    n = 600
+    keys = np.array([f"k{i}" for i in range(n)])
+    g = np.where(np.arange(n) % 4 == 0, "B", "A")
+    y = rng.integers(0, 2, n)
+    good = y + 0.6 * rng.normal(0, 1, n)
+    student = _preds("student", keys, y, good, g)
+    noisy = _preds("t", keys, y, y + 2.0 * rng.normal(0, 1, n), g)
+    shuffled = {k: v[::-1] for k, v in student.items() if k != "model"}  # the same samples in another order
+    out = student_vs_teachers(student, {"noisy": noisy, "itself": {"model": "s2", **shuffled}}, "site", n_boot=100)
+    d = out["student_minus_teacher"]
+    assert d["itself"]["auc"]["value"] == 0 and d["itself"]["worst"]["value"] == 0
+    assert d["noisy"]["auc"]["value"] == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, noisy["score"]))
+    assert d["noisy"]["auc"]["ci"][0] > 0 and d["noisy"]["worst"]["ci"][0] > 0 and set(out["groups"]) == {"A", "B"}
+    with pytest.raises(ValueError, match="disagrees"):
+        student_vs_teachers(student, {"bad": _preds("b", keys, 1 - y, good, g)}, "site", n_boot=10)
