@@ -201,8 +201,9 @@ def run_real_demo(a: RealDemoArgs) -> Dict[str, Any]:
         "data", "synth", f"out={data}", f"n={z['n']}", f"image_size={a.image_size}", "site_frac=0.25",
         "val_frac=0.2", "test_frac=0.4", "force=true", *a.synth]))
     finetuned = [str(tdir / name) for name in FT_TEACHERS] if a.finetuned else []
-    _phase(times, "finetune", all((Path(t) / "card.yaml").is_file() for t in finetuned),
-           lambda: _finetune(a, z, common, tdir))
+    if finetuned:
+        _phase(times, "finetune", all((Path(t) / "card.yaml").is_file() for t in finetuned),
+               lambda: _finetune(a, z, common, tdir))
     splits = "cache.splits=[train,val,test]"
     _phase(times, "cache", (cache / REAL / "manifest.json").is_file(), lambda: run_cli([
         "cache", f"recipe={repo_recipe('litemedsam.yaml')}", *common, f"teachers=[{{name: {REAL}}}]",
