@@ -11,7 +11,7 @@ Each claim is checked against a stated target and reported as holds / does not h
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class _Replicates:
 
     def __init__(self, models: Mapping[str, _Scores], groups: np.ndarray, names: Sequence[str], n_boot: int,
                  seed: int, patients: Optional[np.ndarray] = None):
-        self.keys = list(models)
+        self.keys, self.models = list(models), models
         first = next(iter(models.values()))
         y = first.y
 
@@ -121,20 +121,14 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
     if not seeds:
         raise ValueError("verdict: no seeds")
     ref = seeds[0]["erm"]
-    order = [str(k) for k in ref["key"]]
-    groups = np.asarray([str(g) for g in ref[attribute]])
-    names = sorted(set(groups.tolist()) - {"unknown"})  # unknown: in the overall AUC, never in worst/gap
-    models: Dict[str, _Scores] = {}
+    preds: Dict[str, Mapping[str, Any]] = {}
     for i, sd in enumerate(seeds):
-        models[f"erm/{i}"], models[f"fair/{i}"] = _Scores(sd["erm"], order), _Scores(sd["fair"], order)
-    for name, p in teachers.items():
-        models[f"teacher/{name}"] = _Scores(p, order)
+        preds[f"erm/{i}"], preds[f"fair/{i}"] = sd["erm"], sd["fair"]
+    preds.update({f"teacher/{name}": p for name, p in teachers.items()})
+    R, groups, names = _paired(ref, preds, attribute, n_boot, seed)
+    models = R.models
     y = models["erm/0"].y
-    for k, m in models.items():
-        if not np.array_equal(m.y, y):
-            raise ValueError(f"model {k} disagrees with the others on the labels of the same samples")
-    patients = patients_in(ref, order)
-    R = _Replicates(models, groups, names, n_boot, seed, patients)
+    patients = patients_in(ref, [str(k) for k in ref["key"]])
     n_seeds = len(seeds)
     col = {"auc": 0, "worst": 1, "gap": 2, **{f"g:{n}": 3 + j for j, n in enumerate(names)}}
     erm, fair = R.mean([f"erm/{i}" for i in range(n_seeds)]), R.mean([f"fair/{i}" for i in range(n_seeds)])
@@ -166,22 +160,32 @@ def verdict(seeds: Sequence[Mapping[str, Mapping[str, Any]]], teachers: Mapping[
     return out
 
 
+def _paired(ref: Mapping[str, Any], preds: Mapping[str, Mapping[str, Any]], attribute: str, n_boot: int,
+            seed: int) -> Tuple["_Replicates", np.ndarray, List[str]]:
+    """Every model of ``preds`` scored on ``ref``'s test samples (in its key order, labels checked to agree) and
+    resampled together: the :class:`_Replicates`, the samples' groups and the group names (``unknown`` counts in
+    the overall AUC, never in the worst group or the gap)."""
+    order = [str(k) for k in ref["key"]]
+    groups = np.asarray([str(g) for g in ref[attribute]])
+    names = sorted(set(groups.tolist()) - {"unknown"})
+    models = {k: _Scores(p, order) for k, p in preds.items()}
+    y = next(iter(models.values())).y
+    for k, m in models.items():
+        if not np.array_equal(m.y, y):
+            raise ValueError(f"model {k} disagrees with the others on the labels of the same samples")
+    return _Replicates(models, groups, names, n_boot, seed, patients_in(ref, order)), groups, names
+
+
 def student_vs_teachers(student: Mapping[str, Any], teachers: Mapping[str, Mapping[str, Any]], attribute: str, *,
                         n_boot: int = 500, seed: int = 0) -> Dict[str, Any]:
     """One student against each teacher on the same test samples, with the verdict's paired bootstrap: per teacher
     the differences (student − teacher) of overall AUC, worst-group AUC and AUC per group, each with its BCa
     interval. ``student``, ``teachers``: predictions as in :func:`verdict`."""
-    order = [str(k) for k in student["key"]]
-    groups = np.asarray([str(g) for g in student[attribute]])
-    names = sorted(set(groups.tolist()) - {"unknown"})
-    models = {"student": _Scores(student, order), **{f"teacher/{n}": _Scores(p, order) for n, p in teachers.items()}}
-    for k, m in models.items():
-        if not np.array_equal(m.y, models["student"].y):
-            raise ValueError(f"model {k} disagrees with the student on the labels of the same samples")
-    R = _Replicates(models, groups, names, n_boot, seed, patients_in(student, order))
+    R, _, names = _paired(student, {"student": student, **{f"teacher/{n}": p for n, p in teachers.items()}},
+                          attribute, n_boot, seed)
     col = {"auc": 0, "worst": 1, **{f"g:{n}": 3 + j for j, n in enumerate(names)}}
     st = R.model("student")
-    return {"attribute": attribute, "groups": names, "n_test": len(order), "n_boot": n_boot,
+    return {"attribute": attribute, "groups": names, "n_test": len(student["key"]), "n_boot": n_boot,
             "method": f"paired {R.resampler.describe('group x label')}, BCa",
             "student_minus_teacher": {n: {k: R.interval(st, c, minus=R.model(f"teacher/{n}")) for k, c in col.items()}
                                       for n in teachers}}
